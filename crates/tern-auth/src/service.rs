@@ -1,0 +1,185 @@
+//! The `tern.auth.v1.AuthService` implementation.
+
+use crate::{
+    AuthError, Settings,
+    store::{Store, now_secs, users},
+    tokens::{TokenKeys, hash_refresh_token, new_refresh_token},
+};
+use std::sync::Arc;
+use tern_proto::pb::auth::{
+    FindUserRequest, GetUsersRequest, GetUsersResponse, LoginRequest, RefreshRequest,
+    RegisterRequest, RegisterResponse, TokenPair, User, VerifyTokenRequest, VerifyTokenResponse,
+    auth_service_server::AuthService,
+};
+use tonic::{Request, Response, Status};
+
+/// Most ids one `GetUsers` call may ask for.
+const MAX_LOOKUP: usize = 10_000;
+/// bcrypt reads at most 72 bytes; longer passwords are refused rather than
+/// silently truncated.
+const MAX_PASSWORD_BYTES: usize = 72;
+const MIN_PASSWORD_BYTES: usize = 8;
+const MAX_USERNAME_CHARS: usize = 32;
+
+/// The auth service.
+#[derive(Clone)]
+pub struct Auth {
+    store: Store,
+    keys: Arc<TokenKeys>,
+    bcrypt_cost: u32,
+    /// A hash to verify against when the username does not exist, so a
+    /// failed login takes as long whether or not the user exists.
+    dummy_hash: Arc<String>,
+}
+
+impl Auth {
+    pub(crate) fn new(db: sea_orm::DatabaseConnection, settings: &Settings) -> anyhow::Result<Self> {
+        let cost = settings.bcrypt_cost;
+        Ok(Self {
+            store: Store::new(db),
+            keys: Arc::new(TokenKeys::new(&settings.jwt)?),
+            bcrypt_cost: cost,
+            dummy_hash: Arc::new(bcrypt::hash("tern-dummy-password", cost)?),
+        })
+    }
+
+    async fn issue_pair(&self, user: &users::Model) -> Result<TokenPair, AuthError> {
+        let (refresh_token, hash) = new_refresh_token();
+        self.store
+            .store_refresh(hash, user.id, now_secs() + self.keys.refresh_ttl as i64)
+            .await?;
+        Ok(TokenPair {
+            access_token: self.keys.issue_access(user.id as u64),
+            expires_in: self.keys.access_ttl,
+            refresh_token,
+            user: Some(to_pb(user)),
+        })
+    }
+}
+
+fn to_pb(user: &users::Model) -> User {
+    User { user_id: user.id as u64, username: user.username.clone() }
+}
+
+fn validate_username(username: &str) -> Result<(), AuthError> {
+    let chars = username.chars().count();
+    if chars == 0 || chars > MAX_USERNAME_CHARS {
+        return Err(AuthError::Invalid("username must be 1 to 32 characters"));
+    }
+    if !username.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        return Err(AuthError::Invalid("username may only use letters, digits, '_', '-' and '.'"));
+    }
+    Ok(())
+}
+
+fn validate_password(password: &str) -> Result<(), AuthError> {
+    if password.len() < MIN_PASSWORD_BYTES {
+        return Err(AuthError::Invalid("password must be at least 8 bytes"));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(AuthError::Invalid("password must be at most 72 bytes"));
+    }
+    Ok(())
+}
+
+/// Runs bcrypt on the blocking pool: a hash takes tens to hundreds of
+/// milliseconds and must not stall the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, AuthError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| AuthError::Worker(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl AuthService for Auth {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let RegisterRequest { username, password } = request.into_inner();
+        validate_username(&username)?;
+        validate_password(&password)?;
+        if self.store.user_by_name(&username).await?.is_some() {
+            return Err(AuthError::UsernameTaken.into());
+        }
+        let cost = self.bcrypt_cost;
+        let hash = blocking(move || bcrypt::hash(password, cost))
+            .await?
+            .map_err(|e| AuthError::Worker(e.to_string()))?;
+        let user = self.store.create_user(&username, hash).await?;
+        tracing::info!(user_id = user.id, "user registered");
+        Ok(Response::new(RegisterResponse { user: Some(to_pb(&user)) }))
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
+        let LoginRequest { username, password } = request.into_inner();
+        if username.is_empty() || password.is_empty() || password.len() > MAX_PASSWORD_BYTES || username.len() > 256 {
+            return Err(AuthError::Invalid("username and password are required; password at most 72 bytes").into());
+        }
+        let user = self.store.user_by_name(&username).await?;
+        let hash = match &user {
+            Some(user) => user.password_hash.clone(),
+            None => self.dummy_hash.as_str().to_string(),
+        };
+        let valid = blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await?;
+        match user {
+            Some(user) if valid => Ok(Response::new(self.issue_pair(&user).await?)),
+            _ => Err(AuthError::BadCredentials.into()),
+        }
+    }
+
+    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<TokenPair>, Status> {
+        let token = request.into_inner().refresh_token;
+        let user_id = self
+            .store
+            .consume_refresh(&hash_refresh_token(&token))
+            .await?
+            .ok_or(AuthError::BadCredentials)?;
+        let user = self
+            .store
+            .users_by_ids(&[user_id])
+            .await?
+            .pop()
+            .ok_or(AuthError::BadCredentials)?;
+        Ok(Response::new(self.issue_pair(&user).await?))
+    }
+
+    async fn verify_token(&self, request: Request<VerifyTokenRequest>) -> Result<Response<VerifyTokenResponse>, Status> {
+        let token = request.into_inner().access_token;
+        let (user_id, expires_at) = self.keys.verify_access(&token).ok_or(AuthError::BadCredentials)?;
+        Ok(Response::new(VerifyTokenResponse { user_id, expires_at }))
+    }
+
+    async fn get_users(&self, request: Request<GetUsersRequest>) -> Result<Response<GetUsersResponse>, Status> {
+        let ids = request.into_inner().user_ids;
+        if ids.len() > MAX_LOOKUP {
+            return Err(AuthError::Invalid("at most 10000 ids per call").into());
+        }
+        let ids: Vec<i64> = ids.into_iter().filter_map(|id| i64::try_from(id).ok()).collect();
+        let users = self.store.users_by_ids(&ids).await?;
+        Ok(Response::new(GetUsersResponse { users: users.iter().map(to_pb).collect() }))
+    }
+
+    async fn find_user(&self, request: Request<FindUserRequest>) -> Result<Response<User>, Status> {
+        let username = request.into_inner().username;
+        let user = self.store.user_by_name(&username).await?.ok_or(AuthError::UnknownUser)?;
+        Ok(Response::new(to_pb(&user)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_rules() {
+        assert!(validate_username("alice_01.x-y").is_ok());
+        assert!(validate_username("").is_err());
+        assert!(validate_username(&"a".repeat(33)).is_err());
+        assert!(validate_username("a b").is_err());
+        assert!(validate_username("ünï").is_err());
+    }
+
+    #[test]
+    fn password_rules() {
+        assert!(validate_password("12345678").is_ok());
+        assert!(validate_password("short").is_err());
+        assert!(validate_password(&"p".repeat(72)).is_ok());
+        assert!(validate_password(&"p".repeat(73)).is_err());
+    }
+}

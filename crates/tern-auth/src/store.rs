@@ -1,0 +1,125 @@
+//! Rows the auth service owns, and the queries on them.
+
+use crate::AuthError;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, SqlErr,
+    sea_query::Expr,
+};
+
+pub mod users {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        #[sea_orm(unique)]
+        pub username: String,
+        pub password_hash: String,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod refresh_tokens {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "refresh_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_hash: String,
+        pub user_id: i64,
+        pub expires_at: i64,
+        pub revoked: bool,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Typed access to the auth tables.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Inserts a user; `UsernameTaken` when the unique index refuses it.
+    pub async fn create_user(&self, username: &str, password_hash: String) -> Result<users::Model, AuthError> {
+        let row = users::ActiveModel {
+            username: Set(username.to_string()),
+            password_hash: Set(password_hash),
+            created_at: Set(now_secs()),
+            ..Default::default()
+        };
+        match users::Entity::insert(row).exec_with_returning(&self.db).await {
+            Ok(user) => Ok(user),
+            Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(AuthError::UsernameTaken)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<users::Model>, AuthError> {
+        Ok(users::Entity::find()
+            .filter(users::Column::Username.eq(username))
+            .one(&self.db)
+            .await?)
+    }
+
+    pub async fn users_by_ids(&self, ids: &[i64]) -> Result<Vec<users::Model>, AuthError> {
+        Ok(users::Entity::find()
+            .filter(users::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn store_refresh(&self, token_hash: String, user_id: i64, expires_at: i64) -> Result<(), AuthError> {
+        let row = refresh_tokens::ActiveModel {
+            token_hash: Set(token_hash),
+            user_id: Set(user_id),
+            expires_at: Set(expires_at),
+            revoked: Set(false),
+        };
+        refresh_tokens::Entity::insert(row).exec(&self.db).await?;
+        Ok(())
+    }
+
+    /// Revokes a live refresh token and returns its user. Only one caller
+    /// can win for a given token: the update is conditional on `revoked = false`.
+    pub async fn consume_refresh(&self, token_hash: &str) -> Result<Option<i64>, AuthError> {
+        let Some(row) = refresh_tokens::Entity::find_by_id(token_hash.to_string()).one(&self.db).await? else {
+            return Ok(None);
+        };
+        if row.revoked || row.expires_at <= now_secs() {
+            return Ok(None);
+        }
+        let updated = refresh_tokens::Entity::update_many()
+            .col_expr(refresh_tokens::Column::Revoked, Expr::value(true))
+            .filter(refresh_tokens::Column::TokenHash.eq(token_hash))
+            .filter(refresh_tokens::Column::Revoked.eq(false))
+            .exec(&self.db)
+            .await?;
+        Ok((updated.rows_affected == 1).then_some(row.user_id))
+    }
+}
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}

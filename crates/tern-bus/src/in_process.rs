@@ -1,0 +1,127 @@
+//! The embedded adapters: presence in a map, the bus as channels.
+
+use crate::{Bus, BusError, BusEvent, NodeId, Presence, Subscription};
+use dashmap::DashMap;
+use std::collections::HashMap;
+use tokio::sync::mpsc;
+
+/// Events a node may have queued before the bus drops new ones for it. The
+/// gateway drains its channel continuously; a full channel means the node
+/// is stuck, and its clients will resync.
+const NODE_QUEUE: usize = 65_536;
+
+/// The bus of a single process: one channel per subscribed node.
+#[derive(Default)]
+pub struct InProcessBus {
+    nodes: DashMap<NodeId, mpsc::Sender<BusEvent>>,
+}
+
+impl InProcessBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, node: &str, event: BusEvent) -> Result<(), BusError> {
+        let Some(tx) = self.nodes.get(node).map(|tx| tx.clone()) else {
+            return Ok(());
+        };
+        if let Err(error) = tx.try_send(event) {
+            tracing::warn!(node, %error, "node queue full or closed; dropping event (clients resync)");
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, node: &str) -> Result<Subscription, BusError> {
+        let (tx, rx) = mpsc::channel(NODE_QUEUE);
+        self.nodes.insert(node.to_string(), tx);
+        Ok(rx)
+    }
+}
+
+/// Presence of a single process.
+#[derive(Default)]
+pub struct InProcessPresence {
+    users: DashMap<u64, Vec<NodeId>>,
+}
+
+impl InProcessPresence {
+    /// Nobody online.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait::async_trait]
+impl Presence for InProcessPresence {
+    async fn connect(&self, user: u64, node: &str) -> Result<Vec<NodeId>, BusError> {
+        let mut nodes = self.users.entry(user).or_default();
+        let others = nodes.iter().filter(|n| *n != node).cloned().collect();
+        if !nodes.iter().any(|n| n == node) {
+            nodes.push(node.to_string());
+        }
+        Ok(others)
+    }
+
+    async fn refresh(&self, _user: u64, _node: &str) -> Result<(), BusError> {
+        // Nothing expires in one process: the entry lives exactly as long
+        // as the session.
+        Ok(())
+    }
+
+    async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError> {
+        self.users.remove_if_mut(&user, |_, nodes| {
+            nodes.retain(|n| n != node);
+            nodes.is_empty()
+        });
+        Ok(())
+    }
+
+    async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError> {
+        let mut by_node: HashMap<NodeId, Vec<u64>> = HashMap::new();
+        for &user in users {
+            if let Some(nodes) = self.users.get(&user) {
+                for node in nodes.iter() {
+                    by_node.entry(node.clone()).or_default().push(user);
+                }
+            }
+        }
+        Ok(by_node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Event, Kick};
+
+    #[tokio::test]
+    async fn presence_groups_users_by_node() {
+        let p = InProcessPresence::new();
+        assert!(p.connect(1, "a").await.unwrap().is_empty());
+        p.connect(2, "b").await.unwrap();
+        assert_eq!(p.connect(1, "b").await.unwrap(), vec!["a".to_string()]);
+        let located = p.locate(&[1, 2, 3]).await.unwrap();
+        assert_eq!(located["a"], vec![1]);
+        assert_eq!(located["b"], vec![1, 2]);
+        p.disconnect(1, "a").await.unwrap();
+        p.disconnect(1, "b").await.unwrap();
+        let located = p.locate(&[1]).await.unwrap();
+        assert!(located.is_empty(), "{located:?}");
+    }
+
+    #[tokio::test]
+    async fn bus_reaches_only_the_target_node() {
+        let bus = InProcessBus::new();
+        let mut a = bus.subscribe("a").await.unwrap();
+        let mut b = bus.subscribe("b").await.unwrap();
+        let kick = BusEvent { event: Some(Event::Kick(Kick { user_id: 7, ..Default::default() })) };
+        bus.publish("b", kick.clone()).await.unwrap();
+        bus.publish("nobody", kick.clone()).await.unwrap();
+        assert_eq!(b.recv().await.unwrap(), kick);
+        assert!(a.try_recv().is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! How a stored message finds the gateway nodes that hold its recipients.
+//!
+//! Two seams, each with an in-process adapter for the embedded mode (and a
+//! Redis adapter for the distributed one):
+//!
+//! - [`Presence`]: which gateway node(s) hold a user's sessions.
+//! - [`Bus`]: one channel per node; a publisher sends one [`BusEvent`] per
+//!   target node carrying the message once and that node's recipients.
+//!
+//! Delivery over the bus is best effort by design (DESIGN.md §4): a lost
+//! event is repaired by the client's sync, never by retrying here.
+//!
+//! **Architecture Invariant:** the bus knows nothing of WebSockets, JSON or
+//! storage; it moves protobuf events between nodes.
+
+mod in_process;
+
+use std::collections::HashMap;
+
+pub use in_process::{InProcessBus, InProcessPresence};
+pub use tern_proto::pb::bus::{BusEvent, Deliver, Kick, bus_event::Event};
+
+/// A gateway node's id, e.g. `gw-1` (or `local` when embedded).
+pub type NodeId = String;
+
+/// A bus or presence operation failed (the backing store is unreachable).
+#[derive(Debug, thiserror::Error)]
+#[error("bus unavailable: {0}")]
+pub struct BusError(pub String);
+
+/// Receives a node's events.
+pub type Subscription = tokio::sync::mpsc::Receiver<BusEvent>;
+
+/// Moves events to gateway nodes.
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Sends `event` to `node`. Succeeds even when nobody listens (the node
+    /// died); the recipients then catch up through sync.
+    async fn publish(&self, node: &str, event: BusEvent) -> Result<(), BusError>;
+
+    /// Starts receiving `node`'s events. A node subscribes once at start.
+    async fn subscribe(&self, node: &str) -> Result<Subscription, BusError>;
+}
+
+/// Knows which node(s) hold each online user.
+#[async_trait::async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Marks `user` online at `node` and returns the other nodes that still
+    /// hold sessions of the user (so the caller can kick them).
+    async fn connect(&self, user: u64, node: &str) -> Result<Vec<NodeId>, BusError>;
+
+    /// Keeps `user` online at `node` (heartbeat).
+    async fn refresh(&self, user: u64, node: &str) -> Result<(), BusError>;
+
+    /// Marks `user` offline at `node` (their last session there ended).
+    async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError>;
+
+    /// Groups the online users among `users` by the node that holds them.
+    /// Offline users are left out.
+    async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError>;
+}

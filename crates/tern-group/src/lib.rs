@@ -1,0 +1,64 @@
+//! The group service: groups, owners and membership.
+//!
+//! Membership changes are mirrored to the offline service's delivery
+//! cursors (a new member's cursor starts at the group's latest message), so
+//! every call that adds or removes members also calls offline.
+//!
+//! **Architecture Invariant:** group knows nothing about messages or
+//! sockets; it reaches auth and offline only through their gRPC clients.
+
+mod error;
+mod migration;
+mod service;
+mod store;
+
+use serde::{Deserialize, Serialize};
+use tern_proto::pb::{
+    auth::auth_service_client::AuthServiceClient, group::group_service_server::GroupServiceServer,
+    offline::offline_service_client::OfflineServiceClient,
+};
+use tern_runtime::grpc::GrpcChannel;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::GroupError;
+pub use service::Groups;
+
+/// Settings of the group service (`TERN__GROUP__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// SQL URL of the database holding groups and members.
+    pub database_url: String,
+    /// Largest group allowed.
+    pub max_members: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { database_url: "sqlite://data/group.db".into(), max_members: 100_000 }
+    }
+}
+
+/// The services group calls.
+#[derive(Clone)]
+pub struct Peers {
+    /// To check that member ids exist.
+    pub auth: AuthServiceClient<GrpcChannel>,
+    /// To start and drop delivery cursors.
+    pub offline: OfflineServiceClient<GrpcChannel>,
+}
+
+/// Connects the database, applies migrations and builds the gRPC service.
+pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<GroupServiceServer<Groups>> {
+    let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
+    migration::apply(&db).await?;
+    Ok(GroupServiceServer::new(Groups::new(db, peers, settings.max_members)))
+}
+
+/// Serves the group service on `listener` until `shutdown`.
+pub async fn run(settings: Settings, peers: Peers, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let service = build(&settings, peers).await?;
+    tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The `tern.group.v1.GroupService` implementation.
+
+use crate::{GroupError, Peers, store::Store};
+use std::collections::BTreeSet;
+use tern_proto::{
+    conversation,
+    pb::{
+        auth::GetUsersRequest,
+        group::{
+            AddMembersRequest, CreateGroupRequest, GetGroupRequest, Group, IsMemberRequest,
+            IsMemberResponse, JoinGroupRequest, LeaveGroupRequest, ListUserGroupsRequest,
+            ListUserGroupsResponse, group_service_server::GroupService,
+        },
+        offline::{DropCursorsRequest, InitCursorsRequest},
+    },
+};
+use tonic::{Request, Response, Status};
+
+/// The group service.
+#[derive(Clone)]
+pub struct Groups {
+    store: Store,
+    peers: Peers,
+    max_members: usize,
+}
+
+fn to_i64(ids: impl IntoIterator<Item = u64>) -> Result<Vec<i64>, GroupError> {
+    ids.into_iter()
+        .map(|id| i64::try_from(id).map_err(|_| GroupError::UnknownUsers(vec![id])))
+        .collect()
+}
+
+impl Groups {
+    pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers, max_members: usize) -> Self {
+        Self { store: Store::new(db), peers, max_members }
+    }
+
+    /// Fails with `UnknownUsers` unless every id is a registered user.
+    async fn require_users(&self, ids: &BTreeSet<u64>) -> Result<(), GroupError> {
+        let found = self
+            .peers
+            .auth
+            .clone()
+            .get_users(GetUsersRequest { user_ids: ids.iter().copied().collect() })
+            .await?
+            .into_inner()
+            .users;
+        let found: BTreeSet<u64> = found.into_iter().map(|u| u.user_id).collect();
+        let missing: Vec<u64> = ids.difference(&found).copied().collect();
+        if missing.is_empty() { Ok(()) } else { Err(GroupError::UnknownUsers(missing)) }
+    }
+
+    async fn init_cursors(&self, group_id: i64, users: &[i64], start_seq: Option<u64>) -> Result<(), GroupError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        self.peers
+            .offline
+            .clone()
+            .init_cursors(InitCursorsRequest {
+                conversation_id: conversation::group(group_id as u64),
+                user_ids: users.iter().map(|&u| u as u64).collect(),
+                start_seq,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn describe(&self, group_id: i64) -> Result<Group, GroupError> {
+        let group = self.store.get(group_id).await?.ok_or(GroupError::UnknownGroup)?;
+        let members = self.store.member_ids(group_id).await?;
+        Ok(Group {
+            group_id: group.id as u64,
+            name: group.name,
+            owner_id: group.owner_id as u64,
+            member_ids: members.into_iter().map(|m| m as u64).collect(),
+        })
+    }
+
+    /// Adds users to an existing group and starts their cursors at the
+    /// group's latest message. If the cursors cannot be started the new
+    /// memberships are undone, so a member never lacks a cursor; the call
+    /// is idempotent, so the caller simply retries.
+    async fn add(&self, group_id: u64, users: BTreeSet<u64>) -> Result<Group, GroupError> {
+        let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
+        self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
+        self.require_users(&users).await?;
+        let current = self.store.member_ids(gid).await?.len();
+        if current + users.len() > self.max_members {
+            return Err(GroupError::Invalid(format!("a group holds at most {} members", self.max_members)));
+        }
+        let added = self.store.add_members(gid, &to_i64(users)?).await?;
+        if let Err(error) = self.init_cursors(gid, &added, None).await {
+            self.store.remove_members(gid, &added).await?;
+            return Err(error);
+        }
+        self.describe(gid).await
+    }
+}
+
+#[tonic::async_trait]
+impl GroupService for Groups {
+    async fn create_group(&self, request: Request<CreateGroupRequest>) -> Result<Response<Group>, Status> {
+        let CreateGroupRequest { owner_id, name, member_ids } = request.into_inner();
+        let name = name.trim().to_string();
+        if name.is_empty() || name.chars().count() > 64 {
+            return Err(GroupError::Invalid("group name must be 1 to 64 characters".into()).into());
+        }
+        let mut members: BTreeSet<u64> = member_ids.into_iter().collect();
+        members.insert(owner_id);
+        if members.len() > self.max_members {
+            return Err(GroupError::Invalid(format!("a group holds at most {} members", self.max_members)).into());
+        }
+        self.require_users(&members).await?;
+        let members = to_i64(members)?;
+        let group = self.store.create(&name, owner_id as i64, &members).await?;
+        // A new conversation has no messages, so every cursor starts at 0.
+        if let Err(error) = self.init_cursors(group.id, &members, Some(0)).await {
+            self.store.delete(group.id).await?;
+            return Err(error.into());
+        }
+        tracing::info!(group_id = group.id, members = members.len(), "group created");
+        Ok(Response::new(self.describe(group.id).await?))
+    }
+
+    async fn join_group(&self, request: Request<JoinGroupRequest>) -> Result<Response<Group>, Status> {
+        let JoinGroupRequest { group_id, user_id } = request.into_inner();
+        Ok(Response::new(self.add(group_id, BTreeSet::from([user_id])).await?))
+    }
+
+    async fn add_members(&self, request: Request<AddMembersRequest>) -> Result<Response<Group>, Status> {
+        let AddMembersRequest { group_id, user_ids } = request.into_inner();
+        if user_ids.is_empty() {
+            return Err(GroupError::Invalid("user_ids must not be empty".into()).into());
+        }
+        Ok(Response::new(self.add(group_id, user_ids.into_iter().collect()).await?))
+    }
+
+    async fn leave_group(&self, request: Request<LeaveGroupRequest>) -> Result<Response<Group>, Status> {
+        let LeaveGroupRequest { group_id, user_id } = request.into_inner();
+        let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
+        let group = self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
+        if group.owner_id as u64 == user_id {
+            return Err(GroupError::OwnerCannotLeave.into());
+        }
+        let uid = to_i64([user_id])?;
+        self.store.remove_members(gid, &uid).await?;
+        // The member is gone from the group either way; a cursor left behind
+        // only keeps old messages visible to them, so a failure is logged.
+        if let Err(error) = self
+            .peers
+            .offline
+            .clone()
+            .drop_cursors(DropCursorsRequest {
+                conversation_id: conversation::group(group_id),
+                user_ids: vec![user_id],
+            })
+            .await
+        {
+            tracing::warn!(group_id, user_id, %error, "cursor not dropped after leave");
+        }
+        Ok(Response::new(self.describe(gid).await?))
+    }
+
+    async fn get_group(&self, request: Request<GetGroupRequest>) -> Result<Response<Group>, Status> {
+        let gid = i64::try_from(request.into_inner().group_id).map_err(|_| GroupError::UnknownGroup)?;
+        Ok(Response::new(self.describe(gid).await?))
+    }
+
+    async fn is_member(&self, request: Request<IsMemberRequest>) -> Result<Response<IsMemberResponse>, Status> {
+        let IsMemberRequest { group_id, user_id } = request.into_inner();
+        let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
+        self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
+        let is_member = match i64::try_from(user_id) {
+            Ok(uid) => self.store.is_member(gid, uid).await?,
+            Err(_) => false,
+        };
+        Ok(Response::new(IsMemberResponse { is_member }))
+    }
+
+    async fn list_user_groups(&self, request: Request<ListUserGroupsRequest>) -> Result<Response<ListUserGroupsResponse>, Status> {
+        let Ok(uid) = i64::try_from(request.into_inner().user_id) else {
+            return Ok(Response::new(ListUserGroupsResponse::default()));
+        };
+        let groups = self
+            .store
+            .groups_of(uid)
+            .await?
+            .into_iter()
+            .map(|g| Group { group_id: g.id as u64, name: g.name, owner_id: g.owner_id as u64, member_ids: vec![] })
+            .collect();
+        Ok(Response::new(ListUserGroupsResponse { groups }))
+    }
+}

@@ -1,0 +1,38 @@
+//! Offline errors and their one mapping to `tonic::Status`.
+
+use tern_proto::{ErrorCode, error_code_of};
+
+/// Everything that can go wrong in the offline service.
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    /// Input breaks a rule.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// The user has no cursor in this conversation: not a member.
+    #[error("not a member of this conversation")]
+    NotMember,
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    /// The message service failed.
+    #[error("dependency: {0}")]
+    Peer(#[from] tonic::Status),
+}
+
+impl From<OfflineError> for tonic::Status {
+    fn from(error: OfflineError) -> Self {
+        match error {
+            OfflineError::Invalid(why) => ErrorCode::BadRequest.status(why),
+            OfflineError::NotMember => ErrorCode::Forbidden.status("not a member of this conversation"),
+            OfflineError::Db(error) => {
+                tracing::error!(%error, "offline database error");
+                ErrorCode::Unavailable.status("storage unavailable, retry")
+            }
+            OfflineError::Peer(status) => {
+                let code = error_code_of(&status);
+                tracing::warn!(%code, message = status.message(), "offline dependency failed");
+                ErrorCode::Unavailable.status("a dependency is unavailable, retry")
+            }
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The offline service: per-member, per-conversation delivery cursors.
+//!
+//! A cursor is the highest seq a member has acknowledged; only client acks
+//! move it. "Offline messages" are not a queue: they are the messages beyond
+//! the cursor, read from the message service on demand (DESIGN.md §4). The
+//! cursor rows double as the index of which conversations a user is in.
+//!
+//! **Architecture Invariant:** offline never copies messages; it owns the
+//! `cursors` table and reads messages through the message service's client.
+
+mod error;
+mod migration;
+mod service;
+mod store;
+
+use serde::{Deserialize, Serialize};
+use tern_proto::pb::{
+    message::message_service_client::MessageServiceClient,
+    offline::offline_service_server::OfflineServiceServer,
+};
+use tern_runtime::grpc::GrpcChannel;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::OfflineError;
+pub use service::Offline;
+
+/// Settings of the offline service (`TERN__OFFLINE__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// SQL URL of the database holding cursors.
+    pub database_url: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { database_url: "sqlite://data/offline.db".into() }
+    }
+}
+
+/// The services offline calls.
+#[derive(Clone)]
+pub struct Peers {
+    /// Where the messages and conversation heads live.
+    pub message: MessageServiceClient<GrpcChannel>,
+}
+
+/// Connects the database, applies migrations and builds the gRPC service.
+pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<OfflineServiceServer<Offline>> {
+    let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
+    migration::apply(&db).await?;
+    Ok(OfflineServiceServer::new(Offline::new(db, peers)))
+}
+
+/// Serves the offline service on `listener` until `shutdown`.
+pub async fn run(settings: Settings, peers: Peers, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let service = build(&settings, peers).await?;
+    tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The `cursors` table and the queries on it.
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, sea_query::Expr,
+};
+
+pub mod cursors {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "cursors")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub conversation_id: String,
+        pub acked_seq: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Typed access to cursors.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Creates missing cursors at `start`; existing ones are kept.
+    pub async fn init(&self, conversation: &str, users: &[i64], start: i64) -> Result<(), DbErr> {
+        for chunk in users.chunks(500) {
+            let rows = chunk.iter().map(|&user_id| cursors::ActiveModel {
+                user_id: Set(user_id),
+                conversation_id: Set(conversation.to_string()),
+                acked_seq: Set(start),
+            });
+            cursors::Entity::insert_many(rows)
+                .on_conflict_do_nothing_on([cursors::Column::UserId, cursors::Column::ConversationId])
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn drop(&self, conversation: &str, users: &[i64]) -> Result<(), DbErr> {
+        cursors::Entity::delete_many()
+            .filter(cursors::Column::ConversationId.eq(conversation))
+            .filter(cursors::Column::UserId.is_in(users.iter().copied()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Every cursor of a user, ordered by conversation.
+    pub async fn of_user(&self, user: i64) -> Result<Vec<cursors::Model>, DbErr> {
+        cursors::Entity::find()
+            .filter(cursors::Column::UserId.eq(user))
+            .order_by_asc(cursors::Column::ConversationId)
+            .all(&self.db)
+            .await
+    }
+
+    pub async fn get(&self, user: i64, conversation: &str) -> Result<Option<cursors::Model>, DbErr> {
+        cursors::Entity::find_by_id((user, conversation.to_string())).one(&self.db).await
+    }
+
+    /// Moves the cursor forward to `seq`; never backwards, even when two
+    /// acks race.
+    pub async fn advance(&self, user: i64, conversation: &str, seq: i64) -> Result<(), DbErr> {
+        cursors::Entity::update_many()
+            .col_expr(cursors::Column::AckedSeq, Expr::value(seq))
+            .filter(cursors::Column::UserId.eq(user))
+            .filter(cursors::Column::ConversationId.eq(conversation))
+            .filter(cursors::Column::AckedSeq.lt(seq))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! The stable error codes clients and backends see.
+//!
+//! Services attach the code to a `tonic::Status` (metadata `tern-error-code`);
+//! the gateway reads it back and maps it to an HTTP status or a type 3 frame.
+//! One list, so a code means the same thing at every hop.
+
+use tonic::{Code, Status};
+
+const METADATA_KEY: &str = "tern-error-code";
+
+/// A stable, documented error code. The string form is part of the public
+/// protocol: never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request is malformed or a field breaks its rules.
+    BadRequest,
+    /// A frame was not valid JSON or not a JSON object.
+    MalformedFrame,
+    /// The frame's `type` is missing or unknown.
+    UnknownType,
+    /// A required field is missing or has the wrong JSON type.
+    MissingField,
+    /// The message body is over the size limit.
+    TooLarge,
+    /// No valid credentials.
+    Unauthenticated,
+    /// Authenticated, but not allowed to do this.
+    Forbidden,
+    /// The sender is not a member of the group.
+    NotMember,
+    /// No such user.
+    UnknownUser,
+    /// No such group.
+    UnknownGroup,
+    /// Some other thing does not exist.
+    NotFound,
+    /// The thing already exists (a username, say).
+    Conflict,
+    /// Too many requests; slow down and retry.
+    RateLimited,
+    /// A dependency is down or saturated; retry (sends: with the same client_msg_id).
+    Unavailable,
+    /// A bug on our side; details are in the server log, never in the answer.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, for tests and documentation.
+    pub const ALL: [ErrorCode; 15] = [
+        Self::BadRequest,
+        Self::MalformedFrame,
+        Self::UnknownType,
+        Self::MissingField,
+        Self::TooLarge,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::NotMember,
+        Self::UnknownUser,
+        Self::UnknownGroup,
+        Self::NotFound,
+        Self::Conflict,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    /// The wire form, e.g. `not_member`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::MalformedFrame => "malformed_frame",
+            Self::UnknownType => "unknown_type",
+            Self::MissingField => "missing_field",
+            Self::TooLarge => "too_large",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::NotMember => "not_member",
+            Self::UnknownUser => "unknown_user",
+            Self::UnknownGroup => "unknown_group",
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// Parses the wire form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// The gRPC status code this maps to.
+    pub fn grpc_code(self) -> Code {
+        match self {
+            Self::BadRequest | Self::MalformedFrame | Self::UnknownType | Self::MissingField => {
+                Code::InvalidArgument
+            }
+            Self::TooLarge => Code::OutOfRange,
+            Self::Unauthenticated => Code::Unauthenticated,
+            Self::Forbidden | Self::NotMember => Code::PermissionDenied,
+            Self::UnknownUser | Self::UnknownGroup | Self::NotFound => Code::NotFound,
+            Self::Conflict => Code::AlreadyExists,
+            Self::RateLimited => Code::ResourceExhausted,
+            Self::Unavailable => Code::Unavailable,
+            Self::Internal => Code::Internal,
+        }
+    }
+
+    /// The HTTP status this maps to.
+    pub fn http_status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Self::BadRequest | Self::MalformedFrame | Self::UnknownType | Self::MissingField => {
+                S::BAD_REQUEST
+            }
+            Self::TooLarge => S::PAYLOAD_TOO_LARGE,
+            Self::Unauthenticated => S::UNAUTHORIZED,
+            Self::Forbidden | Self::NotMember => S::FORBIDDEN,
+            Self::UnknownUser | Self::UnknownGroup | Self::NotFound => S::NOT_FOUND,
+            Self::Conflict => S::CONFLICT,
+            Self::RateLimited => S::TOO_MANY_REQUESTS,
+            Self::Unavailable => S::SERVICE_UNAVAILABLE,
+            Self::Internal => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whether a client should retry the same request unchanged.
+    pub fn retryable(self) -> bool {
+        matches!(self, Self::Unavailable | Self::RateLimited)
+    }
+
+    /// A `Status` carrying this code; `message` must be safe to show a client.
+    pub fn status(self, message: impl Into<String>) -> Status {
+        let mut status = Status::new(self.grpc_code(), message);
+        status.metadata_mut().insert(
+            METADATA_KEY,
+            tonic::metadata::MetadataValue::from_static(self.as_str()),
+        );
+        status
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The Tern code a `Status` carries, or the closest one for statuses that
+/// did not come from a Tern service (transport failures, timeouts).
+pub fn error_code_of(status: &Status) -> ErrorCode {
+    if let Some(code) = status
+        .metadata()
+        .get(METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorCode::parse)
+    {
+        return code;
+    }
+    match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => ErrorCode::BadRequest,
+        Code::Unauthenticated => ErrorCode::Unauthenticated,
+        Code::PermissionDenied => ErrorCode::Forbidden,
+        Code::NotFound => ErrorCode::NotFound,
+        Code::AlreadyExists => ErrorCode::Conflict,
+        Code::ResourceExhausted => ErrorCode::RateLimited,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
+            ErrorCode::Unavailable
+        }
+        _ => ErrorCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_survive_a_status_round_trip() {
+        for code in ErrorCode::ALL {
+            assert_eq!(error_code_of(&code.status("x")), code);
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+        }
+    }
+
+    #[test]
+    fn foreign_statuses_map_by_grpc_code() {
+        assert_eq!(error_code_of(&Status::unavailable("down")), ErrorCode::Unavailable);
+        assert_eq!(error_code_of(&Status::unknown("?")), ErrorCode::Internal);
+    }
+}

@@ -1,0 +1,85 @@
+//! Serving a gRPC service, and the channel type clients use.
+//!
+//! [`GrpcChannel`] hides whether a service is reached over the network
+//! ([`remote`]) or called in the same process ([`in_process`]): the
+//! generated clients are the same either way, so service code cannot tell
+//! the embedded mode from the distributed one.
+
+use std::convert::Infallible;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{body::Body, server::NamedService, transport::Server};
+use tower::{BoxError, Service, ServiceExt, util::BoxCloneSyncService};
+
+/// What every generated gRPC client in Tern is built on.
+pub type GrpcChannel = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, TransportError>;
+
+/// A call could not reach the service. A concrete type rather than
+/// `BoxError`: with a boxed error, generated client calls inside
+/// `async_trait` methods trip a higher-ranked lifetime limit of rustc.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct TransportError(BoxError);
+
+/// A channel to a service at `url` (`http://host:port`). Connects lazily and
+/// reconnects on its own, so a service that starts later is picked up.
+pub fn remote(url: &str) -> Result<GrpcChannel, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect_lazy();
+    Ok(BoxCloneSyncService::new(channel.map_err(|e| TransportError(e.into()))))
+}
+
+/// A channel that calls a generated server directly, without a socket. The
+/// request is still encoded and decoded as protobuf, so behaviour matches
+/// the remote path.
+pub fn in_process<S>(server: S) -> GrpcChannel
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(server.map_err(|never: Infallible| match never {}))
+}
+
+/// Serves `service` with `grpc.health.v1` and server reflection on
+/// `listener` until `shutdown` fires. Health turns NOT_SERVING first, then
+/// in-flight calls finish.
+pub async fn serve<S>(
+    service: S,
+    descriptor_set: &'static [u8],
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<S>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(descriptor_set)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the descriptor set is compiled into the binary and valid");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tracing::info!(service = S::NAME, "gRPC serving");
+    Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.cancelled().await;
+            reporter.set_not_serving::<S>().await;
+        })
+        .await
+}
