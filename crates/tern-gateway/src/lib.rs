@@ -1,1 +1,180 @@
-//! placeholder
+//! The gateway: Tern's stateless edge. It terminates WebSockets (protocol
+//! v1, DESIGN.md §3), serves the HTTP API (§5), and turns client frames into
+//! gRPC calls to the auth, group, message and offline services. Messages for
+//! its users arrive on its own bus channel.
+//!
+//! **Architecture Invariant:** the gateway is the only crate that knows
+//! WebSocket frames and JSON. It holds no state that must survive it: a
+//! restarted gateway loses only live sockets, and clients resync.
+
+mod api;
+mod error;
+mod frames;
+mod pusher;
+mod registry;
+mod stats;
+mod ws;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use std::{sync::Arc, time::Duration};
+use tern_bus::{Bus, Presence};
+use tern_proto::pb::{
+    auth::auth_service_client::AuthServiceClient, group::group_service_client::GroupServiceClient,
+    message::{Message, message_service_client::MessageServiceClient},
+    offline::offline_service_client::OfflineServiceClient,
+};
+use tern_runtime::grpc::GrpcChannel;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use pusher::close as close_codes;
+
+/// Settings of a gateway node (`TERN__GATEWAY__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// This node's id: its bus channel and its name in presence.
+    pub node_id: String,
+    /// Largest whole client message (all fragments together), in bytes.
+    /// Anything bigger closes the socket with 1009.
+    pub max_message_bytes: usize,
+    /// A socket that sends nothing for this long is closed. Clients send a
+    /// heartbeat every 30 s, so 90 s allows two to be lost.
+    pub idle_timeout_secs: u64,
+    /// Frames a session may have queued. When a client stops reading and
+    /// its queue fills, it is disconnected and resyncs on reconnect.
+    pub outbound_queue: usize,
+    /// Messages per page when syncing a conversation.
+    pub sync_page: u32,
+    /// How long shutdown waits for sessions to close after sending 1001.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            node_id: "local".into(),
+            max_message_bytes: 64 * 1024,
+            idle_timeout_secs: 90,
+            outbound_queue: 1024,
+            sync_page: 200,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// The services and adapters a gateway talks to.
+#[derive(Clone)]
+pub struct Services {
+    pub auth: AuthServiceClient<GrpcChannel>,
+    pub group: GroupServiceClient<GrpcChannel>,
+    pub message: MessageServiceClient<GrpcChannel>,
+    pub offline: OfflineServiceClient<GrpcChannel>,
+    pub bus: Arc<dyn Bus>,
+    pub presence: Arc<dyn Presence>,
+}
+
+/// What a session's writer is asked to send.
+pub enum Outbound {
+    /// A ready JSON frame (ack, error, heartbeat answer).
+    Text(String),
+    /// A live message from the bus; the writer orders and deduplicates it.
+    Deliver(Arc<Message>),
+    /// The answer to a ping.
+    Pong(Vec<u8>),
+    /// Close the socket with this code.
+    Close(u16, &'static str),
+    /// Send type 100 with this reason, then close.
+    Kick(String),
+}
+
+/// Shared by every handler of a node.
+#[derive(Clone)]
+pub struct AppState {
+    settings: Arc<Settings>,
+    services: Services,
+    registry: Arc<registry::Registry>,
+    stats: Arc<stats::Stats>,
+    /// Every session task, so shutdown can wait for them.
+    tracker: TaskTracker,
+    /// Cancelled when shutdown starts; `/ready` then fails.
+    draining: CancellationToken,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, services: Services) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            services,
+            registry: Arc::default(),
+            stats: Arc::default(),
+            tracker: TaskTracker::new(),
+            draining: CancellationToken::new(),
+        }
+    }
+}
+
+/// The gateway's routes.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(web::index))
+        .route("/ws", get(ws::upgrade))
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .route("/stats", get(api::stats))
+        .route("/api/register", post(api::register))
+        .route("/api/login", post(api::login))
+        .route("/api/refresh", post(api::refresh))
+        .route("/api/users/{username}", get(api::find_user))
+        .route("/api/groups", post(api::create_group).get(api::list_groups))
+        .route("/api/groups/{group_id}/join", post(api::join_group))
+        .route("/api/groups/{group_id}/leave", post(api::leave_group))
+        .route("/api/groups/{group_id}/members", get(api::group_members))
+        .route("/api/conversations", get(api::conversations))
+        .route("/api/conversations/{conversation_id}/messages", get(api::history))
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
+mod web {
+    use axum::response::Html;
+
+    /// The built-in demo page.
+    pub async fn index() -> Html<&'static str> {
+        Html(include_str!("../web/index.html"))
+    }
+}
+
+/// Serves a gateway node on `listener` until `shutdown`; then stops
+/// accepting, closes every WebSocket with 1001 and waits (up to the grace
+/// period) for sessions to end.
+pub async fn run(settings: Settings, services: Services, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let grace = Duration::from_secs(settings.shutdown_grace_secs);
+    let state = AppState::new(settings, services);
+    let events = state.services.bus.subscribe(&state.settings.node_id).await?;
+    tokio::spawn(registry::dispatch(events, state.registry.clone(), state.stats.clone()));
+    tracing::info!(node_id = %state.settings.node_id, addr = %listener.local_addr()?, "gateway listening");
+
+    let draining = state.draining.clone();
+    let registry = state.registry.clone();
+    axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            draining.cancel();
+            // Upgraded sockets are outside axum's graceful shutdown: close
+            // them ourselves so clients reconnect elsewhere at once.
+            for session in registry.all() {
+                let _ = session.tx.try_send(Outbound::Close(close_codes::GOING_AWAY, "server shutting down"));
+            }
+        })
+        .await?;
+    state.tracker.close();
+    if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
+        tracing::warn!("sessions still open after the grace period; exiting anyway");
+    }
+    Ok(())
+}

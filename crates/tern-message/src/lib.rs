@@ -1,1 +1,87 @@
-//! placeholder
+//! The message service: authorise a send, assign its id and seq, store it,
+//! acknowledge, then route it to the gateway nodes holding its recipients.
+//!
+//! **Architecture Invariant:** message knows nothing about WebSockets or
+//! JSON framing; it stores `content_json` as opaque text. It reaches users,
+//! groups and cursors only through the auth, group and offline clients, and
+//! gateways only through the bus.
+
+mod error;
+mod migration;
+mod router;
+mod service;
+mod store;
+
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tern_bus::{Bus, Presence};
+use tern_proto::pb::{
+    auth::auth_service_client::AuthServiceClient, group::group_service_client::GroupServiceClient,
+    message::message_service_server::MessageServiceServer,
+    offline::offline_service_client::OfflineServiceClient,
+};
+use tern_runtime::grpc::GrpcChannel;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::MessageError;
+pub use service::Messages;
+
+/// Settings of the message service (`TERN__MESSAGE__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// SQL URL of the database holding conversations and messages.
+    pub database_url: String,
+    /// Largest `content_json` accepted, in bytes.
+    pub max_content_bytes: usize,
+    /// How long a group's member list is reused for fan-out before it is
+    /// read again, in milliseconds. A member who joined within this window
+    /// may miss a live push; sync delivers it (DESIGN.md §4).
+    pub member_cache_ms: u64,
+    /// Database connections. SQLite serialises writers anyway; a few
+    /// connections let reads proceed beside the writer.
+    pub max_connections: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: "sqlite://data/message.db".into(),
+            max_content_bytes: 64 * 1024,
+            member_cache_ms: 2_000,
+            max_connections: 8,
+        }
+    }
+}
+
+/// What the message service calls.
+#[derive(Clone)]
+pub struct Peers {
+    /// To check that a 1:1 recipient exists.
+    pub auth: AuthServiceClient<GrpcChannel>,
+    /// Group membership, for authorisation and fan-out.
+    pub group: GroupServiceClient<GrpcChannel>,
+    /// To start both cursors of a new 1:1 conversation.
+    pub offline: OfflineServiceClient<GrpcChannel>,
+    /// Where stored messages are published, one event per target node.
+    pub bus: Arc<dyn Bus>,
+    /// Which nodes hold which users.
+    pub presence: Arc<dyn Presence>,
+}
+
+/// Connects the database, applies migrations and builds the gRPC service.
+pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<MessageServiceServer<Messages>> {
+    let db = tern_runtime::db::connect(&settings.database_url, settings.max_connections).await?;
+    migration::apply(&db).await?;
+    let max = settings.max_content_bytes;
+    Ok(MessageServiceServer::new(Messages::new(db, peers, settings))
+        .max_decoding_message_size(max + 16 * 1024))
+}
+
+/// Serves the message service on `listener` until `shutdown`.
+pub async fn run(settings: Settings, peers: Peers, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let service = build(&settings, peers).await?;
+    tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await?;
+    Ok(())
+}

@@ -5,7 +5,10 @@
 //! generated clients are the same either way, so service code cannot tell
 //! the embedded mode from the distributed one.
 
-use std::convert::Infallible;
+use std::{
+    convert::Infallible,
+    sync::{Arc, OnceLock},
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{body::Body, server::NamedService, transport::Server};
@@ -82,4 +85,49 @@ where
             reporter.set_not_serving::<S>().await;
         })
         .await
+}
+
+/// A channel whose target is supplied later, for services that call each
+/// other in one process (message → group → offline → message): every
+/// server can be built with its clients before the others exist.
+pub fn late_bound() -> (GrpcChannel, LateBinder) {
+    let slot = Arc::new(OnceLock::new());
+    (BoxCloneSyncService::new(LateBound { slot: slot.clone() }), LateBinder { slot })
+}
+
+/// Supplies the target of a [`late_bound`] channel.
+pub struct LateBinder {
+    slot: Arc<OnceLock<GrpcChannel>>,
+}
+
+impl LateBinder {
+    /// Points the channel at `target`. Later calls are ignored.
+    pub fn bind(self, target: GrpcChannel) {
+        let _ = self.slot.set(target);
+    }
+}
+
+#[derive(Clone)]
+struct LateBound {
+    slot: Arc<OnceLock<GrpcChannel>>,
+}
+
+impl Service<http::Request<Body>> for LateBound {
+    type Response = http::Response<Body>;
+    type Error = TransportError;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let target = self.slot.get().cloned();
+        Box::pin(async move {
+            let Some(target) = target else {
+                return Err(TransportError("service not started yet".into()));
+            };
+            target.oneshot(request).await
+        })
+    }
 }

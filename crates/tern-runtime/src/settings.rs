@@ -40,7 +40,6 @@ where
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
-                .list_separator(",")
                 .source(Some(vars)),
         )
         .build()?;

@@ -1,0 +1,223 @@
+//! The HTTP API (DESIGN.md §5). Handlers translate JSON to gRPC calls and
+//! back; every error goes through [`ApiError`].
+
+use crate::{AppState, error::ApiError, ws::bearer};
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{FromRequestParts, Path, Query, State},
+    http::{StatusCode, request::Parts},
+    response::IntoResponse,
+};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use tern_proto::{
+    ErrorCode, conversation,
+    pb::{
+        auth::{FindUserRequest, LoginRequest, RefreshRequest, RegisterRequest, TokenPair, VerifyTokenRequest},
+        group::{CreateGroupRequest, GetGroupRequest, Group, JoinGroupRequest, LeaveGroupRequest, ListUserGroupsRequest},
+        offline::{ListBacklogRequest, PullRequest},
+    },
+};
+
+/// Parses a JSON body into `T`, answering 400 with our error shape (axum's
+/// own `Json` rejection would answer 415/422 in plain text).
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The authenticated caller of a route.
+pub struct Caller(pub u64);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
+        let verified = state
+            .services
+            .auth
+            .clone()
+            .verify_token(VerifyTokenRequest { access_token: token.to_string() })
+            .await?;
+        Ok(Caller(verified.into_inner().user_id))
+    }
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+pub async fn register(State(state): State<AppState>, bytes: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let Credentials { username, password } = body(&bytes)?;
+    let user = state
+        .services
+        .auth
+        .clone()
+        .register(RegisterRequest { username, password })
+        .await?
+        .into_inner()
+        .user
+        .unwrap_or_default();
+    Ok((StatusCode::CREATED, Json(json!({ "user_id": user.user_id, "username": user.username }))))
+}
+
+fn token_body(pair: TokenPair) -> Json<Value> {
+    let user = pair.user.unwrap_or_default();
+    Json(json!({
+        "token": pair.access_token,
+        "user_id": user.user_id,
+        "username": user.username,
+        "refresh_token": pair.refresh_token,
+        "expires_in": pair.expires_in,
+    }))
+}
+
+pub async fn login(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+    let Credentials { username, password } = body(&bytes)?;
+    let pair = state.services.auth.clone().login(LoginRequest { username, password }).await?.into_inner();
+    Ok(token_body(pair))
+}
+
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+pub async fn refresh(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+    let RefreshBody { refresh_token } = body(&bytes)?;
+    let pair = state.services.auth.clone().refresh(RefreshRequest { refresh_token }).await?.into_inner();
+    Ok(token_body(pair))
+}
+
+/// `GET /api/users/{username}`: find someone to start a chat with.
+pub async fn find_user(State(state): State<AppState>, _caller: Caller, Path(username): Path<String>) -> Result<Json<Value>, ApiError> {
+    let user = state.services.auth.clone().find_user(FindUserRequest { username }).await?.into_inner();
+    Ok(Json(json!({ "user_id": user.user_id, "username": user.username })))
+}
+
+fn group_body(group: Group) -> Json<Value> {
+    Json(json!({
+        "group_id": group.group_id,
+        "name": group.name,
+        "owner_id": group.owner_id,
+        "member_ids": group.member_ids,
+    }))
+}
+
+#[derive(Deserialize)]
+struct NewGroup {
+    name: String,
+    #[serde(default)]
+    member_ids: Vec<u64>,
+}
+
+pub async fn create_group(State(state): State<AppState>, Caller(owner_id): Caller, bytes: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let NewGroup { name, member_ids } = body(&bytes)?;
+    let group = state
+        .services
+        .group
+        .clone()
+        .create_group(CreateGroupRequest { owner_id, name, member_ids })
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, group_body(group)))
+}
+
+pub async fn list_groups(State(state): State<AppState>, Caller(user_id): Caller) -> Result<Json<Value>, ApiError> {
+    let groups = state.services.group.clone().list_user_groups(ListUserGroupsRequest { user_id }).await?.into_inner().groups;
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|g| json!({ "group_id": g.group_id, "name": g.name, "owner_id": g.owner_id }))
+        .collect();
+    Ok(Json(json!({ "groups": groups })))
+}
+
+pub async fn join_group(State(state): State<AppState>, Caller(user_id): Caller, Path(group_id): Path<u64>) -> Result<Json<Value>, ApiError> {
+    let group = state.services.group.clone().join_group(JoinGroupRequest { group_id, user_id }).await?.into_inner();
+    Ok(group_body(group))
+}
+
+pub async fn leave_group(State(state): State<AppState>, Caller(user_id): Caller, Path(group_id): Path<u64>) -> Result<Json<Value>, ApiError> {
+    let group = state.services.group.clone().leave_group(LeaveGroupRequest { group_id, user_id }).await?.into_inner();
+    Ok(group_body(group))
+}
+
+/// Members are visible to members only.
+pub async fn group_members(State(state): State<AppState>, Caller(user_id): Caller, Path(group_id): Path<u64>) -> Result<Json<Value>, ApiError> {
+    let group = state.services.group.clone().get_group(GetGroupRequest { group_id }).await?.into_inner();
+    if !group.member_ids.contains(&user_id) {
+        return Err(ApiError::new(ErrorCode::NotMember, "only members can list a group's members"));
+    }
+    Ok(Json(json!({ "group_id": group.group_id, "member_ids": group.member_ids })))
+}
+
+/// `GET /api/conversations`: the caller's conversations with unread counts.
+pub async fn conversations(State(state): State<AppState>, Caller(user_id): Caller) -> Result<Json<Value>, ApiError> {
+    let backlog = state.services.offline.clone().list_backlog(ListBacklogRequest { user_id }).await?.into_inner();
+    let items: Vec<Value> = backlog
+        .conversations
+        .into_iter()
+        .map(|b| json!({ "conversation_id": b.conversation_id, "acked_seq": b.acked_seq, "latest_seq": b.latest_seq, "unread": b.latest_seq - b.acked_seq }))
+        .collect();
+    Ok(Json(json!({ "conversations": items })))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    after_seq: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/conversations/{id}/messages`: history for members only.
+pub async fn history(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+    Path(conversation_id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if conversation::parse(&conversation_id).is_none() {
+        return Err(ApiError::bad_request("malformed conversation id"));
+    }
+    let page = state
+        .services
+        .offline
+        .clone()
+        .pull(PullRequest { user_id, conversation_id, after_seq: Some(q.after_seq.unwrap_or(0)), limit: q.limit.unwrap_or(0) })
+        .await?
+        .into_inner();
+    let messages: Vec<Value> = page
+        .messages
+        .iter()
+        .map(|m| serde_json::from_str(&crate::frames::delivered(m)).unwrap_or(Value::Null))
+        .collect();
+    Ok(Json(json!({ "messages": messages, "acked_seq": page.acked_seq, "latest_seq": page.latest_seq })))
+}
+
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the node is not draining and auth answers.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if state.draining.is_cancelled() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "draining"));
+    }
+    let probe = state.services.auth.clone().verify_token(VerifyTokenRequest { access_token: String::new() }).await;
+    match probe {
+        Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(Json(json!({ "status": "ready" }))),
+        Ok(_) => Ok(Json(json!({ "status": "ready" }))),
+        Err(_) => Err(ApiError::new(ErrorCode::Unavailable, "auth service unreachable")),
+    }
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<crate::stats::StatsView> {
+    Json(state.stats.view(&state.settings.node_id))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}

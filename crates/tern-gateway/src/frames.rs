@@ -1,0 +1,283 @@
+//! Protocol v1 frames (DESIGN.md §3): parsing what clients send and
+//! writing what the server sends. Only this module knows the JSON shapes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tern_proto::{
+    ErrorCode,
+    pb::message::{Message, message::Target},
+};
+
+/// Frame type codes, kept from the original guide.
+pub mod kind {
+    pub const SINGLE: i64 = 1;
+    pub const GROUP: i64 = 2;
+    pub const ERROR: i64 = 3;
+    pub const ACK: i64 = 30;
+    pub const HEARTBEAT: i64 = 99;
+    pub const KICKED: i64 = 100;
+}
+
+/// A client frame that parsed and carries what its type needs.
+#[derive(Debug, PartialEq)]
+pub enum ClientFrame {
+    /// Type 1 or 2: send a message.
+    Send { target: SendTarget, content: String, client_msg_id: Option<String> },
+    /// Type 30: everything up to `seq` in the conversation was delivered.
+    Ack { conversation_id: String, seq: u64 },
+    /// Type 99.
+    Heartbeat,
+}
+
+/// Where a send goes.
+#[derive(Debug, PartialEq, Clone, Copy)]
+pub enum SendTarget {
+    User(u64),
+    Group(u64),
+}
+
+/// Why a frame was refused; answered as a type 3 frame.
+#[derive(Debug, PartialEq)]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Echoed so the client can match the error to its send.
+    pub client_msg_id: Option<String>,
+}
+
+impl FrameError {
+    fn new(code: ErrorCode, message: impl Into<String>, client_msg_id: Option<String>) -> Self {
+        Self { code, message: message.into(), client_msg_id }
+    }
+}
+
+/// The loose shape every client frame is read into; unknown fields are
+/// ignored, and ids may come as numbers or numeric strings.
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    #[serde(borrow)]
+    to: Option<&'a RawValue>,
+    #[serde(borrow)]
+    group_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow)]
+    client_msg_id: Option<&'a RawValue>,
+    conversation_id: Option<serde_json::Value>,
+    #[serde(borrow)]
+    seq: Option<&'a RawValue>,
+}
+
+/// Reads an id given as a JSON number or a string of digits.
+fn id_of(raw: Option<&RawValue>) -> Option<u64> {
+    let raw = raw?.get();
+    raw.parse::<u64>().ok().or_else(|| serde_json::from_str::<String>(raw).ok()?.parse().ok())
+}
+
+fn client_msg_id_of(raw: Option<&RawValue>) -> Result<Option<String>, ()> {
+    let Some(raw) = raw else { return Ok(None) };
+    match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::String(s)) => Ok(Some(s)),
+        Ok(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Ok(serde_json::Value::Null) => Ok(None),
+        _ => Err(()),
+    }
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+    let raw: RawFrame<'_> = serde_json::from_str(text)
+        .map_err(|_| FrameError::new(ErrorCode::MalformedFrame, "frame must be a JSON object", None))?;
+    let client_msg_id = client_msg_id_of(raw.client_msg_id).map_err(|_| {
+        FrameError::new(ErrorCode::MissingField, "client_msg_id must be a string", None)
+    })?;
+    let kind = raw
+        .kind
+        .as_ref()
+        .and_then(serde_json::Value::as_i64)
+        .ok_or_else(|| FrameError::new(ErrorCode::UnknownType, "numeric field 'type' is required", client_msg_id.clone()))?;
+    let missing = |what: &str| FrameError::new(ErrorCode::MissingField, what.to_string(), client_msg_id.clone());
+    match kind {
+        kind::SINGLE | kind::GROUP => {
+            let target = if kind == kind::SINGLE {
+                SendTarget::User(id_of(raw.to).ok_or_else(|| missing("'to' must be a user id"))?)
+            } else {
+                let group = id_of(raw.group_id).or_else(|| id_of(raw.to));
+                SendTarget::Group(group.ok_or_else(|| missing("'group_id' must be a group id"))?)
+            };
+            let content = raw
+                .content
+                .filter(|c| c.get() != "null")
+                .ok_or_else(|| missing("'content' is required"))?;
+            Ok(ClientFrame::Send { target, content: content.get().to_string(), client_msg_id })
+        }
+        kind::ACK => {
+            let conversation_id = match raw.conversation_id {
+                Some(serde_json::Value::String(s)) => s,
+                _ => return Err(missing("'conversation_id' is required")),
+            };
+            let seq = raw
+                .seq
+                .and_then(|s| s.get().parse::<u64>().ok())
+                .ok_or_else(|| missing("'seq' must be a non-negative integer"))?;
+            Ok(ClientFrame::Ack { conversation_id, seq })
+        }
+        kind::HEARTBEAT => Ok(ClientFrame::Heartbeat),
+        other => Err(FrameError::new(ErrorCode::UnknownType, format!("unknown frame type {other}"), client_msg_id)),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Delivered<'a> {
+    #[serde(rename = "type")]
+    kind: i64,
+    message_id: &'a str,
+    conversation_id: &'a str,
+    seq: u64,
+    from: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<u64>,
+    content: &'a RawValue,
+    timestamp: i64,
+}
+
+/// A delivered message (type 1 or 2).
+pub fn delivered(message: &Message) -> String {
+    let (kind, to, group_id) = match message.target {
+        Some(Target::GroupId(g)) => (kind::GROUP, None, Some(g)),
+        Some(Target::ToUserId(u)) => (kind::SINGLE, Some(u), None),
+        None => (kind::SINGLE, None, None),
+    };
+    // Content was validated as JSON when stored; fall back to null rather
+    // than fail the whole delivery if a row was edited by hand.
+    let null = RawValue::from_string("null".into()).expect("null is JSON");
+    let content = serde_json::from_str::<&RawValue>(&message.content_json).unwrap_or(&null);
+    serde_json::to_string(&Delivered {
+        kind,
+        message_id: &message.message_id,
+        conversation_id: &message.conversation_id,
+        seq: message.seq,
+        from: message.sender_id,
+        to,
+        group_id,
+        content,
+        timestamp: message.created_at_ms,
+    })
+    .expect("serialising plain fields cannot fail")
+}
+
+/// The send acknowledgement (type 30).
+pub fn send_ack(message: &Message, duplicate: bool) -> String {
+    serde_json::json!({
+        "type": kind::ACK,
+        "client_msg_id": message.client_msg_id,
+        "message_id": message.message_id,
+        "conversation_id": message.conversation_id,
+        "seq": message.seq,
+        "timestamp": message.created_at_ms,
+        "duplicate": duplicate,
+    })
+    .to_string()
+}
+
+/// An error (type 3).
+pub fn error(error: &FrameError) -> String {
+    let mut frame = serde_json::json!({
+        "type": kind::ERROR,
+        "code": error.code.as_str(),
+        "message": error.message,
+        "retryable": error.code.retryable(),
+    });
+    if let Some(id) = &error.client_msg_id {
+        frame["client_msg_id"] = id.clone().into();
+    }
+    frame.to_string()
+}
+
+/// The heartbeat answer (type 99).
+pub fn heartbeat() -> String {
+    serde_json::json!({ "type": kind::HEARTBEAT, "timestamp": now_ms() }).to_string()
+}
+
+/// The kick notice (type 100).
+pub fn kicked(reason: &str) -> String {
+    serde_json::json!({ "type": kind::KICKED, "content": { "reason": reason } }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_original_guide_examples() {
+        let f = parse(r#"{"type":1,"to":2,"content":"hi","timestamp":1}"#).unwrap();
+        assert_eq!(f, ClientFrame::Send { target: SendTarget::User(2), content: "\"hi\"".into(), client_msg_id: None });
+        let f = parse(r#"{"type":2,"to":"7","content":{"text":"x"},"client_msg_id":"c1"}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Send { target: SendTarget::Group(7), content: r#"{"text":"x"}"#.into(), client_msg_id: Some("c1".into()) }
+        );
+        assert_eq!(parse(r#"{"type":99}"#).unwrap(), ClientFrame::Heartbeat);
+        assert_eq!(
+            parse(r#"{"type":30,"conversation_id":"dm:1:2","seq":4}"#).unwrap(),
+            ClientFrame::Ack { conversation_id: "dm:1:2".into(), seq: 4 }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_frames_with_stable_codes() {
+        let code = |s: &str| parse(s).unwrap_err().code;
+        assert_eq!(code("not json"), ErrorCode::MalformedFrame);
+        assert_eq!(code("[1,2]"), ErrorCode::MalformedFrame);
+        assert_eq!(code(r#"{"to":2}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"1"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":42}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":1,"content":"x"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":1,"to":-3,"content":"x"}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":1,"to":2}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":1,"to":2,"content":null}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":30,"seq":1}"#), ErrorCode::MissingField);
+        assert_eq!(code(r#"{"type":30,"conversation_id":"dm:1:2","seq":-1}"#), ErrorCode::MissingField);
+    }
+
+    #[test]
+    fn errors_echo_the_client_msg_id() {
+        let e = parse(r#"{"type":1,"client_msg_id":"abc","content":1}"#).unwrap_err();
+        assert_eq!(e.client_msg_id.as_deref(), Some("abc"));
+        let frame: serde_json::Value = serde_json::from_str(&error(&e)).unwrap();
+        assert_eq!(frame["type"], 3);
+        assert_eq!(frame["client_msg_id"], "abc");
+        assert_eq!(frame["code"], "missing_field");
+    }
+
+    #[test]
+    fn delivered_frames_embed_content_verbatim() {
+        let m = Message {
+            message_id: "m".into(),
+            conversation_id: "group:9".into(),
+            seq: 3,
+            sender_id: 5,
+            target: Some(Target::GroupId(9)),
+            content_json: r#"{"text":"hé"}"#.into(),
+            created_at_ms: 10,
+            client_msg_id: "c".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&delivered(&m)).unwrap();
+        assert_eq!(v["type"], 2);
+        assert_eq!(v["group_id"], 9);
+        assert_eq!(v["from"], 5);
+        assert_eq!(v["content"]["text"], "hé");
+    }
+}

@@ -1,0 +1,208 @@
+//! The writing side of a session. It owns the socket's write half and is
+//! the only place that decides what a client receives and in which order:
+//! offline backlog first, then live messages, with duplicates dropped and
+//! gaps filled from storage, so each conversation arrives in seq order.
+
+use crate::{Outbound, frames, stats::Stats};
+use fastwebsockets::{Frame, Payload, WebSocketWrite};
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+use tern_proto::pb::{
+    message::Message,
+    offline::{ListBacklogRequest, PullRequest, offline_service_client::OfflineServiceClient},
+};
+use tern_runtime::grpc::GrpcChannel;
+use tokio::{io::AsyncWrite, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Close codes the gateway uses (RFC 6455 §7.4 plus two of our own).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Another session of the same user took over, or the token expired.
+    pub const KICKED: u16 = 4001;
+}
+
+/// A write that takes longer than this means the client stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the writer stopped.
+#[derive(Debug, thiserror::Error)]
+enum Stop {
+    #[error("socket: {0}")]
+    Socket(String),
+    #[error("sync failed: {0}")]
+    Sync(#[from] tonic::Status),
+}
+
+/// Writes frames for one session.
+pub struct Pusher<W> {
+    ws: WebSocketWrite<W>,
+    user: u64,
+    offline: OfflineServiceClient<GrpcChannel>,
+    /// Highest seq written to this client, per conversation.
+    pushed: HashMap<String, u64>,
+    page: u32,
+    stats: Arc<Stats>,
+}
+
+impl<W: AsyncWrite + Unpin> Pusher<W> {
+    pub fn new(ws: WebSocketWrite<W>, user: u64, offline: OfflineServiceClient<GrpcChannel>, page: u32, stats: Arc<Stats>) -> Self {
+        Self { ws, user, offline, pushed: HashMap::new(), page, stats }
+    }
+
+    /// Sends the backlog, then serves the queue until it closes, `cancel`
+    /// fires (slow consumer) or the socket fails. Cancels `done` on exit so
+    /// the reading side stops too.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Outbound>, cancel: CancellationToken, done: CancellationToken) {
+        let _done = done.drop_guard();
+        if let Err(error) = self.sync_backlog().await {
+            tracing::warn!(user_id = self.user, %error, "initial sync failed");
+            let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
+            return;
+        }
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    let _ = self.close(close::TRY_AGAIN_LATER, "too slow; reconnect to resync").await;
+                    return;
+                }
+                item = rx.recv() => item,
+            };
+            let Some(item) = item else { return };
+            match self.handle(item).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::debug!(user_id = self.user, %error, "session writer stopped");
+                    if matches!(error, Stop::Sync(_)) {
+                        let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
+                    }
+                    return;
+                }
+            }
+            if rx.is_empty() {
+                self.flush().await.ok();
+            }
+        }
+    }
+
+    /// Handles one queued item; `false` when the session is over.
+    async fn handle(&mut self, item: Outbound) -> Result<bool, Stop> {
+        match item {
+            Outbound::Text(text) => self.text(text.into_bytes()).await?,
+            Outbound::Deliver(message) => self.deliver(&message).await?,
+            Outbound::Pong(payload) => self.write(Frame::pong(Payload::Owned(payload))).await?,
+            Outbound::Close(code, reason) => {
+                self.close(code, reason).await?;
+                return Ok(false);
+            }
+            Outbound::Kick(reason) => {
+                self.text(frames::kicked(&reason).into_bytes()).await?;
+                self.close(close::KICKED, &reason).await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every conversation's messages beyond the cursor, in seq order.
+    async fn sync_backlog(&mut self) -> Result<(), Stop> {
+        let backlog = self
+            .offline
+            .list_backlog(ListBacklogRequest { user_id: self.user })
+            .await?
+            .into_inner()
+            .conversations;
+        for conversation in backlog {
+            self.catch_up(&conversation.conversation_id, conversation.latest_seq).await?;
+        }
+        self.flush().await
+    }
+
+    /// Pushes a live message unless it was already pushed; fills the gap
+    /// first when earlier messages of its conversation are missing.
+    async fn deliver(&mut self, message: &Message) -> Result<(), Stop> {
+        match self.pushed.get(&message.conversation_id).copied() {
+            Some(last) if message.seq <= last => Ok(()),
+            Some(last) if message.seq == last + 1 => {
+                self.push(message).await?;
+                self.pushed.insert(message.conversation_id.clone(), message.seq);
+                Ok(())
+            }
+            // A gap, or a conversation this session has not seen yet: read
+            // storage from what was pushed (or from the cursor) up to here.
+            _ => self.catch_up(&message.conversation_id, message.seq).await,
+        }
+    }
+
+    /// Pulls and pushes a conversation until `target` seq has been pushed.
+    async fn catch_up(&mut self, conversation_id: &str, target: u64) -> Result<(), Stop> {
+        loop {
+            let after = self.pushed.get(conversation_id).copied();
+            if after.is_some_and(|a| a >= target) {
+                return Ok(());
+            }
+            let page = self
+                .offline
+                .pull(PullRequest {
+                    user_id: self.user,
+                    conversation_id: conversation_id.to_string(),
+                    after_seq: after,
+                    limit: self.page,
+                })
+                .await?
+                .into_inner();
+            let mut last = after.unwrap_or(page.acked_seq);
+            for message in &page.messages {
+                if message.seq > last {
+                    self.push(message).await?;
+                    last = message.seq;
+                }
+            }
+            self.pushed.insert(conversation_id.to_string(), last);
+            if page.messages.is_empty() {
+                return Ok(());
+            }
+            self.flush().await?;
+        }
+    }
+
+    async fn push(&mut self, message: &Message) -> Result<(), Stop> {
+        self.stats.messages_out.fetch_add(1, Relaxed);
+        self.text(frames::delivered(message).into_bytes()).await
+    }
+
+    async fn text(&mut self, bytes: Vec<u8>) -> Result<(), Stop> {
+        self.write(Frame::text(Payload::Owned(bytes))).await
+    }
+
+    async fn write(&mut self, frame: Frame<'_>) -> Result<(), Stop> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.write_frame(frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Stop::Socket(e.to_string())),
+            Err(_) => Err(Stop::Socket("write timed out".into())),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Stop::Socket(e.to_string())),
+            Err(_) => Err(Stop::Socket("flush timed out".into())),
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) -> Result<(), Stop> {
+        self.write(Frame::close(code, reason.as_bytes())).await?;
+        self.flush().await
+    }
+}

@@ -1,0 +1,92 @@
+//! The sessions this node holds, and the loop that hands bus events to them.
+
+use crate::{Outbound, stats::Stats};
+use dashmap::DashMap;
+use std::sync::{Arc, atomic::Ordering::Relaxed};
+use tern_bus::{BusEvent, Event, Subscription};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A live session as others see it.
+#[derive(Clone)]
+pub struct SessionHandle {
+    /// Unique across nodes, so a kick can spare the session that caused it.
+    pub id: String,
+    /// The session's bounded outbound queue.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled to drop the session at once (slow consumer).
+    pub cancel: CancellationToken,
+}
+
+impl SessionHandle {
+    /// Asks the session to send a type 100 frame and close; if its queue is
+    /// full it is dropped at once instead.
+    pub fn kick(&self, reason: String) {
+        if self.tx.try_send(Outbound::Kick(reason)).is_err() {
+            self.cancel.cancel();
+        }
+    }
+}
+
+/// User id → the user's session on this node (one per user).
+#[derive(Default)]
+pub struct Registry {
+    sessions: DashMap<u64, SessionHandle>,
+}
+
+impl Registry {
+    /// Registers `session` for `user`, returning the session it replaces.
+    pub fn insert(&self, user: u64, session: SessionHandle) -> Option<SessionHandle> {
+        self.sessions.insert(user, session)
+    }
+
+    /// Removes `user`'s session if it is still `session_id`. True when it was.
+    pub fn remove(&self, user: u64, session_id: &str) -> bool {
+        self.sessions.remove_if(&user, |_, s| s.id == session_id).is_some()
+    }
+
+    pub fn get(&self, user: u64) -> Option<SessionHandle> {
+        self.sessions.get(&user).map(|s| s.clone())
+    }
+
+    /// Every session, for shutdown.
+    pub fn all(&self) -> Vec<SessionHandle> {
+        self.sessions.iter().map(|s| s.value().clone()).collect()
+    }
+
+    /// Queues `item` for `user` without waiting. A full queue means the
+    /// client stopped reading: the session is dropped (it resyncs when it
+    /// reconnects) instead of letting the queue or the node's memory grow.
+    pub fn offer(&self, user: u64, item: Outbound, stats: &Stats) {
+        let Some(session) = self.get(user) else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(item) {
+            tracing::warn!(user_id = user, "outbound queue full; closing slow consumer");
+            stats.slow_consumers_closed.fetch_add(1, Relaxed);
+            session.cancel.cancel();
+        }
+    }
+}
+
+/// Hands this node's bus events to its sessions until the bus closes.
+pub async fn dispatch(mut events: Subscription, registry: Arc<Registry>, stats: Arc<Stats>) {
+    while let Some(BusEvent { event }) = events.recv().await {
+        match event {
+            Some(Event::Deliver(deliver)) => {
+                let Some(message) = deliver.message else { continue };
+                let message = Arc::new(message);
+                for user in deliver.recipients {
+                    registry.offer(user, Outbound::Deliver(message.clone()), &stats);
+                }
+            }
+            Some(Event::Kick(kick)) => {
+                if let Some(session) = registry.get(kick.user_id) {
+                    if session.id != kick.keep_session_id {
+                        session.kick(kick.reason);
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    tracing::info!("bus subscription ended");
+}

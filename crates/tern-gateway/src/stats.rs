@@ -1,0 +1,38 @@
+//! Counters behind `/stats`.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Live figures of one gateway node.
+#[derive(Default)]
+pub struct Stats {
+    pub connections_live: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub messages_in: AtomicU64,
+    pub messages_out: AtomicU64,
+    pub slow_consumers_closed: AtomicU64,
+}
+
+/// The `/stats` body.
+#[derive(Serialize)]
+pub struct StatsView {
+    pub node_id: String,
+    pub connections: u64,
+    pub connections_total: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub slow_consumers_closed: u64,
+}
+
+impl Stats {
+    pub fn view(&self, node_id: &str) -> StatsView {
+        StatsView {
+            node_id: node_id.to_string(),
+            connections: self.connections_live.load(Relaxed),
+            connections_total: self.connections_total.load(Relaxed),
+            messages_in: self.messages_in.load(Relaxed),
+            messages_out: self.messages_out.load(Relaxed),
+            slow_consumers_closed: self.slow_consumers_closed.load(Relaxed),
+        }
+    }
+}

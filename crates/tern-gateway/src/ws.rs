@@ -1,0 +1,293 @@
+//! The WebSocket endpoint: authentication at the upgrade, then the reading
+//! side of a session (frames in, gRPC calls out, answers queued to the
+//! [`Pusher`]).
+
+use crate::{
+    AppState, Outbound,
+    error::ApiError,
+    frames::{self, ClientFrame, FrameError, SendTarget},
+    pusher::{Pusher, close},
+    registry::SessionHandle,
+};
+use axum::{
+    extract::{Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead, upgrade::IncomingUpgrade};
+use serde::Deserialize;
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use tern_bus::{BusEvent, Event, Kick};
+use tern_proto::{
+    ErrorCode, error_code_of,
+    pb::{
+        auth::VerifyTokenRequest,
+        message::{SendRequest, send_request::Target},
+        offline::AckRequest,
+    },
+};
+use tokio::{io::AsyncRead, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+/// Query string of `GET /ws`.
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// The bearer token from `Authorization`, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// `GET /ws`: checks the token before upgrading, so a bad or expired token
+/// gets a plain HTTP 401 and never a socket.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    upgrade: Result<IncomingUpgrade, StatusCode>,
+) -> Response {
+    let Some(token) = query.token.as_deref().or_else(|| bearer(&headers)) else {
+        return ApiError::new(ErrorCode::Unauthenticated, "missing token").into_response();
+    };
+    let verified = state
+        .services
+        .auth
+        .clone()
+        .verify_token(VerifyTokenRequest { access_token: token.to_string() })
+        .await;
+    let identity = match verified {
+        Ok(r) => r.into_inner(),
+        Err(status) => return ApiError::from(status).into_response(),
+    };
+    let Ok(upgrade) = upgrade else {
+        return ApiError::bad_request("expected a WebSocket upgrade (version 13)").into_response();
+    };
+    let Ok((response, socket)) = upgrade.upgrade() else {
+        return ApiError::bad_request("upgrade failed").into_response();
+    };
+    let tracked = state.clone();
+    state.tracker.spawn(async move {
+        match socket.await {
+            Ok(ws) => serve(tracked, ws, identity.user_id, identity.expires_at).await,
+            Err(error) => tracing::debug!(%error, "upgrade did not complete"),
+        }
+    });
+    response.into_response()
+}
+
+/// Runs one session from upgrade to close.
+async fn serve<S>(state: AppState, mut ws: fastwebsockets::WebSocket<S>, user: u64, expires_at: i64)
+where
+    S: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = &state.settings;
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    // The library's limit is per frame (and exclusive); the reader below
+    // enforces the same limit on whole, reassembled messages.
+    ws.set_max_message_size(settings.max_message_bytes + 1);
+    let (read, write) = ws.split(|s| {
+        let (r, w) = tokio::io::split(s);
+        (r, tokio::io::BufWriter::new(w))
+    });
+
+    let session_id = uuid::Uuid::now_v7().to_string();
+    let (tx, rx) = mpsc::channel(settings.outbound_queue);
+    let handle = SessionHandle { id: session_id.clone(), tx: tx.clone(), cancel: CancellationToken::new() };
+    if let Some(old) = state.registry.insert(user, handle.clone()) {
+        old.kick("another session took over".into());
+    }
+    match state.services.presence.connect(user, &settings.node_id).await {
+        Ok(others) => {
+            for node in others {
+                let kick = Kick { user_id: user, keep_session_id: session_id.clone(), reason: "another session took over".into() };
+                let _ = state.services.bus.publish(&node, BusEvent { event: Some(Event::Kick(kick)) }).await;
+            }
+        }
+        Err(error) => tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session"),
+    }
+    state.stats.connections_live.fetch_add(1, Relaxed);
+    state.stats.connections_total.fetch_add(1, Relaxed);
+    tracing::debug!(user_id = user, session_id, "session open");
+
+    let done = CancellationToken::new();
+    let pusher = Pusher::new(write, user, state.services.offline.clone(), settings.sync_page, state.stats.clone());
+    let writer = tokio::spawn(pusher.run(rx, handle.cancel.clone(), done.clone()));
+    let expiry = expiry_timer(tx.clone(), expires_at);
+    let reader = Reader { state: &state, user, tx };
+    tokio::select! {
+        _ = reader.run(read) => {}
+        _ = done.cancelled() => {}
+    }
+    expiry.abort();
+    // Give the writer a moment to send its close frame, then cut it off.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+
+    if state.registry.remove(user, &session_id) {
+        if let Err(error) = state.services.presence.disconnect(user, &settings.node_id).await {
+            tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
+        }
+    }
+    state.stats.connections_live.fetch_sub(1, Relaxed);
+    tracing::debug!(user_id = user, session_id, "session closed");
+}
+
+/// Kicks the session when its token expires.
+fn expiry_timer(tx: mpsc::Sender<Outbound>, expires_at: i64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let left = expires_at - frames::now_ms() / 1000;
+        tokio::time::sleep(Duration::from_secs(left.max(0) as u64)).await;
+        let _ = tx.send(Outbound::Kick("token expired".into())).await;
+    })
+}
+
+/// The reading side of one session.
+struct Reader<'a> {
+    state: &'a AppState,
+    user: u64,
+    tx: mpsc::Sender<Outbound>,
+}
+
+impl Reader<'_> {
+    async fn run<R: AsyncRead + Unpin>(&self, mut read: WebSocketRead<R>) {
+        let idle = Duration::from_secs(self.state.settings.idle_timeout_secs);
+        let max = self.state.settings.max_message_bytes;
+        // Frames of a fragmented message, until its final frame arrives.
+        let mut partial: Option<(OpCode, Vec<u8>)> = None;
+        let mut obligated = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
+        loop {
+            let frame = match tokio::time::timeout(idle, read.read_frame(&mut obligated)).await {
+                Err(_) => return self.close(close::NORMAL, "idle timeout").await,
+                Ok(Err(WebSocketError::FrameTooLarge)) => return self.close(close::TOO_BIG, "message too big").await,
+                Ok(Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_))) => return,
+                Ok(Err(error)) => {
+                    tracing::debug!(user_id = self.user, %error, "protocol error");
+                    return self.close(close::PROTOCOL_ERROR, "protocol error").await;
+                }
+                Ok(Ok(frame)) => frame,
+            };
+            let (opcode, fin) = (frame.opcode, frame.fin);
+            match opcode {
+                OpCode::Text | OpCode::Binary if partial.is_some() => {
+                    return self.close(close::PROTOCOL_ERROR, "expected a continuation frame").await;
+                }
+                OpCode::Text | OpCode::Binary if fin => {
+                    if !self.message(opcode, frame.payload.to_vec()).await {
+                        return;
+                    }
+                }
+                OpCode::Text | OpCode::Binary => partial = Some((opcode, frame.payload.to_vec())),
+                OpCode::Continuation => {
+                    let Some((first, mut data)) = partial.take() else {
+                        return self.close(close::PROTOCOL_ERROR, "unexpected continuation frame").await;
+                    };
+                    if data.len() + frame.payload.len() > max {
+                        return self.close(close::TOO_BIG, "message too big").await;
+                    }
+                    data.extend_from_slice(&frame.payload);
+                    if !fin {
+                        partial = Some((first, data));
+                    } else if !self.message(first, data).await {
+                        return;
+                    }
+                }
+                OpCode::Ping => {
+                    if self.tx.send(Outbound::Pong(frame.payload.to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+                OpCode::Pong => {}
+                OpCode::Close => return self.close(close::NORMAL, "bye").await,
+            }
+        }
+    }
+
+    async fn close(&self, code: u16, reason: &'static str) {
+        let _ = self.tx.send(Outbound::Close(code, reason)).await;
+    }
+
+    async fn reply(&self, text: String) -> bool {
+        self.tx.send(Outbound::Text(text)).await.is_ok()
+    }
+
+    /// Handles one whole message; `false` ends the session.
+    async fn message(&self, opcode: OpCode, data: Vec<u8>) -> bool {
+        if data.len() > self.state.settings.max_message_bytes {
+            self.close(close::TOO_BIG, "message too big").await;
+            return false;
+        }
+        if opcode == OpCode::Binary {
+            let error = FrameError { code: ErrorCode::MalformedFrame, message: "binary frames are not supported; send JSON text".into(), client_msg_id: None };
+            return self.reply(frames::error(&error)).await;
+        }
+        let Ok(text) = std::str::from_utf8(&data) else {
+            self.close(close::INVALID_DATA, "text frame is not UTF-8").await;
+            return false;
+        };
+        let answer = match frames::parse(text) {
+            Ok(ClientFrame::Heartbeat) => {
+                if let Err(error) = self.state.services.presence.refresh(self.user, &self.state.settings.node_id).await {
+                    tracing::warn!(user_id = self.user, %error, "presence refresh failed");
+                }
+                Some(frames::heartbeat())
+            }
+            Ok(ClientFrame::Send { target, content, client_msg_id }) => Some(self.send(target, content, client_msg_id).await),
+            Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
+            Err(error) => Some(frames::error(&error)),
+        };
+        match answer {
+            Some(text) => self.reply(text).await,
+            None => true,
+        }
+    }
+
+    async fn send(&self, target: SendTarget, content: String, client_msg_id: Option<String>) -> String {
+        self.state.stats.messages_in.fetch_add(1, Relaxed);
+        let request = SendRequest {
+            sender_id: self.user,
+            client_msg_id: client_msg_id.clone().unwrap_or_default(),
+            target: Some(match target {
+                SendTarget::User(u) => Target::ToUserId(u),
+                SendTarget::Group(g) => Target::GroupId(g),
+            }),
+            content_json: content,
+            system: false,
+        };
+        match self.state.services.message.clone().send(request).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                match r.message {
+                    Some(message) => frames::send_ack(&message, r.duplicate),
+                    None => frames::error(&FrameError { code: ErrorCode::Internal, message: "internal error".into(), client_msg_id }),
+                }
+            }
+            Err(status) => frames::error(&status_frame(&status, client_msg_id)),
+        }
+    }
+
+    async fn ack(&self, conversation_id: String, seq: u64) -> Option<String> {
+        let request = AckRequest { user_id: self.user, conversation_id, seq };
+        match self.state.services.offline.clone().ack(request).await {
+            Ok(_) => None,
+            Err(status) => Some(frames::error(&status_frame(&status, None))),
+        }
+    }
+}
+
+/// A service error as a type 3 frame; internal details stay in the log.
+fn status_frame(status: &tonic::Status, client_msg_id: Option<String>) -> FrameError {
+    let code = error_code_of(status);
+    let message = match code {
+        ErrorCode::Internal => "internal error".to_string(),
+        ErrorCode::Unavailable => "a service is unavailable; retry with the same client_msg_id".to_string(),
+        _ => status.message().to_string(),
+    };
+    FrameError { code, message, client_msg_id }
+}

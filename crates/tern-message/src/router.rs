@@ -1,0 +1,73 @@
+//! After a message is stored: find who should get it, find the nodes that
+//! hold them, publish one event per node.
+
+use crate::Peers;
+use dashmap::DashMap;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tern_bus::{BusEvent, Deliver, Event};
+use tern_proto::pb::{
+    group::GetGroupRequest,
+    message::{Message, message::Target},
+};
+
+/// Routes stored messages to gateway nodes.
+pub struct Router {
+    peers: Peers,
+    /// Group member lists, reused for `ttl`.
+    members: DashMap<u64, (Instant, Arc<Vec<u64>>)>,
+    ttl: Duration,
+}
+
+impl Router {
+    pub fn new(peers: Peers, ttl: Duration) -> Self {
+        Self { peers, members: DashMap::new(), ttl }
+    }
+
+    /// A group's members, from the cache when fresh.
+    pub async fn members(&self, group_id: u64) -> Result<Arc<Vec<u64>>, tonic::Status> {
+        if let Some(entry) = self.members.get(&group_id) {
+            if entry.0.elapsed() < self.ttl {
+                return Ok(entry.1.clone());
+            }
+        }
+        let group = self.peers.group.clone().get_group(GetGroupRequest { group_id }).await?.into_inner();
+        let members = Arc::new(group.member_ids);
+        self.members.insert(group_id, (Instant::now(), members.clone()));
+        Ok(members)
+    }
+
+    /// Publishes `message` to every node holding a recipient. Failures are
+    /// logged, not returned: the message is already stored and acknowledged,
+    /// and recipients that miss the push get it by sync.
+    pub async fn route(&self, message: Message) {
+        let recipients: Vec<u64> = match message.target {
+            Some(Target::ToUserId(to)) => vec![to],
+            Some(Target::GroupId(group)) => match self.members(group).await {
+                Ok(members) => members.iter().copied().filter(|&m| m != message.sender_id).collect(),
+                Err(error) => {
+                    tracing::warn!(group_id = group, %error, "fan-out skipped: members unavailable");
+                    return;
+                }
+            },
+            None => return,
+        };
+        let by_node = match self.peers.presence.locate(&recipients).await {
+            Ok(by_node) => by_node,
+            Err(error) => {
+                tracing::warn!(%error, "fan-out skipped: presence unavailable");
+                return;
+            }
+        };
+        for (node, users) in by_node {
+            let event = BusEvent {
+                event: Some(Event::Deliver(Deliver { message: Some(message.clone()), recipients: users })),
+            };
+            if let Err(error) = self.peers.bus.publish(&node, event).await {
+                tracing::warn!(node, %error, "publish failed; recipients will sync");
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Tern in one process: the gateway plus the auth, group, message and
+//! offline services, on SQLite under one data folder, with the in-process
+//! bus and presence. The services are the same library code the separate
+//! binaries run; only the adapters differ.
+//!
+//! The gateway reaches the services through the same generated gRPC clients
+//! as in distributed mode, over in-process channels
+//! ([`tern_runtime::grpc::in_process`]): requests are still encoded as
+//! protobuf and dispatched through the tonic servers, without a socket.
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::{path::PathBuf, sync::Arc};
+use tern_bus::{InProcessBus, InProcessPresence};
+use tern_proto::pb::{
+    auth::auth_service_client::AuthServiceClient, group::group_service_client::GroupServiceClient,
+    message::message_service_client::MessageServiceClient,
+    offline::offline_service_client::OfflineServiceClient,
+};
+use tern_runtime::{
+    Secret,
+    grpc::{in_process, late_bound},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of the all-in-one server (`TERN__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Where the web app, HTTP API and WebSocket endpoint listen.
+    pub http_addr: String,
+    /// Folder for the SQLite databases and the generated JWT key. Service
+    /// `database_url`s left at their defaults are placed here.
+    pub data_dir: PathBuf,
+    pub auth: tern_auth::Settings,
+    pub group: tern_group::Settings,
+    pub message: tern_message::Settings,
+    pub offline: tern_offline::Settings,
+    pub gateway: tern_gateway::Settings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            http_addr: "0.0.0.0:8080".into(),
+            data_dir: PathBuf::from("data"),
+            auth: Default::default(),
+            group: Default::default(),
+            message: Default::default(),
+            offline: Default::default(),
+            gateway: Default::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Points default database URLs into `data_dir` and makes sure a JWT
+    /// key exists (generated once, kept in `data_dir/jwt.key`, so tokens
+    /// survive restarts).
+    fn resolve(mut self) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&self.data_dir)?;
+        let dir = self.data_dir.display().to_string();
+        let place = |url: &mut String, default: String, name: &str| {
+            if *url == default {
+                *url = format!("sqlite://{dir}/{name}.db");
+            }
+        };
+        place(&mut self.auth.database_url, tern_auth::Settings::default().database_url, "auth");
+        place(&mut self.group.database_url, tern_group::Settings::default().database_url, "group");
+        place(&mut self.message.database_url, tern_message::Settings::default().database_url, "message");
+        place(&mut self.offline.database_url, tern_offline::Settings::default().database_url, "offline");
+        if self.auth.jwt.secret.is_empty() {
+            let path = self.data_dir.join("jwt.key");
+            let key = match std::fs::read_to_string(&path) {
+                Ok(key) if key.trim().len() >= 32 => key.trim().to_string(),
+                _ => {
+                    let mut bytes = [0u8; 32];
+                    rand::rng().fill_bytes(&mut bytes);
+                    let key = hex::encode(bytes);
+                    std::fs::write(&path, &key)?;
+                    key
+                }
+            };
+            self.auth.jwt.secret = Secret::new(key);
+        }
+        Ok(self)
+    }
+}
+
+/// Builds every service, wires them in-process and serves the gateway on
+/// `listener` until `shutdown`.
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = settings.resolve()?;
+    let bus = Arc::new(InProcessBus::new());
+    let presence = Arc::new(InProcessPresence::new());
+
+    // Services call each other in a cycle (message → group → offline →
+    // message), so clients are created first and bound once servers exist.
+    let (auth_ch, auth_bind) = late_bound();
+    let (group_ch, group_bind) = late_bound();
+    let (message_ch, message_bind) = late_bound();
+    let (offline_ch, offline_bind) = late_bound();
+
+    let auth = tern_auth::build(&settings.auth).await?;
+    let group = tern_group::build(
+        &settings.group,
+        tern_group::Peers { auth: AuthServiceClient::new(auth_ch.clone()), offline: OfflineServiceClient::new(offline_ch.clone()) },
+    )
+    .await?;
+    let offline = tern_offline::build(&settings.offline, tern_offline::Peers { message: MessageServiceClient::new(message_ch.clone()).max_decoding_message_size(usize::MAX) }).await?;
+    let message = tern_message::build(
+        &settings.message,
+        tern_message::Peers {
+            auth: AuthServiceClient::new(auth_ch.clone()),
+            group: GroupServiceClient::new(group_ch.clone()),
+            offline: OfflineServiceClient::new(offline_ch.clone()),
+            bus: bus.clone(),
+            presence: presence.clone(),
+        },
+    )
+    .await?;
+    auth_bind.bind(in_process(auth));
+    group_bind.bind(in_process(group));
+    offline_bind.bind(in_process(offline));
+    message_bind.bind(in_process(message));
+
+    let services = tern_gateway::Services {
+        auth: AuthServiceClient::new(auth_ch),
+        group: GroupServiceClient::new(group_ch),
+        message: MessageServiceClient::new(message_ch).max_decoding_message_size(usize::MAX),
+        offline: OfflineServiceClient::new(offline_ch).max_decoding_message_size(usize::MAX),
+        bus,
+        presence,
+    };
+    tern_gateway::run(settings.gateway, services, listener, shutdown).await
+}
