@@ -82,6 +82,10 @@ pub struct Services {
 pub enum Outbound {
     /// A ready JSON frame (ack, error, heartbeat answer).
     Text(String),
+    /// The answer to the client's own send. The seq is noted so the next
+    /// message of the conversation does not look like a gap: senders never
+    /// receive their own messages as deliveries.
+    SendAck { frame: String, conversation_id: String, seq: u64 },
     /// A live message from the bus; the writer orders and deduplicates it.
     Deliver(Arc<Message>),
     /// The answer to a ping.

@@ -99,6 +99,14 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     async fn handle(&mut self, item: Outbound) -> Result<bool, Stop> {
         match item {
             Outbound::Text(text) => self.text(text.into_bytes()).await?,
+            Outbound::SendAck { frame, conversation_id, seq } => {
+                self.text(frame.into_bytes()).await?;
+                if let Some(last) = self.pushed.get_mut(&conversation_id) {
+                    if *last + 1 == seq {
+                        *last = seq;
+                    }
+                }
+            }
             Outbound::Deliver(message) => self.deliver(&message).await?,
             Outbound::Pong(payload) => self.write(Frame::pong(Payload::Owned(payload))).await?,
             Outbound::Close(code, reason) => {
@@ -164,7 +172,10 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             let mut last = after.unwrap_or(page.acked_seq);
             for message in &page.messages {
                 if message.seq > last {
-                    self.push(message).await?;
+                    // The sender's own messages count as delivered to it.
+                    if message.sender_id != self.user {
+                        self.push(message).await?;
+                    }
                     last = message.seq;
                 }
             }

@@ -238,7 +238,12 @@ impl Reader<'_> {
                 }
                 Some(frames::heartbeat())
             }
-            Ok(ClientFrame::Send { target, content, client_msg_id }) => Some(self.send(target, content, client_msg_id).await),
+            Ok(ClientFrame::Send { target, content, client_msg_id }) => {
+                return match self.send(target, content, client_msg_id).await {
+                    Ok(item) => self.tx.send(item).await.is_ok(),
+                    Err(error) => self.reply(error).await,
+                };
+            }
             Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
             Err(error) => Some(frames::error(&error)),
         };
@@ -248,7 +253,8 @@ impl Reader<'_> {
         }
     }
 
-    async fn send(&self, target: SendTarget, content: String, client_msg_id: Option<String>) -> String {
+    /// Sends a message: the ack to queue, or an error frame.
+    async fn send(&self, target: SendTarget, content: String, client_msg_id: Option<String>) -> Result<Outbound, String> {
         self.state.stats.messages_in.fetch_add(1, Relaxed);
         let request = SendRequest {
             sender_id: self.user,
@@ -264,11 +270,15 @@ impl Reader<'_> {
             Ok(r) => {
                 let r = r.into_inner();
                 match r.message {
-                    Some(message) => frames::send_ack(&message, r.duplicate),
-                    None => frames::error(&FrameError { code: ErrorCode::Internal, message: "internal error".into(), client_msg_id }),
+                    Some(message) => Ok(Outbound::SendAck {
+                        frame: frames::send_ack(&message, r.duplicate),
+                        conversation_id: message.conversation_id,
+                        seq: message.seq,
+                    }),
+                    None => Err(frames::error(&FrameError { code: ErrorCode::Internal, message: "internal error".into(), client_msg_id })),
                 }
             }
-            Err(status) => frames::error(&status_frame(&status, client_msg_id)),
+            Err(status) => Err(frames::error(&status_frame(&status, client_msg_id))),
         }
     }
 

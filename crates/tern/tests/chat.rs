@@ -1,0 +1,160 @@
+//! Live 1:1 and group chat over real WebSockets.
+
+mod common;
+
+use common::{Server, seqs, texts};
+use serde_json::json;
+
+#[tokio::test]
+async fn direct_message_is_acked_then_delivered_from_the_real_sender() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut a = s.connect(&alice).await;
+    let mut b = s.connect(&bob).await;
+
+    // The client forges `from`; the server must use the authenticated sender.
+    a.send(json!({ "type": 1, "to": bob.id, "from": 999, "content": { "text": "hi" }, "client_msg_id": "m1" })).await;
+    let ack = a.recv().await;
+    assert_eq!(ack["type"], 30, "{ack}");
+    assert_eq!(ack["client_msg_id"], "m1");
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(ack["duplicate"], false);
+    let conversation = format!("dm:{}:{}", alice.id.min(bob.id), alice.id.max(bob.id));
+    assert_eq!(ack["conversation_id"], conversation.as_str());
+    assert!(ack["message_id"].as_str().is_some_and(|id| !id.is_empty()));
+
+    let got = b.recv().await;
+    assert_eq!(got["type"], 1, "{got}");
+    assert_eq!(got["from"], alice.id);
+    assert_eq!(got["to"], bob.id);
+    assert_eq!(got["content"], json!({ "text": "hi" }));
+    assert_eq!(got["message_id"], ack["message_id"]);
+    assert_eq!(got["seq"], 1);
+    assert!(got["timestamp"].as_i64().unwrap() > 0);
+
+    // The reply continues the same conversation's sequence.
+    let ack = b.send_to(alice.id, "hello back", "r1").await;
+    assert_eq!(ack["seq"], 2);
+    assert_eq!(a.recv().await["content"]["text"], "hello back");
+    // Nobody receives their own message.
+    a.quiet(200).await;
+    b.quiet(200).await;
+}
+
+#[tokio::test]
+async fn the_original_guide_frame_without_client_msg_id_works() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut a = s.connect(&alice).await;
+    let mut b = s.connect(&bob).await;
+    a.send(json!({ "type": 1, "to": bob.id, "content": "plain text", "timestamp": 1 })).await;
+    let ack = a.recv().await;
+    assert_eq!(ack["type"], 30, "{ack}");
+    assert!(ack["client_msg_id"].as_str().is_some_and(|id| !id.is_empty()), "server picked one: {ack}");
+    assert_eq!(b.recv().await["content"], "plain text");
+}
+
+#[tokio::test]
+async fn a_retried_send_is_stored_and_delivered_once() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut a = s.connect(&alice).await;
+    let mut b = s.connect(&bob).await;
+    let first = a.send_to(bob.id, "once", "retry-me").await;
+    let again = a.send_to(bob.id, "once", "retry-me").await;
+    assert_eq!(again["message_id"], first["message_id"]);
+    assert_eq!(again["seq"], first["seq"]);
+    assert_eq!(again["duplicate"], true);
+    let next = a.send_to(bob.id, "twice", "other").await;
+    assert_eq!(next["seq"], 2, "the retry did not consume a seq");
+
+    let got = b.deliveries(2).await;
+    assert_eq!(texts(&got), ["once", "twice"]);
+    b.quiet(300).await;
+}
+
+#[tokio::test]
+async fn group_chat_reaches_members_only_and_seq_has_no_gaps() {
+    let s = Server::start().await;
+    let (a, b, c, d) = (s.user("a").await, s.user("b").await, s.user("c").await, s.user("d").await);
+    let g = s.group(&a, &[&b, &c]).await;
+    let (mut ca, mut cb, mut cc, mut cd) = (s.connect(&a).await, s.connect(&b).await, s.connect(&c).await, s.connect(&d).await);
+
+    let ack = ca.send_group(g, "hello team", "g1").await;
+    assert_eq!((ack["type"].as_i64(), ack["seq"].as_u64()), (Some(30), Some(1)), "{ack}");
+    assert_eq!(ack["conversation_id"], format!("group:{g}"));
+    for client in [&mut cb, &mut cc] {
+        let got = client.recv().await;
+        assert_eq!(got["type"], 2, "{got}");
+        assert_eq!(got["group_id"], g);
+        assert_eq!(got["from"], a.id);
+        assert_eq!(got["seq"], 1);
+    }
+
+    // A non-member is refused and nobody receives anything.
+    let refused = cd.send_group(g, "let me in", "d1").await;
+    assert_eq!(refused["type"], 3, "{refused}");
+    assert_eq!(refused["code"], "not_member");
+    assert_eq!(refused["client_msg_id"], "d1");
+
+    // `to` is accepted as an alias of `group_id`.
+    cb.send(json!({ "type": 2, "to": g, "content": { "text": "from b" }, "client_msg_id": "b1" })).await;
+    assert_eq!(cb.recv().await["seq"], 2);
+
+    // d joins later, can send, and the sequence continues without a gap.
+    let (status, _) = s.post(&format!("/api/groups/{g}/join"), Some(&d.token), json!({})).await;
+    assert_eq!(status, 200);
+    let ack = cd.send_group(g, "hi all", "d2").await;
+    assert_eq!((ack["type"].as_i64(), ack["seq"].as_u64()), (Some(30), Some(3)), "{ack}");
+
+    let at_a = ca.deliveries(2).await;
+    assert_eq!(texts(&at_a), ["from b", "hi all"]);
+    assert_eq!(seqs(&at_a), [2, 3]);
+    assert_eq!(seqs(&cc.deliveries(2).await), [2, 3]);
+    assert_eq!(seqs(&cb.deliveries(1).await), [3]);
+    // The refused message never reached anyone, and d got nothing from
+    // before it joined.
+    for client in [&mut ca, &mut cb, &mut cc, &mut cd] {
+        client.quiet(200).await;
+    }
+}
+
+#[tokio::test]
+async fn heartbeat_is_answered() {
+    let s = Server::start().await;
+    let alice = s.user("alice").await;
+    let mut a = s.connect(&alice).await;
+    a.send(json!({ "type": 99 })).await;
+    let beat = a.recv().await;
+    assert_eq!(beat["type"], 99);
+    assert!(beat["timestamp"].as_i64().unwrap() > 0);
+    let (_, stats) = s.get("/stats", None).await;
+    assert_eq!(stats["connections"], 1);
+}
+
+#[tokio::test]
+async fn a_second_session_kicks_the_first() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut first = s.connect(&alice).await;
+    let mut second = s.connect(&alice).await;
+    let kicked = first.recv().await;
+    assert_eq!(kicked["type"], 100, "{kicked}");
+    assert!(kicked["content"]["reason"].as_str().unwrap().contains("another session"));
+    assert_eq!(first.closed().await.code, 4001);
+
+    // The new session is the one that receives.
+    let mut b = s.connect(&bob).await;
+    b.send_to(alice.id, "to the new one", "k1").await;
+    assert_eq!(second.recv().await["content"]["text"], "to the new one");
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed() {
+    let s = Server::start_with(&[("TERN__GATEWAY__IDLE_TIMEOUT_SECS", "1")]).await;
+    let alice = s.user("alice").await;
+    let mut a = s.connect(&alice).await;
+    let closed = a.closed().await;
+    assert_eq!(closed.code, 1000, "{closed:?}");
+    assert!(closed.reason.contains("idle"), "{closed:?}");
+}

@@ -1,0 +1,285 @@
+//! Test harness: runs the real `tern` binary on a free port with a fresh
+//! data folder, and talks to it with real HTTP and WebSocket clients.
+
+#![allow(dead_code)]
+
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{Message, client::IntoClientRequest, protocol::CloseFrame},
+};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `tern` process.
+pub struct Server {
+    pub port: u16,
+    pub data: tempfile::TempDir,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    pub http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts with extra `TERN__*` variables.
+    pub async fn start_with(env: &[(&str, &str)]) -> Server {
+        let mut server = Server {
+            port: free_port(),
+            data: tempfile::tempdir().unwrap(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        server.spawn().await;
+        server
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.env("TERN__HTTP_ADDR", format!("127.0.0.1:{}", self.port))
+            .env("TERN__DATA_DIR", self.data.path())
+            .env("TERN__AUTH__BCRYPT_COST", "4")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("tern binary starts"));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = self.http.get(self.url("/health")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "tern did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, wait for exit, start again on the same port and data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// SIGTERM and wait for the process to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Child::kill sends SIGKILL; a graceful stop needs SIGTERM.
+            terminate(child.id());
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "tern did not exit after SIGTERM");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://127.0.0.1:{}/ws?token={token}", self.port)
+    }
+
+    pub fn data_path(&self) -> PathBuf {
+        self.data.path().to_path_buf()
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers and logs in; returns (user_id, access token).
+    pub async fn user(&self, name: &str) -> User {
+        let creds = json!({ "username": name, "password": "correct horse" });
+        let (status, body) = self.post("/api/register", None, creds.clone()).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self.post("/api/login", None, creds).await;
+        assert_eq!(status, 200, "{body}");
+        User { id: body["user_id"].as_u64().unwrap(), token: body["token"].as_str().unwrap().to_string() }
+    }
+
+    pub async fn login(&self, name: &str) -> User {
+        let (status, body) = self.post("/api/login", None, json!({ "username": name, "password": "correct horse" })).await;
+        assert_eq!(status, 200, "{body}");
+        User { id: body["user_id"].as_u64().unwrap(), token: body["token"].as_str().unwrap().to_string() }
+    }
+
+    pub async fn connect(&self, user: &User) -> Client {
+        Client::connect(&self.ws_url(&user.token)).await
+    }
+
+    /// Creates a group owned by `owner`; returns its id.
+    pub async fn group(&self, owner: &User, members: &[&User]) -> u64 {
+        let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+        let (status, body) = self.post("/api/groups", Some(&owner.token), json!({ "name": "team", "member_ids": ids })).await;
+        assert_eq!(status, 201, "{body}");
+        body["group_id"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn terminate(pid: u32) {
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+}
+
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: u64,
+    pub token: String,
+}
+
+/// A WebSocket client speaking protocol v1.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+/// How a socket ended.
+#[derive(Debug, PartialEq)]
+pub struct Closed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = connect_async(url.into_client_request().unwrap()).await.expect("upgrade succeeds");
+        Client { ws }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws.send(Message::text(frame.to_string())).await.unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_string())).await.unwrap();
+    }
+
+    /// The next JSON frame; panics on close or timeout.
+    pub async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Ok(v) => v,
+            Err(closed) => panic!("socket closed: {closed:?}"),
+        }
+    }
+
+    /// The next JSON frame, or how the socket closed.
+    pub async fn next(&mut self) -> Result<Value, Closed> {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("a frame within the wait");
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|CloseFrame { code, reason }| (u16::from(code), reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return Err(Closed { code, reason });
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(Closed { code: 1006, reason: e.to_string() }),
+                None => return Err(Closed { code: 1006, reason: "eof".into() }),
+            }
+        }
+    }
+
+    /// Waits for the close frame, skipping data frames.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            if let Err(closed) = self.next().await {
+                return closed;
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for `ms` milliseconds.
+    pub async fn quiet(&mut self, ms: u64) {
+        if let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(ms), self.ws.next()).await {
+            panic!("expected silence, got {msg:?}");
+        }
+    }
+
+    /// Sends a 1:1 message and returns the ack (type 30).
+    pub async fn send_to(&mut self, to: u64, text: &str, client_msg_id: &str) -> Value {
+        self.send(json!({ "type": 1, "to": to, "content": { "text": text }, "client_msg_id": client_msg_id })).await;
+        let ack = self.recv().await;
+        assert_eq!(ack["type"], 30, "{ack}");
+        ack
+    }
+
+    /// Sends a group message and returns the answer (ack or error).
+    pub async fn send_group(&mut self, group: u64, text: &str, client_msg_id: &str) -> Value {
+        self.send(json!({ "type": 2, "group_id": group, "content": { "text": text }, "client_msg_id": client_msg_id })).await;
+        self.recv().await
+    }
+
+    /// Acknowledges delivery up to `seq`.
+    pub async fn ack(&mut self, conversation_id: &str, seq: u64) {
+        self.send(json!({ "type": 30, "conversation_id": conversation_id, "seq": seq })).await;
+    }
+
+    /// Receives `n` delivered messages (types 1/2).
+    pub async fn deliveries(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let frame = self.recv().await;
+            match frame["type"].as_i64() {
+                Some(1 | 2) => out.push(frame),
+                _ => panic!("expected a delivery, got {frame}"),
+            }
+        }
+        out
+    }
+}
+
+/// Texts of delivered frames, in order.
+pub fn texts(frames: &[Value]) -> Vec<String> {
+    frames.iter().map(|f| f["content"]["text"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+/// Seqs of delivered frames, in order.
+pub fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect()
+}
