@@ -166,6 +166,7 @@ impl Reader<'_> {
             let frame = match tokio::time::timeout(idle, read.read_frame(&mut obligated)).await {
                 Err(_) => return self.close(close::NORMAL, "idle timeout").await,
                 Ok(Err(WebSocketError::FrameTooLarge)) => return self.close(close::TOO_BIG, "message too big").await,
+                Ok(Err(WebSocketError::InvalidUTF8)) => return self.close(close::INVALID_DATA, "text frame is not UTF-8").await,
                 Ok(Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_))) => return,
                 Ok(Err(error)) => {
                     tracing::debug!(user_id = self.user, %error, "protocol error");
