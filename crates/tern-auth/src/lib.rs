@@ -82,7 +82,11 @@ pub async fn build(settings: &Settings) -> anyhow::Result<AuthServiceServer<Auth
 }
 
 /// Serves the auth service on `listener` until `shutdown`.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let service = build(&settings).await?;
     tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await?;
     Ok(())

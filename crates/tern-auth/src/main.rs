@@ -2,12 +2,21 @@
 
 use tern_runtime::settings::EXIT_BAD_CONFIG;
 
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 struct Settings {
     /// Address the gRPC server binds.
-    grpc_addr: Option<String>,
+    grpc_addr: String,
     auth: tern_auth::Settings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "0.0.0.0:50051".into(),
+            auth: Default::default(),
+        }
+    }
 }
 
 #[tokio::main]
@@ -17,7 +26,10 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
     });
-    let addr = settings.grpc_addr.unwrap_or_else(|| "0.0.0.0:50051".into());
-    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    if settings.auth.jwt.secret.expose().len() < 32 {
+        eprintln!("TERN__AUTH__JWT__SECRET must be set to at least 32 bytes");
+        std::process::exit(EXIT_BAD_CONFIG);
+    }
+    let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
     tern_auth::run(settings.auth, listener, tern_runtime::shutdown::on_signal()).await
 }

@@ -38,8 +38,15 @@ enum RefreshTokens {
     Revoked,
 }
 
-#[derive(DeriveMigrationName)]
 struct CreateUsers;
+
+// Named explicitly: the derive would name every migration of this module
+// `migration`.
+impl MigrationName for CreateUsers {
+    fn name(&self) -> &str {
+        "m0001_create_users"
+    }
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for CreateUsers {

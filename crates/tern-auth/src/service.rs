@@ -33,7 +33,10 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub(crate) fn new(db: sea_orm::DatabaseConnection, settings: &Settings) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        db: sea_orm::DatabaseConnection,
+        settings: &Settings,
+    ) -> anyhow::Result<Self> {
         let cost = settings.bcrypt_cost;
         Ok(Self {
             store: Store::new(db),
@@ -58,7 +61,10 @@ impl Auth {
 }
 
 fn to_pb(user: &users::Model) -> User {
-    User { user_id: user.id as u64, username: user.username.clone() }
+    User {
+        user_id: user.id as u64,
+        username: user.username.clone(),
+    }
 }
 
 fn validate_username(username: &str) -> Result<(), AuthError> {
@@ -66,8 +72,13 @@ fn validate_username(username: &str) -> Result<(), AuthError> {
     if chars == 0 || chars > MAX_USERNAME_CHARS {
         return Err(AuthError::Invalid("username must be 1 to 32 characters"));
     }
-    if !username.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
-        return Err(AuthError::Invalid("username may only use letters, digits, '_', '-' and '.'"));
+    if !username
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(AuthError::Invalid(
+            "username may only use letters, digits, '_', '-' and '.'",
+        ));
     }
     Ok(())
 }
@@ -84,13 +95,20 @@ fn validate_password(password: &str) -> Result<(), AuthError> {
 
 /// Runs bcrypt on the blocking pool: a hash takes tens to hundreds of
 /// milliseconds and must not stall the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, AuthError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| AuthError::Worker(e.to_string()))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AuthError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AuthError::Worker(e.to_string()))
 }
 
 #[tonic::async_trait]
 impl AuthService for Auth {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
         let RegisterRequest { username, password } = request.into_inner();
         validate_username(&username)?;
         validate_password(&password)?;
@@ -103,13 +121,22 @@ impl AuthService for Auth {
             .map_err(|e| AuthError::Worker(e.to_string()))?;
         let user = self.store.create_user(&username, hash).await?;
         tracing::info!(user_id = user.id, "user registered");
-        Ok(Response::new(RegisterResponse { user: Some(to_pb(&user)) }))
+        Ok(Response::new(RegisterResponse {
+            user: Some(to_pb(&user)),
+        }))
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
         let LoginRequest { username, password } = request.into_inner();
-        if username.is_empty() || password.is_empty() || password.len() > MAX_PASSWORD_BYTES || username.len() > 256 {
-            return Err(AuthError::Invalid("username and password are required; password at most 72 bytes").into());
+        if username.is_empty()
+            || password.is_empty()
+            || password.len() > MAX_PASSWORD_BYTES
+            || username.len() > 256
+        {
+            return Err(AuthError::Invalid(
+                "username and password are required; password at most 72 bytes",
+            )
+            .into());
         }
         let user = self.store.user_by_name(&username).await?;
         let hash = match &user {
@@ -123,7 +150,10 @@ impl AuthService for Auth {
         }
     }
 
-    async fn refresh(&self, request: Request<RefreshRequest>) -> Result<Response<TokenPair>, Status> {
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<TokenPair>, Status> {
         let token = request.into_inner().refresh_token;
         let user_id = self
             .store
@@ -139,25 +169,46 @@ impl AuthService for Auth {
         Ok(Response::new(self.issue_pair(&user).await?))
     }
 
-    async fn verify_token(&self, request: Request<VerifyTokenRequest>) -> Result<Response<VerifyTokenResponse>, Status> {
+    async fn verify_token(
+        &self,
+        request: Request<VerifyTokenRequest>,
+    ) -> Result<Response<VerifyTokenResponse>, Status> {
         let token = request.into_inner().access_token;
-        let (user_id, expires_at) = self.keys.verify_access(&token).ok_or(AuthError::BadCredentials)?;
-        Ok(Response::new(VerifyTokenResponse { user_id, expires_at }))
+        let (user_id, expires_at) = self
+            .keys
+            .verify_access(&token)
+            .ok_or(AuthError::BadCredentials)?;
+        Ok(Response::new(VerifyTokenResponse {
+            user_id,
+            expires_at,
+        }))
     }
 
-    async fn get_users(&self, request: Request<GetUsersRequest>) -> Result<Response<GetUsersResponse>, Status> {
+    async fn get_users(
+        &self,
+        request: Request<GetUsersRequest>,
+    ) -> Result<Response<GetUsersResponse>, Status> {
         let ids = request.into_inner().user_ids;
         if ids.len() > MAX_LOOKUP {
             return Err(AuthError::Invalid("at most 10000 ids per call").into());
         }
-        let ids: Vec<i64> = ids.into_iter().filter_map(|id| i64::try_from(id).ok()).collect();
+        let ids: Vec<i64> = ids
+            .into_iter()
+            .filter_map(|id| i64::try_from(id).ok())
+            .collect();
         let users = self.store.users_by_ids(&ids).await?;
-        Ok(Response::new(GetUsersResponse { users: users.iter().map(to_pb).collect() }))
+        Ok(Response::new(GetUsersResponse {
+            users: users.iter().map(to_pb).collect(),
+        }))
     }
 
     async fn find_user(&self, request: Request<FindUserRequest>) -> Result<Response<User>, Status> {
         let username = request.into_inner().username;
-        let user = self.store.user_by_name(&username).await?.ok_or(AuthError::UnknownUser)?;
+        let user = self
+            .store
+            .user_by_name(&username)
+            .await?
+            .ok_or(AuthError::UnknownUser)?;
         Ok(Response::new(to_pb(&user)))
     }
 }

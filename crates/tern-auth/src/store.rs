@@ -57,14 +57,21 @@ impl Store {
     }
 
     /// Inserts a user; `UsernameTaken` when the unique index refuses it.
-    pub async fn create_user(&self, username: &str, password_hash: String) -> Result<users::Model, AuthError> {
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: String,
+    ) -> Result<users::Model, AuthError> {
         let row = users::ActiveModel {
             username: Set(username.to_string()),
             password_hash: Set(password_hash),
             created_at: Set(now_secs()),
             ..Default::default()
         };
-        match users::Entity::insert(row).exec_with_returning(&self.db).await {
+        match users::Entity::insert(row)
+            .exec_with_returning(&self.db)
+            .await
+        {
             Ok(user) => Ok(user),
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 Err(AuthError::UsernameTaken)
@@ -87,7 +94,12 @@ impl Store {
             .await?)
     }
 
-    pub async fn store_refresh(&self, token_hash: String, user_id: i64, expires_at: i64) -> Result<(), AuthError> {
+    pub async fn store_refresh(
+        &self,
+        token_hash: String,
+        user_id: i64,
+        expires_at: i64,
+    ) -> Result<(), AuthError> {
         let row = refresh_tokens::ActiveModel {
             token_hash: Set(token_hash),
             user_id: Set(user_id),
@@ -101,7 +113,10 @@ impl Store {
     /// Revokes a live refresh token and returns its user. Only one caller
     /// can win for a given token: the update is conditional on `revoked = false`.
     pub async fn consume_refresh(&self, token_hash: &str) -> Result<Option<i64>, AuthError> {
-        let Some(row) = refresh_tokens::Entity::find_by_id(token_hash.to_string()).one(&self.db).await? else {
+        let Some(row) = refresh_tokens::Entity::find_by_id(token_hash.to_string())
+            .one(&self.db)
+            .await?
+        else {
             return Ok(None);
         };
         if row.revoked || row.expires_at <= now_secs() {

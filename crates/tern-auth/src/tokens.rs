@@ -101,7 +101,11 @@ mod tests {
     use tern_runtime::Secret;
 
     fn keys(secret: &str) -> TokenKeys {
-        TokenKeys::new(&JwtSettings { secret: Secret::new(secret), ..Default::default() }).unwrap()
+        TokenKeys::new(&JwtSettings {
+            secret: Secret::new(secret),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -124,7 +128,10 @@ mod tests {
 
     #[test]
     fn expired_tokens_fail() {
-        let mut settings = JwtSettings { secret: Secret::new("0123456789abcdef0123456789abcdef"), ..Default::default() };
+        let mut settings = JwtSettings {
+            secret: Secret::new("0123456789abcdef0123456789abcdef"),
+            ..Default::default()
+        };
         settings.access_ttl_secs = 0;
         let mut k = TokenKeys::new(&settings).unwrap();
         k.validation.leeway = 0;

@@ -14,8 +14,14 @@ use serde_json::{Value, json};
 use tern_proto::{
     ErrorCode, conversation,
     pb::{
-        auth::{FindUserRequest, LoginRequest, RefreshRequest, RegisterRequest, TokenPair, VerifyTokenRequest},
-        group::{CreateGroupRequest, GetGroupRequest, Group, JoinGroupRequest, LeaveGroupRequest, ListUserGroupsRequest},
+        auth::{
+            FindUserRequest, LoginRequest, RefreshRequest, RegisterRequest, TokenPair,
+            VerifyTokenRequest,
+        },
+        group::{
+            CreateGroupRequest, GetGroupRequest, Group, JoinGroupRequest, LeaveGroupRequest,
+            ListUserGroupsRequest,
+        },
         offline::{ListBacklogRequest, PullRequest},
     },
 };
@@ -23,7 +29,8 @@ use tern_proto::{
 /// Parses a JSON body into `T`, answering 400 with our error shape (axum's
 /// own `Json` rejection would answer 415/422 in plain text).
 fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// The authenticated caller of a route.
@@ -39,7 +46,9 @@ impl FromRequestParts<AppState> for Caller {
             .services
             .auth
             .clone()
-            .verify_token(VerifyTokenRequest { access_token: token.to_string() })
+            .verify_token(VerifyTokenRequest {
+                access_token: token.to_string(),
+            })
             .await?;
         Ok(Caller(verified.into_inner().user_id))
     }
@@ -51,7 +60,10 @@ struct Credentials {
     password: String,
 }
 
-pub async fn register(State(state): State<AppState>, bytes: Bytes) -> Result<impl IntoResponse, ApiError> {
+pub async fn register(
+    State(state): State<AppState>,
+    bytes: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let Credentials { username, password } = body(&bytes)?;
     let user = state
         .services
@@ -62,7 +74,10 @@ pub async fn register(State(state): State<AppState>, bytes: Bytes) -> Result<imp
         .into_inner()
         .user
         .unwrap_or_default();
-    Ok((StatusCode::CREATED, Json(json!({ "user_id": user.user_id, "username": user.username }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "user_id": user.user_id, "username": user.username })),
+    ))
 }
 
 fn token_body(pair: TokenPair) -> Json<Value> {
@@ -78,7 +93,13 @@ fn token_body(pair: TokenPair) -> Json<Value> {
 
 pub async fn login(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     let Credentials { username, password } = body(&bytes)?;
-    let pair = state.services.auth.clone().login(LoginRequest { username, password }).await?.into_inner();
+    let pair = state
+        .services
+        .auth
+        .clone()
+        .login(LoginRequest { username, password })
+        .await?
+        .into_inner();
     Ok(token_body(pair))
 }
 
@@ -89,14 +110,32 @@ struct RefreshBody {
 
 pub async fn refresh(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     let RefreshBody { refresh_token } = body(&bytes)?;
-    let pair = state.services.auth.clone().refresh(RefreshRequest { refresh_token }).await?.into_inner();
+    let pair = state
+        .services
+        .auth
+        .clone()
+        .refresh(RefreshRequest { refresh_token })
+        .await?
+        .into_inner();
     Ok(token_body(pair))
 }
 
 /// `GET /api/users/{username}`: find someone to start a chat with.
-pub async fn find_user(State(state): State<AppState>, _caller: Caller, Path(username): Path<String>) -> Result<Json<Value>, ApiError> {
-    let user = state.services.auth.clone().find_user(FindUserRequest { username }).await?.into_inner();
-    Ok(Json(json!({ "user_id": user.user_id, "username": user.username })))
+pub async fn find_user(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(username): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let user = state
+        .services
+        .auth
+        .clone()
+        .find_user(FindUserRequest { username })
+        .await?
+        .into_inner();
+    Ok(Json(
+        json!({ "user_id": user.user_id, "username": user.username }),
+    ))
 }
 
 fn group_body(group: Group) -> Json<Value> {
@@ -115,20 +154,38 @@ struct NewGroup {
     member_ids: Vec<u64>,
 }
 
-pub async fn create_group(State(state): State<AppState>, Caller(owner_id): Caller, bytes: Bytes) -> Result<impl IntoResponse, ApiError> {
+pub async fn create_group(
+    State(state): State<AppState>,
+    Caller(owner_id): Caller,
+    bytes: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let NewGroup { name, member_ids } = body(&bytes)?;
     let group = state
         .services
         .group
         .clone()
-        .create_group(CreateGroupRequest { owner_id, name, member_ids })
+        .create_group(CreateGroupRequest {
+            owner_id,
+            name,
+            member_ids,
+        })
         .await?
         .into_inner();
     Ok((StatusCode::CREATED, group_body(group)))
 }
 
-pub async fn list_groups(State(state): State<AppState>, Caller(user_id): Caller) -> Result<Json<Value>, ApiError> {
-    let groups = state.services.group.clone().list_user_groups(ListUserGroupsRequest { user_id }).await?.into_inner().groups;
+pub async fn list_groups(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let groups = state
+        .services
+        .group
+        .clone()
+        .list_user_groups(ListUserGroupsRequest { user_id })
+        .await?
+        .into_inner()
+        .groups;
     let groups: Vec<Value> = groups
         .into_iter()
         .map(|g| json!({ "group_id": g.group_id, "name": g.name, "owner_id": g.owner_id }))
@@ -136,28 +193,72 @@ pub async fn list_groups(State(state): State<AppState>, Caller(user_id): Caller)
     Ok(Json(json!({ "groups": groups })))
 }
 
-pub async fn join_group(State(state): State<AppState>, Caller(user_id): Caller, Path(group_id): Path<u64>) -> Result<Json<Value>, ApiError> {
-    let group = state.services.group.clone().join_group(JoinGroupRequest { group_id, user_id }).await?.into_inner();
+pub async fn join_group(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+    Path(group_id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let group = state
+        .services
+        .group
+        .clone()
+        .join_group(JoinGroupRequest { group_id, user_id })
+        .await?
+        .into_inner();
     Ok(group_body(group))
 }
 
-pub async fn leave_group(State(state): State<AppState>, Caller(user_id): Caller, Path(group_id): Path<u64>) -> Result<Json<Value>, ApiError> {
-    let group = state.services.group.clone().leave_group(LeaveGroupRequest { group_id, user_id }).await?.into_inner();
+pub async fn leave_group(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+    Path(group_id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let group = state
+        .services
+        .group
+        .clone()
+        .leave_group(LeaveGroupRequest { group_id, user_id })
+        .await?
+        .into_inner();
     Ok(group_body(group))
 }
 
 /// Members are visible to members only.
-pub async fn group_members(State(state): State<AppState>, Caller(user_id): Caller, Path(group_id): Path<u64>) -> Result<Json<Value>, ApiError> {
-    let group = state.services.group.clone().get_group(GetGroupRequest { group_id }).await?.into_inner();
+pub async fn group_members(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+    Path(group_id): Path<u64>,
+) -> Result<Json<Value>, ApiError> {
+    let group = state
+        .services
+        .group
+        .clone()
+        .get_group(GetGroupRequest { group_id })
+        .await?
+        .into_inner();
     if !group.member_ids.contains(&user_id) {
-        return Err(ApiError::new(ErrorCode::NotMember, "only members can list a group's members"));
+        return Err(ApiError::new(
+            ErrorCode::NotMember,
+            "only members can list a group's members",
+        ));
     }
-    Ok(Json(json!({ "group_id": group.group_id, "member_ids": group.member_ids })))
+    Ok(Json(
+        json!({ "group_id": group.group_id, "member_ids": group.member_ids }),
+    ))
 }
 
 /// `GET /api/conversations`: the caller's conversations with unread counts.
-pub async fn conversations(State(state): State<AppState>, Caller(user_id): Caller) -> Result<Json<Value>, ApiError> {
-    let backlog = state.services.offline.clone().list_backlog(ListBacklogRequest { user_id }).await?.into_inner();
+pub async fn conversations(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let backlog = state
+        .services
+        .offline
+        .clone()
+        .list_backlog(ListBacklogRequest { user_id })
+        .await?
+        .into_inner();
     let items: Vec<Value> = backlog
         .conversations
         .into_iter()
@@ -186,7 +287,12 @@ pub async fn history(
         .services
         .offline
         .clone()
-        .pull(PullRequest { user_id, conversation_id, after_seq: Some(q.after_seq.unwrap_or(0)), limit: q.limit.unwrap_or(0) })
+        .pull(PullRequest {
+            user_id,
+            conversation_id,
+            after_seq: Some(q.after_seq.unwrap_or(0)),
+            limit: q.limit.unwrap_or(0),
+        })
         .await?
         .into_inner();
     let messages: Vec<Value> = page
@@ -194,7 +300,9 @@ pub async fn history(
         .iter()
         .map(|m| serde_json::from_str(&crate::frames::delivered(m)).unwrap_or(Value::Null))
         .collect();
-    Ok(Json(json!({ "messages": messages, "acked_seq": page.acked_seq, "latest_seq": page.latest_seq })))
+    Ok(Json(
+        json!({ "messages": messages, "acked_seq": page.acked_seq, "latest_seq": page.latest_seq }),
+    ))
 }
 
 pub async fn health() -> Json<Value> {
@@ -206,11 +314,23 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
     if state.draining.is_cancelled() {
         return Err(ApiError::new(ErrorCode::Unavailable, "draining"));
     }
-    let probe = state.services.auth.clone().verify_token(VerifyTokenRequest { access_token: String::new() }).await;
+    let probe = state
+        .services
+        .auth
+        .clone()
+        .verify_token(VerifyTokenRequest {
+            access_token: String::new(),
+        })
+        .await;
     match probe {
-        Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(Json(json!({ "status": "ready" }))),
+        Err(status) if status.code() == tonic::Code::Unauthenticated => {
+            Ok(Json(json!({ "status": "ready" })))
+        }
         Ok(_) => Ok(Json(json!({ "status": "ready" }))),
-        Err(_) => Err(ApiError::new(ErrorCode::Unavailable, "auth service unreachable")),
+        Err(_) => Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "auth service unreachable",
+        )),
     }
 }
 

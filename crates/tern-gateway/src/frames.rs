@@ -22,7 +22,11 @@ pub mod kind {
 #[derive(Debug, PartialEq)]
 pub enum ClientFrame {
     /// Type 1 or 2: send a message.
-    Send { target: SendTarget, content: String, client_msg_id: Option<String> },
+    Send {
+        target: SendTarget,
+        content: String,
+        client_msg_id: Option<String>,
+    },
     /// Type 30: everything up to `seq` in the conversation was delivered.
     Ack { conversation_id: String, seq: u64 },
     /// Type 99.
@@ -47,7 +51,11 @@ pub struct FrameError {
 
 impl FrameError {
     fn new(code: ErrorCode, message: impl Into<String>, client_msg_id: Option<String>) -> Self {
-        Self { code, message: message.into(), client_msg_id }
+        Self {
+            code,
+            message: message.into(),
+            client_msg_id,
+        }
     }
 }
 
@@ -73,7 +81,9 @@ struct RawFrame<'a> {
 /// Reads an id given as a JSON number or a string of digits.
 fn id_of(raw: Option<&RawValue>) -> Option<u64> {
     let raw = raw?.get();
-    raw.parse::<u64>().ok().or_else(|| serde_json::from_str::<String>(raw).ok()?.parse().ok())
+    raw.parse::<u64>()
+        .ok()
+        .or_else(|| serde_json::from_str::<String>(raw).ok()?.parse().ok())
 }
 
 fn client_msg_id_of(raw: Option<&RawValue>) -> Result<Option<String>, ()> {
@@ -88,17 +98,38 @@ fn client_msg_id_of(raw: Option<&RawValue>) -> Result<Option<String>, ()> {
 
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
-    let raw: RawFrame<'_> = serde_json::from_str(text)
-        .map_err(|_| FrameError::new(ErrorCode::MalformedFrame, "frame must be a JSON object", None))?;
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|_| {
+        FrameError::new(
+            ErrorCode::MalformedFrame,
+            "frame must be a JSON object",
+            None,
+        )
+    })?;
     let client_msg_id = client_msg_id_of(raw.client_msg_id).map_err(|_| {
-        FrameError::new(ErrorCode::MissingField, "client_msg_id must be a string", None)
+        FrameError::new(
+            ErrorCode::MissingField,
+            "client_msg_id must be a string",
+            None,
+        )
     })?;
     let kind = raw
         .kind
         .as_ref()
         .and_then(serde_json::Value::as_i64)
-        .ok_or_else(|| FrameError::new(ErrorCode::UnknownType, "numeric field 'type' is required", client_msg_id.clone()))?;
-    let missing = |what: &str| FrameError::new(ErrorCode::MissingField, what.to_string(), client_msg_id.clone());
+        .ok_or_else(|| {
+            FrameError::new(
+                ErrorCode::UnknownType,
+                "numeric field 'type' is required",
+                client_msg_id.clone(),
+            )
+        })?;
+    let missing = |what: &str| {
+        FrameError::new(
+            ErrorCode::MissingField,
+            what.to_string(),
+            client_msg_id.clone(),
+        )
+    };
     match kind {
         kind::SINGLE | kind::GROUP => {
             let target = if kind == kind::SINGLE {
@@ -111,7 +142,11 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 .content
                 .filter(|c| c.get() != "null")
                 .ok_or_else(|| missing("'content' is required"))?;
-            Ok(ClientFrame::Send { target, content: content.get().to_string(), client_msg_id })
+            Ok(ClientFrame::Send {
+                target,
+                content: content.get().to_string(),
+                client_msg_id,
+            })
         }
         kind::ACK => {
             let conversation_id = match raw.conversation_id {
@@ -122,10 +157,17 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 .seq
                 .and_then(|s| s.get().parse::<u64>().ok())
                 .ok_or_else(|| missing("'seq' must be a non-negative integer"))?;
-            Ok(ClientFrame::Ack { conversation_id, seq })
+            Ok(ClientFrame::Ack {
+                conversation_id,
+                seq,
+            })
         }
         kind::HEARTBEAT => Ok(ClientFrame::Heartbeat),
-        other => Err(FrameError::new(ErrorCode::UnknownType, format!("unknown frame type {other}"), client_msg_id)),
+        other => Err(FrameError::new(
+            ErrorCode::UnknownType,
+            format!("unknown frame type {other}"),
+            client_msg_id,
+        )),
     }
 }
 
@@ -223,16 +265,31 @@ mod tests {
     #[test]
     fn parses_the_original_guide_examples() {
         let f = parse(r#"{"type":1,"to":2,"content":"hi","timestamp":1}"#).unwrap();
-        assert_eq!(f, ClientFrame::Send { target: SendTarget::User(2), content: "\"hi\"".into(), client_msg_id: None });
-        let f = parse(r#"{"type":2,"to":"7","content":{"text":"x"},"client_msg_id":"c1"}"#).unwrap();
         assert_eq!(
             f,
-            ClientFrame::Send { target: SendTarget::Group(7), content: r#"{"text":"x"}"#.into(), client_msg_id: Some("c1".into()) }
+            ClientFrame::Send {
+                target: SendTarget::User(2),
+                content: "\"hi\"".into(),
+                client_msg_id: None
+            }
+        );
+        let f =
+            parse(r#"{"type":2,"to":"7","content":{"text":"x"},"client_msg_id":"c1"}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Send {
+                target: SendTarget::Group(7),
+                content: r#"{"text":"x"}"#.into(),
+                client_msg_id: Some("c1".into())
+            }
         );
         assert_eq!(parse(r#"{"type":99}"#).unwrap(), ClientFrame::Heartbeat);
         assert_eq!(
             parse(r#"{"type":30,"conversation_id":"dm:1:2","seq":4}"#).unwrap(),
-            ClientFrame::Ack { conversation_id: "dm:1:2".into(), seq: 4 }
+            ClientFrame::Ack {
+                conversation_id: "dm:1:2".into(),
+                seq: 4
+            }
         );
     }
 
@@ -245,11 +302,20 @@ mod tests {
         assert_eq!(code(r#"{"type":"1"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":42}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":1,"content":"x"}"#), ErrorCode::MissingField);
-        assert_eq!(code(r#"{"type":1,"to":-3,"content":"x"}"#), ErrorCode::MissingField);
+        assert_eq!(
+            code(r#"{"type":1,"to":-3,"content":"x"}"#),
+            ErrorCode::MissingField
+        );
         assert_eq!(code(r#"{"type":1,"to":2}"#), ErrorCode::MissingField);
-        assert_eq!(code(r#"{"type":1,"to":2,"content":null}"#), ErrorCode::MissingField);
+        assert_eq!(
+            code(r#"{"type":1,"to":2,"content":null}"#),
+            ErrorCode::MissingField
+        );
         assert_eq!(code(r#"{"type":30,"seq":1}"#), ErrorCode::MissingField);
-        assert_eq!(code(r#"{"type":30,"conversation_id":"dm:1:2","seq":-1}"#), ErrorCode::MissingField);
+        assert_eq!(
+            code(r#"{"type":30,"conversation_id":"dm:1:2","seq":-1}"#),
+            ErrorCode::MissingField
+        );
     }
 
     #[test]

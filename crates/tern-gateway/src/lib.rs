@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
 use tern_bus::{Bus, Presence};
 use tern_proto::pb::{
-    auth::auth_service_client::AuthServiceClient, group::group_service_client::GroupServiceClient,
+    auth::auth_service_client::AuthServiceClient,
+    group::group_service_client::GroupServiceClient,
     message::{Message, message_service_client::MessageServiceClient},
     offline::offline_service_client::OfflineServiceClient,
 };
@@ -85,7 +86,11 @@ pub enum Outbound {
     /// The answer to the client's own send. The seq is noted so the next
     /// message of the conversation does not look like a gap: senders never
     /// receive their own messages as deliveries.
-    SendAck { frame: String, conversation_id: String, seq: u64 },
+    SendAck {
+        frame: String,
+        conversation_id: String,
+        seq: u64,
+    },
     /// A live message from the bus; the writer orders and deduplicates it.
     Deliver(Arc<Message>),
     /// The answer to a ping.
@@ -139,7 +144,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/groups/{group_id}/leave", post(api::leave_group))
         .route("/api/groups/{group_id}/members", get(api::group_members))
         .route("/api/conversations", get(api::conversations))
-        .route("/api/conversations/{conversation_id}/messages", get(api::history))
+        .route(
+            "/api/conversations/{conversation_id}/messages",
+            get(api::history),
+        )
         .fallback(api::not_found)
         .with_state(state)
 }
@@ -156,11 +164,24 @@ mod web {
 /// Serves a gateway node on `listener` until `shutdown`; then stops
 /// accepting, closes every WebSocket with 1001 and waits (up to the grace
 /// period) for sessions to end.
-pub async fn run(settings: Settings, services: Services, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    services: Services,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let state = AppState::new(settings, services);
-    let events = state.services.bus.subscribe(&state.settings.node_id).await?;
-    tokio::spawn(registry::dispatch(events, state.registry.clone(), state.stats.clone()));
+    let events = state
+        .services
+        .bus
+        .subscribe(&state.settings.node_id)
+        .await?;
+    tokio::spawn(registry::dispatch(
+        events,
+        state.registry.clone(),
+        state.stats.clone(),
+    ));
     tracing::info!(node_id = %state.settings.node_id, addr = %listener.local_addr()?, "gateway listening");
 
     let draining = state.draining.clone();
@@ -172,12 +193,18 @@ pub async fn run(settings: Settings, services: Services, listener: TcpListener, 
             // Upgraded sockets are outside axum's graceful shutdown: close
             // them ourselves so clients reconnect elsewhere at once.
             for session in registry.all() {
-                let _ = session.tx.try_send(Outbound::Close(close_codes::GOING_AWAY, "server shutting down"));
+                let _ = session.tx.try_send(Outbound::Close(
+                    close_codes::GOING_AWAY,
+                    "server shutting down",
+                ));
             }
         })
         .await?;
     state.tracker.close();
-    if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
+    if tokio::time::timeout(grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("sessions still open after the grace period; exiting anyway");
     }
     Ok(())

@@ -54,18 +54,38 @@ pub struct Pusher<W> {
 }
 
 impl<W: AsyncWrite + Unpin> Pusher<W> {
-    pub fn new(ws: WebSocketWrite<W>, user: u64, offline: OfflineServiceClient<GrpcChannel>, page: u32, stats: Arc<Stats>) -> Self {
-        Self { ws, user, offline, pushed: HashMap::new(), page, stats }
+    pub fn new(
+        ws: WebSocketWrite<W>,
+        user: u64,
+        offline: OfflineServiceClient<GrpcChannel>,
+        page: u32,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            ws,
+            user,
+            offline,
+            pushed: HashMap::new(),
+            page,
+            stats,
+        }
     }
 
     /// Sends the backlog, then serves the queue until it closes, `cancel`
     /// fires (slow consumer) or the socket fails. Cancels `done` on exit so
     /// the reading side stops too.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Outbound>, cancel: CancellationToken, done: CancellationToken) {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Outbound>,
+        cancel: CancellationToken,
+        done: CancellationToken,
+    ) {
         let _done = done.drop_guard();
         if let Err(error) = self.sync_backlog().await {
             tracing::warn!(user_id = self.user, %error, "initial sync failed");
-            let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
+            let _ = self
+                .close(close::TRY_AGAIN_LATER, "sync failed, reconnect")
+                .await;
             return;
         }
         loop {
@@ -84,7 +104,9 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 Err(error) => {
                     tracing::debug!(user_id = self.user, %error, "session writer stopped");
                     if matches!(error, Stop::Sync(_)) {
-                        let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
+                        let _ = self
+                            .close(close::TRY_AGAIN_LATER, "sync failed, reconnect")
+                            .await;
                     }
                     return;
                 }
@@ -99,12 +121,16 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     async fn handle(&mut self, item: Outbound) -> Result<bool, Stop> {
         match item {
             Outbound::Text(text) => self.text(text.into_bytes()).await?,
-            Outbound::SendAck { frame, conversation_id, seq } => {
+            Outbound::SendAck {
+                frame,
+                conversation_id,
+                seq,
+            } => {
                 self.text(frame.into_bytes()).await?;
-                if let Some(last) = self.pushed.get_mut(&conversation_id) {
-                    if *last + 1 == seq {
-                        *last = seq;
-                    }
+                if let Some(last) = self.pushed.get_mut(&conversation_id)
+                    && *last + 1 == seq
+                {
+                    *last = seq;
                 }
             }
             Outbound::Deliver(message) => self.deliver(&message).await?,
@@ -131,7 +157,8 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             .into_inner()
             .conversations;
         for conversation in backlog {
-            self.catch_up(&conversation.conversation_id, conversation.latest_seq).await?;
+            self.catch_up(&conversation.conversation_id, conversation.latest_seq)
+                .await?;
         }
         self.flush().await
     }
@@ -143,7 +170,8 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             Some(last) if message.seq <= last => Ok(()),
             Some(last) if message.seq == last + 1 => {
                 self.push(message).await?;
-                self.pushed.insert(message.conversation_id.clone(), message.seq);
+                self.pushed
+                    .insert(message.conversation_id.clone(), message.seq);
                 Ok(())
             }
             // A gap, or a conversation this session has not seen yet: read

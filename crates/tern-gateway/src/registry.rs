@@ -42,7 +42,9 @@ impl Registry {
 
     /// Removes `user`'s session if it is still `session_id`. True when it was.
     pub fn remove(&self, user: u64, session_id: &str) -> bool {
-        self.sessions.remove_if(&user, |_, s| s.id == session_id).is_some()
+        self.sessions
+            .remove_if(&user, |_, s| s.id == session_id)
+            .is_some()
     }
 
     pub fn get(&self, user: u64) -> Option<SessionHandle> {
@@ -58,7 +60,9 @@ impl Registry {
     /// client stopped reading: the session is dropped (it resyncs when it
     /// reconnects) instead of letting the queue or the node's memory grow.
     pub fn offer(&self, user: u64, item: Outbound, stats: &Stats) {
-        let Some(session) = self.get(user) else { return };
+        let Some(session) = self.get(user) else {
+            return;
+        };
         if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(item) {
             tracing::warn!(user_id = user, "outbound queue full; closing slow consumer");
             stats.slow_consumers_closed.fetch_add(1, Relaxed);
@@ -72,17 +76,19 @@ pub async fn dispatch(mut events: Subscription, registry: Arc<Registry>, stats: 
     while let Some(BusEvent { event }) = events.recv().await {
         match event {
             Some(Event::Deliver(deliver)) => {
-                let Some(message) = deliver.message else { continue };
+                let Some(message) = deliver.message else {
+                    continue;
+                };
                 let message = Arc::new(message);
                 for user in deliver.recipients {
                     registry.offer(user, Outbound::Deliver(message.clone()), &stats);
                 }
             }
             Some(Event::Kick(kick)) => {
-                if let Some(session) = registry.get(kick.user_id) {
-                    if session.id != kick.keep_session_id {
-                        session.kick(kick.reason);
-                    }
+                if let Some(session) = registry.get(kick.user_id)
+                    && session.id != kick.keep_session_id
+                {
+                    session.kick(kick.reason);
                 }
             }
             None => {}

@@ -60,7 +60,9 @@ pub async fn upgrade(
         .services
         .auth
         .clone()
-        .verify_token(VerifyTokenRequest { access_token: token.to_string() })
+        .verify_token(VerifyTokenRequest {
+            access_token: token.to_string(),
+        })
         .await;
     let identity = match verified {
         Ok(r) => r.into_inner(),
@@ -100,28 +102,62 @@ where
 
     let session_id = uuid::Uuid::now_v7().to_string();
     let (tx, rx) = mpsc::channel(settings.outbound_queue);
-    let handle = SessionHandle { id: session_id.clone(), tx: tx.clone(), cancel: CancellationToken::new() };
+    let handle = SessionHandle {
+        id: session_id.clone(),
+        tx: tx.clone(),
+        cancel: CancellationToken::new(),
+    };
     if let Some(old) = state.registry.insert(user, handle.clone()) {
         old.kick("another session took over".into());
     }
-    match state.services.presence.connect(user, &settings.node_id).await {
+    match state
+        .services
+        .presence
+        .connect(user, &settings.node_id)
+        .await
+    {
         Ok(others) => {
             for node in others {
-                let kick = Kick { user_id: user, keep_session_id: session_id.clone(), reason: "another session took over".into() };
-                let _ = state.services.bus.publish(&node, BusEvent { event: Some(Event::Kick(kick)) }).await;
+                let kick = Kick {
+                    user_id: user,
+                    keep_session_id: session_id.clone(),
+                    reason: "another session took over".into(),
+                };
+                let _ = state
+                    .services
+                    .bus
+                    .publish(
+                        &node,
+                        BusEvent {
+                            event: Some(Event::Kick(kick)),
+                        },
+                    )
+                    .await;
             }
         }
-        Err(error) => tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session"),
+        Err(error) => {
+            tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session")
+        }
     }
     state.stats.connections_live.fetch_add(1, Relaxed);
     state.stats.connections_total.fetch_add(1, Relaxed);
     tracing::debug!(user_id = user, session_id, "session open");
 
     let done = CancellationToken::new();
-    let pusher = Pusher::new(write, user, state.services.offline.clone(), settings.sync_page, state.stats.clone());
+    let pusher = Pusher::new(
+        write,
+        user,
+        state.services.offline.clone(),
+        settings.sync_page,
+        state.stats.clone(),
+    );
     let writer = tokio::spawn(pusher.run(rx, handle.cancel.clone(), done.clone()));
     let expiry = expiry_timer(tx.clone(), expires_at);
-    let reader = Reader { state: &state, user, tx };
+    let reader = Reader {
+        state: &state,
+        user,
+        tx,
+    };
     tokio::select! {
         _ = reader.run(read) => {}
         _ = done.cancelled() => {}
@@ -130,10 +166,14 @@ where
     // Give the writer a moment to send its close frame, then cut it off.
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 
-    if state.registry.remove(user, &session_id) {
-        if let Err(error) = state.services.presence.disconnect(user, &settings.node_id).await {
-            tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
-        }
+    if state.registry.remove(user, &session_id)
+        && let Err(error) = state
+            .services
+            .presence
+            .disconnect(user, &settings.node_id)
+            .await
+    {
+        tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
     }
     state.stats.connections_live.fetch_sub(1, Relaxed);
     tracing::debug!(user_id = user, session_id, "session closed");
@@ -165,9 +205,19 @@ impl Reader<'_> {
         loop {
             let frame = match tokio::time::timeout(idle, read.read_frame(&mut obligated)).await {
                 Err(_) => return self.close(close::NORMAL, "idle timeout").await,
-                Ok(Err(WebSocketError::FrameTooLarge)) => return self.close(close::TOO_BIG, "message too big").await,
-                Ok(Err(WebSocketError::InvalidUTF8)) => return self.close(close::INVALID_DATA, "text frame is not UTF-8").await,
-                Ok(Err(WebSocketError::ConnectionClosed | WebSocketError::UnexpectedEOF | WebSocketError::IoError(_))) => return,
+                Ok(Err(WebSocketError::FrameTooLarge)) => {
+                    return self.close(close::TOO_BIG, "message too big").await;
+                }
+                Ok(Err(WebSocketError::InvalidUTF8)) => {
+                    return self
+                        .close(close::INVALID_DATA, "text frame is not UTF-8")
+                        .await;
+                }
+                Ok(Err(
+                    WebSocketError::ConnectionClosed
+                    | WebSocketError::UnexpectedEOF
+                    | WebSocketError::IoError(_),
+                )) => return,
                 Ok(Err(error)) => {
                     tracing::debug!(user_id = self.user, %error, "protocol error");
                     return self.close(close::PROTOCOL_ERROR, "protocol error").await;
@@ -177,7 +227,9 @@ impl Reader<'_> {
             let (opcode, fin) = (frame.opcode, frame.fin);
             match opcode {
                 OpCode::Text | OpCode::Binary if partial.is_some() => {
-                    return self.close(close::PROTOCOL_ERROR, "expected a continuation frame").await;
+                    return self
+                        .close(close::PROTOCOL_ERROR, "expected a continuation frame")
+                        .await;
                 }
                 OpCode::Text | OpCode::Binary if fin => {
                     if !self.message(opcode, frame.payload.to_vec()).await {
@@ -187,7 +239,9 @@ impl Reader<'_> {
                 OpCode::Text | OpCode::Binary => partial = Some((opcode, frame.payload.to_vec())),
                 OpCode::Continuation => {
                     let Some((first, mut data)) = partial.take() else {
-                        return self.close(close::PROTOCOL_ERROR, "unexpected continuation frame").await;
+                        return self
+                            .close(close::PROTOCOL_ERROR, "unexpected continuation frame")
+                            .await;
                     };
                     if data.len() + frame.payload.len() > max {
                         return self.close(close::TOO_BIG, "message too big").await;
@@ -200,7 +254,12 @@ impl Reader<'_> {
                     }
                 }
                 OpCode::Ping => {
-                    if self.tx.send(Outbound::Pong(frame.payload.to_vec())).await.is_err() {
+                    if self
+                        .tx
+                        .send(Outbound::Pong(frame.payload.to_vec()))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -225,27 +284,45 @@ impl Reader<'_> {
             return false;
         }
         if opcode == OpCode::Binary {
-            let error = FrameError { code: ErrorCode::MalformedFrame, message: "binary frames are not supported; send JSON text".into(), client_msg_id: None };
+            let error = FrameError {
+                code: ErrorCode::MalformedFrame,
+                message: "binary frames are not supported; send JSON text".into(),
+                client_msg_id: None,
+            };
             return self.reply(frames::error(&error)).await;
         }
         let Ok(text) = std::str::from_utf8(&data) else {
-            self.close(close::INVALID_DATA, "text frame is not UTF-8").await;
+            self.close(close::INVALID_DATA, "text frame is not UTF-8")
+                .await;
             return false;
         };
         let answer = match frames::parse(text) {
             Ok(ClientFrame::Heartbeat) => {
-                if let Err(error) = self.state.services.presence.refresh(self.user, &self.state.settings.node_id).await {
+                if let Err(error) = self
+                    .state
+                    .services
+                    .presence
+                    .refresh(self.user, &self.state.settings.node_id)
+                    .await
+                {
                     tracing::warn!(user_id = self.user, %error, "presence refresh failed");
                 }
                 Some(frames::heartbeat())
             }
-            Ok(ClientFrame::Send { target, content, client_msg_id }) => {
+            Ok(ClientFrame::Send {
+                target,
+                content,
+                client_msg_id,
+            }) => {
                 return match self.send(target, content, client_msg_id).await {
                     Ok(item) => self.tx.send(item).await.is_ok(),
                     Err(error) => self.reply(error).await,
                 };
             }
-            Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
+            Ok(ClientFrame::Ack {
+                conversation_id,
+                seq,
+            }) => self.ack(conversation_id, seq).await,
             Err(error) => Some(frames::error(&error)),
         };
         match answer {
@@ -255,7 +332,12 @@ impl Reader<'_> {
     }
 
     /// Sends a message: the ack to queue, or an error frame.
-    async fn send(&self, target: SendTarget, content: String, client_msg_id: Option<String>) -> Result<Outbound, String> {
+    async fn send(
+        &self,
+        target: SendTarget,
+        content: String,
+        client_msg_id: Option<String>,
+    ) -> Result<Outbound, String> {
         self.state.stats.messages_in.fetch_add(1, Relaxed);
         let request = SendRequest {
             sender_id: self.user,
@@ -276,7 +358,11 @@ impl Reader<'_> {
                         conversation_id: message.conversation_id,
                         seq: message.seq,
                     }),
-                    None => Err(frames::error(&FrameError { code: ErrorCode::Internal, message: "internal error".into(), client_msg_id })),
+                    None => Err(frames::error(&FrameError {
+                        code: ErrorCode::Internal,
+                        message: "internal error".into(),
+                        client_msg_id,
+                    })),
                 }
             }
             Err(status) => Err(frames::error(&status_frame(&status, client_msg_id))),
@@ -284,7 +370,11 @@ impl Reader<'_> {
     }
 
     async fn ack(&self, conversation_id: String, seq: u64) -> Option<String> {
-        let request = AckRequest { user_id: self.user, conversation_id, seq };
+        let request = AckRequest {
+            user_id: self.user,
+            conversation_id,
+            seq,
+        };
         match self.state.services.offline.clone().ack(request).await {
             Ok(_) => None,
             Err(status) => Some(frames::error(&status_frame(&status, None))),
@@ -297,8 +387,14 @@ fn status_frame(status: &tonic::Status, client_msg_id: Option<String>) -> FrameE
     let code = error_code_of(status);
     let message = match code {
         ErrorCode::Internal => "internal error".to_string(),
-        ErrorCode::Unavailable => "a service is unavailable; retry with the same client_msg_id".to_string(),
+        ErrorCode::Unavailable => {
+            "a service is unavailable; retry with the same client_msg_id".to_string()
+        }
         _ => status.message().to_string(),
     };
-    FrameError { code, message, client_msg_id }
+    FrameError {
+        code,
+        message,
+        client_msg_id,
+    }
 }

@@ -36,7 +36,10 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { database_url: "sqlite://data/group.db".into(), max_members: 100_000 }
+        Self {
+            database_url: "sqlite://data/group.db".into(),
+            max_members: 100_000,
+        }
     }
 }
 
@@ -50,14 +53,26 @@ pub struct Peers {
 }
 
 /// Connects the database, applies migrations and builds the gRPC service.
-pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<GroupServiceServer<Groups>> {
+pub async fn build(
+    settings: &Settings,
+    peers: Peers,
+) -> anyhow::Result<GroupServiceServer<Groups>> {
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
     migration::apply(&db).await?;
-    Ok(GroupServiceServer::new(Groups::new(db, peers, settings.max_members)))
+    Ok(GroupServiceServer::new(Groups::new(
+        db,
+        peers,
+        settings.max_members,
+    )))
 }
 
 /// Serves the group service on `listener` until `shutdown`.
-pub async fn run(settings: Settings, peers: Peers, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    peers: Peers,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let service = build(&settings, peers).await?;
     tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await?;
     Ok(())

@@ -36,8 +36,15 @@ enum GroupMembers {
     JoinedAt,
 }
 
-#[derive(DeriveMigrationName)]
 struct CreateGroups;
+
+// Named explicitly: the derive would name every migration of this module
+// `migration`.
+impl MigrationName for CreateGroups {
+    fn name(&self) -> &str {
+        "m0001_create_groups"
+    }
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for CreateGroups {
@@ -62,7 +69,11 @@ impl MigrationTrait for CreateGroups {
                     .col(big_integer(GroupMembers::GroupId))
                     .col(big_integer(GroupMembers::UserId))
                     .col(big_integer(GroupMembers::JoinedAt))
-                    .primary_key(Index::create().col(GroupMembers::GroupId).col(GroupMembers::UserId))
+                    .primary_key(
+                        Index::create()
+                            .col(GroupMembers::GroupId)
+                            .col(GroupMembers::UserId),
+                    )
                     .to_owned(),
             )
             .await?;

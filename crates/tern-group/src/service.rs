@@ -32,7 +32,11 @@ fn to_i64(ids: impl IntoIterator<Item = u64>) -> Result<Vec<i64>, GroupError> {
 
 impl Groups {
     pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers, max_members: usize) -> Self {
-        Self { store: Store::new(db), peers, max_members }
+        Self {
+            store: Store::new(db),
+            peers,
+            max_members,
+        }
     }
 
     /// Fails with `UnknownUsers` unless every id is a registered user.
@@ -41,16 +45,27 @@ impl Groups {
             .peers
             .auth
             .clone()
-            .get_users(GetUsersRequest { user_ids: ids.iter().copied().collect() })
+            .get_users(GetUsersRequest {
+                user_ids: ids.iter().copied().collect(),
+            })
             .await?
             .into_inner()
             .users;
         let found: BTreeSet<u64> = found.into_iter().map(|u| u.user_id).collect();
         let missing: Vec<u64> = ids.difference(&found).copied().collect();
-        if missing.is_empty() { Ok(()) } else { Err(GroupError::UnknownUsers(missing)) }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(GroupError::UnknownUsers(missing))
+        }
     }
 
-    async fn init_cursors(&self, group_id: i64, users: &[i64], start_seq: Option<u64>) -> Result<(), GroupError> {
+    async fn init_cursors(
+        &self,
+        group_id: i64,
+        users: &[i64],
+        start_seq: Option<u64>,
+    ) -> Result<(), GroupError> {
         if users.is_empty() {
             return Ok(());
         }
@@ -67,7 +82,11 @@ impl Groups {
     }
 
     async fn describe(&self, group_id: i64) -> Result<Group, GroupError> {
-        let group = self.store.get(group_id).await?.ok_or(GroupError::UnknownGroup)?;
+        let group = self
+            .store
+            .get(group_id)
+            .await?
+            .ok_or(GroupError::UnknownGroup)?;
         let members = self.store.member_ids(group_id).await?;
         Ok(Group {
             group_id: group.id as u64,
@@ -87,7 +106,10 @@ impl Groups {
         self.require_users(&users).await?;
         let current = self.store.member_ids(gid).await?.len();
         if current + users.len() > self.max_members {
-            return Err(GroupError::Invalid(format!("a group holds at most {} members", self.max_members)));
+            return Err(GroupError::Invalid(format!(
+                "a group holds at most {} members",
+                self.max_members
+            )));
         }
         let added = self.store.add_members(gid, &to_i64(users)?).await?;
         if let Err(error) = self.init_cursors(gid, &added, None).await {
@@ -100,8 +122,15 @@ impl Groups {
 
 #[tonic::async_trait]
 impl GroupService for Groups {
-    async fn create_group(&self, request: Request<CreateGroupRequest>) -> Result<Response<Group>, Status> {
-        let CreateGroupRequest { owner_id, name, member_ids } = request.into_inner();
+    async fn create_group(
+        &self,
+        request: Request<CreateGroupRequest>,
+    ) -> Result<Response<Group>, Status> {
+        let CreateGroupRequest {
+            owner_id,
+            name,
+            member_ids,
+        } = request.into_inner();
         let name = name.trim().to_string();
         if name.is_empty() || name.chars().count() > 64 {
             return Err(GroupError::Invalid("group name must be 1 to 64 characters".into()).into());
@@ -109,7 +138,11 @@ impl GroupService for Groups {
         let mut members: BTreeSet<u64> = member_ids.into_iter().collect();
         members.insert(owner_id);
         if members.len() > self.max_members {
-            return Err(GroupError::Invalid(format!("a group holds at most {} members", self.max_members)).into());
+            return Err(GroupError::Invalid(format!(
+                "a group holds at most {} members",
+                self.max_members
+            ))
+            .into());
         }
         self.require_users(&members).await?;
         let members = to_i64(members)?;
@@ -119,24 +152,41 @@ impl GroupService for Groups {
             self.store.delete(group.id).await?;
             return Err(error.into());
         }
-        tracing::info!(group_id = group.id, members = members.len(), "group created");
+        tracing::info!(
+            group_id = group.id,
+            members = members.len(),
+            "group created"
+        );
         Ok(Response::new(self.describe(group.id).await?))
     }
 
-    async fn join_group(&self, request: Request<JoinGroupRequest>) -> Result<Response<Group>, Status> {
+    async fn join_group(
+        &self,
+        request: Request<JoinGroupRequest>,
+    ) -> Result<Response<Group>, Status> {
         let JoinGroupRequest { group_id, user_id } = request.into_inner();
-        Ok(Response::new(self.add(group_id, BTreeSet::from([user_id])).await?))
+        Ok(Response::new(
+            self.add(group_id, BTreeSet::from([user_id])).await?,
+        ))
     }
 
-    async fn add_members(&self, request: Request<AddMembersRequest>) -> Result<Response<Group>, Status> {
+    async fn add_members(
+        &self,
+        request: Request<AddMembersRequest>,
+    ) -> Result<Response<Group>, Status> {
         let AddMembersRequest { group_id, user_ids } = request.into_inner();
         if user_ids.is_empty() {
             return Err(GroupError::Invalid("user_ids must not be empty".into()).into());
         }
-        Ok(Response::new(self.add(group_id, user_ids.into_iter().collect()).await?))
+        Ok(Response::new(
+            self.add(group_id, user_ids.into_iter().collect()).await?,
+        ))
     }
 
-    async fn leave_group(&self, request: Request<LeaveGroupRequest>) -> Result<Response<Group>, Status> {
+    async fn leave_group(
+        &self,
+        request: Request<LeaveGroupRequest>,
+    ) -> Result<Response<Group>, Status> {
         let LeaveGroupRequest { group_id, user_id } = request.into_inner();
         let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
         let group = self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
@@ -162,12 +212,19 @@ impl GroupService for Groups {
         Ok(Response::new(self.describe(gid).await?))
     }
 
-    async fn get_group(&self, request: Request<GetGroupRequest>) -> Result<Response<Group>, Status> {
-        let gid = i64::try_from(request.into_inner().group_id).map_err(|_| GroupError::UnknownGroup)?;
+    async fn get_group(
+        &self,
+        request: Request<GetGroupRequest>,
+    ) -> Result<Response<Group>, Status> {
+        let gid =
+            i64::try_from(request.into_inner().group_id).map_err(|_| GroupError::UnknownGroup)?;
         Ok(Response::new(self.describe(gid).await?))
     }
 
-    async fn is_member(&self, request: Request<IsMemberRequest>) -> Result<Response<IsMemberResponse>, Status> {
+    async fn is_member(
+        &self,
+        request: Request<IsMemberRequest>,
+    ) -> Result<Response<IsMemberResponse>, Status> {
         let IsMemberRequest { group_id, user_id } = request.into_inner();
         let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
         self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
@@ -178,7 +235,10 @@ impl GroupService for Groups {
         Ok(Response::new(IsMemberResponse { is_member }))
     }
 
-    async fn list_user_groups(&self, request: Request<ListUserGroupsRequest>) -> Result<Response<ListUserGroupsResponse>, Status> {
+    async fn list_user_groups(
+        &self,
+        request: Request<ListUserGroupsRequest>,
+    ) -> Result<Response<ListUserGroupsResponse>, Status> {
         let Ok(uid) = i64::try_from(request.into_inner().user_id) else {
             return Ok(Response::new(ListUserGroupsResponse::default()));
         };
@@ -187,7 +247,12 @@ impl GroupService for Groups {
             .groups_of(uid)
             .await?
             .into_iter()
-            .map(|g| Group { group_id: g.id as u64, name: g.name, owner_id: g.owner_id as u64, member_ids: vec![] })
+            .map(|g| Group {
+                group_id: g.id as u64,
+                name: g.name,
+                owner_id: g.owner_id as u64,
+                member_ids: vec![],
+            })
             .collect();
         Ok(Response::new(ListUserGroupsResponse { groups }))
     }

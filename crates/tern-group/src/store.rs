@@ -63,7 +63,12 @@ impl Store {
     }
 
     /// Creates a group with its members (owner included) in one transaction.
-    pub async fn create(&self, name: &str, owner: i64, members: &[i64]) -> Result<groups::Model, GroupError> {
+    pub async fn create(
+        &self,
+        name: &str,
+        owner: i64,
+        members: &[i64],
+    ) -> Result<groups::Model, GroupError> {
         let txn = self.db.begin().await?;
         let group = groups::Entity::insert(groups::ActiveModel {
             name: Set(name.to_string()),
@@ -84,7 +89,9 @@ impl Store {
             .filter(members::Column::GroupId.eq(group_id))
             .exec(&self.db)
             .await?;
-        groups::Entity::delete_by_id(group_id).exec(&self.db).await?;
+        groups::Entity::delete_by_id(group_id)
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 
@@ -96,7 +103,11 @@ impl Store {
     /// Returns the ids that were not members before.
     pub async fn add_members(&self, group_id: i64, users: &[i64]) -> Result<Vec<i64>, GroupError> {
         let existing = self.member_ids(group_id).await?;
-        let new: Vec<i64> = users.iter().copied().filter(|u| existing.binary_search(u).is_err()).collect();
+        let new: Vec<i64> = users
+            .iter()
+            .copied()
+            .filter(|u| existing.binary_search(u).is_err())
+            .collect();
         insert_members(&self.db, group_id, &new).await?;
         Ok(new)
     }
@@ -124,7 +135,10 @@ impl Store {
     }
 
     pub async fn is_member(&self, group_id: i64, user_id: i64) -> Result<bool, GroupError> {
-        Ok(members::Entity::find_by_id((group_id, user_id)).one(&self.db).await?.is_some())
+        Ok(members::Entity::find_by_id((group_id, user_id))
+            .one(&self.db)
+            .await?
+            .is_some())
     }
 
     pub async fn groups_of(&self, user_id: i64) -> Result<Vec<groups::Model>, GroupError> {
@@ -143,7 +157,11 @@ impl Store {
     }
 }
 
-async fn insert_members(db: &impl sea_orm::ConnectionTrait, group_id: i64, users: &[i64]) -> Result<(), GroupError> {
+async fn insert_members(
+    db: &impl sea_orm::ConnectionTrait,
+    group_id: i64,
+    users: &[i64],
+) -> Result<(), GroupError> {
     let now = now_secs();
     // Large groups go in chunks to stay under every backend's bind limit.
     for chunk in users.chunks(500) {

@@ -43,7 +43,8 @@ impl From<MessageError> for tonic::Status {
             MessageError::Peer(status) => {
                 let code = error_code_of(&status);
                 tracing::warn!(%code, message = status.message(), "message dependency failed");
-                ErrorCode::Unavailable.status("a dependency is unavailable, message not stored; retry")
+                ErrorCode::Unavailable
+                    .status("a dependency is unavailable, message not stored; retry")
             }
         }
     }

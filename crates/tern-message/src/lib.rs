@@ -71,16 +71,26 @@ pub struct Peers {
 }
 
 /// Connects the database, applies migrations and builds the gRPC service.
-pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<MessageServiceServer<Messages>> {
+pub async fn build(
+    settings: &Settings,
+    peers: Peers,
+) -> anyhow::Result<MessageServiceServer<Messages>> {
     let db = tern_runtime::db::connect(&settings.database_url, settings.max_connections).await?;
     migration::apply(&db).await?;
     let max = settings.max_content_bytes;
-    Ok(MessageServiceServer::new(Messages::new(db, peers, settings))
-        .max_decoding_message_size(max + 16 * 1024))
+    Ok(
+        MessageServiceServer::new(Messages::new(db, peers, settings))
+            .max_decoding_message_size(max + 16 * 1024),
+    )
 }
 
 /// Serves the message service on `listener` until `shutdown`.
-pub async fn run(settings: Settings, peers: Peers, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    peers: Peers,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let service = build(&settings, peers).await?;
     tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await?;
     Ok(())

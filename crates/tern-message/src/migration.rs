@@ -41,8 +41,15 @@ enum Messages {
     CreatedAtMs,
 }
 
-#[derive(DeriveMigrationName)]
 struct CreateMessages;
+
+// Named explicitly: the derive would name every migration of this module
+// `migration`.
+impl MigrationName for CreateMessages {
+    fn name(&self) -> &str {
+        "m0001_create_messages"
+    }
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for CreateMessages {
@@ -72,7 +79,11 @@ impl MigrationTrait for CreateMessages {
                     .col(text(Messages::ContentJson))
                     .col(string_len(Messages::ClientMsgId, 64))
                     .col(big_integer(Messages::CreatedAtMs))
-                    .primary_key(Index::create().col(Messages::ConversationId).col(Messages::Seq))
+                    .primary_key(
+                        Index::create()
+                            .col(Messages::ConversationId)
+                            .col(Messages::Seq),
+                    )
                     .to_owned(),
             )
             .await?;

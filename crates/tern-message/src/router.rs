@@ -23,19 +23,30 @@ pub struct Router {
 
 impl Router {
     pub fn new(peers: Peers, ttl: Duration) -> Self {
-        Self { peers, members: DashMap::new(), ttl }
+        Self {
+            peers,
+            members: DashMap::new(),
+            ttl,
+        }
     }
 
     /// A group's members, from the cache when fresh.
     pub async fn members(&self, group_id: u64) -> Result<Arc<Vec<u64>>, tonic::Status> {
-        if let Some(entry) = self.members.get(&group_id) {
-            if entry.0.elapsed() < self.ttl {
-                return Ok(entry.1.clone());
-            }
+        if let Some(entry) = self.members.get(&group_id)
+            && entry.0.elapsed() < self.ttl
+        {
+            return Ok(entry.1.clone());
         }
-        let group = self.peers.group.clone().get_group(GetGroupRequest { group_id }).await?.into_inner();
+        let group = self
+            .peers
+            .group
+            .clone()
+            .get_group(GetGroupRequest { group_id })
+            .await?
+            .into_inner();
         let members = Arc::new(group.member_ids);
-        self.members.insert(group_id, (Instant::now(), members.clone()));
+        self.members
+            .insert(group_id, (Instant::now(), members.clone()));
         Ok(members)
     }
 
@@ -46,7 +57,11 @@ impl Router {
         let recipients: Vec<u64> = match message.target {
             Some(Target::ToUserId(to)) => vec![to],
             Some(Target::GroupId(group)) => match self.members(group).await {
-                Ok(members) => members.iter().copied().filter(|&m| m != message.sender_id).collect(),
+                Ok(members) => members
+                    .iter()
+                    .copied()
+                    .filter(|&m| m != message.sender_id)
+                    .collect(),
                 Err(error) => {
                     tracing::warn!(group_id = group, %error, "fan-out skipped: members unavailable");
                     return;
@@ -63,7 +78,10 @@ impl Router {
         };
         for (node, users) in by_node {
             let event = BusEvent {
-                event: Some(Event::Deliver(Deliver { message: Some(message.clone()), recipients: users })),
+                event: Some(Event::Deliver(Deliver {
+                    message: Some(message.clone()),
+                    recipients: users,
+                })),
             };
             if let Err(error) = self.peers.bus.publish(&node, event).await {
                 tracing::warn!(node, %error, "publish failed; recipients will sync");

@@ -46,7 +46,10 @@ impl Messages {
     pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers, settings: &Settings) -> Self {
         Self {
             store: Store::new(db),
-            router: Arc::new(Router::new(peers.clone(), Duration::from_millis(settings.member_cache_ms))),
+            router: Arc::new(Router::new(
+                peers.clone(),
+                Duration::from_millis(settings.member_cache_ms),
+            )),
             peers,
             known_users: Arc::default(),
             known_conversations: Arc::default(),
@@ -58,7 +61,14 @@ impl Messages {
         if self.known_users.contains(&user) {
             return Ok(());
         }
-        let found = self.peers.auth.clone().get_users(GetUsersRequest { user_ids: vec![user] }).await?;
+        let found = self
+            .peers
+            .auth
+            .clone()
+            .get_users(GetUsersRequest {
+                user_ids: vec![user],
+            })
+            .await?;
         if found.into_inner().users.iter().any(|u| u.user_id == user) {
             self.known_users.insert(user);
             Ok(())
@@ -70,7 +80,12 @@ impl Messages {
     /// Makes sure a 1:1 conversation exists with both cursors at 0. The
     /// cursors come first: if starting them fails, nothing is stored and
     /// the sender retries.
-    async fn ensure_direct(&self, conversation_id: &str, a: u64, b: u64) -> Result<(), MessageError> {
+    async fn ensure_direct(
+        &self,
+        conversation_id: &str,
+        a: u64,
+        b: u64,
+    ) -> Result<(), MessageError> {
         if self.known_conversations.contains(conversation_id) {
             return Ok(());
         }
@@ -99,7 +114,13 @@ impl Messages {
     }
 
     async fn send(&self, request: SendRequest) -> Result<SendResponse, MessageError> {
-        let SendRequest { sender_id, client_msg_id, target, content_json, system } = request;
+        let SendRequest {
+            sender_id,
+            client_msg_id,
+            target,
+            content_json,
+            system,
+        } = request;
         if sender_id == 0 && !system {
             return Err(MessageError::Invalid("sender_id is required"));
         }
@@ -110,24 +131,34 @@ impl Messages {
             return Err(MessageError::Invalid("content_json must be valid JSON"));
         }
         if client_msg_id.len() > MAX_CLIENT_MSG_ID {
-            return Err(MessageError::Invalid("client_msg_id must be at most 64 bytes"));
+            return Err(MessageError::Invalid(
+                "client_msg_id must be at most 64 bytes",
+            ));
         }
-        let sender = i64::try_from(sender_id).map_err(|_| MessageError::Invalid("sender_id out of range"))?;
+        let sender = i64::try_from(sender_id)
+            .map_err(|_| MessageError::Invalid("sender_id out of range"))?;
         let client_msg_id = if client_msg_id.is_empty() {
             uuid::Uuid::now_v7().to_string()
         } else {
             // A retry returns the original without authorising again: it
             // was authorised when first stored.
             if let Some(original) = self.store.find_sent(sender, &client_msg_id).await? {
-                return Ok(SendResponse { message: Some(original), duplicate: true });
+                return Ok(SendResponse {
+                    message: Some(original),
+                    duplicate: true,
+                });
             }
             client_msg_id
         };
-        let target = target.ok_or(MessageError::Invalid("a recipient (to_user_id or group_id) is required"))?;
+        let target = target.ok_or(MessageError::Invalid(
+            "a recipient (to_user_id or group_id) is required",
+        ))?;
         let (conversation_id, stored_target) = match target {
             Target::ToUserId(to) => {
                 if to == sender_id {
-                    return Err(MessageError::Invalid("cannot send a 1:1 message to yourself"));
+                    return Err(MessageError::Invalid(
+                        "cannot send a 1:1 message to yourself",
+                    ));
                 }
                 if i64::try_from(to).is_err() {
                     return Err(MessageError::UnknownUser);
@@ -146,35 +177,55 @@ impl Messages {
                         .peers
                         .group
                         .clone()
-                        .is_member(IsMemberRequest { group_id, user_id: sender_id })
+                        .is_member(IsMemberRequest {
+                            group_id,
+                            user_id: sender_id,
+                        })
                         .await;
                     match answer {
                         Ok(r) if r.get_ref().is_member => {}
                         Ok(_) => return Err(MessageError::NotMember),
-                        Err(s) if s.code() == tonic::Code::NotFound => return Err(MessageError::UnknownGroup),
+                        Err(s) if s.code() == tonic::Code::NotFound => {
+                            return Err(MessageError::UnknownGroup);
+                        }
                         Err(s) => return Err(s.into()),
                     }
                 } else {
-                    self.router.members(group_id).await.map_err(|s| match s.code() {
-                        tonic::Code::NotFound => MessageError::UnknownGroup,
-                        _ => MessageError::Peer(s),
-                    })?;
+                    self.router
+                        .members(group_id)
+                        .await
+                        .map_err(|s| match s.code() {
+                            tonic::Code::NotFound => MessageError::UnknownGroup,
+                            _ => MessageError::Peer(s),
+                        })?;
                 }
                 let id = conversation::group(group_id);
                 self.ensure_group(&id).await?;
                 (id, StoredTarget::GroupId(group_id))
             }
         };
-        let draft = Draft { conversation_id, sender_id: sender, target: stored_target, content_json, client_msg_id };
+        let draft = Draft {
+            conversation_id,
+            sender_id: sender,
+            target: stored_target,
+            content_json,
+            client_msg_id,
+        };
         match self.store.append(draft).await? {
-            Stored::Duplicate(original) => Ok(SendResponse { message: Some(original), duplicate: true }),
+            Stored::Duplicate(original) => Ok(SendResponse {
+                message: Some(original),
+                duplicate: true,
+            }),
             Stored::New(message) => {
                 // Stored, so the sender may be answered now; the push runs
                 // beside the answer and never delays it.
                 let router = self.router.clone();
                 let routed = message.clone();
                 tokio::spawn(async move { router.route(routed).await });
-                Ok(SendResponse { message: Some(message), duplicate: false })
+                Ok(SendResponse {
+                    message: Some(message),
+                    duplicate: false,
+                })
             }
         }
     }
@@ -183,22 +234,35 @@ impl Messages {
 #[tonic::async_trait]
 impl MessageService for Messages {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        Ok(Response::new(Messages::send(self, request.into_inner()).await?))
+        Ok(Response::new(
+            Messages::send(self, request.into_inner()).await?,
+        ))
     }
 
-    async fn list_messages(&self, request: Request<ListMessagesRequest>) -> Result<Response<ListMessagesResponse>, Status> {
-        let ListMessagesRequest { conversation_id, after_seq, limit } = request.into_inner();
+    async fn list_messages(
+        &self,
+        request: Request<ListMessagesRequest>,
+    ) -> Result<Response<ListMessagesResponse>, Status> {
+        let ListMessagesRequest {
+            conversation_id,
+            after_seq,
+            limit,
+        } = request.into_inner();
         let limit = match limit {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
         };
-        let after = i64::try_from(after_seq).map_err(|_| MessageError::Invalid("after_seq out of range"))?;
+        let after = i64::try_from(after_seq)
+            .map_err(|_| MessageError::Invalid("after_seq out of range"))?;
         let (messages, latest_seq) = self
             .store
             .list(&conversation_id, after, u64::from(limit))
             .await
             .map_err(MessageError::from)?;
-        Ok(Response::new(ListMessagesResponse { messages, latest_seq }))
+        Ok(Response::new(ListMessagesResponse {
+            messages,
+            latest_seq,
+        }))
     }
 
     async fn get_conversation_states(
@@ -215,7 +279,10 @@ impl MessageService for Messages {
         }
         let states = ids
             .into_iter()
-            .map(|id| ConversationState { latest_seq: heads.get(&id).copied().unwrap_or(0), conversation_id: id })
+            .map(|id| ConversationState {
+                latest_seq: heads.get(&id).copied().unwrap_or(0),
+                conversation_id: id,
+            })
             .collect();
         Ok(Response::new(GetConversationStatesResponse { states }))
     }

@@ -2,8 +2,9 @@
 //! assigns a seq.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ActiveValue::Set,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqlErr, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use tern_proto::pb::message::{Message, message::Target};
@@ -107,7 +108,10 @@ impl Store {
 
     /// Whether the conversation row exists.
     pub async fn conversation_exists(&self, id: &str) -> Result<bool, DbErr> {
-        Ok(conversations::Entity::find_by_id(id.to_string()).one(&self.db).await?.is_some())
+        Ok(conversations::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await?
+            .is_some())
     }
 
     /// Creates the conversation row if it is missing.
@@ -124,7 +128,11 @@ impl Store {
     }
 
     /// The message a sender already stored under `client_msg_id`, if any.
-    pub async fn find_sent(&self, sender: i64, client_msg_id: &str) -> Result<Option<Message>, DbErr> {
+    pub async fn find_sent(
+        &self,
+        sender: i64,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>, DbErr> {
         Ok(messages::Entity::find()
             .filter(messages::Column::SenderId.eq(sender))
             .filter(messages::Column::ClientMsgId.eq(client_msg_id))
@@ -142,12 +150,18 @@ impl Store {
         // write-locked before the read: concurrent sends queue here
         // instead of failing to upgrade a read lock.
         let bumped = conversations::Entity::update_many()
-            .col_expr(conversations::Column::LastSeq, Expr::col(conversations::Column::LastSeq).add(1))
+            .col_expr(
+                conversations::Column::LastSeq,
+                Expr::col(conversations::Column::LastSeq).add(1),
+            )
             .filter(conversations::Column::Id.eq(&draft.conversation_id))
             .exec(&txn)
             .await?;
         if bumped.rows_affected != 1 {
-            return Err(DbErr::RecordNotFound(format!("conversation {}", draft.conversation_id)));
+            return Err(DbErr::RecordNotFound(format!(
+                "conversation {}",
+                draft.conversation_id
+            )));
         }
         let seq: i64 = conversations::Entity::find_by_id(draft.conversation_id.clone())
             .select_only()
@@ -172,7 +186,10 @@ impl Store {
             created_at_ms: now_ms(),
         };
         let active: messages::ActiveModel = row.clone().into();
-        match messages::Entity::insert(active).exec_without_returning(&txn).await {
+        match messages::Entity::insert(active)
+            .exec_without_returning(&txn)
+            .await
+        {
             Ok(_) => {
                 txn.commit().await?;
                 Ok(Stored::New(to_pb(row)))
@@ -190,8 +207,18 @@ impl Store {
     }
 
     /// Messages with seq > `after`, in order, and the conversation's head.
-    pub async fn list(&self, conversation: &str, after: i64, limit: u64) -> Result<(Vec<Message>, u64), DbErr> {
-        let head = self.heads(&[conversation.to_string()]).await?.pop().map(|(_, s)| s).unwrap_or(0);
+    pub async fn list(
+        &self,
+        conversation: &str,
+        after: i64,
+        limit: u64,
+    ) -> Result<(Vec<Message>, u64), DbErr> {
+        let head = self
+            .heads(&[conversation.to_string()])
+            .await?
+            .pop()
+            .map(|(_, s)| s)
+            .unwrap_or(0);
         let rows = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation))
             .filter(messages::Column::Seq.gt(after))

@@ -23,7 +23,9 @@ impl From<OfflineError> for tonic::Status {
     fn from(error: OfflineError) -> Self {
         match error {
             OfflineError::Invalid(why) => ErrorCode::BadRequest.status(why),
-            OfflineError::NotMember => ErrorCode::Forbidden.status("not a member of this conversation"),
+            OfflineError::NotMember => {
+                ErrorCode::Forbidden.status("not a member of this conversation")
+            }
             OfflineError::Db(error) => {
                 tracing::error!(%error, "offline database error");
                 ErrorCode::Unavailable.status("storage unavailable, retry")

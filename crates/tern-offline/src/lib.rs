@@ -35,7 +35,9 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { database_url: "sqlite://data/offline.db".into() }
+        Self {
+            database_url: "sqlite://data/offline.db".into(),
+        }
     }
 }
 
@@ -47,14 +49,22 @@ pub struct Peers {
 }
 
 /// Connects the database, applies migrations and builds the gRPC service.
-pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<OfflineServiceServer<Offline>> {
+pub async fn build(
+    settings: &Settings,
+    peers: Peers,
+) -> anyhow::Result<OfflineServiceServer<Offline>> {
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
     migration::apply(&db).await?;
     Ok(OfflineServiceServer::new(Offline::new(db, peers)))
 }
 
 /// Serves the offline service on `listener` until `shutdown`.
-pub async fn run(settings: Settings, peers: Peers, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    peers: Peers,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let service = build(&settings, peers).await?;
     tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await?;
     Ok(())

@@ -27,8 +27,15 @@ enum Cursors {
     AckedSeq,
 }
 
-#[derive(DeriveMigrationName)]
 struct CreateCursors;
+
+// Named explicitly: the derive would name every migration of this module
+// `migration`.
+impl MigrationName for CreateCursors {
+    fn name(&self) -> &str {
+        "m0001_create_cursors"
+    }
+}
 
 #[async_trait::async_trait]
 impl MigrationTrait for CreateCursors {
@@ -41,7 +48,11 @@ impl MigrationTrait for CreateCursors {
                     .col(big_integer(Cursors::UserId))
                     .col(string_len(Cursors::ConversationId, 64))
                     .col(big_integer(Cursors::AckedSeq))
-                    .primary_key(Index::create().col(Cursors::UserId).col(Cursors::ConversationId))
+                    .primary_key(
+                        Index::create()
+                            .col(Cursors::UserId)
+                            .col(Cursors::ConversationId),
+                    )
                     .to_owned(),
             )
             .await

@@ -27,12 +27,17 @@ fn user_id(id: u64) -> Result<i64, OfflineError> {
 }
 
 fn valid_conversation(id: &str) -> Result<(), OfflineError> {
-    conversation::parse(id).map(|_| ()).ok_or(OfflineError::Invalid("malformed conversation_id"))
+    conversation::parse(id)
+        .map(|_| ())
+        .ok_or(OfflineError::Invalid("malformed conversation_id"))
 }
 
 impl Offline {
     pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers) -> Self {
-        Self { store: Store::new(db), peers }
+        Self {
+            store: Store::new(db),
+            peers,
+        }
     }
 
     /// Latest seq of each conversation, from the message service.
@@ -43,11 +48,17 @@ impl Offline {
                 .peers
                 .message
                 .clone()
-                .get_conversation_states(GetConversationStatesRequest { conversation_ids: chunk.to_vec() })
+                .get_conversation_states(GetConversationStatesRequest {
+                    conversation_ids: chunk.to_vec(),
+                })
                 .await?
                 .into_inner()
                 .states;
-            heads.extend(states.into_iter().map(|s| (s.conversation_id, s.latest_seq)));
+            heads.extend(
+                states
+                    .into_iter()
+                    .map(|s| (s.conversation_id, s.latest_seq)),
+            );
         }
         Ok(heads)
     }
@@ -55,44 +66,93 @@ impl Offline {
 
 #[tonic::async_trait]
 impl OfflineService for Offline {
-    async fn init_cursors(&self, request: Request<InitCursorsRequest>) -> Result<Response<InitCursorsResponse>, Status> {
-        let InitCursorsRequest { conversation_id, user_ids, start_seq } = request.into_inner();
+    async fn init_cursors(
+        &self,
+        request: Request<InitCursorsRequest>,
+    ) -> Result<Response<InitCursorsResponse>, Status> {
+        let InitCursorsRequest {
+            conversation_id,
+            user_ids,
+            start_seq,
+        } = request.into_inner();
         valid_conversation(&conversation_id)?;
         let start = match start_seq {
             Some(seq) => seq,
-            None => self.heads(vec![conversation_id.clone()]).await?.get(&conversation_id).copied().unwrap_or(0),
+            None => self
+                .heads(vec![conversation_id.clone()])
+                .await?
+                .get(&conversation_id)
+                .copied()
+                .unwrap_or(0),
         };
-        let users: Vec<i64> = user_ids.into_iter().map(user_id).collect::<Result<_, _>>()?;
-        self.store.init(&conversation_id, &users, start as i64).await.map_err(OfflineError::from)?;
+        let users: Vec<i64> = user_ids
+            .into_iter()
+            .map(user_id)
+            .collect::<Result<_, _>>()?;
+        self.store
+            .init(&conversation_id, &users, start as i64)
+            .await
+            .map_err(OfflineError::from)?;
         Ok(Response::new(InitCursorsResponse { start_seq: start }))
     }
 
-    async fn drop_cursors(&self, request: Request<DropCursorsRequest>) -> Result<Response<DropCursorsResponse>, Status> {
-        let DropCursorsRequest { conversation_id, user_ids } = request.into_inner();
-        let users: Vec<i64> = user_ids.into_iter().filter_map(|u| i64::try_from(u).ok()).collect();
-        self.store.drop(&conversation_id, &users).await.map_err(OfflineError::from)?;
+    async fn drop_cursors(
+        &self,
+        request: Request<DropCursorsRequest>,
+    ) -> Result<Response<DropCursorsResponse>, Status> {
+        let DropCursorsRequest {
+            conversation_id,
+            user_ids,
+        } = request.into_inner();
+        let users: Vec<i64> = user_ids
+            .into_iter()
+            .filter_map(|u| i64::try_from(u).ok())
+            .collect();
+        self.store
+            .drop(&conversation_id, &users)
+            .await
+            .map_err(OfflineError::from)?;
         Ok(Response::new(DropCursorsResponse {}))
     }
 
-    async fn list_backlog(&self, request: Request<ListBacklogRequest>) -> Result<Response<ListBacklogResponse>, Status> {
+    async fn list_backlog(
+        &self,
+        request: Request<ListBacklogRequest>,
+    ) -> Result<Response<ListBacklogResponse>, Status> {
         let user = user_id(request.into_inner().user_id)?;
         let cursors = self.store.of_user(user).await.map_err(OfflineError::from)?;
-        let heads = self.heads(cursors.iter().map(|c| c.conversation_id.clone()).collect()).await?;
+        let heads = self
+            .heads(cursors.iter().map(|c| c.conversation_id.clone()).collect())
+            .await?;
         let conversations = cursors
             .into_iter()
             .filter_map(|c| {
                 let latest = heads.get(&c.conversation_id).copied().unwrap_or(0);
                 let acked = c.acked_seq as u64;
-                (latest > acked).then_some(Backlog { conversation_id: c.conversation_id, acked_seq: acked, latest_seq: latest })
+                (latest > acked).then_some(Backlog {
+                    conversation_id: c.conversation_id,
+                    acked_seq: acked,
+                    latest_seq: latest,
+                })
             })
             .collect();
         Ok(Response::new(ListBacklogResponse { conversations }))
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
-        let PullRequest { user_id: user, conversation_id, after_seq, limit } = request.into_inner();
+        let PullRequest {
+            user_id: user,
+            conversation_id,
+            after_seq,
+            limit,
+        } = request.into_inner();
         let user = user_id(user)?;
-        let cursor = self.store.get(user, &conversation_id).await.map_err(OfflineError::from)?.ok_or(OfflineError::NotMember)?;
+        let cursor = self
+            .store
+            .get(user, &conversation_id)
+            .await
+            .map_err(OfflineError::from)?
+            .ok_or(OfflineError::NotMember)?;
         let acked = cursor.acked_seq as u64;
         let page = self
             .peers
@@ -106,23 +166,44 @@ impl OfflineService for Offline {
             .await
             .map_err(OfflineError::from)?
             .into_inner();
-        Ok(Response::new(PullResponse { messages: page.messages, acked_seq: acked, latest_seq: page.latest_seq }))
+        Ok(Response::new(PullResponse {
+            messages: page.messages,
+            acked_seq: acked,
+            latest_seq: page.latest_seq,
+        }))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        let AckRequest { user_id: user, conversation_id, seq } = request.into_inner();
+        let AckRequest {
+            user_id: user,
+            conversation_id,
+            seq,
+        } = request.into_inner();
         let user = user_id(user)?;
-        let cursor = self.store.get(user, &conversation_id).await.map_err(OfflineError::from)?.ok_or(OfflineError::NotMember)?;
+        let cursor = self
+            .store
+            .get(user, &conversation_id)
+            .await
+            .map_err(OfflineError::from)?
+            .ok_or(OfflineError::NotMember)?;
         let acked = cursor.acked_seq as u64;
         if seq <= acked {
             return Ok(Response::new(AckResponse { acked_seq: acked }));
         }
         // An ack beyond the head would hide messages not yet sent.
-        let latest = self.heads(vec![conversation_id.clone()]).await?.get(&conversation_id).copied().unwrap_or(0);
+        let latest = self
+            .heads(vec![conversation_id.clone()])
+            .await?
+            .get(&conversation_id)
+            .copied()
+            .unwrap_or(0);
         if seq > latest {
             return Err(OfflineError::Invalid("seq is beyond the latest message").into());
         }
-        self.store.advance(user, &conversation_id, seq as i64).await.map_err(OfflineError::from)?;
+        self.store
+            .advance(user, &conversation_id, seq as i64)
+            .await
+            .map_err(OfflineError::from)?;
         Ok(Response::new(AckResponse { acked_seq: seq }))
     }
 }

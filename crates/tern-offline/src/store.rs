@@ -1,8 +1,8 @@
 //! The `cursors` table and the queries on it.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    sea_query::Expr,
 };
 
 pub mod cursors {
@@ -44,7 +44,10 @@ impl Store {
                 acked_seq: Set(start),
             });
             cursors::Entity::insert_many(rows)
-                .on_conflict_do_nothing_on([cursors::Column::UserId, cursors::Column::ConversationId])
+                .on_conflict_do_nothing_on([
+                    cursors::Column::UserId,
+                    cursors::Column::ConversationId,
+                ])
                 .exec(&self.db)
                 .await?;
         }
@@ -69,8 +72,14 @@ impl Store {
             .await
     }
 
-    pub async fn get(&self, user: i64, conversation: &str) -> Result<Option<cursors::Model>, DbErr> {
-        cursors::Entity::find_by_id((user, conversation.to_string())).one(&self.db).await
+    pub async fn get(
+        &self,
+        user: i64,
+        conversation: &str,
+    ) -> Result<Option<cursors::Model>, DbErr> {
+        cursors::Entity::find_by_id((user, conversation.to_string()))
+            .one(&self.db)
+            .await
     }
 
     /// Moves the cursor forward to `seq`; never backwards, even when two

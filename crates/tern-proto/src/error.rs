@@ -186,7 +186,10 @@ mod tests {
 
     #[test]
     fn foreign_statuses_map_by_grpc_code() {
-        assert_eq!(error_code_of(&Status::unavailable("down")), ErrorCode::Unavailable);
+        assert_eq!(
+            error_code_of(&Status::unavailable("down")),
+            ErrorCode::Unavailable
+        );
         assert_eq!(error_code_of(&Status::unknown("?")), ErrorCode::Internal);
     }
 }

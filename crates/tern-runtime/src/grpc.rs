@@ -15,7 +15,8 @@ use tonic::{body::Body, server::NamedService, transport::Server};
 use tower::{BoxError, Service, ServiceExt, util::BoxCloneSyncService};
 
 /// What every generated gRPC client in Tern is built on.
-pub type GrpcChannel = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, TransportError>;
+pub type GrpcChannel =
+    BoxCloneSyncService<http::Request<Body>, http::Response<Body>, TransportError>;
 
 /// A call could not reach the service. A concrete type rather than
 /// `BoxError`: with a boxed error, generated client calls inside
@@ -31,7 +32,9 @@ pub fn remote(url: &str) -> Result<GrpcChannel, tonic::transport::Error> {
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true)
         .connect_lazy();
-    Ok(BoxCloneSyncService::new(channel.map_err(|e| TransportError(e.into()))))
+    Ok(BoxCloneSyncService::new(
+        channel.map_err(|e| TransportError(e.into())),
+    ))
 }
 
 /// A channel that calls a generated server directly, without a socket. The
@@ -92,7 +95,10 @@ where
 /// server can be built with its clients before the others exist.
 pub fn late_bound() -> (GrpcChannel, LateBinder) {
     let slot = Arc::new(OnceLock::new());
-    (BoxCloneSyncService::new(LateBound { slot: slot.clone() }), LateBinder { slot })
+    (
+        BoxCloneSyncService::new(LateBound { slot: slot.clone() }),
+        LateBinder { slot },
+    )
 }
 
 /// Supplies the target of a [`late_bound`] channel.
@@ -117,7 +123,10 @@ impl Service<http::Request<Body>> for LateBound {
     type Error = TransportError;
     type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
-    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         std::task::Poll::Ready(Ok(()))
     }
 

@@ -64,7 +64,10 @@ mod tests {
 
     impl Default for Http {
         fn default() -> Self {
-            Self { addr: "0.0.0.0:8080".into(), max_frame: 10 }
+            Self {
+                addr: "0.0.0.0:8080".into(),
+                max_frame: 10,
+            }
         }
     }
 

@@ -66,10 +66,26 @@ impl Settings {
                 *url = format!("sqlite://{dir}/{name}.db");
             }
         };
-        place(&mut self.auth.database_url, tern_auth::Settings::default().database_url, "auth");
-        place(&mut self.group.database_url, tern_group::Settings::default().database_url, "group");
-        place(&mut self.message.database_url, tern_message::Settings::default().database_url, "message");
-        place(&mut self.offline.database_url, tern_offline::Settings::default().database_url, "offline");
+        place(
+            &mut self.auth.database_url,
+            tern_auth::Settings::default().database_url,
+            "auth",
+        );
+        place(
+            &mut self.group.database_url,
+            tern_group::Settings::default().database_url,
+            "group",
+        );
+        place(
+            &mut self.message.database_url,
+            tern_message::Settings::default().database_url,
+            "message",
+        );
+        place(
+            &mut self.offline.database_url,
+            tern_offline::Settings::default().database_url,
+            "offline",
+        );
         if self.auth.jwt.secret.is_empty() {
             let path = self.data_dir.join("jwt.key");
             let key = match std::fs::read_to_string(&path) {
@@ -90,7 +106,11 @@ impl Settings {
 
 /// Builds every service, wires them in-process and serves the gateway on
 /// `listener` until `shutdown`.
-pub async fn run(settings: Settings, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = settings.resolve()?;
     let bus = Arc::new(InProcessBus::new());
     let presence = Arc::new(InProcessPresence::new());
@@ -105,10 +125,20 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Cancellati
     let auth = tern_auth::build(&settings.auth).await?;
     let group = tern_group::build(
         &settings.group,
-        tern_group::Peers { auth: AuthServiceClient::new(auth_ch.clone()), offline: OfflineServiceClient::new(offline_ch.clone()) },
+        tern_group::Peers {
+            auth: AuthServiceClient::new(auth_ch.clone()),
+            offline: OfflineServiceClient::new(offline_ch.clone()),
+        },
     )
     .await?;
-    let offline = tern_offline::build(&settings.offline, tern_offline::Peers { message: MessageServiceClient::new(message_ch.clone()).max_decoding_message_size(usize::MAX) }).await?;
+    let offline = tern_offline::build(
+        &settings.offline,
+        tern_offline::Peers {
+            message: MessageServiceClient::new(message_ch.clone())
+                .max_decoding_message_size(usize::MAX),
+        },
+    )
+    .await?;
     let message = tern_message::build(
         &settings.message,
         tern_message::Peers {

@@ -1,0 +1,51 @@
+//! `tern-group`: the group service as its own process.
+
+use tern_proto::pb::{
+    auth::auth_service_client::AuthServiceClient,
+    offline::offline_service_client::OfflineServiceClient,
+};
+use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct Settings {
+    /// Address the gRPC server binds.
+    grpc_addr: String,
+    /// Where the auth service answers.
+    auth_url: String,
+    /// Where the offline service answers.
+    offline_url: String,
+    group: tern_group::Settings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "0.0.0.0:50052".into(),
+            auth_url: "http://127.0.0.1:50051".into(),
+            offline_url: "http://127.0.0.1:50054".into(),
+            group: Default::default(),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tern_runtime::telemetry::init("tern-group");
+    let settings: Settings = tern_runtime::settings::load("group").unwrap_or_else(|error| {
+        eprintln!("{error}");
+        std::process::exit(EXIT_BAD_CONFIG)
+    });
+    let peers = tern_group::Peers {
+        auth: AuthServiceClient::new(remote(&settings.auth_url)?),
+        offline: OfflineServiceClient::new(remote(&settings.offline_url)?),
+    };
+    let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
+    tern_group::run(
+        settings.group,
+        peers,
+        listener,
+        tern_runtime::shutdown::on_signal(),
+    )
+    .await
+}

@@ -1,0 +1,45 @@
+//! `tern-offline`: the offline service as its own process.
+
+use tern_proto::pb::message::message_service_client::MessageServiceClient;
+use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct Settings {
+    /// Address the gRPC server binds.
+    grpc_addr: String,
+    /// Where the message service answers.
+    message_url: String,
+    offline: tern_offline::Settings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc_addr: "0.0.0.0:50054".into(),
+            message_url: "http://127.0.0.1:50053".into(),
+            offline: Default::default(),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tern_runtime::telemetry::init("tern-offline");
+    let settings: Settings = tern_runtime::settings::load("offline").unwrap_or_else(|error| {
+        eprintln!("{error}");
+        std::process::exit(EXIT_BAD_CONFIG)
+    });
+    let peers = tern_offline::Peers {
+        message: MessageServiceClient::new(remote(&settings.message_url)?)
+            .max_decoding_message_size(usize::MAX),
+    };
+    let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
+    tern_offline::run(
+        settings.offline,
+        peers,
+        listener,
+        tern_runtime::shutdown::on_signal(),
+    )
+    .await
+}
