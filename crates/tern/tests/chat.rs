@@ -190,3 +190,47 @@ async fn a_silent_connection_is_closed() {
     assert_eq!(closed.code, 1000, "{closed:?}");
     assert!(closed.reason.contains("idle"), "{closed:?}");
 }
+
+#[tokio::test]
+async fn concurrent_senders_get_distinct_gap_free_seqs_and_receivers_see_them_in_order() {
+    let s = Server::start().await;
+    let (a, b, c) = (s.user("a").await, s.user("b").await, s.user("c").await);
+    let g = s.group(&a, &[&b, &c]).await;
+    let mut reader = s.connect(&c).await;
+    const EACH: usize = 40;
+    let mut senders = Vec::new();
+    for user in [a.clone(), b.clone()] {
+        let url = s.ws_url(&user.token);
+        senders.push(tokio::spawn(async move {
+            let mut client = common::Client::connect(&url).await;
+            let mut acked = Vec::new();
+            for i in 0..EACH {
+                client.send(json!({ "type": 2, "group_id": g, "content": { "text": format!("{}-{i}", user.id) }, "client_msg_id": format!("{i}") })).await;
+                // The other sender's messages arrive interleaved with acks.
+                loop {
+                    let frame = client.recv().await;
+                    if frame["type"] == 30 {
+                        acked.push(frame["seq"].as_u64().unwrap());
+                        break;
+                    }
+                    assert_eq!(frame["type"], 2, "{frame}");
+                }
+            }
+            acked
+        }));
+    }
+    let mut all_acked = Vec::new();
+    for sender in senders {
+        all_acked.extend(sender.await.unwrap());
+    }
+    all_acked.sort_unstable();
+    let expected: Vec<u64> = (1..=(2 * EACH) as u64).collect();
+    assert_eq!(
+        all_acked, expected,
+        "every send got its own seq, with no gaps"
+    );
+
+    let got = reader.deliveries(2 * EACH).await;
+    assert_eq!(seqs(&got), expected, "delivered exactly once, in seq order");
+    reader.quiet(200).await;
+}
