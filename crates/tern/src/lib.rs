@@ -13,9 +13,14 @@ use serde::{Deserialize, Serialize};
 use std::{path::PathBuf, sync::Arc};
 use tern_bus::{InProcessBus, InProcessPresence};
 use tern_proto::pb::{
-    auth::auth_service_client::AuthServiceClient, group::group_service_client::GroupServiceClient,
-    message::message_service_client::MessageServiceClient,
-    offline::offline_service_client::OfflineServiceClient,
+    auth::{auth_service_client::AuthServiceClient, auth_service_server::AuthServiceServer},
+    group::{group_service_client::GroupServiceClient, group_service_server::GroupServiceServer},
+    message::{
+        message_service_client::MessageServiceClient, message_service_server::MessageServiceServer,
+    },
+    offline::{
+        offline_service_client::OfflineServiceClient, offline_service_server::OfflineServiceServer,
+    },
 };
 use tern_runtime::{
     Secret,
@@ -30,6 +35,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Settings {
     /// Where the web app, HTTP API and WebSocket endpoint listen.
     pub http_addr: String,
+    /// When set, the four services' gRPC APIs (with health and reflection)
+    /// are also served here, for internal backends. Off by default: the
+    /// gRPC API trusts its callers, so only bind it where only they reach.
+    pub grpc_addr: Option<String>,
     /// Folder for the SQLite databases and the generated JWT key. Service
     /// `database_url`s left at their defaults are placed here.
     pub data_dir: PathBuf,
@@ -44,6 +53,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             http_addr: "0.0.0.0:8080".into(),
+            grpc_addr: None,
             data_dir: PathBuf::from("data"),
             auth: Default::default(),
             group: Default::default(),
@@ -150,10 +160,49 @@ pub async fn run(
         },
     )
     .await?;
-    auth_bind.bind(in_process(auth));
-    group_bind.bind(in_process(group));
-    offline_bind.bind(in_process(offline));
-    message_bind.bind(in_process(message));
+    auth_bind.bind(in_process(auth.clone()));
+    group_bind.bind(in_process(group.clone()));
+    offline_bind.bind(in_process(offline.clone()));
+    message_bind.bind(in_process(message.clone()));
+
+    if let Some(addr) = &settings.grpc_addr {
+        let listener = TcpListener::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "gRPC API for internal backends");
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<AuthServiceServer<tern_auth::Auth>>()
+            .await;
+        reporter
+            .set_serving::<GroupServiceServer<tern_group::Groups>>()
+            .await;
+        reporter
+            .set_serving::<MessageServiceServer<tern_message::Messages>>()
+            .await;
+        reporter
+            .set_serving::<OfflineServiceServer<tern_offline::Offline>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tern_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let router = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(auth)
+            .add_service(group)
+            .add_service(message)
+            .add_service(offline);
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(error) = router
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(%error, "gRPC server failed");
+            }
+        });
+    }
 
     let services = tern_gateway::Services {
         auth: AuthServiceClient::new(auth_ch),

@@ -249,7 +249,15 @@ async fn the_demo_page_is_served_at_the_root() {
     let s = Server::start().await;
     let r = s.http.get(s.url("/")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let page = r.text().await.unwrap();
-    assert!(page.contains("new WebSocket("), "the page speaks the WebSocket protocol");
+    assert!(
+        page.contains("new WebSocket("),
+        "the page speaks the WebSocket protocol"
+    );
 }

@@ -1,0 +1,125 @@
+//! The gRPC contracts as an internal backend uses them: a plain tonic
+//! client, no gateway, against a real `tern` process.
+
+mod common;
+
+use common::{Server, texts};
+use tern_proto::{
+    ErrorCode, error_code_of,
+    pb::{
+        auth::{VerifyTokenRequest, auth_service_client::AuthServiceClient},
+        group::{CreateGroupRequest, group_service_client::GroupServiceClient},
+        message::{
+            SendRequest, message_service_client::MessageServiceClient, send_request::Target,
+        },
+    },
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_backend_creates_a_group_and_sends_a_system_message() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let s = Server::start_with(&[("TERN__GRPC_ADDR", addr.as_str())]).await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut b = s.connect(&bob).await;
+    let url = format!("http://{addr}");
+
+    let channel = tonic::transport::Channel::from_shared(url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    for service in [
+        "tern.auth.v1.AuthService",
+        "tern.group.v1.GroupService",
+        "tern.message.v1.MessageService",
+        "tern.offline.v1.OfflineService",
+    ] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+
+    let mut groups = GroupServiceClient::connect(url.clone()).await.unwrap();
+    let group = groups
+        .create_group(CreateGroupRequest {
+            owner_id: alice.id,
+            name: "announcements".into(),
+            member_ids: vec![bob.id],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(group.member_ids, vec![alice.id, bob.id]);
+
+    let mut messages = MessageServiceClient::connect(url.clone()).await.unwrap();
+    let system = SendRequest {
+        sender_id: 0,
+        client_msg_id: "maintenance-1".into(),
+        target: Some(Target::GroupId(group.group_id)),
+        content_json: r#"{"text":"maintenance at noon"}"#.into(),
+        system: true,
+    };
+    let sent = messages.send(system.clone()).await.unwrap().into_inner();
+    assert!(!sent.duplicate);
+    assert_eq!(sent.message.as_ref().unwrap().seq, 1);
+    let got = b.recv().await;
+    assert_eq!(
+        (got["type"].as_i64(), got["from"].as_u64()),
+        (Some(2), Some(0)),
+        "{got}"
+    );
+    assert_eq!(texts(&[got]), ["maintenance at noon"]);
+    // The backend's retry is deduplicated like a client's.
+    assert!(messages.send(system).await.unwrap().into_inner().duplicate);
+    b.quiet(200).await;
+
+    // Errors carry the stable code.
+    let refused = messages
+        .send(SendRequest {
+            sender_id: 424242,
+            client_msg_id: "x".into(),
+            target: Some(Target::GroupId(group.group_id)),
+            content_json: "1".into(),
+            system: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_code_of(&refused), ErrorCode::NotMember);
+    let mut auth = AuthServiceClient::connect(url).await.unwrap();
+    let refused = auth
+        .verify_token(VerifyTokenRequest {
+            access_token: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error_code_of(&refused), ErrorCode::Unauthenticated);
+    assert_eq!(
+        auth.verify_token(VerifyTokenRequest {
+            access_token: bob.token.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .user_id,
+        bob.id
+    );
+}
