@@ -12,10 +12,7 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            grpc_addr: "0.0.0.0:50051".into(),
-            auth: Default::default(),
-        }
+        Self { grpc_addr: "0.0.0.0:50051".into(), auth: Default::default() }
     }
 }
 

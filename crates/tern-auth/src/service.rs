@@ -48,9 +48,7 @@ impl Auth {
 
     async fn issue_pair(&self, user: &users::Model) -> Result<TokenPair, AuthError> {
         let (refresh_token, hash) = new_refresh_token();
-        self.store
-            .store_refresh(hash, user.id, now_secs() + self.keys.refresh_ttl as i64)
-            .await?;
+        self.store.store_refresh(hash, user.id, now_secs() + self.keys.refresh_ttl as i64).await?;
         Ok(TokenPair {
             access_token: self.keys.issue_access(user.id as u64),
             expires_in: self.keys.access_ttl,
@@ -61,10 +59,7 @@ impl Auth {
 }
 
 fn to_pb(user: &users::Model) -> User {
-    User {
-        user_id: user.id as u64,
-        username: user.username.clone(),
-    }
+    User { user_id: user.id as u64, username: user.username.clone() }
 }
 
 fn validate_username(username: &str) -> Result<(), AuthError> {
@@ -72,13 +67,8 @@ fn validate_username(username: &str) -> Result<(), AuthError> {
     if chars == 0 || chars > MAX_USERNAME_CHARS {
         return Err(AuthError::Invalid("username must be 1 to 32 characters"));
     }
-    if !username
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-    {
-        return Err(AuthError::Invalid(
-            "username may only use letters, digits, '_', '-' and '.'",
-        ));
+    if !username.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+        return Err(AuthError::Invalid("username may only use letters, digits, '_', '-' and '.'"));
     }
     Ok(())
 }
@@ -98,9 +88,7 @@ fn validate_password(password: &str) -> Result<(), AuthError> {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, AuthError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| AuthError::Worker(e.to_string()))
+    tokio::task::spawn_blocking(f).await.map_err(|e| AuthError::Worker(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -121,9 +109,7 @@ impl AuthService for Auth {
             .map_err(|e| AuthError::Worker(e.to_string()))?;
         let user = self.store.create_user(&username, hash).await?;
         tracing::info!(user_id = user.id, "user registered");
-        Ok(Response::new(RegisterResponse {
-            user: Some(to_pb(&user)),
-        }))
+        Ok(Response::new(RegisterResponse { user: Some(to_pb(&user)) }))
     }
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<TokenPair>, Status> {
@@ -160,12 +146,8 @@ impl AuthService for Auth {
             .consume_refresh(&hash_refresh_token(&token))
             .await?
             .ok_or(AuthError::BadCredentials)?;
-        let user = self
-            .store
-            .users_by_ids(&[user_id])
-            .await?
-            .pop()
-            .ok_or(AuthError::BadCredentials)?;
+        let user =
+            self.store.users_by_ids(&[user_id]).await?.pop().ok_or(AuthError::BadCredentials)?;
         Ok(Response::new(self.issue_pair(&user).await?))
     }
 
@@ -174,14 +156,9 @@ impl AuthService for Auth {
         request: Request<VerifyTokenRequest>,
     ) -> Result<Response<VerifyTokenResponse>, Status> {
         let token = request.into_inner().access_token;
-        let (user_id, expires_at) = self
-            .keys
-            .verify_access(&token)
-            .ok_or(AuthError::BadCredentials)?;
-        Ok(Response::new(VerifyTokenResponse {
-            user_id,
-            expires_at,
-        }))
+        let (user_id, expires_at) =
+            self.keys.verify_access(&token).ok_or(AuthError::BadCredentials)?;
+        Ok(Response::new(VerifyTokenResponse { user_id, expires_at }))
     }
 
     async fn get_users(
@@ -192,23 +169,14 @@ impl AuthService for Auth {
         if ids.len() > MAX_LOOKUP {
             return Err(AuthError::Invalid("at most 10000 ids per call").into());
         }
-        let ids: Vec<i64> = ids
-            .into_iter()
-            .filter_map(|id| i64::try_from(id).ok())
-            .collect();
+        let ids: Vec<i64> = ids.into_iter().filter_map(|id| i64::try_from(id).ok()).collect();
         let users = self.store.users_by_ids(&ids).await?;
-        Ok(Response::new(GetUsersResponse {
-            users: users.iter().map(to_pb).collect(),
-        }))
+        Ok(Response::new(GetUsersResponse { users: users.iter().map(to_pb).collect() }))
     }
 
     async fn find_user(&self, request: Request<FindUserRequest>) -> Result<Response<User>, Status> {
         let username = request.into_inner().username;
-        let user = self
-            .store
-            .user_by_name(&username)
-            .await?
-            .ok_or(AuthError::UnknownUser)?;
+        let user = self.store.user_by_name(&username).await?.ok_or(AuthError::UnknownUser)?;
         Ok(Response::new(to_pb(&user)))
     }
 }

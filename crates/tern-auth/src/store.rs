@@ -68,10 +68,7 @@ impl Store {
             created_at: Set(now_secs()),
             ..Default::default()
         };
-        match users::Entity::insert(row)
-            .exec_with_returning(&self.db)
-            .await
-        {
+        match users::Entity::insert(row).exec_with_returning(&self.db).await {
             Ok(user) => Ok(user),
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 Err(AuthError::UsernameTaken)
@@ -81,10 +78,7 @@ impl Store {
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<Option<users::Model>, AuthError> {
-        Ok(users::Entity::find()
-            .filter(users::Column::Username.eq(username))
-            .one(&self.db)
-            .await?)
+        Ok(users::Entity::find().filter(users::Column::Username.eq(username)).one(&self.db).await?)
     }
 
     pub async fn users_by_ids(&self, ids: &[i64]) -> Result<Vec<users::Model>, AuthError> {
@@ -113,9 +107,8 @@ impl Store {
     /// Revokes a live refresh token and returns its user. Only one caller
     /// can win for a given token: the update is conditional on `revoked = false`.
     pub async fn consume_refresh(&self, token_hash: &str) -> Result<Option<i64>, AuthError> {
-        let Some(row) = refresh_tokens::Entity::find_by_id(token_hash.to_string())
-            .one(&self.db)
-            .await?
+        let Some(row) =
+            refresh_tokens::Entity::find_by_id(token_hash.to_string()).one(&self.db).await?
         else {
             return Ok(None);
         };

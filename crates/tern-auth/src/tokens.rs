@@ -101,11 +101,7 @@ mod tests {
     use tern_runtime::Secret;
 
     fn keys(secret: &str) -> TokenKeys {
-        TokenKeys::new(&JwtSettings {
-            secret: Secret::new(secret),
-            ..Default::default()
-        })
-        .unwrap()
+        TokenKeys::new(&JwtSettings { secret: Secret::new(secret), ..Default::default() }).unwrap()
     }
 
     #[test]

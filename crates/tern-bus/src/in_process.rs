@@ -118,12 +118,7 @@ mod tests {
         let bus = InProcessBus::new();
         let mut a = bus.subscribe("a").await.unwrap();
         let mut b = bus.subscribe("b").await.unwrap();
-        let kick = BusEvent {
-            event: Some(Event::Kick(Kick {
-                user_id: 7,
-                ..Default::default()
-            })),
-        };
+        let kick = BusEvent { event: Some(Event::Kick(Kick { user_id: 7, ..Default::default() })) };
         bus.publish("b", kick.clone()).await.unwrap();
         bus.publish("nobody", kick.clone()).await.unwrap();
         assert_eq!(b.recv().await.unwrap(), kick);

@@ -46,9 +46,7 @@ impl FromRequestParts<AppState> for Caller {
             .services
             .auth
             .clone()
-            .verify_token(VerifyTokenRequest {
-                access_token: token.to_string(),
-            })
+            .verify_token(VerifyTokenRequest { access_token: token.to_string() })
             .await?;
         Ok(Caller(verified.into_inner().user_id))
     }
@@ -74,10 +72,7 @@ pub async fn register(
         .into_inner()
         .user
         .unwrap_or_default();
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "user_id": user.user_id, "username": user.username })),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({ "user_id": user.user_id, "username": user.username }))))
 }
 
 fn token_body(pair: TokenPair) -> Json<Value> {
@@ -93,13 +88,8 @@ fn token_body(pair: TokenPair) -> Json<Value> {
 
 pub async fn login(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     let Credentials { username, password } = body(&bytes)?;
-    let pair = state
-        .services
-        .auth
-        .clone()
-        .login(LoginRequest { username, password })
-        .await?
-        .into_inner();
+    let pair =
+        state.services.auth.clone().login(LoginRequest { username, password }).await?.into_inner();
     Ok(token_body(pair))
 }
 
@@ -110,13 +100,8 @@ struct RefreshBody {
 
 pub async fn refresh(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     let RefreshBody { refresh_token } = body(&bytes)?;
-    let pair = state
-        .services
-        .auth
-        .clone()
-        .refresh(RefreshRequest { refresh_token })
-        .await?
-        .into_inner();
+    let pair =
+        state.services.auth.clone().refresh(RefreshRequest { refresh_token }).await?.into_inner();
     Ok(token_body(pair))
 }
 
@@ -126,16 +111,9 @@ pub async fn find_user(
     _caller: Caller,
     Path(username): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let user = state
-        .services
-        .auth
-        .clone()
-        .find_user(FindUserRequest { username })
-        .await?
-        .into_inner();
-    Ok(Json(
-        json!({ "user_id": user.user_id, "username": user.username }),
-    ))
+    let user =
+        state.services.auth.clone().find_user(FindUserRequest { username }).await?.into_inner();
+    Ok(Json(json!({ "user_id": user.user_id, "username": user.username })))
 }
 
 fn group_body(group: Group) -> Json<Value> {
@@ -164,11 +142,7 @@ pub async fn create_group(
         .services
         .group
         .clone()
-        .create_group(CreateGroupRequest {
-            owner_id,
-            name,
-            member_ids,
-        })
+        .create_group(CreateGroupRequest { owner_id, name, member_ids })
         .await?
         .into_inner();
     Ok((StatusCode::CREATED, group_body(group)))
@@ -229,22 +203,12 @@ pub async fn group_members(
     Caller(user_id): Caller,
     Path(group_id): Path<u64>,
 ) -> Result<Json<Value>, ApiError> {
-    let group = state
-        .services
-        .group
-        .clone()
-        .get_group(GetGroupRequest { group_id })
-        .await?
-        .into_inner();
+    let group =
+        state.services.group.clone().get_group(GetGroupRequest { group_id }).await?.into_inner();
     if !group.member_ids.contains(&user_id) {
-        return Err(ApiError::new(
-            ErrorCode::NotMember,
-            "only members can list a group's members",
-        ));
+        return Err(ApiError::new(ErrorCode::NotMember, "only members can list a group's members"));
     }
-    Ok(Json(
-        json!({ "group_id": group.group_id, "member_ids": group.member_ids }),
-    ))
+    Ok(Json(json!({ "group_id": group.group_id, "member_ids": group.member_ids })))
 }
 
 /// `GET /api/conversations`: the caller's conversations with unread counts.
@@ -318,19 +282,14 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         .services
         .auth
         .clone()
-        .verify_token(VerifyTokenRequest {
-            access_token: String::new(),
-        })
+        .verify_token(VerifyTokenRequest { access_token: String::new() })
         .await;
     match probe {
         Err(status) if status.code() == tonic::Code::Unauthenticated => {
             Ok(Json(json!({ "status": "ready" })))
         }
         Ok(_) => Ok(Json(json!({ "status": "ready" }))),
-        Err(_) => Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "auth service unreachable",
-        )),
+        Err(_) => Err(ApiError::new(ErrorCode::Unavailable, "auth service unreachable")),
     }
 }
 

@@ -22,11 +22,7 @@ pub mod kind {
 #[derive(Debug, PartialEq)]
 pub enum ClientFrame {
     /// Type 1 or 2: send a message.
-    Send {
-        target: SendTarget,
-        content: String,
-        client_msg_id: Option<String>,
-    },
+    Send { target: SendTarget, content: String, client_msg_id: Option<String> },
     /// Type 30: everything up to `seq` in the conversation was delivered.
     Ack { conversation_id: String, seq: u64 },
     /// Type 99.
@@ -51,11 +47,7 @@ pub struct FrameError {
 
 impl FrameError {
     fn new(code: ErrorCode, message: impl Into<String>, client_msg_id: Option<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            client_msg_id,
-        }
+        Self { code, message: message.into(), client_msg_id }
     }
 }
 
@@ -81,9 +73,7 @@ struct RawFrame<'a> {
 /// Reads an id given as a JSON number or a string of digits.
 fn id_of(raw: Option<&RawValue>) -> Option<u64> {
     let raw = raw?.get();
-    raw.parse::<u64>()
-        .ok()
-        .or_else(|| serde_json::from_str::<String>(raw).ok()?.parse().ok())
+    raw.parse::<u64>().ok().or_else(|| serde_json::from_str::<String>(raw).ok()?.parse().ok())
 }
 
 fn client_msg_id_of(raw: Option<&RawValue>) -> Result<Option<String>, ()> {
@@ -99,36 +89,20 @@ fn client_msg_id_of(raw: Option<&RawValue>) -> Result<Option<String>, ()> {
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|_| {
-        FrameError::new(
-            ErrorCode::MalformedFrame,
-            "frame must be a JSON object",
-            None,
-        )
+        FrameError::new(ErrorCode::MalformedFrame, "frame must be a JSON object", None)
     })?;
     let client_msg_id = client_msg_id_of(raw.client_msg_id).map_err(|_| {
-        FrameError::new(
-            ErrorCode::MissingField,
-            "client_msg_id must be a string",
-            None,
-        )
+        FrameError::new(ErrorCode::MissingField, "client_msg_id must be a string", None)
     })?;
-    let kind = raw
-        .kind
-        .as_ref()
-        .and_then(serde_json::Value::as_i64)
-        .ok_or_else(|| {
-            FrameError::new(
-                ErrorCode::UnknownType,
-                "numeric field 'type' is required",
-                client_msg_id.clone(),
-            )
-        })?;
-    let missing = |what: &str| {
+    let kind = raw.kind.as_ref().and_then(serde_json::Value::as_i64).ok_or_else(|| {
         FrameError::new(
-            ErrorCode::MissingField,
-            what.to_string(),
+            ErrorCode::UnknownType,
+            "numeric field 'type' is required",
             client_msg_id.clone(),
         )
+    })?;
+    let missing = |what: &str| {
+        FrameError::new(ErrorCode::MissingField, what.to_string(), client_msg_id.clone())
     };
     match kind {
         kind::SINGLE | kind::GROUP => {
@@ -142,11 +116,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 .content
                 .filter(|c| c.get() != "null")
                 .ok_or_else(|| missing("'content' is required"))?;
-            Ok(ClientFrame::Send {
-                target,
-                content: content.get().to_string(),
-                client_msg_id,
-            })
+            Ok(ClientFrame::Send { target, content: content.get().to_string(), client_msg_id })
         }
         kind::ACK => {
             let conversation_id = match raw.conversation_id {
@@ -157,10 +127,7 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 .seq
                 .and_then(|s| s.get().parse::<u64>().ok())
                 .ok_or_else(|| missing("'seq' must be a non-negative integer"))?;
-            Ok(ClientFrame::Ack {
-                conversation_id,
-                seq,
-            })
+            Ok(ClientFrame::Ack { conversation_id, seq })
         }
         kind::HEARTBEAT => Ok(ClientFrame::Heartbeat),
         other => Err(FrameError::new(
@@ -286,10 +253,7 @@ mod tests {
         assert_eq!(parse(r#"{"type":99}"#).unwrap(), ClientFrame::Heartbeat);
         assert_eq!(
             parse(r#"{"type":30,"conversation_id":"dm:1:2","seq":4}"#).unwrap(),
-            ClientFrame::Ack {
-                conversation_id: "dm:1:2".into(),
-                seq: 4
-            }
+            ClientFrame::Ack { conversation_id: "dm:1:2".into(), seq: 4 }
         );
     }
 
@@ -302,15 +266,9 @@ mod tests {
         assert_eq!(code(r#"{"type":"1"}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":42}"#), ErrorCode::UnknownType);
         assert_eq!(code(r#"{"type":1,"content":"x"}"#), ErrorCode::MissingField);
-        assert_eq!(
-            code(r#"{"type":1,"to":-3,"content":"x"}"#),
-            ErrorCode::MissingField
-        );
+        assert_eq!(code(r#"{"type":1,"to":-3,"content":"x"}"#), ErrorCode::MissingField);
         assert_eq!(code(r#"{"type":1,"to":2}"#), ErrorCode::MissingField);
-        assert_eq!(
-            code(r#"{"type":1,"to":2,"content":null}"#),
-            ErrorCode::MissingField
-        );
+        assert_eq!(code(r#"{"type":1,"to":2,"content":null}"#), ErrorCode::MissingField);
         assert_eq!(code(r#"{"type":30,"seq":1}"#), ErrorCode::MissingField);
         assert_eq!(
             code(r#"{"type":30,"conversation_id":"dm:1:2","seq":-1}"#),

@@ -86,11 +86,7 @@ pub enum Outbound {
     /// The answer to the client's own send. The seq is noted so the next
     /// message of the conversation does not look like a gap: senders never
     /// receive their own messages as deliveries.
-    SendAck {
-        frame: String,
-        conversation_id: String,
-        seq: u64,
-    },
+    SendAck { frame: String, conversation_id: String, seq: u64 },
     /// A live message from the bus; the writer orders and deduplicates it.
     Deliver(Arc<Message>),
     /// The answer to a ping.
@@ -144,10 +140,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/groups/{group_id}/leave", post(api::leave_group))
         .route("/api/groups/{group_id}/members", get(api::group_members))
         .route("/api/conversations", get(api::conversations))
-        .route(
-            "/api/conversations/{conversation_id}/messages",
-            get(api::history),
-        )
+        .route("/api/conversations/{conversation_id}/messages", get(api::history))
         .fallback(api::not_found)
         .with_state(state)
 }
@@ -172,16 +165,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let state = AppState::new(settings, services);
-    let events = state
-        .services
-        .bus
-        .subscribe(&state.settings.node_id)
-        .await?;
-    tokio::spawn(registry::dispatch(
-        events,
-        state.registry.clone(),
-        state.stats.clone(),
-    ));
+    let events = state.services.bus.subscribe(&state.settings.node_id).await?;
+    tokio::spawn(registry::dispatch(events, state.registry.clone(), state.stats.clone()));
     tracing::info!(node_id = %state.settings.node_id, addr = %listener.local_addr()?, "gateway listening");
 
     let draining = state.draining.clone();
@@ -193,18 +178,14 @@ pub async fn run(
             // Upgraded sockets are outside axum's graceful shutdown: close
             // them ourselves so clients reconnect elsewhere at once.
             for session in registry.all() {
-                let _ = session.tx.try_send(Outbound::Close(
-                    close_codes::GOING_AWAY,
-                    "server shutting down",
-                ));
+                let _ = session
+                    .tx
+                    .try_send(Outbound::Close(close_codes::GOING_AWAY, "server shutting down"));
             }
         })
         .await?;
     state.tracker.close();
-    if tokio::time::timeout(grace, state.tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
         tracing::warn!("sessions still open after the grace period; exiting anyway");
     }
     Ok(())

@@ -10,9 +10,12 @@ use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
-use tern_proto::pb::{
-    message::Message,
-    offline::{ListBacklogRequest, PullRequest, offline_service_client::OfflineServiceClient},
+use tern_proto::{
+    ErrorCode, error_code_of,
+    pb::{
+        message::Message,
+        offline::{ListBacklogRequest, PullRequest, offline_service_client::OfflineServiceClient},
+    },
 };
 use tern_runtime::grpc::GrpcChannel;
 use tokio::{io::AsyncWrite, sync::mpsc};
@@ -61,14 +64,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         page: u32,
         stats: Arc<Stats>,
     ) -> Self {
-        Self {
-            ws,
-            user,
-            offline,
-            pushed: HashMap::new(),
-            page,
-            stats,
-        }
+        Self { ws, user, offline, pushed: HashMap::new(), page, stats }
     }
 
     /// Sends the backlog, then serves the queue until it closes, `cancel`
@@ -83,9 +79,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         let _done = done.drop_guard();
         if let Err(error) = self.sync_backlog().await {
             tracing::warn!(user_id = self.user, %error, "initial sync failed");
-            let _ = self
-                .close(close::TRY_AGAIN_LATER, "sync failed, reconnect")
-                .await;
+            let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
             return;
         }
         loop {
@@ -104,9 +98,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 Err(error) => {
                     tracing::debug!(user_id = self.user, %error, "session writer stopped");
                     if matches!(error, Stop::Sync(_)) {
-                        let _ = self
-                            .close(close::TRY_AGAIN_LATER, "sync failed, reconnect")
-                            .await;
+                        let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
                     }
                     return;
                 }
@@ -121,11 +113,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     async fn handle(&mut self, item: Outbound) -> Result<bool, Stop> {
         match item {
             Outbound::Text(text) => self.text(text.into_bytes()).await?,
-            Outbound::SendAck {
-                frame,
-                conversation_id,
-                seq,
-            } => {
+            Outbound::SendAck { frame, conversation_id, seq } => {
                 self.text(frame.into_bytes()).await?;
                 if let Some(last) = self.pushed.get_mut(&conversation_id)
                     && *last + 1 == seq
@@ -157,8 +145,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             .into_inner()
             .conversations;
         for conversation in backlog {
-            self.catch_up(&conversation.conversation_id, conversation.latest_seq)
-                .await?;
+            self.catch_up(&conversation.conversation_id, conversation.latest_seq).await?;
         }
         self.flush().await
     }
@@ -170,13 +157,17 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             Some(last) if message.seq <= last => Ok(()),
             Some(last) if message.seq == last + 1 => {
                 self.push(message).await?;
-                self.pushed
-                    .insert(message.conversation_id.clone(), message.seq);
+                self.pushed.insert(message.conversation_id.clone(), message.seq);
                 Ok(())
             }
             // A gap, or a conversation this session has not seen yet: read
             // storage from what was pushed (or from the cursor) up to here.
-            _ => self.catch_up(&message.conversation_id, message.seq).await,
+            _ => match self.catch_up(&message.conversation_id, message.seq).await {
+                // The user left the conversation after the push was routed
+                // (member lists are cached briefly): nothing to deliver.
+                Err(Stop::Sync(status)) if error_code_of(&status) == ErrorCode::Forbidden => Ok(()),
+                other => other,
+            },
         }
     }
 

@@ -42,9 +42,7 @@ impl Registry {
 
     /// Removes `user`'s session if it is still `session_id`. True when it was.
     pub fn remove(&self, user: u64, session_id: &str) -> bool {
-        self.sessions
-            .remove_if(&user, |_, s| s.id == session_id)
-            .is_some()
+        self.sessions.remove_if(&user, |_, s| s.id == session_id).is_some()
     }
 
     pub fn get(&self, user: u64) -> Option<SessionHandle> {

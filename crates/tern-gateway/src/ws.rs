@@ -37,12 +37,7 @@ pub struct WsQuery {
 
 /// The bearer token from `Authorization`, if any.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// `GET /ws`: checks the token before upgrading, so a bad or expired token
@@ -60,9 +55,7 @@ pub async fn upgrade(
         .services
         .auth
         .clone()
-        .verify_token(VerifyTokenRequest {
-            access_token: token.to_string(),
-        })
+        .verify_token(VerifyTokenRequest { access_token: token.to_string() })
         .await;
     let identity = match verified {
         Ok(r) => r.into_inner(),
@@ -102,20 +95,12 @@ where
 
     let session_id = uuid::Uuid::now_v7().to_string();
     let (tx, rx) = mpsc::channel(settings.outbound_queue);
-    let handle = SessionHandle {
-        id: session_id.clone(),
-        tx: tx.clone(),
-        cancel: CancellationToken::new(),
-    };
+    let handle =
+        SessionHandle { id: session_id.clone(), tx: tx.clone(), cancel: CancellationToken::new() };
     if let Some(old) = state.registry.insert(user, handle.clone()) {
         old.kick("another session took over".into());
     }
-    match state
-        .services
-        .presence
-        .connect(user, &settings.node_id)
-        .await
-    {
+    match state.services.presence.connect(user, &settings.node_id).await {
         Ok(others) => {
             for node in others {
                 let kick = Kick {
@@ -126,12 +111,7 @@ where
                 let _ = state
                     .services
                     .bus
-                    .publish(
-                        &node,
-                        BusEvent {
-                            event: Some(Event::Kick(kick)),
-                        },
-                    )
+                    .publish(&node, BusEvent { event: Some(Event::Kick(kick)) })
                     .await;
             }
         }
@@ -153,11 +133,7 @@ where
     );
     let writer = tokio::spawn(pusher.run(rx, handle.cancel.clone(), done.clone()));
     let expiry = expiry_timer(tx.clone(), expires_at);
-    let reader = Reader {
-        state: &state,
-        user,
-        tx,
-    };
+    let reader = Reader { state: &state, user, tx };
     tokio::select! {
         _ = reader.run(read) => {}
         _ = done.cancelled() => {}
@@ -167,11 +143,7 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 
     if state.registry.remove(user, &session_id)
-        && let Err(error) = state
-            .services
-            .presence
-            .disconnect(user, &settings.node_id)
-            .await
+        && let Err(error) = state.services.presence.disconnect(user, &settings.node_id).await
     {
         tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
     }
@@ -209,9 +181,7 @@ impl Reader<'_> {
                     return self.close(close::TOO_BIG, "message too big").await;
                 }
                 Ok(Err(WebSocketError::InvalidUTF8)) => {
-                    return self
-                        .close(close::INVALID_DATA, "text frame is not UTF-8")
-                        .await;
+                    return self.close(close::INVALID_DATA, "text frame is not UTF-8").await;
                 }
                 Ok(Err(
                     WebSocketError::ConnectionClosed
@@ -254,12 +224,7 @@ impl Reader<'_> {
                     }
                 }
                 OpCode::Ping => {
-                    if self
-                        .tx
-                        .send(Outbound::Pong(frame.payload.to_vec()))
-                        .await
-                        .is_err()
-                    {
+                    if self.tx.send(Outbound::Pong(frame.payload.to_vec())).await.is_err() {
                         return;
                     }
                 }
@@ -292,8 +257,7 @@ impl Reader<'_> {
             return self.reply(frames::error(&error)).await;
         }
         let Ok(text) = std::str::from_utf8(&data) else {
-            self.close(close::INVALID_DATA, "text frame is not UTF-8")
-                .await;
+            self.close(close::INVALID_DATA, "text frame is not UTF-8").await;
             return false;
         };
         let answer = match frames::parse(text) {
@@ -309,20 +273,13 @@ impl Reader<'_> {
                 }
                 Some(frames::heartbeat())
             }
-            Ok(ClientFrame::Send {
-                target,
-                content,
-                client_msg_id,
-            }) => {
+            Ok(ClientFrame::Send { target, content, client_msg_id }) => {
                 return match self.send(target, content, client_msg_id).await {
                     Ok(item) => self.tx.send(item).await.is_ok(),
                     Err(error) => self.reply(error).await,
                 };
             }
-            Ok(ClientFrame::Ack {
-                conversation_id,
-                seq,
-            }) => self.ack(conversation_id, seq).await,
+            Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
             Err(error) => Some(frames::error(&error)),
         };
         match answer {
@@ -370,11 +327,7 @@ impl Reader<'_> {
     }
 
     async fn ack(&self, conversation_id: String, seq: u64) -> Option<String> {
-        let request = AckRequest {
-            user_id: self.user,
-            conversation_id,
-            seq,
-        };
+        let request = AckRequest { user_id: self.user, conversation_id, seq };
         match self.state.services.offline.clone().ack(request).await {
             Ok(_) => None,
             Err(status) => Some(frames::error(&status_frame(&status, None))),
@@ -392,9 +345,5 @@ fn status_frame(status: &tonic::Status, client_msg_id: Option<String>) -> FrameE
         }
         _ => status.message().to_string(),
     };
-    FrameError {
-        code,
-        message,
-        client_msg_id,
-    }
+    FrameError { code, message, client_msg_id }
 }

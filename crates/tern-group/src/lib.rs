@@ -36,10 +36,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            database_url: "sqlite://data/group.db".into(),
-            max_members: 100_000,
-        }
+        Self { database_url: "sqlite://data/group.db".into(), max_members: 100_000 }
     }
 }
 
@@ -59,11 +56,7 @@ pub async fn build(
 ) -> anyhow::Result<GroupServiceServer<Groups>> {
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
     migration::apply(&db).await?;
-    Ok(GroupServiceServer::new(Groups::new(
-        db,
-        peers,
-        settings.max_members,
-    )))
+    Ok(GroupServiceServer::new(Groups::new(db, peers, settings.max_members)))
 }
 
 /// Serves the group service on `listener` until `shutdown`.

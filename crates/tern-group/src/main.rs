@@ -41,11 +41,5 @@ async fn main() -> anyhow::Result<()> {
         offline: OfflineServiceClient::new(remote(&settings.offline_url)?),
     };
     let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
-    tern_group::run(
-        settings.group,
-        peers,
-        listener,
-        tern_runtime::shutdown::on_signal(),
-    )
-    .await
+    tern_group::run(settings.group, peers, listener, tern_runtime::shutdown::on_signal()).await
 }

@@ -25,6 +25,7 @@ enum Groups {
     Id,
     Name,
     OwnerId,
+    MembersVersion,
     CreatedAt,
 }
 
@@ -57,6 +58,7 @@ impl MigrationTrait for CreateGroups {
                     .col(big_pk_auto(Groups::Id))
                     .col(string_len(Groups::Name, 255))
                     .col(big_integer(Groups::OwnerId))
+                    .col(big_integer(Groups::MembersVersion))
                     .col(big_integer(Groups::CreatedAt))
                     .to_owned(),
             )
@@ -70,9 +72,7 @@ impl MigrationTrait for CreateGroups {
                     .col(big_integer(GroupMembers::UserId))
                     .col(big_integer(GroupMembers::JoinedAt))
                     .primary_key(
-                        Index::create()
-                            .col(GroupMembers::GroupId)
-                            .col(GroupMembers::UserId),
+                        Index::create().col(GroupMembers::GroupId).col(GroupMembers::UserId),
                     )
                     .to_owned(),
             )

@@ -32,11 +32,7 @@ fn to_i64(ids: impl IntoIterator<Item = u64>) -> Result<Vec<i64>, GroupError> {
 
 impl Groups {
     pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers, max_members: usize) -> Self {
-        Self {
-            store: Store::new(db),
-            peers,
-            max_members,
-        }
+        Self { store: Store::new(db), peers, max_members }
     }
 
     /// Fails with `UnknownUsers` unless every id is a registered user.
@@ -45,19 +41,13 @@ impl Groups {
             .peers
             .auth
             .clone()
-            .get_users(GetUsersRequest {
-                user_ids: ids.iter().copied().collect(),
-            })
+            .get_users(GetUsersRequest { user_ids: ids.iter().copied().collect() })
             .await?
             .into_inner()
             .users;
         let found: BTreeSet<u64> = found.into_iter().map(|u| u.user_id).collect();
         let missing: Vec<u64> = ids.difference(&found).copied().collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(GroupError::UnknownUsers(missing))
-        }
+        if missing.is_empty() { Ok(()) } else { Err(GroupError::UnknownUsers(missing)) }
     }
 
     async fn init_cursors(
@@ -82,17 +72,14 @@ impl Groups {
     }
 
     async fn describe(&self, group_id: i64) -> Result<Group, GroupError> {
-        let group = self
-            .store
-            .get(group_id)
-            .await?
-            .ok_or(GroupError::UnknownGroup)?;
+        let group = self.store.get(group_id).await?.ok_or(GroupError::UnknownGroup)?;
         let members = self.store.member_ids(group_id).await?;
         Ok(Group {
             group_id: group.id as u64,
             name: group.name,
             owner_id: group.owner_id as u64,
             member_ids: members.into_iter().map(|m| m as u64).collect(),
+            members_version: group.members_version as u64,
         })
     }
 
@@ -126,11 +113,7 @@ impl GroupService for Groups {
         &self,
         request: Request<CreateGroupRequest>,
     ) -> Result<Response<Group>, Status> {
-        let CreateGroupRequest {
-            owner_id,
-            name,
-            member_ids,
-        } = request.into_inner();
+        let CreateGroupRequest { owner_id, name, member_ids } = request.into_inner();
         let name = name.trim().to_string();
         if name.is_empty() || name.chars().count() > 64 {
             return Err(GroupError::Invalid("group name must be 1 to 64 characters".into()).into());
@@ -152,11 +135,7 @@ impl GroupService for Groups {
             self.store.delete(group.id).await?;
             return Err(error.into());
         }
-        tracing::info!(
-            group_id = group.id,
-            members = members.len(),
-            "group created"
-        );
+        tracing::info!(group_id = group.id, members = members.len(), "group created");
         Ok(Response::new(self.describe(group.id).await?))
     }
 
@@ -165,9 +144,7 @@ impl GroupService for Groups {
         request: Request<JoinGroupRequest>,
     ) -> Result<Response<Group>, Status> {
         let JoinGroupRequest { group_id, user_id } = request.into_inner();
-        Ok(Response::new(
-            self.add(group_id, BTreeSet::from([user_id])).await?,
-        ))
+        Ok(Response::new(self.add(group_id, BTreeSet::from([user_id])).await?))
     }
 
     async fn add_members(
@@ -178,9 +155,7 @@ impl GroupService for Groups {
         if user_ids.is_empty() {
             return Err(GroupError::Invalid("user_ids must not be empty".into()).into());
         }
-        Ok(Response::new(
-            self.add(group_id, user_ids.into_iter().collect()).await?,
-        ))
+        Ok(Response::new(self.add(group_id, user_ids.into_iter().collect()).await?))
     }
 
     async fn leave_group(
@@ -227,12 +202,17 @@ impl GroupService for Groups {
     ) -> Result<Response<IsMemberResponse>, Status> {
         let IsMemberRequest { group_id, user_id } = request.into_inner();
         let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
-        self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
         let is_member = match i64::try_from(user_id) {
             Ok(uid) => self.store.is_member(gid, uid).await?,
             Err(_) => false,
         };
-        Ok(Response::new(IsMemberResponse { is_member }))
+        // Read after the membership, so a change that committed before this
+        // answer is always reflected in the version.
+        let group = self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
+        Ok(Response::new(IsMemberResponse {
+            is_member,
+            members_version: group.members_version as u64,
+        }))
     }
 
     async fn list_user_groups(
@@ -252,6 +232,7 @@ impl GroupService for Groups {
                 name: g.name,
                 owner_id: g.owner_id as u64,
                 member_ids: vec![],
+                members_version: g.members_version as u64,
             })
             .collect();
         Ok(Response::new(ListUserGroupsResponse { groups }))

@@ -2,8 +2,10 @@
 
 use crate::GroupError;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ActiveValue::Set,
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+    sea_query::{Expr, ExprTrait},
 };
 
 pub mod groups {
@@ -16,6 +18,7 @@ pub mod groups {
         pub id: i64,
         pub name: String,
         pub owner_id: i64,
+        pub members_version: i64,
         pub created_at: i64,
     }
 
@@ -73,6 +76,7 @@ impl Store {
         let group = groups::Entity::insert(groups::ActiveModel {
             name: Set(name.to_string()),
             owner_id: Set(owner),
+            members_version: Set(1),
             created_at: Set(now_secs()),
             ..Default::default()
         })
@@ -89,9 +93,7 @@ impl Store {
             .filter(members::Column::GroupId.eq(group_id))
             .exec(&self.db)
             .await?;
-        groups::Entity::delete_by_id(group_id)
-            .exec(&self.db)
-            .await?;
+        groups::Entity::delete_by_id(group_id).exec(&self.db).await?;
         Ok(())
     }
 
@@ -103,22 +105,24 @@ impl Store {
     /// Returns the ids that were not members before.
     pub async fn add_members(&self, group_id: i64, users: &[i64]) -> Result<Vec<i64>, GroupError> {
         let existing = self.member_ids(group_id).await?;
-        let new: Vec<i64> = users
-            .iter()
-            .copied()
-            .filter(|u| existing.binary_search(u).is_err())
-            .collect();
+        let new: Vec<i64> =
+            users.iter().copied().filter(|u| existing.binary_search(u).is_err()).collect();
         insert_members(&self.db, group_id, &new).await?;
         Ok(new)
     }
 
     /// Removes members; returns how many were removed.
     pub async fn remove_members(&self, group_id: i64, users: &[i64]) -> Result<u64, GroupError> {
+        let txn = self.db.begin().await?;
         let result = members::Entity::delete_many()
             .filter(members::Column::GroupId.eq(group_id))
             .filter(members::Column::UserId.is_in(users.iter().copied()))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        if result.rows_affected > 0 {
+            bump_version(&txn, group_id).await?;
+        }
+        txn.commit().await?;
         Ok(result.rows_affected)
     }
 
@@ -135,10 +139,7 @@ impl Store {
     }
 
     pub async fn is_member(&self, group_id: i64, user_id: i64) -> Result<bool, GroupError> {
-        Ok(members::Entity::find_by_id((group_id, user_id))
-            .one(&self.db)
-            .await?
-            .is_some())
+        Ok(members::Entity::find_by_id((group_id, user_id)).one(&self.db).await?.is_some())
     }
 
     pub async fn groups_of(&self, user_id: i64) -> Result<Vec<groups::Model>, GroupError> {
@@ -155,6 +156,16 @@ impl Store {
             .all(&self.db)
             .await?)
     }
+}
+
+/// Marks the member list as changed, so cached copies are refreshed.
+async fn bump_version(db: &impl sea_orm::ConnectionTrait, group_id: i64) -> Result<(), GroupError> {
+    groups::Entity::update_many()
+        .col_expr(groups::Column::MembersVersion, Expr::col(groups::Column::MembersVersion).add(1))
+        .filter(groups::Column::Id.eq(group_id))
+        .exec(db)
+        .await?;
+    Ok(())
 }
 
 async fn insert_members(

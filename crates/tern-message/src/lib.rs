@@ -35,10 +35,6 @@ pub struct Settings {
     pub database_url: String,
     /// Largest `content_json` accepted, in bytes.
     pub max_content_bytes: usize,
-    /// How long a group's member list is reused for fan-out before it is
-    /// read again, in milliseconds. A member who joined within this window
-    /// may miss a live push; sync delivers it (DESIGN.md §4).
-    pub member_cache_ms: u64,
     /// Database connections. SQLite serialises writers anyway; a few
     /// connections let reads proceed beside the writer.
     pub max_connections: u32,
@@ -49,7 +45,6 @@ impl Default for Settings {
         Self {
             database_url: "sqlite://data/message.db".into(),
             max_content_bytes: 64 * 1024,
-            member_cache_ms: 2_000,
             max_connections: 8,
         }
     }
@@ -78,10 +73,8 @@ pub async fn build(
     let db = tern_runtime::db::connect(&settings.database_url, settings.max_connections).await?;
     migration::apply(&db).await?;
     let max = settings.max_content_bytes;
-    Ok(
-        MessageServiceServer::new(Messages::new(db, peers, settings))
-            .max_decoding_message_size(max + 16 * 1024),
-    )
+    Ok(MessageServiceServer::new(Messages::new(db, peers, settings))
+        .max_decoding_message_size(max + 16 * 1024))
 }
 
 /// Serves the message service on `listener` until `shutdown`.

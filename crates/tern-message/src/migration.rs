@@ -79,11 +79,7 @@ impl MigrationTrait for CreateMessages {
                     .col(text(Messages::ContentJson))
                     .col(string_len(Messages::ClientMsgId, 64))
                     .col(big_integer(Messages::CreatedAtMs))
-                    .primary_key(
-                        Index::create()
-                            .col(Messages::ConversationId)
-                            .col(Messages::Seq),
-                    )
+                    .primary_key(Index::create().col(Messages::ConversationId).col(Messages::Seq))
                     .to_owned(),
             )
             .await?;

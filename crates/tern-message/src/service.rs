@@ -6,7 +6,7 @@ use crate::{
     store::{Draft, Store, Stored},
 };
 use dashmap::DashSet;
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 use tern_proto::{
     conversation,
     pb::{
@@ -46,10 +46,7 @@ impl Messages {
     pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers, settings: &Settings) -> Self {
         Self {
             store: Store::new(db),
-            router: Arc::new(Router::new(
-                peers.clone(),
-                Duration::from_millis(settings.member_cache_ms),
-            )),
+            router: Arc::new(Router::new(peers.clone())),
             peers,
             known_users: Arc::default(),
             known_conversations: Arc::default(),
@@ -61,14 +58,8 @@ impl Messages {
         if self.known_users.contains(&user) {
             return Ok(());
         }
-        let found = self
-            .peers
-            .auth
-            .clone()
-            .get_users(GetUsersRequest {
-                user_ids: vec![user],
-            })
-            .await?;
+        let found =
+            self.peers.auth.clone().get_users(GetUsersRequest { user_ids: vec![user] }).await?;
         if found.into_inner().users.iter().any(|u| u.user_id == user) {
             self.known_users.insert(user);
             Ok(())
@@ -114,13 +105,7 @@ impl Messages {
     }
 
     async fn send(&self, request: SendRequest) -> Result<SendResponse, MessageError> {
-        let SendRequest {
-            sender_id,
-            client_msg_id,
-            target,
-            content_json,
-            system,
-        } = request;
+        let SendRequest { sender_id, client_msg_id, target, content_json, system } = request;
         if sender_id == 0 && !system {
             return Err(MessageError::Invalid("sender_id is required"));
         }
@@ -131,9 +116,7 @@ impl Messages {
             return Err(MessageError::Invalid("content_json must be valid JSON"));
         }
         if client_msg_id.len() > MAX_CLIENT_MSG_ID {
-            return Err(MessageError::Invalid(
-                "client_msg_id must be at most 64 bytes",
-            ));
+            return Err(MessageError::Invalid("client_msg_id must be at most 64 bytes"));
         }
         let sender = i64::try_from(sender_id)
             .map_err(|_| MessageError::Invalid("sender_id out of range"))?;
@@ -143,22 +126,17 @@ impl Messages {
             // A retry returns the original without authorising again: it
             // was authorised when first stored.
             if let Some(original) = self.store.find_sent(sender, &client_msg_id).await? {
-                return Ok(SendResponse {
-                    message: Some(original),
-                    duplicate: true,
-                });
+                return Ok(SendResponse { message: Some(original), duplicate: true });
             }
             client_msg_id
         };
-        let target = target.ok_or(MessageError::Invalid(
-            "a recipient (to_user_id or group_id) is required",
-        ))?;
+        let target = target
+            .ok_or(MessageError::Invalid("a recipient (to_user_id or group_id) is required"))?;
+        let mut members_version = None;
         let (conversation_id, stored_target) = match target {
             Target::ToUserId(to) => {
                 if to == sender_id {
-                    return Err(MessageError::Invalid(
-                        "cannot send a 1:1 message to yourself",
-                    ));
+                    return Err(MessageError::Invalid("cannot send a 1:1 message to yourself"));
                 }
                 if i64::try_from(to).is_err() {
                     return Err(MessageError::UnknownUser);
@@ -177,13 +155,12 @@ impl Messages {
                         .peers
                         .group
                         .clone()
-                        .is_member(IsMemberRequest {
-                            group_id,
-                            user_id: sender_id,
-                        })
+                        .is_member(IsMemberRequest { group_id, user_id: sender_id })
                         .await;
                     match answer {
-                        Ok(r) if r.get_ref().is_member => {}
+                        Ok(r) if r.get_ref().is_member => {
+                            members_version = Some(r.get_ref().members_version)
+                        }
                         Ok(_) => return Err(MessageError::NotMember),
                         Err(s) if s.code() == tonic::Code::NotFound => {
                             return Err(MessageError::UnknownGroup);
@@ -191,13 +168,12 @@ impl Messages {
                         Err(s) => return Err(s.into()),
                     }
                 } else {
-                    self.router
-                        .members(group_id)
-                        .await
-                        .map_err(|s| match s.code() {
+                    let (version, _) =
+                        self.router.members(group_id, None).await.map_err(|s| match s.code() {
                             tonic::Code::NotFound => MessageError::UnknownGroup,
                             _ => MessageError::Peer(s),
                         })?;
+                    members_version = Some(version);
                 }
                 let id = conversation::group(group_id);
                 self.ensure_group(&id).await?;
@@ -212,20 +188,16 @@ impl Messages {
             client_msg_id,
         };
         match self.store.append(draft).await? {
-            Stored::Duplicate(original) => Ok(SendResponse {
-                message: Some(original),
-                duplicate: true,
-            }),
+            Stored::Duplicate(original) => {
+                Ok(SendResponse { message: Some(original), duplicate: true })
+            }
             Stored::New(message) => {
                 // Stored, so the sender may be answered now; the push runs
                 // beside the answer and never delays it.
                 let router = self.router.clone();
                 let routed = message.clone();
-                tokio::spawn(async move { router.route(routed).await });
-                Ok(SendResponse {
-                    message: Some(message),
-                    duplicate: false,
-                })
+                tokio::spawn(async move { router.route(routed, members_version).await });
+                Ok(SendResponse { message: Some(message), duplicate: false })
             }
         }
     }
@@ -234,20 +206,14 @@ impl Messages {
 #[tonic::async_trait]
 impl MessageService for Messages {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
-        Ok(Response::new(
-            Messages::send(self, request.into_inner()).await?,
-        ))
+        Ok(Response::new(Messages::send(self, request.into_inner()).await?))
     }
 
     async fn list_messages(
         &self,
         request: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
-        let ListMessagesRequest {
-            conversation_id,
-            after_seq,
-            limit,
-        } = request.into_inner();
+        let ListMessagesRequest { conversation_id, after_seq, limit } = request.into_inner();
         let limit = match limit {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
@@ -259,10 +225,7 @@ impl MessageService for Messages {
             .list(&conversation_id, after, u64::from(limit))
             .await
             .map_err(MessageError::from)?;
-        Ok(Response::new(ListMessagesResponse {
-            messages,
-            latest_seq,
-        }))
+        Ok(Response::new(ListMessagesResponse { messages, latest_seq }))
     }
 
     async fn get_conversation_states(

@@ -108,10 +108,7 @@ impl Store {
 
     /// Whether the conversation row exists.
     pub async fn conversation_exists(&self, id: &str) -> Result<bool, DbErr> {
-        Ok(conversations::Entity::find_by_id(id.to_string())
-            .one(&self.db)
-            .await?
-            .is_some())
+        Ok(conversations::Entity::find_by_id(id.to_string()).one(&self.db).await?.is_some())
     }
 
     /// Creates the conversation row if it is missing.
@@ -158,10 +155,7 @@ impl Store {
             .exec(&txn)
             .await?;
         if bumped.rows_affected != 1 {
-            return Err(DbErr::RecordNotFound(format!(
-                "conversation {}",
-                draft.conversation_id
-            )));
+            return Err(DbErr::RecordNotFound(format!("conversation {}", draft.conversation_id)));
         }
         let seq: i64 = conversations::Entity::find_by_id(draft.conversation_id.clone())
             .select_only()
@@ -186,10 +180,7 @@ impl Store {
             created_at_ms: now_ms(),
         };
         let active: messages::ActiveModel = row.clone().into();
-        match messages::Entity::insert(active)
-            .exec_without_returning(&txn)
-            .await
-        {
+        match messages::Entity::insert(active).exec_without_returning(&txn).await {
             Ok(_) => {
                 txn.commit().await?;
                 Ok(Stored::New(to_pb(row)))
@@ -213,12 +204,8 @@ impl Store {
         after: i64,
         limit: u64,
     ) -> Result<(Vec<Message>, u64), DbErr> {
-        let head = self
-            .heads(&[conversation.to_string()])
-            .await?
-            .pop()
-            .map(|(_, s)| s)
-            .unwrap_or(0);
+        let head =
+            self.heads(&[conversation.to_string()]).await?.pop().map(|(_, s)| s).unwrap_or(0);
         let rows = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation))
             .filter(messages::Column::Seq.gt(after))

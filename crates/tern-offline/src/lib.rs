@@ -35,9 +35,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self {
-            database_url: "sqlite://data/offline.db".into(),
-        }
+        Self { database_url: "sqlite://data/offline.db".into() }
     }
 }
 

@@ -35,11 +35,5 @@ async fn main() -> anyhow::Result<()> {
             .max_decoding_message_size(usize::MAX),
     };
     let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
-    tern_offline::run(
-        settings.offline,
-        peers,
-        listener,
-        tern_runtime::shutdown::on_signal(),
-    )
-    .await
+    tern_offline::run(settings.offline, peers, listener, tern_runtime::shutdown::on_signal()).await
 }

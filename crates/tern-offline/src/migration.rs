@@ -48,11 +48,7 @@ impl MigrationTrait for CreateCursors {
                     .col(big_integer(Cursors::UserId))
                     .col(string_len(Cursors::ConversationId, 64))
                     .col(big_integer(Cursors::AckedSeq))
-                    .primary_key(
-                        Index::create()
-                            .col(Cursors::UserId)
-                            .col(Cursors::ConversationId),
-                    )
+                    .primary_key(Index::create().col(Cursors::UserId).col(Cursors::ConversationId))
                     .to_owned(),
             )
             .await

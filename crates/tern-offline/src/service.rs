@@ -27,17 +27,12 @@ fn user_id(id: u64) -> Result<i64, OfflineError> {
 }
 
 fn valid_conversation(id: &str) -> Result<(), OfflineError> {
-    conversation::parse(id)
-        .map(|_| ())
-        .ok_or(OfflineError::Invalid("malformed conversation_id"))
+    conversation::parse(id).map(|_| ()).ok_or(OfflineError::Invalid("malformed conversation_id"))
 }
 
 impl Offline {
     pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers) -> Self {
-        Self {
-            store: Store::new(db),
-            peers,
-        }
+        Self { store: Store::new(db), peers }
     }
 
     /// Latest seq of each conversation, from the message service.
@@ -54,11 +49,7 @@ impl Offline {
                 .await?
                 .into_inner()
                 .states;
-            heads.extend(
-                states
-                    .into_iter()
-                    .map(|s| (s.conversation_id, s.latest_seq)),
-            );
+            heads.extend(states.into_iter().map(|s| (s.conversation_id, s.latest_seq)));
         }
         Ok(heads)
     }
@@ -70,11 +61,7 @@ impl OfflineService for Offline {
         &self,
         request: Request<InitCursorsRequest>,
     ) -> Result<Response<InitCursorsResponse>, Status> {
-        let InitCursorsRequest {
-            conversation_id,
-            user_ids,
-            start_seq,
-        } = request.into_inner();
+        let InitCursorsRequest { conversation_id, user_ids, start_seq } = request.into_inner();
         valid_conversation(&conversation_id)?;
         let start = match start_seq {
             Some(seq) => seq,
@@ -85,10 +72,7 @@ impl OfflineService for Offline {
                 .copied()
                 .unwrap_or(0),
         };
-        let users: Vec<i64> = user_ids
-            .into_iter()
-            .map(user_id)
-            .collect::<Result<_, _>>()?;
+        let users: Vec<i64> = user_ids.into_iter().map(user_id).collect::<Result<_, _>>()?;
         self.store
             .init(&conversation_id, &users, start as i64)
             .await
@@ -100,18 +84,9 @@ impl OfflineService for Offline {
         &self,
         request: Request<DropCursorsRequest>,
     ) -> Result<Response<DropCursorsResponse>, Status> {
-        let DropCursorsRequest {
-            conversation_id,
-            user_ids,
-        } = request.into_inner();
-        let users: Vec<i64> = user_ids
-            .into_iter()
-            .filter_map(|u| i64::try_from(u).ok())
-            .collect();
-        self.store
-            .drop(&conversation_id, &users)
-            .await
-            .map_err(OfflineError::from)?;
+        let DropCursorsRequest { conversation_id, user_ids } = request.into_inner();
+        let users: Vec<i64> = user_ids.into_iter().filter_map(|u| i64::try_from(u).ok()).collect();
+        self.store.drop(&conversation_id, &users).await.map_err(OfflineError::from)?;
         Ok(Response::new(DropCursorsResponse {}))
     }
 
@@ -121,9 +96,7 @@ impl OfflineService for Offline {
     ) -> Result<Response<ListBacklogResponse>, Status> {
         let user = user_id(request.into_inner().user_id)?;
         let cursors = self.store.of_user(user).await.map_err(OfflineError::from)?;
-        let heads = self
-            .heads(cursors.iter().map(|c| c.conversation_id.clone()).collect())
-            .await?;
+        let heads = self.heads(cursors.iter().map(|c| c.conversation_id.clone()).collect()).await?;
         let conversations = cursors
             .into_iter()
             .filter_map(|c| {
@@ -140,12 +113,7 @@ impl OfflineService for Offline {
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
-        let PullRequest {
-            user_id: user,
-            conversation_id,
-            after_seq,
-            limit,
-        } = request.into_inner();
+        let PullRequest { user_id: user, conversation_id, after_seq, limit } = request.into_inner();
         let user = user_id(user)?;
         let cursor = self
             .store
@@ -174,11 +142,7 @@ impl OfflineService for Offline {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        let AckRequest {
-            user_id: user,
-            conversation_id,
-            seq,
-        } = request.into_inner();
+        let AckRequest { user_id: user, conversation_id, seq } = request.into_inner();
         let user = user_id(user)?;
         let cursor = self
             .store
@@ -200,10 +164,7 @@ impl OfflineService for Offline {
         if seq > latest {
             return Err(OfflineError::Invalid("seq is beyond the latest message").into());
         }
-        self.store
-            .advance(user, &conversation_id, seq as i64)
-            .await
-            .map_err(OfflineError::from)?;
+        self.store.advance(user, &conversation_id, seq as i64).await.map_err(OfflineError::from)?;
         Ok(Response::new(AckResponse { acked_seq: seq }))
     }
 }

@@ -77,9 +77,7 @@ impl Store {
         user: i64,
         conversation: &str,
     ) -> Result<Option<cursors::Model>, DbErr> {
-        cursors::Entity::find_by_id((user, conversation.to_string()))
-            .one(&self.db)
-            .await
+        cursors::Entity::find_by_id((user, conversation.to_string())).one(&self.db).await
     }
 
     /// Moves the cursor forward to `seq`; never backwards, even when two

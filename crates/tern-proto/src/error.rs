@@ -133,10 +133,9 @@ impl ErrorCode {
     /// A `Status` carrying this code; `message` must be safe to show a client.
     pub fn status(self, message: impl Into<String>) -> Status {
         let mut status = Status::new(self.grpc_code(), message);
-        status.metadata_mut().insert(
-            METADATA_KEY,
-            tonic::metadata::MetadataValue::from_static(self.as_str()),
-        );
+        status
+            .metadata_mut()
+            .insert(METADATA_KEY, tonic::metadata::MetadataValue::from_static(self.as_str()));
         status
     }
 }
@@ -150,11 +149,8 @@ impl std::fmt::Display for ErrorCode {
 /// The Tern code a `Status` carries, or the closest one for statuses that
 /// did not come from a Tern service (transport failures, timeouts).
 pub fn error_code_of(status: &Status) -> ErrorCode {
-    if let Some(code) = status
-        .metadata()
-        .get(METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .and_then(ErrorCode::parse)
+    if let Some(code) =
+        status.metadata().get(METADATA_KEY).and_then(|v| v.to_str().ok()).and_then(ErrorCode::parse)
     {
         return code;
     }
@@ -186,10 +182,7 @@ mod tests {
 
     #[test]
     fn foreign_statuses_map_by_grpc_code() {
-        assert_eq!(
-            error_code_of(&Status::unavailable("down")),
-            ErrorCode::Unavailable
-        );
+        assert_eq!(error_code_of(&Status::unavailable("down")), ErrorCode::Unavailable);
         assert_eq!(error_code_of(&Status::unknown("?")), ErrorCode::Internal);
     }
 }

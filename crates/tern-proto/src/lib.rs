@@ -100,9 +100,9 @@ pub mod conversation {
 
         #[test]
         fn rejects_foreign_ids() {
-            for bad in [
-                "", "dm:3:3", "dm:7:3", "dm:03:7", "group:", "group:x", "group:01", "chan:1",
-            ] {
+            for bad in
+                ["", "dm:3:3", "dm:7:3", "dm:03:7", "group:", "group:x", "group:01", "chan:1"]
+            {
                 assert_eq!(parse(bad), None, "{bad}");
             }
             assert_eq!(parse("group:42"), Some(Kind::Group(42)));

@@ -13,9 +13,8 @@ use std::time::Duration;
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut url = url.to_string();
     if let Some(path) = sqlite_path(&url) {
-        if let Some(dir) = std::path::Path::new(&path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
+        if let Some(dir) =
+            std::path::Path::new(&path).parent().filter(|d| !d.as_os_str().is_empty())
         {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
@@ -41,9 +40,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 /// The file path of a `sqlite://` URL, or `None` for other databases and
 /// in-memory SQLite.
 fn sqlite_path(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();
     (!path.is_empty() && !path.starts_with(":memory:")).then(|| path.to_string())
 }
@@ -54,10 +51,7 @@ mod tests {
 
     #[test]
     fn finds_sqlite_files_only() {
-        assert_eq!(
-            sqlite_path("sqlite://data/auth.db?mode=rwc").as_deref(),
-            Some("data/auth.db")
-        );
+        assert_eq!(sqlite_path("sqlite://data/auth.db?mode=rwc").as_deref(), Some("data/auth.db"));
         assert_eq!(sqlite_path("sqlite::memory:"), None);
         assert_eq!(sqlite_path("mysql://root@localhost/test"), None);
     }

@@ -32,9 +32,7 @@ pub fn remote(url: &str) -> Result<GrpcChannel, tonic::transport::Error> {
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true)
         .connect_lazy();
-    Ok(BoxCloneSyncService::new(
-        channel.map_err(|e| TransportError(e.into())),
-    ))
+    Ok(BoxCloneSyncService::new(channel.map_err(|e| TransportError(e.into()))))
 }
 
 /// A channel that calls a generated server directly, without a socket. The
@@ -95,10 +93,7 @@ where
 /// server can be built with its clients before the others exist.
 pub fn late_bound() -> (GrpcChannel, LateBinder) {
     let slot = Arc::new(OnceLock::new());
-    (
-        BoxCloneSyncService::new(LateBound { slot: slot.clone() }),
-        LateBinder { slot },
-    )
+    (BoxCloneSyncService::new(LateBound { slot: slot.clone() }), LateBinder { slot })
 }
 
 /// Supplies the target of a [`late_bound`] channel.

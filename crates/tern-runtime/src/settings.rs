@@ -28,10 +28,8 @@ pub fn load_from<T>(
 where
     T: Default + Serialize + DeserializeOwned,
 {
-    let vars: config::Map<String, String> = vars
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("TERN__"))
-        .collect();
+    let vars: config::Map<String, String> =
+        vars.into_iter().filter(|(k, _)| k.starts_with("TERN__")).collect();
     let settings = config::Config::builder()
         .add_source(config::Config::try_from(&T::default())?)
         .add_source(config::File::with_name(&format!("config/{name}")).required(false))
@@ -64,10 +62,7 @@ mod tests {
 
     impl Default for Http {
         fn default() -> Self {
-            Self {
-                addr: "0.0.0.0:8080".into(),
-                max_frame: 10,
-            }
+            Self { addr: "0.0.0.0:8080".into(), max_frame: 10 }
         }
     }
 

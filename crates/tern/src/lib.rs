@@ -76,16 +76,8 @@ impl Settings {
                 *url = format!("sqlite://{dir}/{name}.db");
             }
         };
-        place(
-            &mut self.auth.database_url,
-            tern_auth::Settings::default().database_url,
-            "auth",
-        );
-        place(
-            &mut self.group.database_url,
-            tern_group::Settings::default().database_url,
-            "group",
-        );
+        place(&mut self.auth.database_url, tern_auth::Settings::default().database_url, "auth");
+        place(&mut self.group.database_url, tern_group::Settings::default().database_url, "group");
         place(
             &mut self.message.database_url,
             tern_message::Settings::default().database_url,
@@ -169,18 +161,10 @@ pub async fn run(
         let listener = TcpListener::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "gRPC API for internal backends");
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_serving::<AuthServiceServer<tern_auth::Auth>>()
-            .await;
-        reporter
-            .set_serving::<GroupServiceServer<tern_group::Groups>>()
-            .await;
-        reporter
-            .set_serving::<MessageServiceServer<tern_message::Messages>>()
-            .await;
-        reporter
-            .set_serving::<OfflineServiceServer<tern_offline::Offline>>()
-            .await;
+        reporter.set_serving::<AuthServiceServer<tern_auth::Auth>>().await;
+        reporter.set_serving::<GroupServiceServer<tern_group::Groups>>().await;
+        reporter.set_serving::<MessageServiceServer<tern_message::Messages>>().await;
+        reporter.set_serving::<OfflineServiceServer<tern_offline::Offline>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tern_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -195,9 +179,8 @@ pub async fn run(
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(error) = router
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await
+            if let Err(error) =
+                router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
             {
                 tracing::error!(%error, "gRPC server failed");
             }

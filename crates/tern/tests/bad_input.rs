@@ -25,14 +25,8 @@ async fn bad_frames_get_type_3_and_the_socket_stays_usable() {
     let cases: Vec<(String, &str)> = vec![
         ("this is not json".into(), "malformed_frame"),
         ("[1,2,3]".into(), "malformed_frame"),
-        (
-            json!({ "to": bob.id, "content": "x" }).to_string(),
-            "unknown_type",
-        ),
-        (
-            json!({ "type": 7, "content": "x" }).to_string(),
-            "unknown_type",
-        ),
+        (json!({ "to": bob.id, "content": "x" }).to_string(), "unknown_type"),
+        (json!({ "type": 7, "content": "x" }).to_string(), "unknown_type"),
         (
             json!({ "type": 1, "content": "x", "client_msg_id": "no-to" }).to_string(),
             "missing_field",
@@ -41,10 +35,7 @@ async fn bad_frames_get_type_3_and_the_socket_stays_usable() {
             json!({ "type": 1, "to": bob.id, "client_msg_id": "no-content" }).to_string(),
             "missing_field",
         ),
-        (
-            json!({ "type": 2, "content": "x" }).to_string(),
-            "missing_field",
-        ),
+        (json!({ "type": 2, "content": "x" }).to_string(), "missing_field"),
         (json!({ "type": 30, "seq": 1 }).to_string(), "missing_field"),
         (
             json!({ "type": 1, "to": 987654, "content": "x", "client_msg_id": "nobody" })
@@ -66,24 +57,17 @@ async fn bad_frames_get_type_3_and_the_socket_stays_usable() {
                 .to_string(),
             "bad_request",
         ),
-        (
-            json!({ "type": 30, "conversation_id": "dm:1:2", "seq": 99 }).to_string(),
-            "bad_request",
-        ),
+        (json!({ "type": 30, "conversation_id": "dm:1:2", "seq": 99 }).to_string(), "bad_request"),
     ];
     for (frame, code) in &cases {
         a.send_raw(frame).await;
         let answer = a.recv().await;
         assert_eq!(answer["type"], 3, "{frame} → {answer}");
         assert_eq!(answer["code"], *code, "{frame} → {answer}");
-        assert!(
-            answer["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{answer}"
-        );
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
     }
     // Errors answering a send echo its client_msg_id.
-    a.send(json!({ "type": 1, "to": 987654, "content": "x", "client_msg_id": "echo-me" }))
-        .await;
+    a.send(json!({ "type": 1, "to": 987654, "content": "x", "client_msg_id": "echo-me" })).await;
     assert_eq!(a.recv().await["client_msg_id"], "echo-me");
     // Binary frames are refused the same way.
     a.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
@@ -103,21 +87,16 @@ async fn an_oversized_message_closes_with_1009_and_loses_nothing() {
     let mut a = s.connect(&alice).await;
     a.send_to(bob.id, "kept", "k1").await;
     let big = "x".repeat(70 * 1024);
-    a.send(json!({ "type": 1, "to": bob.id, "content": big, "client_msg_id": "big" }))
-        .await;
+    a.send(json!({ "type": 1, "to": bob.id, "content": big, "client_msg_id": "big" })).await;
     assert_eq!(a.closed().await.code, 1009);
 
     // The limit is on the whole message: small fragments that add up to
     // too much are refused as well.
     let mut a = s.connect(&alice).await;
     let chunk = vec![b'a'; 30 * 1024];
-    a.ws.send(Message::Frame(Frame::message(
-        b"\"".to_vec(),
-        OpCode::Data(Data::Text),
-        false,
-    )))
-    .await
-    .unwrap();
+    a.ws.send(Message::Frame(Frame::message(b"\"".to_vec(), OpCode::Data(Data::Text), false)))
+        .await
+        .unwrap();
     for _ in 0..3 {
         a.ws.send(Message::Frame(Frame::message(
             chunk.clone(),
@@ -127,33 +106,21 @@ async fn an_oversized_message_closes_with_1009_and_loses_nothing() {
         .await
         .unwrap();
     }
-    a.ws.send(Message::Frame(Frame::message(
-        b"\"".to_vec(),
-        OpCode::Data(Data::Continue),
-        true,
-    )))
-    .await
-    .unwrap();
+    a.ws.send(Message::Frame(Frame::message(b"\"".to_vec(), OpCode::Data(Data::Continue), true)))
+        .await
+        .unwrap();
     assert_eq!(a.closed().await.code, 1009);
 
     // Fragments within the limit are reassembled into one message.
     let mut a = s.connect(&alice).await;
     let frame = json!({ "type": 1, "to": bob.id, "content": { "text": "in pieces" }, "client_msg_id": "frag" }).to_string();
     let (head, tail) = frame.as_bytes().split_at(10);
-    a.ws.send(Message::Frame(Frame::message(
-        head.to_vec(),
-        OpCode::Data(Data::Text),
-        false,
-    )))
-    .await
-    .unwrap();
-    a.ws.send(Message::Frame(Frame::message(
-        tail.to_vec(),
-        OpCode::Data(Data::Continue),
-        true,
-    )))
-    .await
-    .unwrap();
+    a.ws.send(Message::Frame(Frame::message(head.to_vec(), OpCode::Data(Data::Text), false)))
+        .await
+        .unwrap();
+    a.ws.send(Message::Frame(Frame::message(tail.to_vec(), OpCode::Data(Data::Continue), true)))
+        .await
+        .unwrap();
     assert_eq!(a.recv().await["seq"], 2);
 
     let mut b = s.connect(&bob).await;
@@ -181,10 +148,8 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
     let s = Server::start().await;
     let alice = s.user("alice").await;
     let key = std::fs::read_to_string(s.data_path().join("jwt.key")).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        as i64;
     let sign = |claims: serde_json::Value, key: &str| {
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -195,10 +160,8 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
     };
     let claims = |exp: i64, aud: &str, typ: &str| json!({ "sub": alice.id.to_string(), "iss": "tern", "aud": aud, "iat": now - 7200, "nbf": now - 7200, "exp": exp, "typ": typ, "jti": "t" });
     let expired = sign(claims(now - 3600, "tern-clients", "access"), &key);
-    let forged = sign(
-        claims(now + 3600, "tern-clients", "access"),
-        "some-other-key-of-at-least-32-bytes!",
-    );
+    let forged =
+        sign(claims(now + 3600, "tern-clients", "access"), "some-other-key-of-at-least-32-bytes!");
     let wrong_audience = sign(claims(now + 3600, "someone-else", "access"), &key);
     let not_access = sign(claims(now + 3600, "tern-clients", "refresh"), &key);
     let valid = sign(claims(now + 3600, "tern-clients", "access"), &key);
@@ -211,9 +174,7 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
         "garbage",
         "",
     ] {
-        let err = tokio_tungstenite::connect_async(s.ws_url(token))
-            .await
-            .expect_err("refused");
+        let err = tokio_tungstenite::connect_async(s.ws_url(token)).await.expect_err("refused");
         match err {
             tokio_tungstenite::tungstenite::Error::Http(response) => {
                 assert_eq!(response.status().as_u16(), 401, "{token}")
@@ -230,8 +191,5 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
     assert_eq!(c.recv().await["type"], 99);
     // HTTP routes refuse the same tokens.
     let (status, body) = s.get("/api/groups", Some(&expired)).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("unauthenticated"))
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")));
 }

@@ -47,14 +47,11 @@ async fn the_original_guide_frame_without_client_msg_id_works() {
     let (alice, bob) = (s.user("alice").await, s.user("bob").await);
     let mut a = s.connect(&alice).await;
     let mut b = s.connect(&bob).await;
-    a.send(json!({ "type": 1, "to": bob.id, "content": "plain text", "timestamp": 1 }))
-        .await;
+    a.send(json!({ "type": 1, "to": bob.id, "content": "plain text", "timestamp": 1 })).await;
     let ack = a.recv().await;
     assert_eq!(ack["type"], 30, "{ack}");
     assert!(
-        ack["client_msg_id"]
-            .as_str()
-            .is_some_and(|id| !id.is_empty()),
+        ack["client_msg_id"].as_str().is_some_and(|id| !id.is_empty()),
         "server picked one: {ack}"
     );
     assert_eq!(b.recv().await["content"], "plain text");
@@ -82,26 +79,13 @@ async fn a_retried_send_is_stored_and_delivered_once() {
 #[tokio::test]
 async fn group_chat_reaches_members_only_and_seq_has_no_gaps() {
     let s = Server::start().await;
-    let (a, b, c, d) = (
-        s.user("a").await,
-        s.user("b").await,
-        s.user("c").await,
-        s.user("d").await,
-    );
+    let (a, b, c, d) = (s.user("a").await, s.user("b").await, s.user("c").await, s.user("d").await);
     let g = s.group(&a, &[&b, &c]).await;
-    let (mut ca, mut cb, mut cc, mut cd) = (
-        s.connect(&a).await,
-        s.connect(&b).await,
-        s.connect(&c).await,
-        s.connect(&d).await,
-    );
+    let (mut ca, mut cb, mut cc, mut cd) =
+        (s.connect(&a).await, s.connect(&b).await, s.connect(&c).await, s.connect(&d).await);
 
     let ack = ca.send_group(g, "hello team", "g1").await;
-    assert_eq!(
-        (ack["type"].as_i64(), ack["seq"].as_u64()),
-        (Some(30), Some(1)),
-        "{ack}"
-    );
+    assert_eq!((ack["type"].as_i64(), ack["seq"].as_u64()), (Some(30), Some(1)), "{ack}");
     assert_eq!(ack["conversation_id"], format!("group:{g}"));
     for client in [&mut cb, &mut cc] {
         let got = client.recv().await;
@@ -123,16 +107,10 @@ async fn group_chat_reaches_members_only_and_seq_has_no_gaps() {
     assert_eq!(cb.recv().await["seq"], 2);
 
     // d joins later, can send, and the sequence continues without a gap.
-    let (status, _) = s
-        .post(&format!("/api/groups/{g}/join"), Some(&d.token), json!({}))
-        .await;
+    let (status, _) = s.post(&format!("/api/groups/{g}/join"), Some(&d.token), json!({})).await;
     assert_eq!(status, 200);
     let ack = cd.send_group(g, "hi all", "d2").await;
-    assert_eq!(
-        (ack["type"].as_i64(), ack["seq"].as_u64()),
-        (Some(30), Some(3)),
-        "{ack}"
-    );
+    assert_eq!((ack["type"].as_i64(), ack["seq"].as_u64()), (Some(30), Some(3)), "{ack}");
 
     let at_a = ca.deliveries(2).await;
     assert_eq!(texts(&at_a), ["from b", "hi all"]);
@@ -167,12 +145,7 @@ async fn a_second_session_kicks_the_first() {
     let mut second = s.connect(&alice).await;
     let kicked = first.recv().await;
     assert_eq!(kicked["type"], 100, "{kicked}");
-    assert!(
-        kicked["content"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("another session")
-    );
+    assert!(kicked["content"]["reason"].as_str().unwrap().contains("another session"));
     assert_eq!(first.closed().await.code, 4001);
 
     // The new session is the one that receives.
@@ -225,12 +198,30 @@ async fn concurrent_senders_get_distinct_gap_free_seqs_and_receivers_see_them_in
     }
     all_acked.sort_unstable();
     let expected: Vec<u64> = (1..=(2 * EACH) as u64).collect();
-    assert_eq!(
-        all_acked, expected,
-        "every send got its own seq, with no gaps"
-    );
+    assert_eq!(all_acked, expected, "every send got its own seq, with no gaps");
 
     let got = reader.deliveries(2 * EACH).await;
     assert_eq!(seqs(&got), expected, "delivered exactly once, in seq order");
     reader.quiet(200).await;
+}
+
+#[tokio::test]
+async fn a_member_who_left_receives_nothing_and_stays_connected() {
+    let s = Server::start().await;
+    let (a, b) = (s.user("a").await, s.user("b").await);
+    let g = s.group(&a, &[&b]).await;
+    let mut ca = s.connect(&a).await;
+    let mut cb = s.connect(&b).await;
+    assert_eq!(ca.send_group(g, "before", "1").await["seq"], 1);
+    assert_eq!(cb.recv().await["seq"], 1);
+
+    let (status, _) = s.post(&format!("/api/groups/{g}/leave"), Some(&b.token), json!({})).await;
+    assert_eq!(status, 200);
+    // Sent at once, while the fan-out may still hold the old member list.
+    assert_eq!(ca.send_group(g, "after", "2").await["seq"], 2);
+    cb.quiet(300).await;
+    cb.send(json!({ "type": 99 })).await;
+    assert_eq!(cb.recv().await["type"], 99, "still connected");
+    let refused = cb.send_group(g, "me too", "3").await;
+    assert_eq!(refused["code"], "not_member");
 }

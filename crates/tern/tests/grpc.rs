@@ -19,11 +19,7 @@ use tonic_health::pb::{
 };
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test]
@@ -35,11 +31,8 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
     let mut b = s.connect(&bob).await;
     let url = format!("http://{addr}");
 
-    let channel = tonic::transport::Channel::from_shared(url.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
     let mut health = HealthClient::new(channel);
     for service in [
         "tern.auth.v1.AuthService",
@@ -48,9 +41,7 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
         "tern.offline.v1.OfflineService",
     ] {
         let status = health
-            .check(HealthCheckRequest {
-                service: service.into(),
-            })
+            .check(HealthCheckRequest { service: service.into() })
             .await
             .unwrap()
             .into_inner()
@@ -82,11 +73,7 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
     assert!(!sent.duplicate);
     assert_eq!(sent.message.as_ref().unwrap().seq, 1);
     let got = b.recv().await;
-    assert_eq!(
-        (got["type"].as_i64(), got["from"].as_u64()),
-        (Some(2), Some(0)),
-        "{got}"
-    );
+    assert_eq!((got["type"].as_i64(), got["from"].as_u64()), (Some(2), Some(0)), "{got}");
     assert_eq!(texts(&[got]), ["maintenance at noon"]);
     // The backend's retry is deduplicated like a client's.
     assert!(messages.send(system).await.unwrap().into_inner().duplicate);
@@ -105,21 +92,15 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
         .unwrap_err();
     assert_eq!(error_code_of(&refused), ErrorCode::NotMember);
     let mut auth = AuthServiceClient::connect(url).await.unwrap();
-    let refused = auth
-        .verify_token(VerifyTokenRequest {
-            access_token: "nope".into(),
-        })
-        .await
-        .unwrap_err();
+    let refused =
+        auth.verify_token(VerifyTokenRequest { access_token: "nope".into() }).await.unwrap_err();
     assert_eq!(error_code_of(&refused), ErrorCode::Unauthenticated);
     assert_eq!(
-        auth.verify_token(VerifyTokenRequest {
-            access_token: bob.token.clone()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .user_id,
+        auth.verify_token(VerifyTokenRequest { access_token: bob.token.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .user_id,
         bob.id
     );
 }

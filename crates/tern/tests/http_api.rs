@@ -9,45 +9,27 @@ use serde_json::json;
 async fn register_and_login() {
     let s = Server::start().await;
     let (status, body) = s
-        .post(
-            "/api/register",
-            None,
-            json!({ "username": "alice", "password": "correct horse" }),
-        )
+        .post("/api/register", None, json!({ "username": "alice", "password": "correct horse" }))
         .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["username"], "alice");
     let id = body["user_id"].as_u64().unwrap();
 
     let (status, body) = s
-        .post(
-            "/api/login",
-            None,
-            json!({ "username": "alice", "password": "correct horse" }),
-        )
+        .post("/api/login", None, json!({ "username": "alice", "password": "correct horse" }))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["user_id"], id);
-    assert!(
-        body["token"].as_str().unwrap().split('.').count() == 3,
-        "a JWT: {body}"
-    );
+    assert!(body["token"].as_str().unwrap().split('.').count() == 3, "a JWT: {body}");
     assert!(body["expires_in"].as_u64().unwrap() > 0);
 
     // The refresh token buys a new pair once.
     let refresh = body["refresh_token"].as_str().unwrap().to_string();
-    let (status, again) = s
-        .post("/api/refresh", None, json!({ "refresh_token": refresh }))
-        .await;
+    let (status, again) = s.post("/api/refresh", None, json!({ "refresh_token": refresh })).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["user_id"], id);
-    let (status, body) = s
-        .post("/api/refresh", None, json!({ "refresh_token": refresh }))
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (401, Some("unauthenticated"))
-    );
+    let (status, body) = s.post("/api/refresh", None, json!({ "refresh_token": refresh })).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")));
 }
 
 #[tokio::test]
@@ -73,18 +55,8 @@ async fn credential_errors_have_the_right_status() {
             401,
             "unauthenticated",
         ),
-        (
-            "/api/register",
-            json!({ "username": "", "password": "password1" }),
-            400,
-            "bad_request",
-        ),
-        (
-            "/api/register",
-            json!({ "username": "carol", "password": "" }),
-            400,
-            "bad_request",
-        ),
+        ("/api/register", json!({ "username": "", "password": "password1" }), 400, "bad_request"),
+        ("/api/register", json!({ "username": "carol", "password": "" }), 400, "bad_request"),
         (
             "/api/register",
             json!({ "username": "x".repeat(33), "password": "password1" }),
@@ -103,43 +75,20 @@ async fn credential_errors_have_the_right_status() {
             400,
             "bad_request",
         ),
-        (
-            "/api/register",
-            json!({ "username": "carol" }),
-            400,
-            "bad_request",
-        ),
-        (
-            "/api/login",
-            json!({ "username": "", "password": "" }),
-            400,
-            "bad_request",
-        ),
+        ("/api/register", json!({ "username": "carol" }), 400, "bad_request"),
+        ("/api/login", json!({ "username": "", "password": "" }), 400, "bad_request"),
     ];
     for (path, body, want_status, want_code) in cases {
         let (status, answer) = s.post(path, None, body.clone()).await;
         assert_eq!(status, want_status, "{path} {body} → {answer}");
-        assert_eq!(
-            answer["error"]["code"], want_code,
-            "{path} {body} → {answer}"
-        );
+        assert_eq!(answer["error"]["code"], want_code, "{path} {body} → {answer}");
     }
     // Not JSON at all.
-    let r = s
-        .http
-        .post(s.url("/api/register"))
-        .body("{nope")
-        .send()
-        .await
-        .unwrap();
+    let r = s.http.post(s.url("/api/register")).body("{nope").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     // The failed attempts created nothing: carol can still register.
     let (status, _) = s
-        .post(
-            "/api/register",
-            None,
-            json!({ "username": "carol", "password": "password1" }),
-        )
+        .post("/api/register", None, json!({ "username": "carol", "password": "password1" }))
         .await;
     assert_eq!(status, 201);
 }
@@ -149,41 +98,19 @@ async fn groups_over_http() {
     let s = Server::start().await;
     let (a, b, c) = (s.user("a").await, s.user("b").await, s.user("c").await);
 
-    let (status, body) = s
-        .post(
-            "/api/groups",
-            None,
-            json!({ "name": "g", "member_ids": [] }),
-        )
-        .await;
+    let (status, body) =
+        s.post("/api/groups", None, json!({ "name": "g", "member_ids": [] })).await;
     assert_eq!(status, 401, "{body}");
     let (status, body) = s
-        .post(
-            "/api/groups",
-            Some(&a.token),
-            json!({ "name": "g", "member_ids": [b.id, 9999] }),
-        )
+        .post("/api/groups", Some(&a.token), json!({ "name": "g", "member_ids": [b.id, 9999] }))
         .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("unknown_user")),
-        "{body}"
-    );
-    let (status, body) = s
-        .post(
-            "/api/groups",
-            Some(&a.token),
-            json!({ "name": "", "member_ids": [] }),
-        )
-        .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_user")), "{body}");
+    let (status, body) =
+        s.post("/api/groups", Some(&a.token), json!({ "name": "", "member_ids": [] })).await;
     assert_eq!(status, 400, "{body}");
 
     let (status, body) = s
-        .post(
-            "/api/groups",
-            Some(&a.token),
-            json!({ "name": "team", "member_ids": [b.id] }),
-        )
+        .post("/api/groups", Some(&a.token), json!({ "name": "team", "member_ids": [b.id] }))
         .await;
     assert_eq!(status, 201, "{body}");
     let g = body["group_id"].as_u64().unwrap();
@@ -191,39 +118,19 @@ async fn groups_over_http() {
     assert_eq!(body["member_ids"], json!([a.id, b.id]));
 
     // Members are visible to members only.
-    let (status, body) = s
-        .get(&format!("/api/groups/{g}/members"), Some(&c.token))
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("not_member")),
-        "{body}"
-    );
-    let (status, body) = s
-        .post(&format!("/api/groups/{g}/join"), Some(&c.token), json!({}))
-        .await;
+    let (status, body) = s.get(&format!("/api/groups/{g}/members"), Some(&c.token)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("not_member")), "{body}");
+    let (status, body) = s.post(&format!("/api/groups/{g}/join"), Some(&c.token), json!({})).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = s
-        .get(&format!("/api/groups/{g}/members"), Some(&c.token))
-        .await;
+    let (status, body) = s.get(&format!("/api/groups/{g}/members"), Some(&c.token)).await;
     assert_eq!(status, 200);
     assert_eq!(body["member_ids"], json!([a.id, b.id, c.id]));
 
-    let (status, body) = s
-        .post("/api/groups/424242/join", Some(&c.token), json!({}))
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("unknown_group")),
-        "{body}"
-    );
-    let (status, _) = s
-        .post(&format!("/api/groups/{g}/leave"), Some(&a.token), json!({}))
-        .await;
+    let (status, body) = s.post("/api/groups/424242/join", Some(&c.token), json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_group")), "{body}");
+    let (status, _) = s.post(&format!("/api/groups/{g}/leave"), Some(&a.token), json!({})).await;
     assert_eq!(status, 403, "the owner cannot leave");
-    let (status, body) = s
-        .post(&format!("/api/groups/{g}/leave"), Some(&b.token), json!({}))
-        .await;
+    let (status, body) = s.post(&format!("/api/groups/{g}/leave"), Some(&b.token), json!({})).await;
     assert_eq!(status, 200);
     assert_eq!(body["member_ids"], json!([a.id, c.id]));
 }
@@ -238,10 +145,7 @@ async fn health_stats_and_unknown_routes() {
     assert_eq!(stats["node_id"], "local");
     assert_eq!(stats["connections"], 0);
     let (status, body) = s.get("/api/nope", None).await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (404, Some("not_found"))
-    );
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
 }
 
 #[tokio::test]
@@ -249,15 +153,7 @@ async fn the_demo_page_is_served_at_the_root() {
     let s = Server::start().await;
     let r = s.http.get(s.url("/")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let page = r.text().await.unwrap();
-    assert!(
-        page.contains("new WebSocket("),
-        "the page speaks the WebSocket protocol"
-    );
+    assert!(page.contains("new WebSocket("), "the page speaks the WebSocket protocol");
 }

@@ -30,10 +30,7 @@ async fn sigterm_closes_sockets_with_1001_and_exits_promptly() {
 
     let started = Instant::now();
     s.stop();
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "exited within the grace period"
-    );
+    assert!(started.elapsed() < Duration::from_secs(10), "exited within the grace period");
     assert_eq!(a.closed().await.code, 1001);
     assert_eq!(b.closed().await.code, 1001);
 }

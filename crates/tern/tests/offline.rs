@@ -8,25 +8,16 @@ use serde_json::json;
 #[tokio::test]
 async fn offline_messages_arrive_on_connect_in_order_and_acks_stick() {
     let s = Server::start_with(&[("TERN__GATEWAY__SYNC_PAGE", "2")]).await;
-    let (alice, bob, carol) = (
-        s.user("alice").await,
-        s.user("bob").await,
-        s.user("carol").await,
-    );
+    let (alice, bob, carol) = (s.user("alice").await, s.user("bob").await, s.user("carol").await);
     let g = s.group(&alice, &[&bob, &carol]).await;
     let mut a = s.connect(&alice).await;
     let mut c = s.connect(&carol).await;
     // Bob is offline for all of these; a page size of 2 forces several pages.
     for i in 1..=5 {
-        a.send_to(bob.id, &format!("dm {i}"), &format!("dm-{i}"))
-            .await;
+        a.send_to(bob.id, &format!("dm {i}"), &format!("dm-{i}")).await;
     }
     for i in 1..=3 {
-        assert_eq!(
-            a.send_group(g, &format!("group {i}"), &format!("g-{i}"))
-                .await["type"],
-            30
-        );
+        assert_eq!(a.send_group(g, &format!("group {i}"), &format!("g-{i}")).await["type"], 30);
     }
     assert_eq!(c.deliveries(3).await.len(), 3);
 
@@ -66,51 +57,29 @@ async fn offline_messages_arrive_on_connect_in_order_and_acks_stick() {
     // Live traffic still flows after the backlog.
     a.send_to(bob.id, "live", "live-1").await;
     let live = b.recv().await;
-    assert_eq!(
-        (live["content"]["text"].as_str(), live["seq"].as_u64()),
-        (Some("live"), Some(6))
-    );
+    assert_eq!((live["content"]["text"].as_str(), live["seq"].as_u64()), (Some("live"), Some(6)));
 }
 
 #[tokio::test]
 async fn unread_counts_and_history_are_per_member() {
     let s = Server::start().await;
-    let (alice, bob, eve) = (
-        s.user("alice").await,
-        s.user("bob").await,
-        s.user("eve").await,
-    );
+    let (alice, bob, eve) = (s.user("alice").await, s.user("bob").await, s.user("eve").await);
     let mut a = s.connect(&alice).await;
     a.send_to(bob.id, "one", "h1").await;
     a.send_to(bob.id, "two", "h2").await;
     let (status, body) = s.get("/api/conversations", Some(&bob.token)).await;
     assert_eq!(status, 200);
     assert_eq!(body["conversations"][0]["unread"], 2, "{body}");
-    let conversation = body["conversations"][0]["conversation_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conversation = body["conversations"][0]["conversation_id"].as_str().unwrap().to_string();
 
-    let (status, body) = s
-        .get(
-            &format!("/api/conversations/{conversation}/messages"),
-            Some(&bob.token),
-        )
-        .await;
+    let (status, body) =
+        s.get(&format!("/api/conversations/{conversation}/messages"), Some(&bob.token)).await;
     assert_eq!(status, 200);
     assert_eq!(seqs(body["messages"].as_array().unwrap()), [1, 2]);
     // Someone else's conversation is off limits.
-    let (status, body) = s
-        .get(
-            &format!("/api/conversations/{conversation}/messages"),
-            Some(&eve.token),
-        )
-        .await;
-    assert_eq!(
-        (status, body["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{body}"
-    );
+    let (status, body) =
+        s.get(&format!("/api/conversations/{conversation}/messages"), Some(&eve.token)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
     let mut e = s.connect(&eve).await;
     e.ack(&conversation, 2).await;
     let refused = e.recv().await;
@@ -133,8 +102,7 @@ async fn a_restart_keeps_users_groups_messages_and_cursors() {
         let mut a = s.connect(&alice).await;
         let mut b = s.connect(&bob).await;
         for i in 1..=3 {
-            a.send_to(bob.id, &format!("before {i}"), &format!("b{i}"))
-                .await;
+            a.send_to(bob.id, &format!("before {i}"), &format!("b{i}")).await;
         }
         assert_eq!(a.send_group(g, "group before", "gb").await["type"], 30);
         let got = b.deliveries(4).await;
@@ -152,9 +120,7 @@ async fn a_restart_keeps_users_groups_messages_and_cursors() {
     // The old token still works (the key is kept), and so does login.
     let bob_again = s.login("bob").await;
     assert_eq!(bob_again.id, bob.id);
-    let (status, body) = s
-        .get(&format!("/api/groups/{g}/members"), Some(&bob.token))
-        .await;
+    let (status, body) = s.get(&format!("/api/groups/{g}/members"), Some(&bob.token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["member_ids"], json!([alice.id, bob.id]));
     // Bob acked DMs up to 2 and nothing of the group.

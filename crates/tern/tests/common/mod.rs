@@ -28,11 +28,7 @@ pub struct Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Server {
@@ -45,10 +41,7 @@ impl Server {
         let mut server = Server {
             port: free_port(),
             data: tempfile::tempdir().unwrap(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             http: reqwest::Client::new(),
         };
@@ -146,11 +139,7 @@ impl Server {
 
     pub async fn login(&self, name: &str) -> User {
         let (status, body) = self
-            .post(
-                "/api/login",
-                None,
-                json!({ "username": name, "password": "correct horse" }),
-            )
+            .post("/api/login", None, json!({ "username": name, "password": "correct horse" }))
             .await;
         assert_eq!(status, 200, "{body}");
         User {
@@ -167,11 +156,7 @@ impl Server {
     pub async fn group(&self, owner: &User, members: &[&User]) -> u64 {
         let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
         let (status, body) = self
-            .post(
-                "/api/groups",
-                Some(&owner.token),
-                json!({ "name": "team", "member_ids": ids }),
-            )
+            .post("/api/groups", Some(&owner.token), json!({ "name": "team", "member_ids": ids }))
             .await;
         assert_eq!(status, 201, "{body}");
         body["group_id"].as_u64().unwrap()
@@ -188,10 +173,7 @@ impl Drop for Server {
 }
 
 fn terminate(pid: u32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }
 
 #[derive(Clone, Debug)]
@@ -214,17 +196,13 @@ pub struct Closed {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = connect_async(url.into_client_request().unwrap())
-            .await
-            .expect("upgrade succeeds");
+        let (ws, _) =
+            connect_async(url.into_client_request().unwrap()).await.expect("upgrade succeeds");
         Client { ws }
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .await
-            .unwrap();
+        self.ws.send(Message::text(frame.to_string())).await.unwrap();
     }
 
     pub async fn send_raw(&mut self, text: &str) {
@@ -242,9 +220,8 @@ impl Client {
     /// The next JSON frame, or how the socket closed.
     pub async fn next(&mut self) -> Result<Value, Closed> {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame within the wait");
+            let msg =
+                tokio::time::timeout(WAIT, self.ws.next()).await.expect("a frame within the wait");
             match msg {
                 Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(frame))) => {
@@ -255,16 +232,10 @@ impl Client {
                 }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => {
-                    return Err(Closed {
-                        code: 1006,
-                        reason: e.to_string(),
-                    });
+                    return Err(Closed { code: 1006, reason: e.to_string() });
                 }
                 None => {
-                    return Err(Closed {
-                        code: 1006,
-                        reason: "eof".into(),
-                    });
+                    return Err(Closed { code: 1006, reason: "eof".into() });
                 }
             }
         }
@@ -304,8 +275,7 @@ impl Client {
 
     /// Acknowledges delivery up to `seq`.
     pub async fn ack(&mut self, conversation_id: &str, seq: u64) {
-        self.send(json!({ "type": 30, "conversation_id": conversation_id, "seq": seq }))
-            .await;
+        self.send(json!({ "type": 30, "conversation_id": conversation_id, "seq": seq })).await;
     }
 
     /// Receives `n` delivered messages (types 1/2).
@@ -324,15 +294,7 @@ impl Client {
 
 /// Texts of delivered frames, in order.
 pub fn texts(frames: &[Value]) -> Vec<String> {
-    frames
-        .iter()
-        .map(|f| {
-            f["content"]["text"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect()
+    frames.iter().map(|f| f["content"]["text"].as_str().unwrap_or_default().to_string()).collect()
 }
 
 /// Seqs of delivered frames, in order.
