@@ -14,11 +14,13 @@
 //! storage; it moves protobuf events between nodes.
 
 mod in_process;
+mod redis;
 
 use std::collections::HashMap;
 
 pub use in_process::{InProcessBus, InProcessPresence};
-pub use tern_proto::pb::bus::{BusEvent, Deliver, Kick, bus_event::Event};
+pub use redis::{RedisBus, RedisPresence, channel, connect as connect_redis};
+pub use tern_proto::pb::bus::{BusEvent, Deliver, Kick, Resync, bus_event::Event};
 
 /// A gateway node's id, e.g. `gw-1` (or `local` when embedded).
 pub type NodeId = String;
@@ -56,6 +58,18 @@ pub trait Presence: Send + Sync + 'static {
     async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError>;
 
     /// Groups the online users among `users` by the node that holds them.
-    /// Offline users are left out.
+    /// Offline users, and users on nodes that stopped renewing their
+    /// liveness, are left out.
     async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError>;
+
+    /// Declares `node` alive for a short while; a running node calls this
+    /// every few seconds.
+    async fn keep_node_alive(&self, _node: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// Declares `node` gone at once (clean shutdown).
+    async fn node_gone(&self, _node: &str) -> Result<(), BusError> {
+        Ok(())
+    }
 }

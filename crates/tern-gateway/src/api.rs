@@ -5,7 +5,7 @@ use crate::{AppState, error::ApiError, ws::bearer};
 use axum::{
     Json,
     body::Bytes,
-    extract::{FromRequestParts, Path, Query, State},
+    extract::{FromRequestParts, Path, Query, State, rejection::QueryRejection},
     http::{StatusCode, request::Parts},
     response::IntoResponse,
 };
@@ -170,8 +170,9 @@ pub async fn list_groups(
 pub async fn join_group(
     State(state): State<AppState>,
     Caller(user_id): Caller,
-    Path(group_id): Path<u64>,
+    Path(group_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let group_id = parse_id(&group_id)?;
     let group = state
         .services
         .group
@@ -185,8 +186,9 @@ pub async fn join_group(
 pub async fn leave_group(
     State(state): State<AppState>,
     Caller(user_id): Caller,
-    Path(group_id): Path<u64>,
+    Path(group_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let group_id = parse_id(&group_id)?;
     let group = state
         .services
         .group
@@ -201,8 +203,9 @@ pub async fn leave_group(
 pub async fn group_members(
     State(state): State<AppState>,
     Caller(user_id): Caller,
-    Path(group_id): Path<u64>,
+    Path(group_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    let group_id = parse_id(&group_id)?;
     let group =
         state.services.group.clone().get_group(GetGroupRequest { group_id }).await?.into_inner();
     if !group.member_ids.contains(&user_id) {
@@ -242,8 +245,9 @@ pub async fn history(
     State(state): State<AppState>,
     Caller(user_id): Caller,
     Path(conversation_id): Path<String>,
-    Query(q): Query<HistoryQuery>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if conversation::parse(&conversation_id).is_none() {
         return Err(ApiError::bad_request("malformed conversation id"));
     }
@@ -295,6 +299,18 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 
 pub async fn stats(State(state): State<AppState>) -> Json<crate::stats::StatsView> {
     Json(state.stats.view(&state.settings.node_id))
+}
+
+/// A numeric id from the path.
+fn parse_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| ApiError::bad_request("the id in the path must be a number"))
+}
+
+/// 405 with the usual error body (its code is `bad_request`: the client
+/// used the route wrongly).
+pub async fn method_not_allowed() -> impl IntoResponse {
+    let body = json!({ "error": { "code": ErrorCode::BadRequest.as_str(), "message": "method not allowed on this route" } });
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body))
 }
 
 pub async fn not_found() -> ApiError {

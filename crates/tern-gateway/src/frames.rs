@@ -123,10 +123,8 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 Some(serde_json::Value::String(s)) => s,
                 _ => return Err(missing("'conversation_id' is required")),
             };
-            let seq = raw
-                .seq
-                .and_then(|s| s.get().parse::<u64>().ok())
-                .ok_or_else(|| missing("'seq' must be a non-negative integer"))?;
+            let seq =
+                id_of(raw.seq).ok_or_else(|| missing("'seq' must be a non-negative integer"))?;
             Ok(ClientFrame::Ack { conversation_id, seq })
         }
         kind::HEARTBEAT => Ok(ClientFrame::Heartbeat),

@@ -95,6 +95,9 @@ pub enum Outbound {
     Close(u16, &'static str),
     /// Send type 100 with this reason, then close.
     Kick(String),
+    /// Live messages may have been missed: read storage for everything
+    /// beyond what was pushed.
+    Resync,
 }
 
 /// Shared by every handler of a node.
@@ -142,6 +145,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/conversations", get(api::conversations))
         .route("/api/conversations/{conversation_id}/messages", get(api::history))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)
 }
 

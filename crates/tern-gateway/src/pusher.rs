@@ -7,7 +7,10 @@ use crate::{Outbound, frames, stats::Stats};
 use fastwebsockets::{Frame, Payload, WebSocketWrite};
 use std::{
     collections::HashMap,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
     time::Duration,
 };
 use tern_proto::{
@@ -54,6 +57,8 @@ pub struct Pusher<W> {
     pushed: HashMap<String, u64>,
     page: u32,
     stats: Arc<Stats>,
+    /// Set by the dispatcher when it had to drop a live message.
+    needs_resync: Arc<AtomicBool>,
 }
 
 impl<W: AsyncWrite + Unpin> Pusher<W> {
@@ -63,13 +68,14 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         offline: OfflineServiceClient<GrpcChannel>,
         page: u32,
         stats: Arc<Stats>,
+        needs_resync: Arc<AtomicBool>,
     ) -> Self {
-        Self { ws, user, offline, pushed: HashMap::new(), page, stats }
+        Self { ws, user, offline, pushed: HashMap::new(), page, stats, needs_resync }
     }
 
     /// Sends the backlog, then serves the queue until it closes, `cancel`
-    /// fires (slow consumer) or the socket fails. Cancels `done` on exit so
-    /// the reading side stops too.
+    /// fires (a kick that could not be queued) or the socket fails. Cancels
+    /// `done` on exit so the reading side stops too.
     pub async fn run(
         mut self,
         mut rx: mpsc::Receiver<Outbound>,
@@ -77,6 +83,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         done: CancellationToken,
     ) {
         let _done = done.drop_guard();
+        self.needs_resync.store(false, Relaxed);
         if let Err(error) = self.sync_backlog().await {
             tracing::warn!(user_id = self.user, %error, "initial sync failed");
             let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
@@ -86,13 +93,17 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             let item = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
-                    let _ = self.close(close::TRY_AGAIN_LATER, "too slow; reconnect to resync").await;
+                    let _ = self.close(close::KICKED, "another session took over").await;
                     return;
                 }
                 item = rx.recv() => item,
             };
             let Some(item) = item else { return };
-            match self.handle(item).await {
+            let mut result = self.handle(item).await;
+            if matches!(result, Ok(true)) && self.needs_resync.swap(false, Relaxed) {
+                result = self.sync_backlog().await.map(|()| true);
+            }
+            match result {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(error) => {
@@ -122,6 +133,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 }
             }
             Outbound::Deliver(message) => self.deliver(&message).await?,
+            Outbound::Resync => self.needs_resync.store(true, Relaxed),
             Outbound::Pong(payload) => self.write(Frame::pong(Payload::Owned(payload))).await?,
             Outbound::Close(code, reason) => {
                 self.close(code, reason).await?;
@@ -136,7 +148,8 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         Ok(true)
     }
 
-    /// Every conversation's messages beyond the cursor, in seq order.
+    /// Every conversation's messages beyond what was pushed (or, for
+    /// conversations not pushed yet, beyond the cursor), in seq order.
     async fn sync_backlog(&mut self) -> Result<(), Stop> {
         let backlog = self
             .offline

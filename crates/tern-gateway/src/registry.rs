@@ -2,7 +2,10 @@
 
 use crate::{Outbound, stats::Stats};
 use dashmap::DashMap;
-use std::sync::{Arc, atomic::Ordering::Relaxed};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering::Relaxed},
+};
 use tern_bus::{BusEvent, Event, Subscription};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,8 +17,12 @@ pub struct SessionHandle {
     pub id: String,
     /// The session's bounded outbound queue.
     pub tx: mpsc::Sender<Outbound>,
-    /// Cancelled to drop the session at once (slow consumer).
+    /// Cancelled to drop the session at once (a kick it cannot queue).
     pub cancel: CancellationToken,
+    /// Set when a live message had to be dropped because the queue was
+    /// full; the writer then resyncs from storage instead of trusting the
+    /// live stream.
+    pub needs_resync: Arc<AtomicBool>,
 }
 
 impl SessionHandle {
@@ -54,17 +61,27 @@ impl Registry {
         self.sessions.iter().map(|s| s.value().clone()).collect()
     }
 
-    /// Queues `item` for `user` without waiting. A full queue means the
-    /// client stopped reading: the session is dropped (it resyncs when it
-    /// reconnects) instead of letting the queue or the node's memory grow.
+    /// Queues `item` for `user` without waiting. When the queue is full
+    /// (the client reads slower than messages arrive) the item is dropped
+    /// and the session marked for a resync, which reads what it missed from
+    /// storage; the queue, and so the node's memory, stays bounded. A client
+    /// that stops reading altogether hits the writer's timeout and is
+    /// disconnected.
     pub fn offer(&self, user: u64, item: Outbound, stats: &Stats) {
-        let Some(session) = self.get(user) else {
-            return;
-        };
+        let Some(session) = self.get(user) else { return };
         if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(item) {
-            tracing::warn!(user_id = user, "outbound queue full; closing slow consumer");
-            stats.slow_consumers_closed.fetch_add(1, Relaxed);
-            session.cancel.cancel();
+            if !session.needs_resync.swap(true, Relaxed) {
+                tracing::debug!(user_id = user, "outbound queue full; session will resync");
+                stats.queue_overflows.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Marks every session for a resync (the bus lost events).
+    pub fn resync_all(&self) {
+        for session in self.sessions.iter() {
+            session.needs_resync.store(true, Relaxed);
+            let _ = session.tx.try_send(Outbound::Resync);
         }
     }
 }
@@ -89,6 +106,7 @@ pub async fn dispatch(mut events: Subscription, registry: Arc<Registry>, stats: 
                     session.kick(kick.reason);
                 }
             }
+            Some(Event::Resync(_)) => registry.resync_all(),
             None => {}
         }
     }

@@ -10,7 +10,7 @@ pub struct Stats {
     pub connections_total: AtomicU64,
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
-    pub slow_consumers_closed: AtomicU64,
+    pub queue_overflows: AtomicU64,
 }
 
 /// The `/stats` body.
@@ -21,7 +21,7 @@ pub struct StatsView {
     pub connections_total: u64,
     pub messages_in: u64,
     pub messages_out: u64,
-    pub slow_consumers_closed: u64,
+    pub queue_overflows: u64,
 }
 
 impl Stats {
@@ -32,7 +32,7 @@ impl Stats {
             connections_total: self.connections_total.load(Relaxed),
             messages_in: self.messages_in.load(Relaxed),
             messages_out: self.messages_out.load(Relaxed),
-            slow_consumers_closed: self.slow_consumers_closed.load(Relaxed),
+            queue_overflows: self.queue_overflows.load(Relaxed),
         }
     }
 }

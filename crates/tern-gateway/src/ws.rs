@@ -10,13 +10,16 @@ use crate::{
     registry::SessionHandle,
 };
 use axum::{
-    extract::{Query, State},
+    extract::{Query, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead, upgrade::IncomingUpgrade};
 use serde::Deserialize;
-use std::{sync::atomic::Ordering::Relaxed, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
 use tern_bus::{BusEvent, Event, Kick};
 use tern_proto::{
     ErrorCode, error_code_of,
@@ -44,10 +47,13 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// gets a plain HTTP 401 and never a socket.
 pub async fn upgrade(
     State(state): State<AppState>,
-    Query(query): Query<WsQuery>,
+    query: Result<Query<WsQuery>, QueryRejection>,
     headers: HeaderMap,
     upgrade: Result<IncomingUpgrade, StatusCode>,
 ) -> Response {
+    let Ok(Query(query)) = query else {
+        return ApiError::bad_request("malformed query string").into_response();
+    };
     let Some(token) = query.token.as_deref().or_else(|| bearer(&headers)) else {
         return ApiError::new(ErrorCode::Unauthenticated, "missing token").into_response();
     };
@@ -95,8 +101,12 @@ where
 
     let session_id = uuid::Uuid::now_v7().to_string();
     let (tx, rx) = mpsc::channel(settings.outbound_queue);
-    let handle =
-        SessionHandle { id: session_id.clone(), tx: tx.clone(), cancel: CancellationToken::new() };
+    let handle = SessionHandle {
+        id: session_id.clone(),
+        tx: tx.clone(),
+        cancel: CancellationToken::new(),
+        needs_resync: Arc::default(),
+    };
     if let Some(old) = state.registry.insert(user, handle.clone()) {
         old.kick("another session took over".into());
     }
@@ -130,19 +140,26 @@ where
         state.services.offline.clone(),
         settings.sync_page,
         state.stats.clone(),
+        handle.needs_resync.clone(),
     );
-    let writer = tokio::spawn(pusher.run(rx, handle.cancel.clone(), done.clone()));
+    let mut writer = tokio::spawn(pusher.run(rx, handle.cancel.clone(), done.clone()));
     let expiry = expiry_timer(tx.clone(), expires_at);
     let reader = Reader { state: &state, user, tx };
     tokio::select! {
         _ = reader.run(read) => {}
         _ = done.cancelled() => {}
     }
+    drop(reader);
     expiry.abort();
-    // Give the writer a moment to send its close frame, then cut it off.
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
-
-    if state.registry.remove(user, &session_id)
+    // Unregister first, so nothing new is routed here, then drop every
+    // sender: the writer drains what is queued (a close frame, say) and
+    // ends. A writer stuck on a dead socket is cut off.
+    let registered = state.registry.remove(user, &session_id);
+    drop(handle);
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
+    }
+    if registered
         && let Err(error) = state.services.presence.disconnect(user, &settings.node_id).await
     {
         tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");

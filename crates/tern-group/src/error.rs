@@ -1,6 +1,6 @@
 //! Group errors and their one mapping to `tonic::Status`.
 
-use tern_proto::{ErrorCode, error_code_of};
+use tern_proto::ErrorCode;
 
 /// Everything that can go wrong in the group service.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +41,8 @@ impl From<GroupError> for tonic::Status {
                 ErrorCode::Unavailable.status("storage unavailable, retry")
             }
             GroupError::Peer(status) => {
-                let code = error_code_of(&status);
-                tracing::warn!(%code, message = status.message(), "group dependency failed");
-                ErrorCode::Unavailable.status("a dependency is unavailable, retry")
+                tracing::warn!(grpc_code = ?status.code(), "group: a dependency answered with an error");
+                tern_proto::relay(&status)
             }
         }
     }

@@ -83,27 +83,46 @@ impl Groups {
         })
     }
 
-    /// Adds users to an existing group and starts their cursors at the
-    /// group's latest message. If the cursors cannot be started the new
-    /// memberships are undone, so a member never lacks a cursor; the call
-    /// is idempotent, so the caller simply retries.
+    /// Adds users to an existing group. Their cursors start first, at the
+    /// group's latest message, and only then does the membership commit:
+    /// a message stored in between reaches them as an offline message
+    /// instead of falling between cursor and membership. If the membership
+    /// cannot be stored the cursors are dropped again; the call is
+    /// idempotent, so the caller simply retries.
     async fn add(&self, group_id: u64, users: BTreeSet<u64>) -> Result<Group, GroupError> {
         let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
         self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
         self.require_users(&users).await?;
-        let current = self.store.member_ids(gid).await?.len();
-        if current + users.len() > self.max_members {
+        let existing = self.store.member_ids(gid).await?;
+        let new: Vec<i64> =
+            to_i64(users)?.into_iter().filter(|u| existing.binary_search(u).is_err()).collect();
+        if new.is_empty() {
+            return self.describe(gid).await;
+        }
+        if existing.len() + new.len() > self.max_members {
             return Err(GroupError::Invalid(format!(
                 "a group holds at most {} members",
                 self.max_members
             )));
         }
-        let added = self.store.add_members(gid, &to_i64(users)?).await?;
-        if let Err(error) = self.init_cursors(gid, &added, None).await {
-            self.store.remove_members(gid, &added).await?;
+        self.init_cursors(gid, &new, None).await?;
+        if let Err(error) = self.store.add_members(gid, &new).await {
+            self.drop_cursors(group_id, new.iter().map(|&u| u as u64).collect()).await.ok();
             return Err(error);
         }
         self.describe(gid).await
+    }
+
+    async fn drop_cursors(&self, group_id: u64, user_ids: Vec<u64>) -> Result<(), GroupError> {
+        self.peers
+            .offline
+            .clone()
+            .drop_cursors(DropCursorsRequest {
+                conversation_id: conversation::group(group_id),
+                user_ids,
+            })
+            .await?;
+        Ok(())
     }
 }
 
@@ -169,21 +188,11 @@ impl GroupService for Groups {
             return Err(GroupError::OwnerCannotLeave.into());
         }
         let uid = to_i64([user_id])?;
+        // The cursor goes first: without it the user can read nothing more
+        // of the group, even if removing the membership then fails (a retry
+        // of this idempotent call finishes the job).
+        self.drop_cursors(group_id, vec![user_id]).await?;
         self.store.remove_members(gid, &uid).await?;
-        // The member is gone from the group either way; a cursor left behind
-        // only keeps old messages visible to them, so a failure is logged.
-        if let Err(error) = self
-            .peers
-            .offline
-            .clone()
-            .drop_cursors(DropCursorsRequest {
-                conversation_id: conversation::group(group_id),
-                user_ids: vec![user_id],
-            })
-            .await
-        {
-            tracing::warn!(group_id, user_id, %error, "cursor not dropped after leave");
-        }
         Ok(Response::new(self.describe(gid).await?))
     }
 

@@ -101,14 +101,17 @@ impl Store {
         Ok(groups::Entity::find_by_id(group_id).one(&self.db).await?)
     }
 
-    /// Adds members; those already in the group are left as they are.
-    /// Returns the ids that were not members before.
-    pub async fn add_members(&self, group_id: i64, users: &[i64]) -> Result<Vec<i64>, GroupError> {
-        let existing = self.member_ids(group_id).await?;
-        let new: Vec<i64> =
-            users.iter().copied().filter(|u| existing.binary_search(u).is_err()).collect();
-        insert_members(&self.db, group_id, &new).await?;
-        Ok(new)
+    /// Adds members (those already in the group are left as they are) and
+    /// bumps the group's `members_version`, in one transaction.
+    pub async fn add_members(&self, group_id: i64, users: &[i64]) -> Result<(), GroupError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin().await?;
+        insert_members(&txn, group_id, users).await?;
+        bump_version(&txn, group_id).await?;
+        txn.commit().await?;
+        Ok(())
     }
 
     /// Removes members; returns how many were removed.

@@ -1,6 +1,6 @@
 //! Message errors and their one mapping to `tonic::Status`.
 
-use tern_proto::{ErrorCode, error_code_of};
+use tern_proto::ErrorCode;
 
 /// Everything that can go wrong in the message service.
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +41,8 @@ impl From<MessageError> for tonic::Status {
                 ErrorCode::Unavailable.status("storage unavailable, message not stored; retry")
             }
             MessageError::Peer(status) => {
-                let code = error_code_of(&status);
-                tracing::warn!(%code, message = status.message(), "message dependency failed");
-                ErrorCode::Unavailable
-                    .status("a dependency is unavailable, message not stored; retry")
+                tracing::warn!(grpc_code = ?status.code(), "message: a dependency answered with an error");
+                tern_proto::relay(&status)
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Offline errors and their one mapping to `tonic::Status`.
 
-use tern_proto::{ErrorCode, error_code_of};
+use tern_proto::ErrorCode;
 
 /// Everything that can go wrong in the offline service.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +31,8 @@ impl From<OfflineError> for tonic::Status {
                 ErrorCode::Unavailable.status("storage unavailable, retry")
             }
             OfflineError::Peer(status) => {
-                let code = error_code_of(&status);
-                tracing::warn!(%code, message = status.message(), "offline dependency failed");
-                ErrorCode::Unavailable.status("a dependency is unavailable, retry")
+                tracing::warn!(grpc_code = ?status.code(), "offline: a dependency answered with an error");
+                tern_proto::relay(&status)
             }
         }
     }

@@ -24,6 +24,7 @@ enum Cursors {
     Table,
     UserId,
     ConversationId,
+    StartSeq,
     AckedSeq,
 }
 
@@ -47,6 +48,7 @@ impl MigrationTrait for CreateCursors {
                     .if_not_exists()
                     .col(big_integer(Cursors::UserId))
                     .col(string_len(Cursors::ConversationId, 64))
+                    .col(big_integer(Cursors::StartSeq))
                     .col(big_integer(Cursors::AckedSeq))
                     .primary_key(Index::create().col(Cursors::UserId).col(Cursors::ConversationId))
                     .to_owned(),

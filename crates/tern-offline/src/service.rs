@@ -128,7 +128,8 @@ impl OfflineService for Offline {
             .clone()
             .list_messages(ListMessagesRequest {
                 conversation_id,
-                after_seq: after_seq.unwrap_or(acked),
+                // History from before the member joined is not theirs.
+                after_seq: after_seq.unwrap_or(acked).max(cursor.start_seq as u64),
                 limit,
             })
             .await

@@ -15,6 +15,8 @@ pub mod cursors {
         pub user_id: i64,
         #[sea_orm(primary_key, auto_increment = false)]
         pub conversation_id: String,
+        /// Where the member came in; nothing before it is theirs to read.
+        pub start_seq: i64,
         pub acked_seq: i64,
     }
 
@@ -41,6 +43,7 @@ impl Store {
             let rows = chunk.iter().map(|&user_id| cursors::ActiveModel {
                 user_id: Set(user_id),
                 conversation_id: Set(conversation.to_string()),
+                start_seq: Set(start),
                 acked_seq: Set(start),
             });
             cursors::Entity::insert_many(rows)

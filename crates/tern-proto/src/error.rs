@@ -168,6 +168,20 @@ pub fn error_code_of(status: &Status) -> ErrorCode {
     }
 }
 
+/// What a service answers when a service it called failed with `status`.
+/// A client's mistake (unknown user, bad input, ...) passes through with
+/// its code and message; a failure of the dependency itself becomes
+/// `unavailable`, so the client retries without learning internals.
+pub fn relay(status: &Status) -> Status {
+    let code = error_code_of(status);
+    match code {
+        ErrorCode::Unavailable | ErrorCode::Internal => {
+            ErrorCode::Unavailable.status("a dependency is unavailable, retry")
+        }
+        _ => code.status(status.message()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +192,16 @@ mod tests {
             assert_eq!(error_code_of(&code.status("x")), code);
             assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
         }
+    }
+
+    #[test]
+    fn relayed_errors_keep_client_codes_and_hide_failures() {
+        let relayed = relay(&ErrorCode::UnknownUser.status("no such user"));
+        assert_eq!(error_code_of(&relayed), ErrorCode::UnknownUser);
+        assert_eq!(relayed.message(), "no such user");
+        let relayed = relay(&Status::internal("db password wrong at 10.0.0.3"));
+        assert_eq!(error_code_of(&relayed), ErrorCode::Unavailable);
+        assert!(!relayed.message().contains("10.0.0.3"));
     }
 
     #[test]

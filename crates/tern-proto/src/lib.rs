@@ -7,7 +7,7 @@
 
 mod error;
 
-pub use error::{ErrorCode, error_code_of};
+pub use error::{ErrorCode, error_code_of, relay};
 
 /// Generated code, nested as the proto packages are (`tern.message.v1`) so
 /// cross-package references resolve; lints on generated items stay quiet.

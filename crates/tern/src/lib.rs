@@ -92,18 +92,33 @@ impl Settings {
             let path = self.data_dir.join("jwt.key");
             let key = match std::fs::read_to_string(&path) {
                 Ok(key) if key.trim().len() >= 32 => key.trim().to_string(),
-                _ => {
+                Ok(_) => anyhow::bail!(
+                    "{} holds no usable key (at least 32 bytes); fix or delete it",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let mut bytes = [0u8; 32];
                     rand::rng().fill_bytes(&mut bytes);
                     let key = hex::encode(bytes);
-                    std::fs::write(&path, &key)?;
+                    write_private(&path, &key)?;
                     key
                 }
+                Err(e) => return Err(e.into()),
             };
             self.auth.jwt.secret = Secret::new(key);
         }
         Ok(self)
     }
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
 }
 
 /// Builds every service, wires them in-process and serves the gateway on

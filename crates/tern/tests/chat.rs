@@ -167,19 +167,41 @@ async fn a_silent_connection_is_closed() {
 #[tokio::test]
 async fn concurrent_senders_get_distinct_gap_free_seqs_and_receivers_see_them_in_order() {
     let s = Server::start().await;
-    let (a, b, c) = (s.user("a").await, s.user("b").await, s.user("c").await);
-    let g = s.group(&a, &[&b, &c]).await;
-    let mut reader = s.connect(&c).await;
-    const EACH: usize = 40;
-    let mut senders = Vec::new();
-    for user in [a.clone(), b.clone()] {
+    senders_and_reader(&s, 2, 40).await;
+}
+
+/// With a one-frame queue the live stream overflows under load; dropped
+/// pushes must come back through the resync, still in order and once.
+#[tokio::test]
+async fn a_reader_whose_queue_overflows_still_gets_everything_in_order() {
+    let s = Server::start_with(&[("TERN__GATEWAY__OUTBOUND_QUEUE", "1")]).await;
+    senders_and_reader(&s, 16, 10).await;
+    let (_, stats) = s.get("/stats", None).await;
+    // The point of the test: the overflow path really ran.
+    assert!(stats["queue_overflows"].as_u64().unwrap() > 0, "{stats}");
+}
+
+/// `senders` members send `each` group messages concurrently (each waits
+/// for its ack before the next); one more member only reads.
+async fn senders_and_reader(s: &Server, senders: usize, each: usize) {
+    let mut users = Vec::new();
+    for i in 0..senders {
+        users.push(s.user(&format!("sender{i}")).await);
+    }
+    let reader_user = s.user("reader").await;
+    let mut members: Vec<&common::User> = users.iter().skip(1).collect();
+    members.push(&reader_user);
+    let g = s.group(&users[0], &members).await;
+    let mut reader = s.connect(&reader_user).await;
+    let mut tasks = Vec::new();
+    for user in users {
         let url = s.ws_url(&user.token);
-        senders.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut client = common::Client::connect(&url).await;
             let mut acked = Vec::new();
-            for i in 0..EACH {
+            for i in 0..each {
                 client.send(json!({ "type": 2, "group_id": g, "content": { "text": format!("{}-{i}", user.id) }, "client_msg_id": format!("{i}") })).await;
-                // The other sender's messages arrive interleaved with acks.
+                // Other senders' messages arrive interleaved with acks.
                 loop {
                     let frame = client.recv().await;
                     if frame["type"] == 30 {
@@ -193,14 +215,14 @@ async fn concurrent_senders_get_distinct_gap_free_seqs_and_receivers_see_them_in
         }));
     }
     let mut all_acked = Vec::new();
-    for sender in senders {
-        all_acked.extend(sender.await.unwrap());
+    for task in tasks {
+        all_acked.extend(task.await.unwrap());
     }
     all_acked.sort_unstable();
-    let expected: Vec<u64> = (1..=(2 * EACH) as u64).collect();
+    let expected: Vec<u64> = (1..=(senders * each) as u64).collect();
     assert_eq!(all_acked, expected, "every send got its own seq, with no gaps");
 
-    let got = reader.deliveries(2 * EACH).await;
+    let got = reader.deliveries(senders * each).await;
     assert_eq!(seqs(&got), expected, "delivered exactly once, in seq order");
     reader.quiet(200).await;
 }
@@ -224,4 +246,40 @@ async fn a_member_who_left_receives_nothing_and_stays_connected() {
     assert_eq!(cb.recv().await["type"], 99, "still connected");
     let refused = cb.send_group(g, "me too", "3").await;
     assert_eq!(refused["code"], "not_member");
+}
+
+#[tokio::test]
+async fn a_member_who_joins_receives_live_messages_at_once_but_no_earlier_history() {
+    let s = Server::start().await;
+    let (a, b) = (s.user("a").await, s.user("b").await);
+    let g = s.group(&a, &[]).await;
+    let mut ca = s.connect(&a).await;
+    assert_eq!(ca.send_group(g, "before b joined", "1").await["seq"], 1);
+    let mut cb = s.connect(&b).await;
+    let (status, _) = s.post(&format!("/api/groups/{g}/join"), Some(&b.token), json!({})).await;
+    assert_eq!(status, 200);
+    assert_eq!(ca.send_group(g, "welcome", "2").await["seq"], 2);
+    let got = cb.recv().await;
+    assert_eq!((got["seq"].as_u64(), got["content"]["text"].as_str()), (Some(2), Some("welcome")));
+    cb.quiet(200).await;
+    // History starts where b came in, even when asked for everything.
+    let (status, body) =
+        s.get(&format!("/api/conversations/group:{g}/messages?after_seq=0"), Some(&b.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(seqs(body["messages"].as_array().unwrap()), [2]);
+}
+
+#[tokio::test]
+async fn an_abruptly_dropped_socket_is_unregistered_promptly() {
+    let s = Server::start().await;
+    let alice = s.user("alice").await;
+    let a = s.connect(&alice).await;
+    assert_eq!(s.get("/stats", None).await.1["connections"], 1);
+    // Drop the TCP connection without a close frame.
+    drop(a);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while s.get("/stats", None).await.1["connections"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "session still registered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

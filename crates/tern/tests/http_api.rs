@@ -146,6 +146,16 @@ async fn health_stats_and_unknown_routes() {
     assert_eq!(stats["connections"], 0);
     let (status, body) = s.get("/api/nope", None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    // Wrong method, malformed path id or query: still our error shape.
+    let (status, body) = s.get("/api/register", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (405, Some("bad_request")), "{body}");
+    let alice = s.user("alice").await;
+    let (status, body) =
+        s.post("/api/groups/abc/join", Some(&alice.token), serde_json::json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    let (status, body) =
+        s.get("/api/conversations/dm:1:2/messages?after_seq=x", Some(&alice.token)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
 }
 
 #[tokio::test]

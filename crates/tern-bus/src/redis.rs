@@ -1,0 +1,240 @@
+//! The distributed adapters, on Redis.
+//!
+//! - Presence: a hash `online:{user_id}` mapping node id → expiry (Unix ms),
+//!   refreshed by heartbeats; the key itself expires too. Each node also
+//!   keeps `node:{node_id}:alive` fresh while it runs, so a node that died
+//!   (SIGKILL, lost host) stops receiving routes within seconds instead of
+//!   when its users' entries expire.
+//! - Bus: Pub/Sub channel `im:node:{node_id}` carrying protobuf `BusEvent`s.
+//!   Subscriptions reconnect on their own and report a `Resync` after a gap.
+
+use crate::{Bus, BusError, BusEvent, Event, NodeId, Presence, Subscription};
+use futures::StreamExt;
+use prost::Message;
+use redis::{AsyncCommands, aio::ConnectionManager};
+use std::{collections::HashMap, time::Duration};
+use tern_proto::pb::bus::Resync;
+use tokio::sync::mpsc;
+
+/// How long a presence entry lives without a heartbeat. Clients beat every
+/// 30 s and are dropped after 90 s of silence; entries outlive that a bit.
+const PRESENCE_TTL: Duration = Duration::from_secs(120);
+/// How long a node counts as alive without renewing its key.
+const NODE_TTL: Duration = Duration::from_secs(15);
+/// Queue between the Redis subscription and the gateway.
+const NODE_QUEUE: usize = 65_536;
+
+fn err(e: redis::RedisError) -> BusError {
+    BusError(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn presence_key(user: u64) -> String {
+    format!("online:{user}")
+}
+
+fn alive_key(node: &str) -> String {
+    format!("node:{node}:alive")
+}
+
+/// The Pub/Sub channel of a node.
+pub fn channel(node: &str) -> String {
+    format!("im:node:{node}")
+}
+
+/// Opens a self-healing connection to `url`.
+pub async fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), BusError> {
+    let client = redis::Client::open(url).map_err(err)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    let manager = client.get_connection_manager_with_config(config).await.map_err(err)?;
+    Ok((client, manager))
+}
+
+/// Presence in Redis.
+#[derive(Clone)]
+pub struct RedisPresence {
+    conn: ConnectionManager,
+}
+
+impl RedisPresence {
+    pub fn new(conn: ConnectionManager) -> Self {
+        Self { conn }
+    }
+
+    async fn mark(&self, user: u64, node: &str) -> Result<HashMap<String, i64>, BusError> {
+        let key = presence_key(user);
+        let expiry = now_ms() + PRESENCE_TTL.as_millis() as i64;
+        let (_, _, entries): ((), (), HashMap<String, i64>) = redis::pipe()
+            .hset(&key, node, expiry)
+            .pexpire(&key, PRESENCE_TTL.as_millis() as i64)
+            .hgetall(&key)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
+        Ok(entries)
+    }
+}
+
+#[async_trait::async_trait]
+impl Presence for RedisPresence {
+    async fn connect(&self, user: u64, node: &str) -> Result<Vec<NodeId>, BusError> {
+        let now = now_ms();
+        let entries = self.mark(user, node).await?;
+        Ok(entries.into_iter().filter(|(n, exp)| n != node && *exp > now).map(|(n, _)| n).collect())
+    }
+
+    async fn refresh(&self, user: u64, node: &str) -> Result<(), BusError> {
+        self.mark(user, node).await.map(|_| ())
+    }
+
+    async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError> {
+        let _: () = self.conn.clone().hdel(presence_key(user), node).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError> {
+        let now = now_ms();
+        let mut conn = self.conn.clone();
+        let mut by_node: HashMap<NodeId, Vec<u64>> = HashMap::new();
+        for chunk in users.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for &user in chunk {
+                pipe.hgetall(presence_key(user));
+            }
+            let entries: Vec<HashMap<String, i64>> =
+                pipe.query_async(&mut conn).await.map_err(err)?;
+            for (&user, nodes) in chunk.iter().zip(entries) {
+                for (node, expiry) in nodes {
+                    if expiry > now {
+                        by_node.entry(node).or_default().push(user);
+                    }
+                }
+            }
+        }
+        if by_node.is_empty() {
+            return Ok(by_node);
+        }
+        // Leave out nodes that stopped renewing their liveness key.
+        let nodes: Vec<NodeId> = by_node.keys().cloned().collect();
+        let keys: Vec<String> = nodes.iter().map(|n| alive_key(n)).collect();
+        let alive: Vec<Option<String>> = conn.mget(&keys).await.map_err(err)?;
+        for (node, alive) in nodes.into_iter().zip(alive) {
+            if alive.is_none() {
+                by_node.remove(&node);
+            }
+        }
+        Ok(by_node)
+    }
+
+    async fn keep_node_alive(&self, node: &str) -> Result<(), BusError> {
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(alive_key(node), "1", NODE_TTL.as_millis() as u64)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn node_gone(&self, node: &str) -> Result<(), BusError> {
+        let _: () = self.conn.clone().del(alive_key(node)).await.map_err(err)?;
+        Ok(())
+    }
+}
+
+/// The bus over Redis Pub/Sub.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: redis::Client,
+    conn: ConnectionManager,
+}
+
+impl RedisBus {
+    pub fn new(client: redis::Client, conn: ConnectionManager) -> Self {
+        Self { client, conn }
+    }
+}
+
+#[async_trait::async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, node: &str, event: BusEvent) -> Result<(), BusError> {
+        let _: i64 =
+            self.conn.clone().publish(channel(node), event.encode_to_vec()).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, node: &str) -> Result<Subscription, BusError> {
+        let (tx, rx) = mpsc::channel(NODE_QUEUE);
+        let client = self.client.clone();
+        let channel = channel(node);
+        // The first subscription must work, so a misconfigured node fails
+        // at start; later losses are retried forever.
+        let first = open(&client, &channel).await?;
+        tokio::spawn(listen(client, channel, first, tx));
+        Ok(rx)
+    }
+}
+
+async fn open(client: &redis::Client, channel: &str) -> Result<redis::aio::PubSub, BusError> {
+    let mut pubsub = client.get_async_pubsub().await.map_err(err)?;
+    pubsub.subscribe(channel).await.map_err(err)?;
+    Ok(pubsub)
+}
+
+/// Forwards a channel's events until the receiver is dropped, resubscribing
+/// after every loss of the connection.
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    mut pubsub: redis::aio::PubSub,
+    tx: mpsc::Sender<BusEvent>,
+) {
+    loop {
+        {
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                let payload: Vec<u8> = match msg.get_payload() {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                };
+                match BusEvent::decode(payload.as_slice()) {
+                    Ok(event) => {
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
+                            return;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "undecodable bus event dropped"),
+                }
+            }
+        }
+        tracing::warn!(channel, "bus subscription lost; resubscribing");
+        let mut delay = Duration::from_millis(100);
+        pubsub = loop {
+            if tx.is_closed() {
+                return;
+            }
+            match open(&client, &channel).await {
+                Ok(p) => break p,
+                Err(error) => {
+                    tracing::warn!(%error, "resubscribe failed");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        tracing::info!(channel, "bus subscription restored; sessions resync");
+        if tx.send(BusEvent { event: Some(Event::Resync(Resync {})) }).await.is_err() {
+            return;
+        }
+    }
+}
