@@ -69,11 +69,11 @@ impl Registry {
     /// disconnected.
     pub fn offer(&self, user: u64, item: Outbound, stats: &Stats) {
         let Some(session) = self.get(user) else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(item) {
-            if !session.needs_resync.swap(true, Relaxed) {
-                tracing::debug!(user_id = user, "outbound queue full; session will resync");
-                stats.queue_overflows.fetch_add(1, Relaxed);
-            }
+        if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(item)
+            && !session.needs_resync.swap(true, Relaxed)
+        {
+            tracing::debug!(user_id = user, "outbound queue full; session will resync");
+            stats.queue_overflows.fetch_add(1, Relaxed);
         }
     }
 
