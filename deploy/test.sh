@@ -11,5 +11,8 @@ cargo fmt --all -- --check
 echo "== lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== dependency rules"
+deploy/check-deps.sh
+
 echo "== test"
 cargo test --workspace --all-targets --locked

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Checks the dependency rules of ARCHITECTURE.md with `cargo tree`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fail=0
+services=(tern-auth tern-group tern-message tern-offline)
+for crate in "${services[@]}"; do
+  deps=$(cargo tree -p "$crate" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
+  for other in "${services[@]}" tern-gateway fastwebsockets; do
+    [[ "$other" == "$crate" ]] && continue
+    if grep -qx "$other" <<<"$deps"; then
+      echo "dependency rule broken: $crate depends on $other" >&2
+      fail=1
+    fi
+  done
+done
+for crate in tern-proto tern-runtime tern-bus; do
+  deps=$(cargo tree -p "$crate" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
+  for other in "${services[@]}" tern-gateway; do
+    if grep -qx "$other" <<<"$deps"; then
+      echo "dependency rule broken: $crate depends on $other" >&2
+      fail=1
+    fi
+  done
+done
+exit "$fail"
