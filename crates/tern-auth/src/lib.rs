@@ -86,8 +86,10 @@ pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
+    drain: std::time::Duration,
 ) -> anyhow::Result<()> {
     let service = build(&settings).await?;
-    tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown).await?;
+    tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown, drain)
+        .await?;
     Ok(())
 }

@@ -7,12 +7,14 @@ use tern_runtime::settings::EXIT_BAD_CONFIG;
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
+    drain_secs: u64,
     auth: tern_auth::Settings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { grpc_addr: "0.0.0.0:50051".into(), auth: Default::default() }
+        Self { grpc_addr: "0.0.0.0:50051".into(), drain_secs: 5, auth: Default::default() }
     }
 }
 
@@ -27,6 +29,13 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("TERN__AUTH__JWT__SECRET must be set to at least 32 bytes");
         std::process::exit(EXIT_BAD_CONFIG);
     }
+    let settings_drain = settings.drain_secs;
     let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
-    tern_auth::run(settings.auth, listener, tern_runtime::shutdown::on_signal()).await
+    tern_auth::run(
+        settings.auth,
+        listener,
+        tern_runtime::shutdown::on_signal(),
+        std::time::Duration::from_secs(settings_drain),
+    )
+    .await
 }

@@ -19,7 +19,7 @@ mod redis;
 use std::collections::HashMap;
 
 pub use in_process::{InProcessBus, InProcessPresence};
-pub use redis::{RedisBus, RedisPresence, channel, connect as connect_redis};
+pub use redis::{Names, RedisBus, RedisPresence, connect as connect_redis};
 pub use tern_proto::pb::bus::{BusEvent, Deliver, Kick, Resync, bus_event::Event};
 
 /// A gateway node's id, e.g. `gw-1` (or `local` when embedded).
@@ -65,6 +65,11 @@ pub trait Presence: Send + Sync + 'static {
     /// Declares `node` alive for a short while; a running node calls this
     /// every few seconds.
     async fn keep_node_alive(&self, _node: &str) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    /// Checks that the backing store answers (readiness).
+    async fn ping(&self) -> Result<(), BusError> {
         Ok(())
     }
 

@@ -35,17 +35,30 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-fn presence_key(user: u64) -> String {
-    format!("online:{user}")
+/// Every key and channel name starts with a prefix (empty by default), so
+/// several deployments can share one Redis.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    prefix: String,
 }
 
-fn alive_key(node: &str) -> String {
-    format!("node:{node}:alive")
-}
+impl Names {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
 
-/// The Pub/Sub channel of a node.
-pub fn channel(node: &str) -> String {
-    format!("im:node:{node}")
+    fn presence(&self, user: u64) -> String {
+        format!("{}online:{user}", self.prefix)
+    }
+
+    fn alive(&self, node: &str) -> String {
+        format!("{}node:{node}:alive", self.prefix)
+    }
+
+    /// The Pub/Sub channel of a node.
+    pub fn channel(&self, node: &str) -> String {
+        format!("{}im:node:{node}", self.prefix)
+    }
 }
 
 /// Opens a self-healing connection to `url`.
@@ -64,15 +77,16 @@ pub async fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), Bu
 #[derive(Clone)]
 pub struct RedisPresence {
     conn: ConnectionManager,
+    names: Names,
 }
 
 impl RedisPresence {
-    pub fn new(conn: ConnectionManager) -> Self {
-        Self { conn }
+    pub fn new(conn: ConnectionManager, names: Names) -> Self {
+        Self { conn, names }
     }
 
     async fn mark(&self, user: u64, node: &str) -> Result<HashMap<String, i64>, BusError> {
-        let key = presence_key(user);
+        let key = self.names.presence(user);
         let expiry = now_ms() + PRESENCE_TTL.as_millis() as i64;
         let (_, _, entries): ((), (), HashMap<String, i64>) = redis::pipe()
             .hset(&key, node, expiry)
@@ -98,7 +112,7 @@ impl Presence for RedisPresence {
     }
 
     async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError> {
-        let _: () = self.conn.clone().hdel(presence_key(user), node).await.map_err(err)?;
+        let _: () = self.conn.clone().hdel(self.names.presence(user), node).await.map_err(err)?;
         Ok(())
     }
 
@@ -109,7 +123,7 @@ impl Presence for RedisPresence {
         for chunk in users.chunks(1_000) {
             let mut pipe = redis::pipe();
             for &user in chunk {
-                pipe.hgetall(presence_key(user));
+                pipe.hgetall(self.names.presence(user));
             }
             let entries: Vec<HashMap<String, i64>> =
                 pipe.query_async(&mut conn).await.map_err(err)?;
@@ -126,7 +140,7 @@ impl Presence for RedisPresence {
         }
         // Leave out nodes that stopped renewing their liveness key.
         let nodes: Vec<NodeId> = by_node.keys().cloned().collect();
-        let keys: Vec<String> = nodes.iter().map(|n| alive_key(n)).collect();
+        let keys: Vec<String> = nodes.iter().map(|n| self.names.alive(n)).collect();
         let alive: Vec<Option<String>> = conn.mget(&keys).await.map_err(err)?;
         for (node, alive) in nodes.into_iter().zip(alive) {
             if alive.is_none() {
@@ -140,14 +154,20 @@ impl Presence for RedisPresence {
         let _: () = self
             .conn
             .clone()
-            .pset_ex(alive_key(node), "1", NODE_TTL.as_millis() as u64)
+            .pset_ex(self.names.alive(node), "1", NODE_TTL.as_millis() as u64)
             .await
             .map_err(err)?;
         Ok(())
     }
 
+    async fn ping(&self) -> Result<(), BusError> {
+        let _: String =
+            redis::cmd("PING").query_async(&mut self.conn.clone()).await.map_err(err)?;
+        Ok(())
+    }
+
     async fn node_gone(&self, node: &str) -> Result<(), BusError> {
-        let _: () = self.conn.clone().del(alive_key(node)).await.map_err(err)?;
+        let _: () = self.conn.clone().del(self.names.alive(node)).await.map_err(err)?;
         Ok(())
     }
 }
@@ -157,26 +177,31 @@ impl Presence for RedisPresence {
 pub struct RedisBus {
     client: redis::Client,
     conn: ConnectionManager,
+    names: Names,
 }
 
 impl RedisBus {
-    pub fn new(client: redis::Client, conn: ConnectionManager) -> Self {
-        Self { client, conn }
+    pub fn new(client: redis::Client, conn: ConnectionManager, names: Names) -> Self {
+        Self { client, conn, names }
     }
 }
 
 #[async_trait::async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, node: &str, event: BusEvent) -> Result<(), BusError> {
-        let _: i64 =
-            self.conn.clone().publish(channel(node), event.encode_to_vec()).await.map_err(err)?;
+        let _: i64 = self
+            .conn
+            .clone()
+            .publish(self.names.channel(node), event.encode_to_vec())
+            .await
+            .map_err(err)?;
         Ok(())
     }
 
     async fn subscribe(&self, node: &str) -> Result<Subscription, BusError> {
         let (tx, rx) = mpsc::channel(NODE_QUEUE);
         let client = self.client.clone();
-        let channel = channel(node);
+        let channel = self.names.channel(node);
         // The first subscription must work, so a misconfigured node fails
         // at start; later losses are retried forever.
         let first = open(&client, &channel).await?;

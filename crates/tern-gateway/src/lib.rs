@@ -53,6 +53,9 @@ pub struct Settings {
     pub sync_page: u32,
     /// How long shutdown waits for sessions to close after sending 1001.
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM, how long `/ready` fails while the node still serves,
+    /// before it stops accepting and closes sockets (load balancer drain).
+    pub drain_secs: u64,
 }
 
 impl Default for Settings {
@@ -64,6 +67,7 @@ impl Default for Settings {
             outbound_queue: 1024,
             sync_page: 200,
             shutdown_grace_secs: 10,
+            drain_secs: 0,
         }
     }
 }
@@ -169,16 +173,34 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let state = AppState::new(settings, services);
-    let events = state.services.bus.subscribe(&state.settings.node_id).await?;
+    let node = state.settings.node_id.clone();
+    let events = state.services.bus.subscribe(&node).await?;
     tokio::spawn(registry::dispatch(events, state.registry.clone(), state.stats.clone()));
+    // Renew this node's liveness, so routes reach it only while it runs.
+    let presence = state.services.presence.clone();
+    let alive = tokio::spawn({
+        let node = node.clone();
+        async move {
+            loop {
+                if let Err(error) = presence.keep_node_alive(&node).await {
+                    tracing::warn!(%error, "node liveness not renewed");
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    });
     tracing::info!(node_id = %state.settings.node_id, addr = %listener.local_addr()?, "gateway listening");
 
     let draining = state.draining.clone();
     let registry = state.registry.clone();
+    let drain = Duration::from_secs(state.settings.drain_secs);
     axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(async move {
             shutdown.cancelled().await;
+            // Fail readiness first and keep serving for a moment, so the
+            // load balancer stops sending new clients here.
             draining.cancel();
+            tokio::time::sleep(drain).await;
             // Upgraded sockets are outside axum's graceful shutdown: close
             // them ourselves so clients reconnect elsewhere at once.
             for session in registry.all() {
@@ -191,6 +213,10 @@ pub async fn run(
     state.tracker.close();
     if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
         tracing::warn!("sessions still open after the grace period; exiting anyway");
+    }
+    alive.abort();
+    if let Err(error) = state.services.presence.node_gone(&node).await {
+        tracing::warn!(%error, "could not mark the node gone; it expires on its own");
     }
     Ok(())
 }

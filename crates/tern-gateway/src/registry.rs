@@ -89,6 +89,7 @@ impl Registry {
 /// Hands this node's bus events to its sessions until the bus closes.
 pub async fn dispatch(mut events: Subscription, registry: Arc<Registry>, stats: Arc<Stats>) {
     while let Some(BusEvent { event }) = events.recv().await {
+        stats.bus_events.fetch_add(1, Relaxed);
         match event {
             Some(Event::Deliver(deliver)) => {
                 let Some(message) = deliver.message else {

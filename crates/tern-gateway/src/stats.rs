@@ -11,6 +11,7 @@ pub struct Stats {
     pub messages_in: AtomicU64,
     pub messages_out: AtomicU64,
     pub queue_overflows: AtomicU64,
+    pub bus_events: AtomicU64,
 }
 
 /// The `/stats` body.
@@ -22,6 +23,8 @@ pub struct StatsView {
     pub messages_in: u64,
     pub messages_out: u64,
     pub queue_overflows: u64,
+    /// Events received on this node's bus channel.
+    pub bus_events: u64,
 }
 
 impl Stats {
@@ -33,6 +36,7 @@ impl Stats {
             messages_in: self.messages_in.load(Relaxed),
             messages_out: self.messages_out.load(Relaxed),
             queue_overflows: self.queue_overflows.load(Relaxed),
+            bus_events: self.bus_events.load(Relaxed),
         }
     }
 }

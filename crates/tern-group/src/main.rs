@@ -11,6 +11,8 @@ use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
+    drain_secs: u64,
     /// Where the auth service answers.
     auth_url: String,
     /// Where the offline service answers.
@@ -22,6 +24,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc_addr: "0.0.0.0:50052".into(),
+            drain_secs: 5,
             auth_url: "http://127.0.0.1:50051".into(),
             offline_url: "http://127.0.0.1:50054".into(),
             group: Default::default(),
@@ -40,6 +43,14 @@ async fn main() -> anyhow::Result<()> {
         auth: AuthServiceClient::new(remote(&settings.auth_url)?),
         offline: OfflineServiceClient::new(remote(&settings.offline_url)?),
     };
+    let settings_drain = settings.drain_secs;
     let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
-    tern_group::run(settings.group, peers, listener, tern_runtime::shutdown::on_signal()).await
+    tern_group::run(
+        settings.group,
+        peers,
+        listener,
+        tern_runtime::shutdown::on_signal(),
+        std::time::Duration::from_secs(settings_drain),
+    )
+    .await
 }

@@ -8,6 +8,8 @@ use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
+    drain_secs: u64,
     /// Where the message service answers.
     message_url: String,
     offline: tern_offline::Settings,
@@ -17,6 +19,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc_addr: "0.0.0.0:50054".into(),
+            drain_secs: 5,
             message_url: "http://127.0.0.1:50053".into(),
             offline: Default::default(),
         }
@@ -34,6 +37,14 @@ async fn main() -> anyhow::Result<()> {
         message: MessageServiceClient::new(remote(&settings.message_url)?)
             .max_decoding_message_size(usize::MAX),
     };
+    let settings_drain = settings.drain_secs;
     let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
-    tern_offline::run(settings.offline, peers, listener, tern_runtime::shutdown::on_signal()).await
+    tern_offline::run(
+        settings.offline,
+        peers,
+        listener,
+        tern_runtime::shutdown::on_signal(),
+        std::time::Duration::from_secs(settings_drain),
+    )
+    .await
 }

@@ -51,13 +51,16 @@ where
 }
 
 /// Serves `service` with `grpc.health.v1` and server reflection on
-/// `listener` until `shutdown` fires. Health turns NOT_SERVING first, then
-/// in-flight calls finish.
+/// `listener` until `shutdown` fires. Then health turns NOT_SERVING at once,
+/// the server keeps answering for `drain` (so load balancers and Kubernetes
+/// take it out of rotation without failing calls), and finally it stops
+/// accepting and lets in-flight calls finish.
 pub async fn serve<S>(
     service: S,
     descriptor_set: &'static [u8],
     listener: TcpListener,
     shutdown: CancellationToken,
+    drain: std::time::Duration,
 ) -> Result<(), tonic::transport::Error>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -84,6 +87,8 @@ where
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.cancelled().await;
             reporter.set_not_serving::<S>().await;
+            tracing::info!(service = S::NAME, ?drain, "draining");
+            tokio::time::sleep(drain).await;
         })
         .await
 }

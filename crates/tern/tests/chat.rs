@@ -273,7 +273,9 @@ async fn a_member_who_joins_receives_live_messages_at_once_but_no_earlier_histor
 async fn an_abruptly_dropped_socket_is_unregistered_promptly() {
     let s = Server::start().await;
     let alice = s.user("alice").await;
-    let a = s.connect(&alice).await;
+    let mut a = s.connect(&alice).await;
+    a.send(json!({ "type": 99 })).await;
+    assert_eq!(a.recv().await["type"], 99, "the session is up");
     assert_eq!(s.get("/stats", None).await.1["connections"], 1);
     // Drop the TCP connection without a close frame.
     drop(a);

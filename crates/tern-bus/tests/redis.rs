@@ -1,0 +1,87 @@
+//! The Redis adapters against a real Redis (`TERN_TEST_REDIS_URL`, default
+//! the local one).
+
+use std::time::Duration;
+use tern_bus::{Bus, BusEvent, Event, Kick, Names, Presence, RedisBus, RedisPresence};
+
+fn url() -> String {
+    std::env::var("TERN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A fresh namespace, so tests running at once never see each other.
+fn names() -> Names {
+    Names::new(format!("test-{}:", uuid::Uuid::now_v7()))
+}
+
+fn kick(user: u64) -> BusEvent {
+    BusEvent {
+        event: Some(Event::Kick(Kick {
+            user_id: user,
+            keep_session_id: "s".into(),
+            reason: "r".into(),
+        })),
+    }
+}
+
+#[tokio::test]
+async fn presence_routes_to_live_nodes_only() {
+    let (_, conn) = tern_bus::connect_redis(&url()).await.unwrap();
+    let p = RedisPresence::new(conn, names());
+    p.ping().await.unwrap();
+    p.keep_node_alive("a").await.unwrap();
+    p.keep_node_alive("b").await.unwrap();
+    assert!(p.connect(1, "a").await.unwrap().is_empty());
+    p.connect(2, "b").await.unwrap();
+    assert_eq!(p.connect(1, "b").await.unwrap(), vec!["a".to_string()], "the other node, to kick");
+    let mut located = p.locate(&[1, 2, 3]).await.unwrap();
+    located.values_mut().for_each(|users| users.sort());
+    assert_eq!(located["a"], vec![1]);
+    assert_eq!(located["b"], vec![1, 2]);
+    assert_eq!(located.len(), 2, "user 3 is offline");
+
+    // A node that is gone (or stopped renewing) gets no routes, even though
+    // its users' entries have not expired yet.
+    p.node_gone("a").await.unwrap();
+    let located = p.locate(&[1, 2]).await.unwrap();
+    assert!(!located.contains_key("a"), "{located:?}");
+    // A node that never announced itself is not routed to either.
+    p.connect(4, "never-alive").await.unwrap();
+    assert!(p.locate(&[4]).await.unwrap().is_empty());
+
+    p.disconnect(2, "b").await.unwrap();
+    assert_eq!(p.locate(&[2]).await.unwrap().len(), 0);
+    p.refresh(1, "b").await.unwrap();
+    assert_eq!(p.locate(&[1]).await.unwrap()["b"], vec![1]);
+}
+
+#[tokio::test]
+async fn bus_delivers_to_the_node_channel_and_resyncs_after_a_lost_connection() {
+    let (client, conn) = tern_bus::connect_redis(&url()).await.unwrap();
+    let names = names();
+    let bus = RedisBus::new(client, conn.clone(), names.clone());
+    let mut a = bus.subscribe("a").await.unwrap();
+    let mut b = bus.subscribe("b").await.unwrap();
+    bus.publish("a", kick(7)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), a.recv()).await.unwrap().unwrap();
+    assert_eq!(got, kick(7));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), b.recv()).await.is_err(),
+        "b got a's event"
+    );
+
+    // Cut every Pub/Sub connection, as a Redis restart would.
+    let mut admin = conn.clone();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let resync = tokio::time::timeout(Duration::from_secs(10), a.recv()).await.unwrap().unwrap();
+    assert!(matches!(resync.event, Some(Event::Resync(_))), "{resync:?}");
+    // And the subscription works again.
+    bus.publish("a", kick(8)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), a.recv()).await.unwrap().unwrap();
+    assert_eq!(got, kick(8));
+}

@@ -1,0 +1,75 @@
+//! `tern-gateway`: one gateway node as its own process. It reaches the four
+//! services over gRPC and other nodes through Redis.
+
+use std::sync::Arc;
+use tern_bus::{Names, RedisBus, RedisPresence};
+use tern_proto::pb::{
+    auth::auth_service_client::AuthServiceClient, group::group_service_client::GroupServiceClient,
+    message::message_service_client::MessageServiceClient,
+    offline::offline_service_client::OfflineServiceClient,
+};
+use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+struct Settings {
+    /// Where the HTTP API and WebSocket endpoint listen.
+    http_addr: String,
+    /// Where the auth service answers.
+    auth_url: String,
+    /// Where the group service answers.
+    group_url: String,
+    /// Where the message service answers.
+    message_url: String,
+    /// Where the offline service answers.
+    offline_url: String,
+    /// Redis for presence and Pub/Sub.
+    redis_url: String,
+    /// Prefix of every Redis key and channel, to share one Redis.
+    redis_prefix: String,
+    gateway: tern_gateway::Settings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            http_addr: "0.0.0.0:8080".into(),
+            auth_url: "http://127.0.0.1:50051".into(),
+            group_url: "http://127.0.0.1:50052".into(),
+            message_url: "http://127.0.0.1:50053".into(),
+            offline_url: "http://127.0.0.1:50054".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: String::new(),
+            gateway: Default::default(),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tern_runtime::telemetry::init("tern-gateway");
+    let mut settings: Settings = tern_runtime::settings::load("gateway").unwrap_or_else(|error| {
+        eprintln!("{error}");
+        std::process::exit(EXIT_BAD_CONFIG)
+    });
+    // In Kubernetes every pod is its own node: default to the pod name.
+    if settings.gateway.node_id == tern_gateway::Settings::default().node_id
+        && let Ok(host) = std::env::var("HOSTNAME")
+    {
+        settings.gateway.node_id = host;
+    }
+    let (client, conn) = tern_bus::connect_redis(&settings.redis_url).await?;
+    let names = Names::new(settings.redis_prefix.clone());
+    let services = tern_gateway::Services {
+        auth: AuthServiceClient::new(remote(&settings.auth_url)?),
+        group: GroupServiceClient::new(remote(&settings.group_url)?),
+        message: MessageServiceClient::new(remote(&settings.message_url)?),
+        offline: OfflineServiceClient::new(remote(&settings.offline_url)?)
+            .max_decoding_message_size(usize::MAX),
+        bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
+        presence: Arc::new(RedisPresence::new(conn, names)),
+    };
+    let listener = tokio::net::TcpListener::bind(&settings.http_addr).await?;
+    tern_gateway::run(settings.gateway, services, listener, tern_runtime::shutdown::on_signal())
+        .await
+}
