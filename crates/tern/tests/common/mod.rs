@@ -25,6 +25,70 @@ pub struct Server {
     env: Vec<(String, String)>,
     child: Option<Child>,
     pub http: reqwest::Client,
+    /// Databases made for this server on MySQL/MariaDB or PostgreSQL.
+    databases: Option<Databases>,
+}
+
+/// Which SQL server the services use: SQLite in the data folder by default;
+/// `TERN_TEST_DATABASE=mysql` or `postgres` gives every server four fresh
+/// databases there (`TERN_TEST_MYSQL_URL`, `TERN_TEST_POSTGRES_URL` point
+/// at the server), so the whole suite runs on each backend.
+pub struct Databases {
+    admin_url: String,
+    base_url: String,
+    names: Vec<String>,
+}
+
+impl Databases {
+    pub async fn create() -> Option<Databases> {
+        let (admin_url, base_url) = match std::env::var("TERN_TEST_DATABASE").ok()?.as_str() {
+            "mysql" => {
+                let base = std::env::var("TERN_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+                (format!("{base}/test"), base)
+            }
+            "postgres" => {
+                let base = std::env::var("TERN_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+                (format!("{base}/test"), base)
+            }
+            "sqlite" | "" => return None,
+            other => panic!("unknown TERN_TEST_DATABASE {other}"),
+        };
+        let admin = sea_orm::Database::connect(&admin_url).await.expect("test database server reachable");
+        let tag = uuid::Uuid::now_v7().simple().to_string();
+        let mut names = Vec::new();
+        for service in ["auth", "grp", "msg", "off"] {
+            let name = format!("tern_t_{}_{service}", &tag[tag.len() - 12..]);
+            sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}")).await.unwrap();
+            names.push(name);
+        }
+        admin.close().await.ok();
+        Some(Databases { admin_url, base_url, names })
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        ["AUTH", "GROUP", "MESSAGE", "OFFLINE"]
+            .iter()
+            .zip(&self.names)
+            .map(|(svc, name)| (format!("TERN__{svc}__DATABASE_URL"), format!("{}/{name}", self.base_url)))
+            .collect()
+    }
+
+    /// Drops the databases (from a fresh thread: this runs in `Drop`).
+    fn drop_all(&self) {
+        let (admin_url, names) = (self.admin_url.clone(), self.names.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                if let Ok(admin) = sea_orm::Database::connect(&admin_url).await {
+                    for name in names {
+                        let _ = sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("DROP DATABASE IF EXISTS {name}")).await;
+                    }
+                    admin.close().await.ok();
+                }
+            })
+        })
+        .join();
+    }
 }
 
 fn free_port() -> u16 {
@@ -44,7 +108,11 @@ impl Server {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             child: None,
             http: reqwest::Client::new(),
+            databases: Databases::create().await,
         };
+        if let Some(dbs) = &server.databases {
+            server.env.extend(dbs.env());
+        }
         server.spawn().await;
         server
     }
@@ -168,6 +236,9 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dbs) = &self.databases {
+            dbs.drop_all();
         }
     }
 }
