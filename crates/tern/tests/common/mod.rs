@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::{
@@ -41,47 +43,72 @@ pub struct Databases {
 
 impl Databases {
     pub async fn create() -> Option<Databases> {
-        let (admin_url, base_url) = match std::env::var("TERN_TEST_DATABASE").ok()?.as_str() {
+        Self::create_on(&std::env::var("TERN_TEST_DATABASE").ok()?).await
+    }
+
+    /// Four fresh databases on `kind` (`mysql` or `postgres`).
+    pub async fn create_on(kind: &str) -> Option<Databases> {
+        let (admin_url, base_url) = match kind {
             "mysql" => {
-                let base = std::env::var("TERN_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+                let base = std::env::var("TERN_TEST_MYSQL_URL")
+                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
                 (format!("{base}/test"), base)
             }
             "postgres" => {
-                let base = std::env::var("TERN_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+                let base = std::env::var("TERN_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
                 (format!("{base}/test"), base)
             }
             "sqlite" | "" => return None,
             other => panic!("unknown TERN_TEST_DATABASE {other}"),
         };
-        let admin = sea_orm::Database::connect(&admin_url).await.expect("test database server reachable");
+        let admin =
+            sea_orm::Database::connect(&admin_url).await.expect("test database server reachable");
         let tag = uuid::Uuid::now_v7().simple().to_string();
         let mut names = Vec::new();
         for service in ["auth", "grp", "msg", "off"] {
             let name = format!("tern_t_{}_{service}", &tag[tag.len() - 12..]);
-            sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {name}")).await.unwrap();
+            sea_orm::ConnectionTrait::execute_unprepared(
+                &admin,
+                &format!("CREATE DATABASE {name}"),
+            )
+            .await
+            .unwrap();
             names.push(name);
         }
         admin.close().await.ok();
         Some(Databases { admin_url, base_url, names })
     }
 
+    /// The URL of the database for `service` (auth, group, message, offline).
+    pub fn url(&self, service: &str) -> String {
+        let i = ["auth", "group", "message", "offline"].iter().position(|s| *s == service).unwrap();
+        format!("{}/{}", self.base_url, self.names[i])
+    }
+
     fn env(&self) -> Vec<(String, String)> {
         ["AUTH", "GROUP", "MESSAGE", "OFFLINE"]
             .iter()
             .zip(&self.names)
-            .map(|(svc, name)| (format!("TERN__{svc}__DATABASE_URL"), format!("{}/{name}", self.base_url)))
+            .map(|(svc, name)| {
+                (format!("TERN__{svc}__DATABASE_URL"), format!("{}/{name}", self.base_url))
+            })
             .collect()
     }
 
     /// Drops the databases (from a fresh thread: this runs in `Drop`).
-    fn drop_all(&self) {
+    pub fn drop_all(&self) {
         let (admin_url, names) = (self.admin_url.clone(), self.names.clone());
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
                 if let Ok(admin) = sea_orm::Database::connect(&admin_url).await {
                     for name in names {
-                        let _ = sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("DROP DATABASE IF EXISTS {name}")).await;
+                        let _ = sea_orm::ConnectionTrait::execute_unprepared(
+                            &admin,
+                            &format!("DROP DATABASE IF EXISTS {name}"),
+                        )
+                        .await;
                     }
                     admin.close().await.ok();
                 }
@@ -91,7 +118,7 @@ impl Databases {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

@@ -1,0 +1,190 @@
+//! The distributed topology: every service its own process, two gateways,
+//! Redis presence and Pub/Sub, MariaDB.
+
+mod common;
+
+use common::{cluster::Cluster, texts};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use tern_proto::pb::{
+    group::{CreateGroupRequest, group_service_client::GroupServiceClient},
+    message::{SendRequest, message_service_client::MessageServiceClient, send_request::Target},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+#[tokio::test]
+async fn users_on_different_gateways_chat_and_groups_fan_out_once_per_node() {
+    let c = Cluster::start(2).await;
+    let (a, b, x, y) = (c.user("a").await, c.user("b").await, c.user("x").await, c.user("y").await);
+    let (mut ca, mut cb) = (c.connect(0, &a).await, c.connect(0, &b).await);
+    let (mut cx, mut cy) = (c.connect(1, &x).await, c.connect(1, &y).await);
+
+    // 1:1 across nodes, both directions.
+    ca.send_to(x.id, "a to x", "1").await;
+    let got = cx.recv().await;
+    assert_eq!(
+        (got["from"].as_u64(), got["content"]["text"].as_str()),
+        (Some(a.id), Some("a to x"))
+    );
+    cx.send_to(a.id, "x to a", "2").await;
+    assert_eq!(ca.recv().await["content"]["text"], "x to a");
+
+    // A group spanning both nodes: one event per node, not per member.
+    let ids = [b.id, x.id, y.id];
+    let (status, body) = c
+        .post(0, "/api/groups", Some(&a.token), json!({ "name": "span", "member_ids": ids }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let g = body["group_id"].as_u64().unwrap();
+    let before = (c.bus_events(0).await, c.bus_events(1).await);
+    assert_eq!(ca.send_group(g, "hello everyone", "g1").await["seq"], 1);
+    for client in [&mut cb, &mut cx, &mut cy] {
+        let got = client.recv().await;
+        assert_eq!(
+            (got["type"].as_i64(), got["content"]["text"].as_str()),
+            (Some(2), Some("hello everyone"))
+        );
+    }
+    let after = (c.bus_events(0).await, c.bus_events(1).await);
+    assert_eq!(after.0 - before.0, 1, "gw-1 holds b: one event");
+    assert_eq!(after.1 - before.1, 1, "gw-2 holds x and y: still one event");
+    // Stored once: the conversation has exactly one message.
+    let r = reqwest::Client::new()
+        .get(c.url(1, &format!("/api/conversations/group:{g}/messages")))
+        .bearer_auth(&x.token)
+        .send()
+        .await
+        .unwrap();
+    let history: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(history["messages"].as_array().unwrap().len(), 1, "{history}");
+    for client in [&mut ca, &mut cb, &mut cx, &mut cy] {
+        client.quiet(200).await;
+    }
+}
+
+#[tokio::test]
+async fn a_user_moving_between_gateways_is_kicked_on_the_old_node_and_loses_nothing() {
+    let c = Cluster::start(2).await;
+    let (a, b) = (c.user("a").await, c.user("b").await);
+    let mut ca = c.connect(0, &a).await;
+    let mut old = c.connect(0, &b).await;
+    ca.send_to(b.id, "one", "1").await;
+    assert_eq!(old.recv().await["content"]["text"], "one");
+
+    // b reconnects through the other gateway without acking: the old
+    // session on gw-1 is told and closed.
+    let mut new = c.connect_raw(1, &b).await;
+    // The kick proves the new session is registered before "two" is sent.
+    let kicked = old.recv().await;
+    assert_eq!(kicked["type"], 100, "{kicked}");
+    assert_eq!(old.closed().await.code, 4001);
+    ca.send_to(b.id, "two", "2").await;
+    // The new session gets the unacked "one" by sync and "two" live;
+    // deduplicated by message id, nothing is missing or doubled.
+    let got = new.deliveries(2).await;
+    assert_eq!(texts(&got), ["one", "two"]);
+    new.quiet(300).await;
+}
+
+#[tokio::test]
+async fn messages_for_users_of_a_killed_gateway_wait_for_them() {
+    let mut c = Cluster::start(2).await;
+    let (a, b) = (c.user("a").await, c.user("b").await);
+    let mut ca = c.connect(0, &a).await;
+    let mut cb = c.connect(1, &b).await;
+    ca.send_to(b.id, "before", "1").await;
+    assert_eq!(cb.recv().await["content"]["text"], "before");
+    cb.ack(cb_conversation(a.id, b.id).as_str(), 1).await;
+    cb.send(json!({ "type": 99 })).await;
+    assert_eq!(cb.recv().await["type"], 99);
+
+    c.gateways[1].signal("KILL", true);
+    // Sent while b's presence still names the dead node: stored and acked.
+    for (i, text) in ["during 1", "during 2"].iter().enumerate() {
+        let ack = ca.send_to(b.id, text, &format!("d{i}")).await;
+        assert_eq!(ack["type"], 30);
+    }
+    // b comes back through the surviving gateway and gets both, in order.
+    let mut cb = c.connect_raw(0, &b).await;
+    let got = cb.deliveries(2).await;
+    assert_eq!(texts(&got), ["during 1", "during 2"]);
+    // Live routing now targets gw-1.
+    ca.send_to(b.id, "after", "3").await;
+    assert_eq!(cb.recv().await["content"]["text"], "after");
+}
+
+fn cb_conversation(a: u64, b: u64) -> String {
+    format!("dm:{}:{}", a.min(b), a.max(b))
+}
+
+#[tokio::test]
+async fn a_backend_drives_the_services_directly() {
+    let c = Cluster::start(2).await;
+    let (a, b) = (c.user("a").await, c.user("b").await);
+    let mut ca = c.connect(0, &a).await;
+    let mut cb = c.connect(1, &b).await;
+    let mut groups = GroupServiceClient::connect(c.grpc_url(1)).await.unwrap();
+    let group = groups
+        .create_group(CreateGroupRequest {
+            owner_id: a.id,
+            name: "ops".into(),
+            member_ids: vec![b.id],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut messages = MessageServiceClient::connect(c.grpc_url(2)).await.unwrap();
+    messages
+        .send(SendRequest {
+            sender_id: 0,
+            client_msg_id: "deploy-1".into(),
+            target: Some(Target::GroupId(group.group_id)),
+            content_json: r#"{"text":"deploy at 5"}"#.into(),
+            system: true,
+        })
+        .await
+        .unwrap();
+    for client in [&mut ca, &mut cb] {
+        let got = client.recv().await;
+        assert_eq!(
+            (got["from"].as_u64(), got["content"]["text"].as_str()),
+            (Some(0), Some("deploy at 5"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn services_report_draining_and_gateways_report_missing_dependencies() {
+    let mut c = Cluster::start(1).await;
+    let channel =
+        tonic::transport::Channel::from_shared(c.grpc_url(2)).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = HealthCheckRequest { service: "tern.message.v1.MessageService".into() };
+    let status = health.check(check.clone()).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    // SIGTERM: NOT_SERVING while it drains (2 s here), then it exits.
+    c.message.signal("TERM", false);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let status = health.check(check.clone()).await.unwrap().into_inner().status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported NOT_SERVING");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !c.message.exited() {
+        assert!(Instant::now() < deadline, "message service did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // With the message service gone the gateway is alive but not ready.
+    assert_eq!(c.get(0, "/health").await.0, 200);
+    let (status, body) = c.get(0, "/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("message"), "{body}");
+}
