@@ -30,3 +30,8 @@ echo "== test (MariaDB)"
 TERN_TEST_DATABASE=mysql cargo test -p tern --tests --locked
 echo "== test (PostgreSQL)"
 TERN_TEST_DATABASE=postgres cargo test -p tern --tests --locked
+
+echo "== local cluster script"
+trap 'deploy/local-cluster.sh down >/dev/null 2>&1 || true' EXIT
+TERN_PROFILE=debug deploy/local-cluster.sh up
+deploy/local-cluster.sh down
