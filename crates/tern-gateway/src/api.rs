@@ -16,8 +16,8 @@ use tern_proto::{
     ErrorCode, conversation, error_code_of,
     pb::{
         auth::{
-            FindUserRequest, LoginRequest, RefreshRequest, RegisterRequest, TokenPair,
-            VerifyTokenRequest,
+            FindUserRequest, GetUsersRequest, LoginRequest, RefreshRequest, RegisterRequest,
+            TokenPair, VerifyTokenRequest,
         },
         group::{
             CreateGroupRequest, GetGroupRequest, Group, JoinGroupRequest, LeaveGroupRequest,
@@ -217,7 +217,8 @@ pub async fn group_members(
     Ok(Json(json!({ "group_id": group.group_id, "member_ids": group.member_ids })))
 }
 
-/// `GET /api/conversations`: the caller's conversations with unread counts.
+/// `GET /api/conversations`: every conversation of the caller, newest
+/// activity first, with unread counts and the latest message.
 pub async fn conversations(
     State(state): State<AppState>,
     Caller(user_id): Caller,
@@ -226,15 +227,85 @@ pub async fn conversations(
         .services
         .offline
         .clone()
-        .list_backlog(ListBacklogRequest { user_id })
+        .list_backlog(ListBacklogRequest { user_id, include_read: true })
         .await?
         .into_inner();
-    let items: Vec<Value> = backlog
-        .conversations
-        .into_iter()
-        .map(|b| json!({ "conversation_id": b.conversation_id, "acked_seq": b.acked_seq, "latest_seq": b.latest_seq, "unread": b.latest_seq - b.acked_seq }))
-        .collect();
+    let mut items = Vec::with_capacity(backlog.conversations.len());
+    for b in backlog.conversations {
+        // The latest message, for the list's preview line.
+        let last = if b.latest_seq == 0 {
+            None
+        } else {
+            let request = PullRequest {
+                user_id,
+                conversation_id: b.conversation_id.clone(),
+                after_seq: Some(b.latest_seq - 1),
+                limit: 1,
+            };
+            state.services.offline.clone().pull(request).await?.into_inner().messages.pop()
+        };
+        let (kind, peer) = match conversation::parse(&b.conversation_id) {
+            Some(conversation::Kind::Direct(x, y)) => {
+                ("direct", json!({ "user_id": if x == user_id { y } else { x } }))
+            }
+            Some(conversation::Kind::Group(g)) => ("group", json!({ "group_id": g })),
+            None => continue,
+        };
+        let unread = b.latest_seq.saturating_sub(b.acked_seq);
+        let last_message = last.as_ref().map(|m| {
+            serde_json::from_str::<Value>(&crate::frames::delivered(m)).unwrap_or(Value::Null)
+        });
+        let mut item = json!({
+            "conversation_id": b.conversation_id,
+            "kind": kind,
+            "acked_seq": b.acked_seq,
+            "latest_seq": b.latest_seq,
+            "unread": unread,
+            "last_message": last_message,
+        });
+        if let (Some(obj), Some(extra)) = (item.as_object_mut(), peer.as_object()) {
+            obj.extend(extra.clone());
+        }
+        items.push(item);
+    }
+    items.sort_by_key(|i| std::cmp::Reverse(i["last_message"]["timestamp"].as_i64().unwrap_or(0)));
     Ok(Json(json!({ "conversations": items })))
+}
+
+#[derive(Deserialize)]
+pub struct UsersQuery {
+    ids: String,
+}
+
+/// `GET /api/users?ids=1,2,3`: usernames for ids (unknown ids are left out).
+pub async fn users(
+    State(state): State<AppState>,
+    _caller: Caller,
+    query: Result<Query<UsersQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let ids: Vec<u64> = q
+        .ids
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().map_err(|_| ApiError::bad_request("ids must be numbers")))
+        .collect::<Result<_, _>>()?;
+    if ids.len() > 1000 {
+        return Err(ApiError::bad_request("at most 1000 ids"));
+    }
+    let users = state
+        .services
+        .auth
+        .clone()
+        .get_users(GetUsersRequest { user_ids: ids })
+        .await?
+        .into_inner()
+        .users;
+    let users: Vec<Value> = users
+        .into_iter()
+        .map(|u| json!({ "user_id": u.user_id, "username": u.username }))
+        .collect();
+    Ok(Json(json!({ "users": users })))
 }
 
 #[derive(Deserialize)]
@@ -313,7 +384,11 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
         }),
         timeout(within, async {
             answered(
-                s.offline.clone().list_backlog(ListBacklogRequest { user_id: 0 }).await.map(|_| ()),
+                s.offline
+                    .clone()
+                    .list_backlog(ListBacklogRequest { user_id: 0, include_read: false })
+                    .await
+                    .map(|_| ()),
             )
         }),
         timeout(within, async { s.presence.ping().await.is_ok() }),

@@ -141,6 +141,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/register", post(api::register))
         .route("/api/login", post(api::login))
         .route("/api/refresh", post(api::refresh))
+        .route("/api/users", get(api::users))
         .route("/api/users/{username}", get(api::find_user))
         .route("/api/groups", post(api::create_group).get(api::list_groups))
         .route("/api/groups/{group_id}/join", post(api::join_group))

@@ -153,7 +153,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     async fn sync_backlog(&mut self) -> Result<(), Stop> {
         let backlog = self
             .offline
-            .list_backlog(ListBacklogRequest { user_id: self.user })
+            .list_backlog(ListBacklogRequest { user_id: self.user, include_read: false })
             .await?
             .into_inner()
             .conversations;

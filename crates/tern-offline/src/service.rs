@@ -94,7 +94,8 @@ impl OfflineService for Offline {
         &self,
         request: Request<ListBacklogRequest>,
     ) -> Result<Response<ListBacklogResponse>, Status> {
-        let user = user_id(request.into_inner().user_id)?;
+        let ListBacklogRequest { user_id: user, include_read } = request.into_inner();
+        let user = user_id(user)?;
         let cursors = self.store.of_user(user).await.map_err(OfflineError::from)?;
         let heads = self.heads(cursors.iter().map(|c| c.conversation_id.clone()).collect()).await?;
         let conversations = cursors
@@ -102,7 +103,7 @@ impl OfflineService for Offline {
             .filter_map(|c| {
                 let latest = heads.get(&c.conversation_id).copied().unwrap_or(0);
                 let acked = c.acked_seq as u64;
-                (latest > acked).then_some(Backlog {
+                (include_read || latest > acked).then_some(Backlog {
                     conversation_id: c.conversation_id,
                     acked_seq: acked,
                     latest_seq: latest,

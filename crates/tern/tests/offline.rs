@@ -91,6 +91,36 @@ async fn unread_counts_and_history_are_per_member() {
     // Bob still has both unread: eve's ack did nothing.
     let (_, body) = s.get("/api/conversations", Some(&bob.token)).await;
     assert_eq!(body["conversations"][0]["unread"], 2, "{body}");
+    let first = &body["conversations"][0];
+    assert_eq!(
+        (first["kind"].as_str(), first["user_id"].as_u64()),
+        (Some("direct"), Some(alice.id)),
+        "{body}"
+    );
+    assert_eq!(first["last_message"]["content"]["text"], "two", "{body}");
+
+    // Once read, the conversation stays in the list with nothing unread.
+    let mut b = s.connect(&bob).await;
+    assert_eq!(b.deliveries(2).await.len(), 2);
+    b.ack(&conversation, 2).await;
+    b.send(json!({ "type": 99 })).await;
+    assert_eq!(b.recv().await["type"], 99);
+    let (_, body) = s.get("/api/conversations", Some(&bob.token)).await;
+    assert_eq!(body["conversations"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["conversations"][0]["unread"], 0, "{body}");
+    // Eve, in no conversation, has an empty list.
+    let (_, body) = s.get("/api/conversations", Some(&eve.token)).await;
+    assert_eq!(body["conversations"], json!([]));
+
+    // Names for ids, for showing who a conversation is with.
+    let (status, body) =
+        s.get(&format!("/api/users?ids={},{},999", alice.id, bob.id), Some(&eve.token)).await;
+    assert_eq!(status, 200);
+    let mut names: Vec<&str> =
+        body["users"].as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!(s.get("/api/users?ids=x", Some(&eve.token)).await.0, 400);
 }
 
 #[tokio::test]
