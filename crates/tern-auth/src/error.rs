@@ -33,6 +33,7 @@ impl From<AuthError> for tonic::Status {
             AuthError::BadCredentials => ErrorCode::Unauthenticated.status("invalid credentials"),
             AuthError::UnknownUser => ErrorCode::UnknownUser.status("no such user"),
             AuthError::Db(error) => {
+                metrics::counter!("tern_db_errors_total", "service" => "auth").increment(1);
                 tracing::error!(%error, "auth database error");
                 ErrorCode::Unavailable.status("storage unavailable, retry")
             }

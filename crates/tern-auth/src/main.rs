@@ -7,6 +7,8 @@ use tern_runtime::settings::EXIT_BAD_CONFIG;
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// Where `/metrics` (Prometheus) is served; unset means not at all.
+    metrics_addr: Option<String>,
     /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
     drain_secs: u64,
     auth: tern_auth::Settings,
@@ -14,13 +16,18 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { grpc_addr: "0.0.0.0:50051".into(), drain_secs: 5, auth: Default::default() }
+        Self {
+            grpc_addr: "0.0.0.0:50051".into(),
+            metrics_addr: None,
+            drain_secs: 5,
+            auth: Default::default(),
+        }
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tern_runtime::telemetry::init("tern-auth");
+    let _telemetry = tern_runtime::telemetry::init("tern-auth");
     let settings: Settings = tern_runtime::settings::load("auth").unwrap_or_else(|error| {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
@@ -31,10 +38,15 @@ async fn main() -> anyhow::Result<()> {
     }
     let settings_drain = settings.drain_secs;
     let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
+    let shutdown = tern_runtime::shutdown::on_signal();
+    if let Some(addr) = &settings.metrics_addr {
+        let metrics = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(tern_runtime::grpc::serve_metrics(metrics, shutdown.clone()));
+    }
     tern_auth::run(
         settings.auth,
         listener,
-        tern_runtime::shutdown::on_signal(),
+        shutdown,
         std::time::Duration::from_secs(settings_drain),
     )
     .await

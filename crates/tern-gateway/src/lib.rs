@@ -138,6 +138,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/stats", get(api::stats))
+        .route("/metrics", get(|| async { tern_runtime::telemetry::metrics() }))
         .route("/api/register", post(api::register))
         .route("/api/login", post(api::login))
         .route("/api/refresh", post(api::refresh))

@@ -47,7 +47,7 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tern_runtime::telemetry::init("tern-gateway");
+    let _telemetry = tern_runtime::telemetry::init("tern-gateway");
     let mut settings: Settings = tern_runtime::settings::load("gateway").unwrap_or_else(|error| {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)

@@ -57,6 +57,8 @@ pub struct Pusher<W> {
     pushed: HashMap<String, u64>,
     page: u32,
     stats: Arc<Stats>,
+    /// Messages written so far, to measure each sync.
+    pushed_count: u64,
     /// Set by the dispatcher when it had to drop a live message.
     needs_resync: Arc<AtomicBool>,
 }
@@ -70,7 +72,16 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         stats: Arc<Stats>,
         needs_resync: Arc<AtomicBool>,
     ) -> Self {
-        Self { ws, user, offline, pushed: HashMap::new(), page, stats, needs_resync }
+        Self {
+            ws,
+            user,
+            offline,
+            pushed: HashMap::new(),
+            page,
+            stats,
+            pushed_count: 0,
+            needs_resync,
+        }
     }
 
     /// Sends the backlog, then serves the queue until it closes, `cancel`
@@ -84,7 +95,11 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     ) {
         let _done = done.drop_guard();
         self.needs_resync.store(false, Relaxed);
-        if let Err(error) = self.sync_backlog().await {
+        let synced = self.sync_backlog().await;
+        // How much a client had waiting when it connected.
+        metrics::histogram!("tern_gateway_offline_backlog_messages")
+            .record(self.pushed_count as f64);
+        if let Err(error) = synced {
             tracing::warn!(user_id = self.user, %error, "initial sync failed");
             let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
             return;
@@ -101,6 +116,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             let Some(item) = item else { return };
             let mut result = self.handle(item).await;
             if matches!(result, Ok(true)) && self.needs_resync.swap(false, Relaxed) {
+                metrics::counter!("tern_gateway_resyncs_total").increment(1);
                 result = self.sync_backlog().await.map(|()| true);
             }
             match result {
@@ -221,6 +237,11 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
 
     async fn push(&mut self, message: &Message) -> Result<(), Stop> {
         self.stats.messages_out.fetch_add(1, Relaxed);
+        self.pushed_count += 1;
+        metrics::counter!("tern_gateway_messages_out_total").increment(1);
+        // Store to socket: how long after its ack a message reaches a client.
+        let age = (frames::now_ms() - message.created_at_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!("tern_gateway_ack_deliver_seconds").record(age);
         self.text(frames::delivered(message).into_bytes()).await
     }
 

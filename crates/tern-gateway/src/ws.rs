@@ -131,6 +131,8 @@ where
     }
     state.stats.connections_live.fetch_add(1, Relaxed);
     state.stats.connections_total.fetch_add(1, Relaxed);
+    metrics::gauge!("tern_gateway_connections").increment(1.0);
+    metrics::counter!("tern_gateway_connections_total").increment(1);
     tracing::debug!(user_id = user, session_id, "session open");
 
     let done = CancellationToken::new();
@@ -165,6 +167,7 @@ where
         tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
     }
     state.stats.connections_live.fetch_sub(1, Relaxed);
+    metrics::gauge!("tern_gateway_connections").decrement(1.0);
     tracing::debug!(user_id = user, session_id, "session closed");
 }
 
@@ -313,6 +316,9 @@ impl Reader<'_> {
         client_msg_id: Option<String>,
     ) -> Result<Outbound, String> {
         self.state.stats.messages_in.fetch_add(1, Relaxed);
+        metrics::counter!("tern_gateway_messages_in_total").increment(1);
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("ws.send", user_id = self.user);
         let request = SendRequest {
             sender_id: self.user,
             client_msg_id: client_msg_id.clone().unwrap_or_default(),
@@ -323,7 +329,13 @@ impl Reader<'_> {
             content_json: content,
             system: false,
         };
-        match self.state.services.message.clone().send(request).await {
+        let answer = {
+            use tracing::Instrument;
+            self.state.services.message.clone().send(request).instrument(span).await
+        };
+        metrics::histogram!("tern_gateway_send_ack_seconds")
+            .record(started.elapsed().as_secs_f64());
+        match answer {
             Ok(r) => {
                 let r = r.into_inner();
                 match r.message {

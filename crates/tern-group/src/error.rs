@@ -37,6 +37,7 @@ impl From<GroupError> for tonic::Status {
                 ErrorCode::Forbidden.status("the owner cannot leave the group")
             }
             GroupError::Db(error) => {
+                metrics::counter!("tern_db_errors_total", "service" => "group").increment(1);
                 tracing::error!(%error, "group database error");
                 ErrorCode::Unavailable.status("storage unavailable, retry")
             }

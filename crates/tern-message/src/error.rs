@@ -37,6 +37,7 @@ impl From<MessageError> for tonic::Status {
             MessageError::UnknownGroup => ErrorCode::UnknownGroup.status("no such group"),
             MessageError::NotMember => ErrorCode::NotMember.status("not a member of this group"),
             MessageError::Db(error) => {
+                metrics::counter!("tern_db_errors_total", "service" => "message").increment(1);
                 tracing::error!(%error, "message database error");
                 ErrorCode::Unavailable.status("storage unavailable, message not stored; retry")
             }

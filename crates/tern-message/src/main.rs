@@ -14,6 +14,8 @@ use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// Where `/metrics` (Prometheus) is served; unset means not at all.
+    metrics_addr: Option<String>,
     /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
     drain_secs: u64,
     /// Where the auth service answers.
@@ -33,6 +35,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc_addr: "0.0.0.0:50053".into(),
+            metrics_addr: None,
             drain_secs: 5,
             auth_url: "http://127.0.0.1:50051".into(),
             group_url: "http://127.0.0.1:50052".into(),
@@ -46,7 +49,7 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tern_runtime::telemetry::init("tern-message");
+    let _telemetry = tern_runtime::telemetry::init("tern-message");
     let settings: Settings = tern_runtime::settings::load("message").unwrap_or_else(|error| {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
@@ -61,7 +64,11 @@ async fn main() -> anyhow::Result<()> {
         presence: Arc::new(RedisPresence::new(conn, names)),
     };
     let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
+    let shutdown = tern_runtime::shutdown::on_signal();
+    if let Some(addr) = &settings.metrics_addr {
+        let metrics = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(tern_runtime::grpc::serve_metrics(metrics, shutdown.clone()));
+    }
     let drain = Duration::from_secs(settings.drain_secs);
-    tern_message::run(settings.message, peers, listener, tern_runtime::shutdown::on_signal(), drain)
-        .await
+    tern_message::run(settings.message, peers, listener, shutdown, drain).await
 }

@@ -62,6 +62,7 @@ impl Router {
         let by_node = match self.peers.presence.locate(&recipients).await {
             Ok(by_node) => by_node,
             Err(error) => {
+                metrics::counter!("tern_bus_errors_total", "op" => "locate").increment(1);
                 tracing::warn!(%error, "fan-out skipped: presence unavailable");
                 return;
             }
@@ -74,6 +75,7 @@ impl Router {
                 })),
             };
             if let Err(error) = self.peers.bus.publish(&node, event).await {
+                metrics::counter!("tern_bus_errors_total", "op" => "publish").increment(1);
                 tracing::warn!(node, %error, "publish failed; recipients will sync");
             }
         }

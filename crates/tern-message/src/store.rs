@@ -141,7 +141,22 @@ impl Store {
     /// Stores a draft with the next seq of its conversation. The seq bump
     /// and the insert share one transaction, so a failed insert leaves no
     /// gap. The conversation row must exist.
+    #[tracing::instrument(name = "store.append", skip_all, fields(conversation = %draft.conversation_id))]
     pub async fn append(&self, draft: Draft) -> Result<Stored, DbErr> {
+        let started = std::time::Instant::now();
+        let stored = self.append_once(draft).await;
+        metrics::histogram!("tern_message_store_seconds").record(started.elapsed().as_secs_f64());
+        match &stored {
+            Ok(Stored::New(_)) => metrics::counter!("tern_messages_stored_total").increment(1),
+            Ok(Stored::Duplicate(_)) => {
+                metrics::counter!("tern_messages_duplicate_total").increment(1)
+            }
+            Err(_) => {}
+        }
+        stored
+    }
+
+    async fn append_once(&self, draft: Draft) -> Result<Stored, DbErr> {
         let txn = self.db.begin().await?;
         // The UPDATE comes first so the row (SQLite: the database) is
         // write-locked before the read: concurrent sends queue here
@@ -198,6 +213,7 @@ impl Store {
     }
 
     /// Messages with seq > `after`, in order, and the conversation's head.
+    #[tracing::instrument(name = "store.list", skip_all)]
     pub async fn list(
         &self,
         conversation: &str,

@@ -27,6 +27,7 @@ impl From<OfflineError> for tonic::Status {
                 ErrorCode::Forbidden.status("not a member of this conversation")
             }
             OfflineError::Db(error) => {
+                metrics::counter!("tern_db_errors_total", "service" => "offline").increment(1);
                 tracing::error!(%error, "offline database error");
                 ErrorCode::Unavailable.status("storage unavailable, retry")
             }

@@ -8,6 +8,8 @@ use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// Where `/metrics` (Prometheus) is served; unset means not at all.
+    metrics_addr: Option<String>,
     /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
     drain_secs: u64,
     /// Where the message service answers.
@@ -19,6 +21,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc_addr: "0.0.0.0:50054".into(),
+            metrics_addr: None,
             drain_secs: 5,
             message_url: "http://127.0.0.1:50053".into(),
             offline: Default::default(),
@@ -28,7 +31,7 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tern_runtime::telemetry::init("tern-offline");
+    let _telemetry = tern_runtime::telemetry::init("tern-offline");
     let settings: Settings = tern_runtime::settings::load("offline").unwrap_or_else(|error| {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
@@ -39,11 +42,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let settings_drain = settings.drain_secs;
     let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
+    let shutdown = tern_runtime::shutdown::on_signal();
+    if let Some(addr) = &settings.metrics_addr {
+        let metrics = tokio::net::TcpListener::bind(addr).await?;
+        tokio::spawn(tern_runtime::grpc::serve_metrics(metrics, shutdown.clone()));
+    }
     tern_offline::run(
         settings.offline,
         peers,
         listener,
-        tern_runtime::shutdown::on_signal(),
+        shutdown,
         std::time::Duration::from_secs(settings_drain),
     )
     .await

@@ -32,7 +32,13 @@ pub fn remote(url: &str) -> Result<GrpcChannel, tonic::transport::Error> {
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true)
         .connect_lazy();
-    Ok(BoxCloneSyncService::new(channel.map_err(|e| TransportError(e.into()))))
+    let channel = channel
+        .map_request(|mut request: http::Request<Body>| {
+            crate::telemetry::inject(request.headers_mut());
+            request
+        })
+        .map_err(|e| TransportError(e.into()));
+    Ok(BoxCloneSyncService::new(channel))
 }
 
 /// A channel that calls a generated server directly, without a socket. The
@@ -47,7 +53,31 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    BoxCloneSyncService::new(server.map_err(|never: Infallible| match never {}))
+    // The trace context crosses this boundary exactly as it would a socket:
+    // written into the request's metadata, then read back into a server span.
+    BoxCloneSyncService::new(tower::service_fn(move |mut request: http::Request<Body>| {
+        crate::telemetry::inject(request.headers_mut());
+        let span = crate::telemetry::server_span(&request);
+        let server = server.clone();
+        async move {
+            use tracing::Instrument;
+            server
+                .oneshot(request)
+                .instrument(span)
+                .await
+                .map_err(|never: Infallible| match never {})
+        }
+    }))
+}
+
+/// Serves `/metrics` (Prometheus text) on `listener` until `shutdown`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(|| async { crate::telemetry::metrics() }));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 /// Serves `service` with `grpc.health.v1` and server reflection on
@@ -81,6 +111,7 @@ where
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!(service = S::NAME, "gRPC serving");
     Server::builder()
+        .trace_fn(crate::telemetry::server_span)
         .add_service(health)
         .add_service(reflection)
         .add_service(service)

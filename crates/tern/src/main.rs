@@ -5,7 +5,7 @@ use tern_runtime::settings::EXIT_BAD_CONFIG;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tern_runtime::telemetry::init("tern");
+    let _telemetry = tern_runtime::telemetry::init("tern");
     let settings: tern::Settings = tern_runtime::settings::load("tern").unwrap_or_else(|error| {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)

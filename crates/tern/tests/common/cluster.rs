@@ -88,6 +88,11 @@ fn bin(name: &str) -> PathBuf {
 impl Cluster {
     /// Starts the four services and `gateways` gateway nodes.
     pub async fn start(gateways: usize) -> Cluster {
+        Self::start_with(gateways, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with extra variables for every process.
+    pub async fn start_with(gateways: usize, extra: &[(&str, &str)]) -> Cluster {
         let dbs = Databases::create_on("mysql").await.unwrap();
         let grpc_ports = [free_port(), free_port(), free_port(), free_port()];
         let url = |i: usize| format!("http://127.0.0.1:{}", grpc_ports[i]);
@@ -159,11 +164,15 @@ impl Cluster {
             });
             cluster.gateway_ports.push(port);
         }
+        let extra: Vec<(String, String)> =
+            extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         for p in [&mut cluster.auth, &mut cluster.offline, &mut cluster.group, &mut cluster.message]
         {
+            p.env.extend(extra.clone());
             p.start();
         }
         for g in &mut cluster.gateways {
+            g.env.extend(extra.clone());
             g.start();
         }
         for i in 0..gateways {
