@@ -8,7 +8,8 @@
 #   deploy/local-cluster.sh down    stop what `up` started
 #   deploy/local-cluster.sh status  process list with resident memory
 #
-# State (pids, logs, the JWT key) lives in target/local-cluster/.
+# State (pids, logs, the JWT key and the service token) lives in
+# target/local-cluster/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,12 +59,13 @@ up() {
     mariadb -uroot -h127.0.0.1 -e "CREATE DATABASE IF NOT EXISTS tern_$svc"
   done
   [[ -s $dir/jwt.key ]] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/jwt.key"
-  chmod 600 "$dir/jwt.key"
+  [[ -s $dir/service.token ]] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/service.token"
+  chmod 600 "$dir/jwt.key" "$dir/service.token"
   urls=(TERN__AUTH_URL=http://127.0.0.1:50051 TERN__GROUP_URL=http://127.0.0.1:50052
         TERN__MESSAGE_URL=http://127.0.0.1:50053 TERN__OFFLINE_URL=http://127.0.0.1:50054
-        TERN__REDIS_URL=$redis_url)
+        TERN__REDIS_URL=$redis_url TERN__SERVICE_TOKEN="$(cat "$dir/service.token")")
   node=
-  start tern-auth TERN__GRPC_ADDR=127.0.0.1:50051 TERN__AUTH__DATABASE_URL="$db_url/tern_auth" \
+  start tern-auth TERN__GRPC_ADDR=127.0.0.1:50051 TERN__AUTH__DATABASE_URL="$db_url/tern_auth" "${urls[@]}" \
     TERN__AUTH__JWT__SECRET="$(cat "$dir/jwt.key")"
   start tern-offline TERN__GRPC_ADDR=127.0.0.1:50054 TERN__OFFLINE__DATABASE_URL="$db_url/tern_offline" "${urls[@]}"
   start tern-group TERN__GRPC_ADDR=127.0.0.1:50052 TERN__GROUP__DATABASE_URL="$db_url/tern_group" "${urls[@]}"

@@ -7,6 +7,9 @@ use tern_runtime::settings::EXIT_BAD_CONFIG;
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// The shared credential every call to and from the services carries
+    /// (required).
+    service_token: tern_runtime::Secret,
     /// Where `/metrics` (Prometheus) is served; unset means not at all.
     metrics_addr: Option<String>,
     /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
@@ -18,6 +21,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc_addr: "0.0.0.0:50051".into(),
+            service_token: Default::default(),
             metrics_addr: None,
             drain_secs: 5,
             auth: Default::default(),
@@ -32,6 +36,10 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
     });
+    if let Err(why) = tern_runtime::credential::validate(&settings.service_token) {
+        eprintln!("TERN__SERVICE_TOKEN: {why}");
+        std::process::exit(EXIT_BAD_CONFIG);
+    }
     if settings.auth.jwt.secret.expose().len() < 32 {
         eprintln!("TERN__AUTH__JWT__SECRET must be set to at least 32 bytes");
         std::process::exit(EXIT_BAD_CONFIG);
@@ -48,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         shutdown,
         std::time::Duration::from_secs(settings_drain),
+        &settings.service_token,
     )
     .await
 }

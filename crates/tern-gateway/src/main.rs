@@ -15,6 +15,8 @@ use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 struct Settings {
     /// Where the HTTP API and WebSocket endpoint listen.
     http_addr: String,
+    /// The shared credential for calls to the services (required).
+    service_token: tern_runtime::Secret,
     /// Where the auth service answers.
     auth_url: String,
     /// Where the group service answers.
@@ -34,6 +36,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             http_addr: "0.0.0.0:8080".into(),
+            service_token: Default::default(),
             auth_url: "http://127.0.0.1:50051".into(),
             group_url: "http://127.0.0.1:50052".into(),
             message_url: "http://127.0.0.1:50053".into(),
@@ -52,6 +55,10 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
     });
+    if let Err(why) = tern_runtime::credential::validate(&settings.service_token) {
+        eprintln!("TERN__SERVICE_TOKEN: {why}");
+        std::process::exit(EXIT_BAD_CONFIG);
+    }
     // In Kubernetes every pod is its own node: default to the pod name.
     if settings.gateway.node_id == tern_gateway::Settings::default().node_id
         && let Ok(host) = std::env::var("HOSTNAME")
@@ -61,10 +68,10 @@ async fn main() -> anyhow::Result<()> {
     let (client, conn) = tern_bus::connect_redis(&settings.redis_url).await?;
     let names = Names::new(settings.redis_prefix.clone());
     let services = tern_gateway::Services {
-        auth: AuthServiceClient::new(remote(&settings.auth_url)?),
-        group: GroupServiceClient::new(remote(&settings.group_url)?),
-        message: MessageServiceClient::new(remote(&settings.message_url)?),
-        offline: OfflineServiceClient::new(remote(&settings.offline_url)?)
+        auth: AuthServiceClient::new(remote(&settings.auth_url, &settings.service_token)?),
+        group: GroupServiceClient::new(remote(&settings.group_url, &settings.service_token)?),
+        message: MessageServiceClient::new(remote(&settings.message_url, &settings.service_token)?),
+        offline: OfflineServiceClient::new(remote(&settings.offline_url, &settings.service_token)?)
             .max_decoding_message_size(usize::MAX),
         bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
         presence: Arc::new(RedisPresence::new(conn, names)),

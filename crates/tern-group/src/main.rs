@@ -11,6 +11,9 @@ use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// The shared credential every call to and from the services carries
+    /// (required).
+    service_token: tern_runtime::Secret,
     /// Where `/metrics` (Prometheus) is served; unset means not at all.
     metrics_addr: Option<String>,
     /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
@@ -26,6 +29,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc_addr: "0.0.0.0:50052".into(),
+            service_token: Default::default(),
             metrics_addr: None,
             drain_secs: 5,
             auth_url: "http://127.0.0.1:50051".into(),
@@ -42,9 +46,13 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
     });
+    if let Err(why) = tern_runtime::credential::validate(&settings.service_token) {
+        eprintln!("TERN__SERVICE_TOKEN: {why}");
+        std::process::exit(EXIT_BAD_CONFIG);
+    }
     let peers = tern_group::Peers {
-        auth: AuthServiceClient::new(remote(&settings.auth_url)?),
-        offline: OfflineServiceClient::new(remote(&settings.offline_url)?),
+        auth: AuthServiceClient::new(remote(&settings.auth_url, &settings.service_token)?),
+        offline: OfflineServiceClient::new(remote(&settings.offline_url, &settings.service_token)?),
     };
     let settings_drain = settings.drain_secs;
     let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
@@ -59,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         shutdown,
         std::time::Duration::from_secs(settings_drain),
+        &settings.service_token,
     )
     .await
 }

@@ -14,6 +14,9 @@ use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// The shared credential every call to and from the services carries
+    /// (required).
+    service_token: tern_runtime::Secret,
     /// Where `/metrics` (Prometheus) is served; unset means not at all.
     metrics_addr: Option<String>,
     /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
@@ -35,6 +38,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc_addr: "0.0.0.0:50053".into(),
+            service_token: Default::default(),
             metrics_addr: None,
             drain_secs: 5,
             auth_url: "http://127.0.0.1:50051".into(),
@@ -54,12 +58,16 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
     });
+    if let Err(why) = tern_runtime::credential::validate(&settings.service_token) {
+        eprintln!("TERN__SERVICE_TOKEN: {why}");
+        std::process::exit(EXIT_BAD_CONFIG);
+    }
     let (client, conn) = tern_bus::connect_redis(&settings.redis_url).await?;
     let names = Names::new(settings.redis_prefix.clone());
     let peers = tern_message::Peers {
-        auth: AuthServiceClient::new(remote(&settings.auth_url)?),
-        group: GroupServiceClient::new(remote(&settings.group_url)?),
-        offline: OfflineServiceClient::new(remote(&settings.offline_url)?),
+        auth: AuthServiceClient::new(remote(&settings.auth_url, &settings.service_token)?),
+        group: GroupServiceClient::new(remote(&settings.group_url, &settings.service_token)?),
+        offline: OfflineServiceClient::new(remote(&settings.offline_url, &settings.service_token)?),
         bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
         presence: Arc::new(RedisPresence::new(conn, names)),
     };
@@ -70,5 +78,6 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(tern_runtime::grpc::serve_metrics(metrics, shutdown.clone()));
     }
     let drain = Duration::from_secs(settings.drain_secs);
-    tern_message::run(settings.message, peers, listener, shutdown, drain).await
+    tern_message::run(settings.message, peers, listener, shutdown, drain, &settings.service_token)
+        .await
 }

@@ -63,9 +63,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
     drain: std::time::Duration,
+    token: &tern_runtime::Secret,
 ) -> anyhow::Result<()> {
     let service = build(&settings, peers).await?;
-    tern_runtime::grpc::serve(service, tern_proto::FILE_DESCRIPTOR_SET, listener, shutdown, drain)
-        .await?;
+    tern_runtime::grpc::serve(
+        service,
+        tern_proto::FILE_DESCRIPTOR_SET,
+        listener,
+        shutdown,
+        drain,
+        token,
+    )
+    .await?;
     Ok(())
 }

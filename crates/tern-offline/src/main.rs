@@ -8,6 +8,9 @@ use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 struct Settings {
     /// Address the gRPC server binds.
     grpc_addr: String,
+    /// The shared credential every call to and from the services carries
+    /// (required).
+    service_token: tern_runtime::Secret,
     /// Where `/metrics` (Prometheus) is served; unset means not at all.
     metrics_addr: Option<String>,
     /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
@@ -21,6 +24,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             grpc_addr: "0.0.0.0:50054".into(),
+            service_token: Default::default(),
             metrics_addr: None,
             drain_secs: 5,
             message_url: "http://127.0.0.1:50053".into(),
@@ -36,8 +40,12 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
     });
+    if let Err(why) = tern_runtime::credential::validate(&settings.service_token) {
+        eprintln!("TERN__SERVICE_TOKEN: {why}");
+        std::process::exit(EXIT_BAD_CONFIG);
+    }
     let peers = tern_offline::Peers {
-        message: MessageServiceClient::new(remote(&settings.message_url)?)
+        message: MessageServiceClient::new(remote(&settings.message_url, &settings.service_token)?)
             .max_decoding_message_size(usize::MAX),
     };
     let settings_drain = settings.drain_secs;
@@ -53,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         shutdown,
         std::time::Duration::from_secs(settings_drain),
+        &settings.service_token,
     )
     .await
 }

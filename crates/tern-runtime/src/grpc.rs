@@ -25,15 +25,18 @@ pub type GrpcChannel =
 #[error(transparent)]
 pub struct TransportError(BoxError);
 
-/// A channel to a service at `url` (`http://host:port`). Connects lazily and
-/// reconnects on its own, so a service that starts later is picked up.
-pub fn remote(url: &str) -> Result<GrpcChannel, tonic::transport::Error> {
+/// A channel to a service at `url` (`http://host:port`) that presents the
+/// service `token` on every call. Connects lazily and reconnects on its
+/// own, so a service that starts later is picked up.
+pub fn remote(url: &str, token: &crate::Secret) -> Result<GrpcChannel, tonic::transport::Error> {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())?
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true)
         .connect_lazy();
+    let credential = crate::credential::header_value(token);
     let channel = channel
-        .map_request(|mut request: http::Request<Body>| {
+        .map_request(move |mut request: http::Request<Body>| {
+            request.headers_mut().insert(http::header::AUTHORIZATION, credential.clone());
             crate::telemetry::inject(request.headers_mut());
             request
         })
@@ -81,7 +84,8 @@ pub async fn serve_metrics(
 }
 
 /// Serves `service` with `grpc.health.v1` and server reflection on
-/// `listener` until `shutdown` fires. Then health turns NOT_SERVING at once,
+/// `listener` until `shutdown` fires. Every call but health checks must
+/// carry the service `token`. Then health turns NOT_SERVING at once,
 /// the server keeps answering for `drain` (so load balancers and Kubernetes
 /// take it out of rotation without failing calls), and finally it stops
 /// accepting and lets in-flight calls finish.
@@ -91,6 +95,7 @@ pub async fn serve<S>(
     listener: TcpListener,
     shutdown: CancellationToken,
     drain: std::time::Duration,
+    token: &crate::Secret,
 ) -> Result<(), tonic::transport::Error>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -111,6 +116,7 @@ where
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tracing::info!(service = S::NAME, "gRPC serving");
     Server::builder()
+        .layer(crate::credential::RequireToken::new(token))
         .trace_fn(crate::telemetry::server_span)
         .add_service(health)
         .add_service(reflection)

@@ -39,6 +39,9 @@ pub struct Settings {
     /// are also served here, for internal backends. Off by default: the
     /// gRPC API trusts its callers, so only bind it where only they reach.
     pub grpc_addr: Option<String>,
+    /// The credential callers of `grpc_addr` must present
+    /// (`authorization: Bearer <token>`); required when `grpc_addr` is set.
+    pub service_token: Secret,
     /// Folder for the SQLite databases and the generated JWT key. Service
     /// `database_url`s left at their defaults are placed here.
     pub data_dir: PathBuf,
@@ -54,6 +57,7 @@ impl Default for Settings {
         Self {
             http_addr: "0.0.0.0:8080".into(),
             grpc_addr: None,
+            service_token: Secret::default(),
             data_dir: PathBuf::from("data"),
             auth: Default::default(),
             group: Default::default(),
@@ -173,6 +177,9 @@ pub async fn run(
     message_bind.bind(in_process(message.clone()));
 
     if let Some(addr) = &settings.grpc_addr {
+        tern_runtime::credential::validate(&settings.service_token).map_err(|why| {
+            anyhow::anyhow!("grpc_addr is set, so service_token is required: {why}")
+        })?;
         let listener = TcpListener::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "gRPC API for internal backends");
         let (reporter, health) = tonic_health::server::health_reporter();
@@ -185,6 +192,7 @@ pub async fn run(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
         let router = tonic::transport::Server::builder()
+            .layer(tern_runtime::credential::RequireToken::new(&settings.service_token))
             .add_service(health)
             .add_service(reflection)
             .add_service(auth)

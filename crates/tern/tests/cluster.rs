@@ -125,7 +125,10 @@ async fn a_backend_drives_the_services_directly() {
     let (a, b) = (c.user("a").await, c.user("b").await);
     let mut ca = c.connect(0, &a).await;
     let mut cb = c.connect(1, &b).await;
-    let mut groups = GroupServiceClient::connect(c.grpc_url(1)).await.unwrap();
+    let mut groups = GroupServiceClient::with_interceptor(
+        common::channel(&c.grpc_url(1)).await,
+        common::with_token,
+    );
     let group = groups
         .create_group(CreateGroupRequest {
             owner_id: a.id,
@@ -135,7 +138,10 @@ async fn a_backend_drives_the_services_directly() {
         .await
         .unwrap()
         .into_inner();
-    let mut messages = MessageServiceClient::connect(c.grpc_url(2)).await.unwrap();
+    let mut messages = MessageServiceClient::with_interceptor(
+        common::channel(&c.grpc_url(2)).await,
+        common::with_token,
+    );
     messages
         .send(SendRequest {
             sender_id: 0,

@@ -26,7 +26,11 @@ fn free_port() -> u16 {
 async fn a_backend_creates_a_group_and_sends_a_system_message() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let s = Server::start_with(&[("TERN__GRPC_ADDR", addr.as_str())]).await;
+    let s = Server::start_with(&[
+        ("TERN__GRPC_ADDR", addr.as_str()),
+        ("TERN__SERVICE_TOKEN", common::SERVICE_TOKEN),
+    ])
+    .await;
     let (alice, bob) = (s.user("alice").await, s.user("bob").await);
     let mut b = s.connect(&bob).await;
     let url = format!("http://{addr}");
@@ -49,7 +53,20 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
         assert_eq!(status, ServingStatus::Serving as i32, "{service}");
     }
 
-    let mut groups = GroupServiceClient::connect(url.clone()).await.unwrap();
+    // Without the service credential nothing but health answers.
+    let mut anonymous = GroupServiceClient::new(common::channel(&url).await);
+    let refused = anonymous
+        .create_group(CreateGroupRequest {
+            owner_id: alice.id,
+            name: "x".into(),
+            member_ids: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    let mut groups =
+        GroupServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
     let group = groups
         .create_group(CreateGroupRequest {
             owner_id: alice.id,
@@ -61,7 +78,8 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
         .into_inner();
     assert_eq!(group.member_ids, vec![alice.id, bob.id]);
 
-    let mut messages = MessageServiceClient::connect(url.clone()).await.unwrap();
+    let mut messages =
+        MessageServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
     let system = SendRequest {
         sender_id: 0,
         client_msg_id: "maintenance-1".into(),
@@ -91,7 +109,8 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
         .await
         .unwrap_err();
     assert_eq!(error_code_of(&refused), ErrorCode::NotMember);
-    let mut auth = AuthServiceClient::connect(url).await.unwrap();
+    let mut auth =
+        AuthServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
     let refused =
         auth.verify_token(VerifyTokenRequest { access_token: "nope".into() }).await.unwrap_err();
     assert_eq!(error_code_of(&refused), ErrorCode::Unauthenticated);

@@ -110,6 +110,7 @@ impl Cluster {
                 ("TERN__OFFLINE_URL".to_string(), url(3)),
                 ("TERN__REDIS_URL".to_string(), redis.clone()),
                 ("TERN__REDIS_PREFIX".to_string(), redis_prefix.clone()),
+                ("TERN__SERVICE_TOKEN".to_string(), super::SERVICE_TOKEN.to_string()),
             ]
         };
         let service = |name: &str, port: u16, extra: Vec<(String, String)>| {

@@ -20,6 +20,22 @@ use tokio_tungstenite::{
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The service credential test servers are given.
+pub const SERVICE_TOKEN: &str = "test-service-token-0123456789abcdef0123";
+
+/// A tonic interceptor that presents [`SERVICE_TOKEN`], as an internal
+/// backend does.
+pub fn with_token(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let value = format!("Bearer {SERVICE_TOKEN}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+/// A connected channel to a gRPC address.
+pub async fn channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(url.to_string()).unwrap().connect().await.unwrap()
+}
+
 /// A running `tern` process.
 pub struct Server {
     pub port: u16,
