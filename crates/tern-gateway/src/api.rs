@@ -36,6 +36,40 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// The client's address: the peer, or the first `X-Forwarded-For` entry when
+/// the gateway is configured to trust its load balancer.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// Middleware on every route: works out the client IP (kept in the
+/// request's extensions for handlers) and applies the per-IP rate limit.
+pub async fn client_ip_and_rate(
+    State(state): State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let forwarded = state.settings.limits.trust_forwarded_for.then(|| {
+        request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|ip| ip.trim().parse().ok())
+    });
+    let ip = forwarded.flatten().unwrap_or(peer);
+    if !state.limits.http(ip) {
+        return ApiError::new(ErrorCode::RateLimited, "too many requests; slow down")
+            .into_response();
+    }
+    request.extensions_mut().insert(ClientIp(ip));
+    next.run(request).await
+}
+
 /// The authenticated caller of a route.
 pub struct Caller(pub u64);
 
@@ -89,8 +123,19 @@ fn token_body(pair: TokenPair) -> Json<Value> {
     }))
 }
 
-pub async fn login(State(state): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn login(
+    State(state): State<AppState>,
+    ip: Option<axum::Extension<ClientIp>>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let Credentials { username, password } = body(&bytes)?;
+    let ip = ip.map(|e| e.0.0).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    if !state.limits.login(&username, ip) {
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many login attempts; wait a minute",
+        ));
+    }
     let pair =
         state.services.auth.clone().login(LoginRequest { username, password }).await?.into_inner();
     Ok(token_body(pair))

@@ -10,6 +10,7 @@
 mod api;
 mod error;
 mod frames;
+mod limits;
 mod pusher;
 mod registry;
 mod stats;
@@ -32,6 +33,7 @@ use tern_runtime::grpc::GrpcChannel;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+pub use limits::LimitSettings;
 pub use pusher::close as close_codes;
 
 /// Settings of a gateway node (`TERN__GATEWAY__*`).
@@ -56,6 +58,12 @@ pub struct Settings {
     /// On SIGTERM, how long `/ready` fails while the node still serves,
     /// before it stops accepting and closes sockets (load balancer drain).
     pub drain_secs: u64,
+    /// Browser origins allowed to open WebSockets, comma separated, e.g.
+    /// `https://chat.example.com`. Empty allows any (development). Clients
+    /// that send no `Origin` (native apps) are always allowed.
+    pub allowed_origins: String,
+    /// Abuse limits.
+    pub limits: LimitSettings,
 }
 
 impl Default for Settings {
@@ -68,6 +76,8 @@ impl Default for Settings {
             sync_page: 200,
             shutdown_grace_secs: 10,
             drain_secs: 0,
+            allowed_origins: String::new(),
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -115,17 +125,19 @@ pub struct AppState {
     tracker: TaskTracker,
     /// Cancelled when shutdown starts; `/ready` then fails.
     draining: CancellationToken,
+    limits: Arc<limits::Limits>,
 }
 
 impl AppState {
     pub fn new(settings: Settings, services: Services) -> Self {
         Self {
-            settings: Arc::new(settings),
             services,
             registry: Arc::default(),
             stats: Arc::default(),
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
+            limits: limits::Limits::new(settings.limits.clone()),
+            settings: Arc::new(settings),
         }
     }
 }
@@ -152,6 +164,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/conversations/{conversation_id}/messages", get(api::history))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), api::client_ip_and_rate))
         .with_state(state)
 }
 
@@ -196,7 +209,8 @@ pub async fn run(
     let draining = state.draining.clone();
     let registry = state.registry.clone();
     let drain = Duration::from_secs(state.settings.drain_secs);
-    axum::serve(listener, app(state.clone()))
+    let make = app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, make)
         .with_graceful_shutdown(async move {
             shutdown.cancelled().await;
             // Fail readiness first and keep serving for a moment, so the

@@ -54,6 +54,9 @@ pub async fn upgrade(
     let Ok(Query(query)) = query else {
         return ApiError::bad_request("malformed query string").into_response();
     };
+    if !origin_allowed(&state.settings.allowed_origins, &headers) {
+        return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
+    }
     let Some(token) = query.token.as_deref().or_else(|| bearer(&headers)) else {
         return ApiError::new(ErrorCode::Unauthenticated, "missing token").into_response();
     };
@@ -67,6 +70,10 @@ pub async fn upgrade(
         Ok(r) => r.into_inner(),
         Err(status) => return ApiError::from(status).into_response(),
     };
+    if !state.limits.connect(identity.user_id) {
+        return ApiError::new(ErrorCode::RateLimited, "too many connections; wait a minute")
+            .into_response();
+    }
     let Ok(upgrade) = upgrade else {
         return ApiError::bad_request("expected a WebSocket upgrade (version 13)").into_response();
     };
@@ -81,6 +88,16 @@ pub async fn upgrade(
         }
     });
     response.into_response()
+}
+
+/// Whether a browser `Origin` may open a socket. No allowlist means any;
+/// no `Origin` header means a non-browser client, which CORS-style checks
+/// do not concern.
+fn origin_allowed(allowed: &str, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let allowed: Vec<&str> = allowed.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+    allowed.is_empty()
+        || origin.to_str().is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)))
 }
 
 /// Runs one session from upgrade to close.
@@ -315,6 +332,14 @@ impl Reader<'_> {
         content: String,
         client_msg_id: Option<String>,
     ) -> Result<Outbound, String> {
+        if !self.state.limits.message(self.user) {
+            let error = FrameError {
+                code: ErrorCode::RateLimited,
+                message: "sending too fast; retry with the same client_msg_id".into(),
+                client_msg_id,
+            };
+            return Err(frames::error(&error));
+        }
         self.state.stats.messages_in.fetch_add(1, Relaxed);
         metrics::counter!("tern_gateway_messages_in_total").increment(1);
         let started = std::time::Instant::now();

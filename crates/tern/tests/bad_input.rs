@@ -193,3 +193,84 @@ async fn bad_tokens_are_refused_with_401_before_the_upgrade() {
     let (status, body) = s.get("/api/groups", Some(&expired)).await;
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")));
 }
+
+#[tokio::test]
+async fn senders_over_the_rate_get_rate_limited_and_lose_nothing_acked() {
+    let s =
+        Server::start_with(&[("TERN__GATEWAY__LIMITS__MESSAGES_PER_USER_PER_SECOND", "5")]).await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut a = s.connect(&alice).await;
+    // Fire 30 sends without waiting; a burst of 10 fits, the rest may not.
+    for i in 0..30 {
+        a.send(json!({ "type": 1, "to": bob.id, "content": { "text": format!("m{i}") }, "client_msg_id": format!("c{i}") })).await;
+    }
+    let (mut acked, mut limited) = (Vec::new(), 0);
+    for _ in 0..30 {
+        let answer = a.recv().await;
+        match answer["type"].as_i64() {
+            Some(30) => acked.push(answer["client_msg_id"].as_str().unwrap().to_string()),
+            Some(3) => {
+                assert_eq!(answer["code"], "rate_limited", "{answer}");
+                assert_eq!(answer["retryable"], true);
+                assert!(answer["client_msg_id"].as_str().is_some());
+                limited += 1;
+            }
+            _ => panic!("unexpected {answer}"),
+        }
+    }
+    assert!(limited > 0, "the limit applied");
+    assert!(acked.len() >= 10, "the burst went through: {}", acked.len());
+    // Exactly the acknowledged messages reach bob, in order.
+    let mut b = s.connect(&bob).await;
+    let got = b.deliveries(acked.len()).await;
+    let got_ids: Vec<String> =
+        got.iter().map(|f| f["content"]["text"].as_str().unwrap().replacen('m', "c", 1)).collect();
+    assert_eq!(got_ids, acked);
+    b.quiet(300).await;
+}
+
+#[tokio::test]
+async fn login_guessing_is_rate_limited_per_username() {
+    let s = Server::start_with(&[("TERN__GATEWAY__LIMITS__LOGINS_PER_USER_PER_MINUTE", "3")]).await;
+    s.user("alice").await; // one login used
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let (status, _) = s
+            .post("/api/login", None, json!({ "username": "alice", "password": "wrong password" }))
+            .await;
+        codes.push(status);
+    }
+    assert_eq!(codes, [401, 401, 429, 429], "the fourth attempt in a minute is refused");
+    let (status, body) = s
+        .post("/api/login", None, json!({ "username": "alice", "password": "correct horse" }))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("rate_limited")),
+        "even the right password waits"
+    );
+    // Other users are unaffected.
+    s.user("bob").await;
+}
+
+#[tokio::test]
+async fn origins_outside_the_allowlist_are_refused_at_the_upgrade() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let s =
+        Server::start_with(&[("TERN__GATEWAY__ALLOWED_ORIGINS", "https://chat.example.com")]).await;
+    let alice = s.user("alice").await;
+    let with_origin = |origin: &str| {
+        let mut request = s.ws_url(&alice.token).into_client_request().unwrap();
+        request.headers_mut().insert("origin", origin.parse().unwrap());
+        request
+    };
+    match tokio_tungstenite::connect_async(with_origin("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(
+        tokio_tungstenite::connect_async(with_origin("https://chat.example.com")).await.is_ok()
+    );
+    // No Origin at all: a native client.
+    assert!(tokio_tungstenite::connect_async(s.ws_url(&alice.token)).await.is_ok());
+}
