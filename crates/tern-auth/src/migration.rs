@@ -6,7 +6,7 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateUsers)]
+        vec![Box::new(CreateUsers), Box::new(AddRevocation)]
     }
 
     // Services may share one database; each keeps its own migration log.
@@ -27,6 +27,7 @@ enum Users {
     Username,
     PasswordHash,
     CreatedAt,
+    TokensValidAfter,
 }
 
 #[derive(DeriveIden)]
@@ -36,6 +37,7 @@ enum RefreshTokens {
     UserId,
     ExpiresAt,
     Revoked,
+    Family,
 }
 
 struct CreateUsers;
@@ -72,6 +74,39 @@ impl MigrationTrait for CreateUsers {
                     .col(big_integer(RefreshTokens::UserId))
                     .col(big_integer(RefreshTokens::ExpiresAt))
                     .col(boolean(RefreshTokens::Revoked))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Refresh-token families (reuse detection) and per-user access-token
+/// revocation (logout).
+struct AddRevocation;
+
+impl MigrationName for AddRevocation {
+    fn name(&self) -> &str {
+        "m0002_add_revocation"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddRevocation {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One change per statement: SQLite allows no more.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(RefreshTokens::Table)
+                    .add_column(string_len(RefreshTokens::Family, 36).default(""))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Users::Table)
+                    .add_column(big_integer(Users::TokensValidAfter).default(0))
                     .to_owned(),
             )
             .await

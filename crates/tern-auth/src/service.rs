@@ -7,9 +7,9 @@ use crate::{
 };
 use std::sync::Arc;
 use tern_proto::pb::auth::{
-    FindUserRequest, GetUsersRequest, GetUsersResponse, LoginRequest, RefreshRequest,
-    RegisterRequest, RegisterResponse, TokenPair, User, VerifyTokenRequest, VerifyTokenResponse,
-    auth_service_server::AuthService,
+    FindUserRequest, GetUsersRequest, GetUsersResponse, LoginRequest, LogoutRequest,
+    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair, User,
+    VerifyTokenRequest, VerifyTokenResponse, auth_service_server::AuthService,
 };
 use tonic::{Request, Response, Status};
 
@@ -46,9 +46,16 @@ impl Auth {
         })
     }
 
-    async fn issue_pair(&self, user: &users::Model) -> Result<TokenPair, AuthError> {
+    /// A new token pair; `family` ties the refresh token to its login (a new
+    /// one for a login, the old one's for a refresh).
+    async fn issue_pair(
+        &self,
+        user: &users::Model,
+        family: String,
+    ) -> Result<TokenPair, AuthError> {
         let (refresh_token, hash) = new_refresh_token();
-        self.store.store_refresh(hash, user.id, now_secs() + self.keys.refresh_ttl as i64).await?;
+        let expires = now_secs() + self.keys.refresh_ttl as i64;
+        self.store.store_refresh(hash, user.id, expires, family).await?;
         Ok(TokenPair {
             access_token: self.keys.issue_access(user.id as u64),
             expires_in: self.keys.access_ttl,
@@ -131,7 +138,9 @@ impl AuthService for Auth {
         };
         let valid = blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await?;
         match user {
-            Some(user) if valid => Ok(Response::new(self.issue_pair(&user).await?)),
+            Some(user) if valid => {
+                Ok(Response::new(self.issue_pair(&user, uuid::Uuid::now_v7().to_string()).await?))
+            }
             _ => Err(AuthError::BadCredentials.into()),
         }
     }
@@ -141,14 +150,42 @@ impl AuthService for Auth {
         request: Request<RefreshRequest>,
     ) -> Result<Response<TokenPair>, Status> {
         let token = request.into_inner().refresh_token;
-        let user_id = self
+        let hash = hash_refresh_token(&token);
+        let row = self.store.refresh_row(&hash).await?.ok_or(AuthError::BadCredentials)?;
+        if row.expires_at <= now_secs() {
+            return Err(AuthError::BadCredentials.into());
+        }
+        // A spent token coming back means two parties hold it: end the
+        // whole login, so the thief's newer tokens die with the owner's.
+        if row.revoked || !self.store.spend_refresh(&hash).await? {
+            tracing::warn!(user_id = row.user_id, "refresh token reused; revoking its login");
+            self.store.revoke_family(&row.family).await?;
+            return Err(AuthError::BadCredentials.into());
+        }
+        let user = self
             .store
-            .consume_refresh(&hash_refresh_token(&token))
+            .users_by_ids(&[row.user_id])
             .await?
+            .pop()
             .ok_or(AuthError::BadCredentials)?;
-        let user =
-            self.store.users_by_ids(&[user_id]).await?.pop().ok_or(AuthError::BadCredentials)?;
-        Ok(Response::new(self.issue_pair(&user).await?))
+        Ok(Response::new(self.issue_pair(&user, row.family).await?))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutResponse>, Status> {
+        let LogoutRequest { refresh_token, user_id } = request.into_inner();
+        let row = self
+            .store
+            .refresh_row(&hash_refresh_token(&refresh_token))
+            .await?
+            .filter(|row| row.user_id as u64 == user_id)
+            .ok_or(AuthError::BadCredentials)?;
+        self.store.revoke_family(&row.family).await?;
+        self.store.revoke_access_tokens(row.user_id).await?;
+        tracing::info!(user_id, "logged out");
+        Ok(Response::new(LogoutResponse {}))
     }
 
     async fn verify_token(
@@ -156,8 +193,18 @@ impl AuthService for Auth {
         request: Request<VerifyTokenRequest>,
     ) -> Result<Response<VerifyTokenResponse>, Status> {
         let token = request.into_inner().access_token;
-        let (user_id, expires_at) =
+        let (user_id, expires_at, issued_at) =
             self.keys.verify_access(&token).ok_or(AuthError::BadCredentials)?;
+        // Logout refuses every access token issued before it.
+        let user = self
+            .store
+            .users_by_ids(&[user_id as i64])
+            .await?
+            .pop()
+            .ok_or(AuthError::BadCredentials)?;
+        if issued_at < user.tokens_valid_after {
+            return Err(AuthError::BadCredentials.into());
+        }
         Ok(Response::new(VerifyTokenResponse { user_id, expires_at }))
     }
 

@@ -18,6 +18,8 @@ pub mod users {
         pub username: String,
         pub password_hash: String,
         pub created_at: i64,
+        /// Access tokens issued before this (Unix milliseconds) are refused.
+        pub tokens_valid_after: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -37,6 +39,8 @@ pub mod refresh_tokens {
         pub user_id: i64,
         pub expires_at: i64,
         pub revoked: bool,
+        /// Every token descended from one login shares its family.
+        pub family: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -66,6 +70,7 @@ impl Store {
             username: Set(username.to_string()),
             password_hash: Set(password_hash),
             created_at: Set(now_secs()),
+            tokens_valid_after: Set(0),
             ..Default::default()
         };
         match users::Entity::insert(row).exec_with_returning(&self.db).await {
@@ -93,36 +98,64 @@ impl Store {
         token_hash: String,
         user_id: i64,
         expires_at: i64,
+        family: String,
     ) -> Result<(), AuthError> {
         let row = refresh_tokens::ActiveModel {
             token_hash: Set(token_hash),
             user_id: Set(user_id),
             expires_at: Set(expires_at),
             revoked: Set(false),
+            family: Set(family),
         };
         refresh_tokens::Entity::insert(row).exec(&self.db).await?;
         Ok(())
     }
 
-    /// Revokes a live refresh token and returns its user. Only one caller
-    /// can win for a given token: the update is conditional on `revoked = false`.
-    pub async fn consume_refresh(&self, token_hash: &str) -> Result<Option<i64>, AuthError> {
-        let Some(row) =
-            refresh_tokens::Entity::find_by_id(token_hash.to_string()).one(&self.db).await?
-        else {
-            return Ok(None);
-        };
-        if row.revoked || row.expires_at <= now_secs() {
-            return Ok(None);
-        }
+    pub async fn refresh_row(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<refresh_tokens::Model>, AuthError> {
+        Ok(refresh_tokens::Entity::find_by_id(token_hash.to_string()).one(&self.db).await?)
+    }
+
+    /// Spends a live refresh token. Only one caller can win for a given
+    /// token: the update is conditional on `revoked = false`.
+    pub async fn spend_refresh(&self, token_hash: &str) -> Result<bool, AuthError> {
         let updated = refresh_tokens::Entity::update_many()
             .col_expr(refresh_tokens::Column::Revoked, Expr::value(true))
             .filter(refresh_tokens::Column::TokenHash.eq(token_hash))
             .filter(refresh_tokens::Column::Revoked.eq(false))
             .exec(&self.db)
             .await?;
-        Ok((updated.rows_affected == 1).then_some(row.user_id))
+        Ok(updated.rows_affected == 1)
     }
+
+    /// Revokes every refresh token of a login.
+    pub async fn revoke_family(&self, family: &str) -> Result<(), AuthError> {
+        refresh_tokens::Entity::update_many()
+            .col_expr(refresh_tokens::Column::Revoked, Expr::value(true))
+            .filter(refresh_tokens::Column::Family.eq(family))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Refuses the user's access tokens issued up to now.
+    pub async fn revoke_access_tokens(&self, user_id: i64) -> Result<(), AuthError> {
+        users::Entity::update_many()
+            .col_expr(users::Column::TokensValidAfter, Expr::value(now_ms()))
+            .filter(users::Column::Id.eq(user_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 pub fn now_secs() -> i64 {

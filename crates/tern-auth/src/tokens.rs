@@ -1,6 +1,9 @@
 //! Access tokens (HS256 JWT) and refresh tokens (random, stored hashed).
 
-use crate::{JwtSettings, store::now_secs};
+use crate::{
+    JwtSettings,
+    store::{now_ms, now_secs},
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -18,6 +21,9 @@ struct Claims {
     exp: i64,
     /// Token kind; only `access` is accepted where an access token is expected.
     typ: String,
+    /// Issue time in milliseconds, so a logout can refuse exactly the tokens
+    /// issued before it (`iat` has only second precision).
+    iat_ms: i64,
     /// Unique id, so two tokens issued in the same second differ.
     jti: String,
 }
@@ -65,19 +71,21 @@ impl TokenKeys {
             nbf: now,
             exp: now + self.access_ttl as i64,
             typ: "access".into(),
+            iat_ms: now_ms(),
             jti: uuid::Uuid::now_v7().to_string(),
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with an in-memory key cannot fail")
     }
 
-    /// The user id and expiry of a valid access token.
-    pub fn verify_access(&self, token: &str) -> Option<(u64, i64)> {
+    /// The user id, expiry (Unix s) and issue time (Unix ms) of a valid
+    /// access token.
+    pub fn verify_access(&self, token: &str) -> Option<(u64, i64, i64)> {
         let data = decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         if data.claims.typ != "access" {
             return None;
         }
-        Some((data.claims.sub.parse().ok()?, data.claims.exp))
+        Some((data.claims.sub.parse().ok()?, data.claims.exp, data.claims.iat_ms))
     }
 }
 
@@ -108,7 +116,7 @@ mod tests {
     fn round_trip() {
         let k = keys("0123456789abcdef0123456789abcdef");
         let token = k.issue_access(42);
-        assert_eq!(k.verify_access(&token).map(|(u, _)| u), Some(42));
+        assert_eq!(k.verify_access(&token).map(|(u, _, _)| u), Some(42));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use tern_proto::{
     ErrorCode, conversation, error_code_of,
     pb::{
         auth::{
-            FindUserRequest, GetUsersRequest, LoginRequest, RefreshRequest, RegisterRequest,
-            TokenPair, VerifyTokenRequest,
+            FindUserRequest, GetUsersRequest, LoginRequest, LogoutRequest, RefreshRequest,
+            RegisterRequest, TokenPair, VerifyTokenRequest,
         },
         group::{
             CreateGroupRequest, GetGroupRequest, Group, JoinGroupRequest, LeaveGroupRequest,
@@ -151,6 +151,31 @@ pub async fn refresh(State(state): State<AppState>, bytes: Bytes) -> Result<Json
     let pair =
         state.services.auth.clone().refresh(RefreshRequest { refresh_token }).await?.into_inner();
     Ok(token_body(pair))
+}
+
+/// `POST /api/logout` `{refresh_token}`: ends the login. The user's access
+/// tokens issued so far stop working and their open sockets are closed
+/// (type 100) on every node.
+pub async fn logout(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let RefreshBody { refresh_token } = body(&bytes)?;
+    state.services.auth.clone().logout(LogoutRequest { refresh_token, user_id }).await?;
+    let reason = "logged out".to_string();
+    if let Some(session) = state.registry.get(user_id) {
+        session.kick(reason.clone());
+    }
+    if let Ok(nodes) = state.services.presence.locate(&[user_id]).await {
+        for node in nodes.into_keys().filter(|n| *n != state.settings.node_id) {
+            let kick =
+                tern_bus::Kick { user_id, keep_session_id: String::new(), reason: reason.clone() };
+            let event = tern_bus::BusEvent { event: Some(tern_bus::Event::Kick(kick)) };
+            let _ = state.services.bus.publish(&node, event).await;
+        }
+    }
+    Ok(Json(json!({ "status": "logged out" })))
 }
 
 /// `GET /api/users/{username}`: find someone to start a chat with.

@@ -154,6 +154,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/register", post(api::register))
         .route("/api/login", post(api::login))
         .route("/api/refresh", post(api::refresh))
+        .route("/api/logout", post(api::logout))
         .route("/api/users", get(api::users))
         .route("/api/users/{username}", get(api::find_user))
         .route("/api/groups", post(api::create_group).get(api::list_groups))

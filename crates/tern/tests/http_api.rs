@@ -3,6 +3,7 @@
 mod common;
 
 use common::Server;
+
 use serde_json::json;
 
 #[tokio::test]
@@ -166,4 +167,68 @@ async fn the_demo_page_is_served_at_the_root() {
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let page = r.text().await.unwrap();
     assert!(page.contains("new WebSocket("), "the page speaks the WebSocket protocol");
+}
+
+#[tokio::test]
+async fn a_reused_refresh_token_ends_the_whole_login() {
+    let s = Server::start().await;
+    s.user("alice").await;
+    let (_, login) = s
+        .post("/api/login", None, json!({ "username": "alice", "password": "correct horse" }))
+        .await;
+    let first = login["refresh_token"].as_str().unwrap().to_string();
+    let (status, second) = s.post("/api/refresh", None, json!({ "refresh_token": first })).await;
+    assert_eq!(status, 200);
+    let second = second["refresh_token"].as_str().unwrap().to_string();
+    // The spent token comes back (a thief, or the owner after theft) ...
+    let (status, _) = s.post("/api/refresh", None, json!({ "refresh_token": first })).await;
+    assert_eq!(status, 401);
+    // ... and the newer token of the same login is dead too.
+    let (status, _) = s.post("/api/refresh", None, json!({ "refresh_token": second })).await;
+    assert_eq!(status, 401);
+    // Another login of the same user is unaffected.
+    let (_, other) = s
+        .post("/api/login", None, json!({ "username": "alice", "password": "correct horse" }))
+        .await;
+    let (status, _) =
+        s.post("/api/refresh", None, json!({ "refresh_token": other["refresh_token"] })).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn logout_revokes_tokens_and_closes_sockets() {
+    let s = Server::start().await;
+    let alice = s.user("alice").await;
+    let eve = s.user("eve").await;
+    let (_, login) = s
+        .post("/api/login", None, json!({ "username": "alice", "password": "correct horse" }))
+        .await;
+    let token = login["token"].as_str().unwrap().to_string();
+    let refresh = login["refresh_token"].as_str().unwrap().to_string();
+    let mut socket = s.connect(&common::User { id: alice.id, token: token.clone() }).await;
+    socket.send(json!({ "type": 99 })).await;
+    assert_eq!(socket.recv().await["type"], 99);
+
+    // Someone else cannot end alice's login with her refresh token.
+    let (status, _) =
+        s.post("/api/logout", Some(&eve.token), json!({ "refresh_token": refresh })).await;
+    assert_eq!(status, 401);
+
+    let (status, body) =
+        s.post("/api/logout", Some(&token), json!({ "refresh_token": refresh })).await;
+    assert_eq!(status, 200, "{body}");
+    let kicked = socket.recv().await;
+    assert_eq!(
+        (kicked["type"].as_i64(), kicked["content"]["reason"].as_str()),
+        (Some(100), Some("logged out"))
+    );
+    assert_eq!(socket.closed().await.code, 4001);
+    // Old access tokens, the refresh token, and new sockets are refused.
+    assert_eq!(s.get("/api/groups", Some(&token)).await.0, 401);
+    assert_eq!(s.get("/api/groups", Some(&alice.token)).await.0, 401);
+    assert_eq!(s.post("/api/refresh", None, json!({ "refresh_token": refresh })).await.0, 401);
+    assert!(tokio_tungstenite::connect_async(s.ws_url(&token)).await.is_err());
+    // Logging in again works at once.
+    let again = s.login("alice").await;
+    assert_eq!(s.get("/api/groups", Some(&again.token)).await.0, 200);
 }

@@ -168,6 +168,10 @@ impl Server {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if self.env.iter().any(|(k, _)| k == "CAPTURE_LOGS") {
+            let file = std::fs::File::create(self.log_path()).unwrap();
+            cmd.stderr(file.try_clone().unwrap()).stdout(file);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -209,6 +213,11 @@ impl Server {
 
     pub fn ws_url(&self, token: &str) -> String {
         format!("ws://127.0.0.1:{}/ws?token={token}", self.port)
+    }
+
+    /// Where the process's output goes when started with `CAPTURE_LOGS`.
+    pub fn log_path(&self) -> PathBuf {
+        self.data.path().join("tern.log")
     }
 
     pub fn data_path(&self) -> PathBuf {
