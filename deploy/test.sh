@@ -31,6 +31,9 @@ TERN_TEST_DATABASE=mysql cargo test -p tern --tests --locked
 echo "== test (PostgreSQL)"
 TERN_TEST_DATABASE=postgres cargo test -p tern --tests --locked
 
+echo "== WebSocket conformance (Autobahn cases)"
+deploy/autobahn.sh
+
 echo "== local cluster script"
 trap 'deploy/local-cluster.sh down >/dev/null 2>&1 || true' EXIT
 TERN_PROFILE=debug deploy/local-cluster.sh up

@@ -22,7 +22,9 @@ struct Claims {
     /// Token kind; only `access` is accepted where an access token is expected.
     typ: String,
     /// Issue time in milliseconds, so a logout can refuse exactly the tokens
-    /// issued before it (`iat` has only second precision).
+    /// issued before it (`iat` has only second precision). Tokens without
+    /// it count from the start of their `iat` second.
+    #[serde(default)]
     iat_ms: i64,
     /// Unique id, so two tokens issued in the same second differ.
     jti: String,
@@ -85,7 +87,9 @@ impl TokenKeys {
         if data.claims.typ != "access" {
             return None;
         }
-        Some((data.claims.sub.parse().ok()?, data.claims.exp, data.claims.iat_ms))
+        let issued_ms =
+            if data.claims.iat_ms > 0 { data.claims.iat_ms } else { data.claims.iat * 1000 };
+        Some((data.claims.sub.parse().ok()?, data.claims.exp, issued_ms))
     }
 }
 

@@ -12,6 +12,7 @@ mod error;
 mod frames;
 mod limits;
 mod pusher;
+mod reader;
 mod registry;
 mod stats;
 mod ws;
@@ -64,6 +65,9 @@ pub struct Settings {
     pub allowed_origins: String,
     /// Abuse limits.
     pub limits: LimitSettings,
+    /// Serve `/ws/echo`, an unauthenticated echo over the gateway's own
+    /// frame stack, for WebSocket conformance runs. Never in production.
+    pub echo_endpoint: bool,
 }
 
 impl Default for Settings {
@@ -78,6 +82,7 @@ impl Default for Settings {
             drain_secs: 0,
             allowed_origins: String::new(),
             limits: LimitSettings::default(),
+            echo_endpoint: false,
         }
     }
 }
@@ -112,6 +117,8 @@ pub enum Outbound {
     /// Live messages may have been missed: read storage for everything
     /// beyond what was pushed.
     Resync,
+    /// A message sent back unchanged (the conformance echo endpoint only).
+    Echo { binary: bool, data: Vec<u8> },
 }
 
 /// Shared by every handler of a node.
@@ -147,6 +154,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(web::index))
         .route("/ws", get(ws::upgrade))
+        .route("/ws/echo", get(ws::echo))
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/stats", get(api::stats))

@@ -150,6 +150,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             }
             Outbound::Deliver(message) => self.deliver(&message).await?,
             Outbound::Resync => self.needs_resync.store(true, Relaxed),
+            Outbound::Echo { .. } => {}
             Outbound::Pong(payload) => self.write(Frame::pong(Payload::Owned(payload))).await?,
             Outbound::Close(code, reason) => {
                 self.close(code, reason).await?;

@@ -6,7 +6,8 @@ use crate::{
     AppState, Outbound,
     error::ApiError,
     frames::{self, ClientFrame, FrameError, SendTarget},
-    pusher::{Pusher, close},
+    pusher::Pusher,
+    reader::{self, FrameLimits},
     registry::SessionHandle,
 };
 use axum::{
@@ -14,7 +15,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead, upgrade::IncomingUpgrade};
+use fastwebsockets::{Frame, Payload, WebSocketRead, upgrade::IncomingUpgrade};
 use serde::Deserialize;
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -88,6 +89,75 @@ pub async fn upgrade(
         }
     });
     response.into_response()
+}
+
+/// Largest message the echo endpoint takes: the conformance suite sends
+/// up to 16 MiB.
+const ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024 + 1024;
+
+/// `GET /ws/echo`, only with `echo_endpoint`: echoes every message through
+/// the same frame stack as `/ws` (with a larger size limit), for WebSocket
+/// conformance runs. Unauthenticated, so off by default.
+pub async fn echo(
+    State(state): State<AppState>,
+    upgrade: Result<IncomingUpgrade, StatusCode>,
+) -> Response {
+    if !state.settings.echo_endpoint {
+        return ApiError::new(ErrorCode::NotFound, "no such route").into_response();
+    }
+    let Ok(Ok((response, socket))) = upgrade.map(IncomingUpgrade::upgrade) else {
+        return ApiError::bad_request("expected a WebSocket upgrade (version 13)").into_response();
+    };
+    let idle = Duration::from_secs(state.settings.idle_timeout_secs);
+    state.tracker.spawn(async move {
+        if let Ok(ws) = socket.await {
+            serve_echo(ws, idle).await;
+        }
+    });
+    response.into_response()
+}
+
+async fn serve_echo<S>(mut ws: fastwebsockets::WebSocket<S>, idle: Duration)
+where
+    S: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    ws.set_auto_close(false);
+    ws.set_auto_pong(false);
+    ws.set_max_message_size(ECHO_MAX_MESSAGE + 1);
+    let (read, mut write) = ws.split(|s| {
+        let (r, w) = tokio::io::split(s);
+        (r, tokio::io::BufWriter::new(w))
+    });
+    let (tx, mut rx) = mpsc::channel::<Outbound>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            let frame = match item {
+                Outbound::Echo { binary: true, data } => Frame::binary(Payload::Owned(data)),
+                Outbound::Echo { binary: false, data } => Frame::text(Payload::Owned(data)),
+                Outbound::Pong(payload) => Frame::pong(Payload::Owned(payload)),
+                Outbound::Close(code, reason) => {
+                    let _ = write.write_frame(Frame::close(code, reason.as_bytes())).await;
+                    let _ = write.flush().await;
+                    return;
+                }
+                _ => continue,
+            };
+            if write.write_frame(frame).await.is_err() {
+                return;
+            }
+            if rx.is_empty() && write.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let limits = FrameLimits { idle, max_message: ECHO_MAX_MESSAGE };
+    reader::read_messages(read, limits, &tx, |m| {
+        let tx = tx.clone();
+        async move { tx.send(Outbound::Echo { binary: m.binary, data: m.data }).await.is_ok() }
+    })
+    .await;
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
 /// Whether a browser `Origin` may open a socket. No allowlist means any;
@@ -205,74 +275,12 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    async fn run<R: AsyncRead + Unpin>(&self, mut read: WebSocketRead<R>) {
-        let idle = Duration::from_secs(self.state.settings.idle_timeout_secs);
-        let max = self.state.settings.max_message_bytes;
-        // Frames of a fragmented message, until its final frame arrives.
-        let mut partial: Option<(OpCode, Vec<u8>)> = None;
-        let mut obligated = |_: Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
-        loop {
-            let frame = match tokio::time::timeout(idle, read.read_frame(&mut obligated)).await {
-                Err(_) => return self.close(close::NORMAL, "idle timeout").await,
-                Ok(Err(WebSocketError::FrameTooLarge)) => {
-                    return self.close(close::TOO_BIG, "message too big").await;
-                }
-                Ok(Err(WebSocketError::InvalidUTF8)) => {
-                    return self.close(close::INVALID_DATA, "text frame is not UTF-8").await;
-                }
-                Ok(Err(
-                    WebSocketError::ConnectionClosed
-                    | WebSocketError::UnexpectedEOF
-                    | WebSocketError::IoError(_),
-                )) => return,
-                Ok(Err(error)) => {
-                    tracing::debug!(user_id = self.user, %error, "protocol error");
-                    return self.close(close::PROTOCOL_ERROR, "protocol error").await;
-                }
-                Ok(Ok(frame)) => frame,
-            };
-            let (opcode, fin) = (frame.opcode, frame.fin);
-            match opcode {
-                OpCode::Text | OpCode::Binary if partial.is_some() => {
-                    return self
-                        .close(close::PROTOCOL_ERROR, "expected a continuation frame")
-                        .await;
-                }
-                OpCode::Text | OpCode::Binary if fin => {
-                    if !self.message(opcode, frame.payload.to_vec()).await {
-                        return;
-                    }
-                }
-                OpCode::Text | OpCode::Binary => partial = Some((opcode, frame.payload.to_vec())),
-                OpCode::Continuation => {
-                    let Some((first, mut data)) = partial.take() else {
-                        return self
-                            .close(close::PROTOCOL_ERROR, "unexpected continuation frame")
-                            .await;
-                    };
-                    if data.len() + frame.payload.len() > max {
-                        return self.close(close::TOO_BIG, "message too big").await;
-                    }
-                    data.extend_from_slice(&frame.payload);
-                    if !fin {
-                        partial = Some((first, data));
-                    } else if !self.message(first, data).await {
-                        return;
-                    }
-                }
-                OpCode::Ping => {
-                    if self.tx.send(Outbound::Pong(frame.payload.to_vec())).await.is_err() {
-                        return;
-                    }
-                }
-                OpCode::Pong => {}
-                OpCode::Close => return self.close(close::NORMAL, "bye").await,
-            }
-        }
-    }
-
-    async fn close(&self, code: u16, reason: &'static str) {
-        let _ = self.tx.send(Outbound::Close(code, reason)).await;
+    async fn run<R: AsyncRead + Unpin>(&self, read: WebSocketRead<R>) {
+        let limits = FrameLimits {
+            idle: Duration::from_secs(self.state.settings.idle_timeout_secs),
+            max_message: self.state.settings.max_message_bytes,
+        };
+        reader::read_messages(read, limits, &self.tx, |m| self.message(m)).await;
     }
 
     async fn reply(&self, text: String) -> bool {
@@ -280,12 +288,9 @@ impl Reader<'_> {
     }
 
     /// Handles one whole message; `false` ends the session.
-    async fn message(&self, opcode: OpCode, data: Vec<u8>) -> bool {
-        if data.len() > self.state.settings.max_message_bytes {
-            self.close(close::TOO_BIG, "message too big").await;
-            return false;
-        }
-        if opcode == OpCode::Binary {
+    async fn message(&self, message: reader::Message) -> bool {
+        let reader::Message { binary, data } = message;
+        if binary {
             let error = FrameError {
                 code: ErrorCode::MalformedFrame,
                 message: "binary frames are not supported; send JSON text".into(),
@@ -294,8 +299,7 @@ impl Reader<'_> {
             return self.reply(frames::error(&error)).await;
         }
         let Ok(text) = std::str::from_utf8(&data) else {
-            self.close(close::INVALID_DATA, "text frame is not UTF-8").await;
-            return false;
+            return false; // The reader lets only UTF-8 text through.
         };
         let answer = match frames::parse(text) {
             Ok(ClientFrame::Heartbeat) => {

@@ -147,6 +147,8 @@ async fn health_stats_and_unknown_routes() {
     assert_eq!(stats["connections"], 0);
     let (status, body) = s.get("/api/nope", None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    // The conformance echo endpoint is off unless configured.
+    assert_eq!(s.get("/ws/echo", None).await.0, 404);
     // Wrong method, malformed path id or query: still our error shape.
     let (status, body) = s.get("/api/register", None).await;
     assert_eq!((status, body["error"]["code"].as_str()), (405, Some("bad_request")), "{body}");
