@@ -20,8 +20,8 @@ use tern_proto::{
             RegisterRequest, TokenPair, VerifyTokenRequest,
         },
         group::{
-            CreateGroupRequest, GetGroupRequest, Group, JoinGroupRequest, LeaveGroupRequest,
-            ListUserGroupsRequest,
+            AddMembersRequest, CreateGroupRequest, GetGroupRequest, Group, JoinGroupRequest,
+            LeaveGroupRequest, ListUserGroupsRequest, RemoveMemberRequest,
         },
         message::GetConversationStatesRequest,
         offline::{ListBacklogRequest, PullRequest},
@@ -270,6 +270,35 @@ pub async fn leave_group(
         .await?
         .into_inner();
     Ok(group_body(group))
+}
+
+#[derive(Deserialize)]
+struct NewMembers {
+    member_ids: Vec<u64>,
+}
+
+/// `POST /api/groups/{id}/members` `{member_ids}`: the owner adds members.
+pub async fn add_members(
+    State(state): State<AppState>,
+    Caller(actor_id): Caller,
+    Path(group_id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let group_id = parse_id(&group_id)?;
+    let NewMembers { member_ids } = body(&bytes)?;
+    let request = AddMembersRequest { group_id, user_ids: member_ids, actor_id };
+    Ok(group_body(state.services.group.clone().add_members(request).await?.into_inner()))
+}
+
+/// `DELETE /api/groups/{id}/members/{user_id}`: the owner removes a member.
+pub async fn remove_member(
+    State(state): State<AppState>,
+    Caller(actor_id): Caller,
+    Path((group_id, user_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (group_id, user_id) = (parse_id(&group_id)?, parse_id(&user_id)?);
+    let request = RemoveMemberRequest { group_id, user_id, actor_id };
+    Ok(group_body(state.services.group.clone().remove_member(request).await?.into_inner()))
 }
 
 /// Members are visible to members only.

@@ -168,7 +168,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/groups", post(api::create_group).get(api::list_groups))
         .route("/api/groups/{group_id}/join", post(api::join_group))
         .route("/api/groups/{group_id}/leave", post(api::leave_group))
-        .route("/api/groups/{group_id}/members", get(api::group_members))
+        .route("/api/groups/{group_id}/members", get(api::group_members).post(api::add_members))
+        .route(
+            "/api/groups/{group_id}/members/{user_id}",
+            axum::routing::delete(api::remove_member),
+        )
         .route("/api/conversations", get(api::conversations))
         .route("/api/conversations/{conversation_id}/messages", get(api::history))
         .fallback(api::not_found)

@@ -14,6 +14,9 @@ pub enum GroupError {
     /// Some user ids do not exist.
     #[error("unknown user ids: {0:?}")]
     UnknownUsers(Vec<u64>),
+    /// Only the owner may do this.
+    #[error("only the group's owner can manage its members")]
+    NotOwner,
     /// The owner tried to leave.
     #[error("the owner cannot leave the group")]
     OwnerCannotLeave,
@@ -32,6 +35,9 @@ impl From<GroupError> for tonic::Status {
             GroupError::UnknownGroup => ErrorCode::UnknownGroup.status("no such group"),
             GroupError::UnknownUsers(ids) => {
                 ErrorCode::UnknownUser.status(format!("unknown user ids: {ids:?}"))
+            }
+            GroupError::NotOwner => {
+                ErrorCode::Forbidden.status("only the group's owner can manage its members")
             }
             GroupError::OwnerCannotLeave => {
                 ErrorCode::Forbidden.status("the owner cannot leave the group")

@@ -9,7 +9,7 @@ use tern_proto::{
         group::{
             AddMembersRequest, CreateGroupRequest, GetGroupRequest, Group, IsMemberRequest,
             IsMemberResponse, JoinGroupRequest, LeaveGroupRequest, ListUserGroupsRequest,
-            ListUserGroupsResponse, group_service_server::GroupService,
+            ListUserGroupsResponse, RemoveMemberRequest, group_service_server::GroupService,
         },
         offline::{DropCursorsRequest, InitCursorsRequest},
     },
@@ -113,6 +113,30 @@ impl Groups {
         self.describe(gid).await
     }
 
+    /// Removes `user_id`: by themselves (`actor` None) or by the owner.
+    async fn remove(
+        &self,
+        group_id: u64,
+        user_id: u64,
+        actor: Option<u64>,
+    ) -> Result<Group, GroupError> {
+        let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
+        let group = self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
+        if actor.is_some_and(|a| a != group.owner_id as u64) {
+            return Err(GroupError::NotOwner);
+        }
+        if group.owner_id as u64 == user_id {
+            return Err(GroupError::OwnerCannotLeave);
+        }
+        let uid = to_i64([user_id])?;
+        // The cursor goes first: without it the user can read nothing more
+        // of the group, even if removing the membership then fails (a retry
+        // of this idempotent call finishes the job).
+        self.drop_cursors(group_id, vec![user_id]).await?;
+        self.store.remove_members(gid, &uid).await?;
+        self.describe(gid).await
+    }
+
     async fn drop_cursors(&self, group_id: u64, user_ids: Vec<u64>) -> Result<(), GroupError> {
         self.peers
             .offline
@@ -170,7 +194,14 @@ impl GroupService for Groups {
         &self,
         request: Request<AddMembersRequest>,
     ) -> Result<Response<Group>, Status> {
-        let AddMembersRequest { group_id, user_ids } = request.into_inner();
+        let AddMembersRequest { group_id, user_ids, actor_id } = request.into_inner();
+        if actor_id != 0 {
+            let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
+            let group = self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
+            if group.owner_id as u64 != actor_id {
+                return Err(GroupError::NotOwner.into());
+            }
+        }
         if user_ids.is_empty() {
             return Err(GroupError::Invalid("user_ids must not be empty".into()).into());
         }
@@ -182,18 +213,16 @@ impl GroupService for Groups {
         request: Request<LeaveGroupRequest>,
     ) -> Result<Response<Group>, Status> {
         let LeaveGroupRequest { group_id, user_id } = request.into_inner();
-        let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
-        let group = self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
-        if group.owner_id as u64 == user_id {
-            return Err(GroupError::OwnerCannotLeave.into());
-        }
-        let uid = to_i64([user_id])?;
-        // The cursor goes first: without it the user can read nothing more
-        // of the group, even if removing the membership then fails (a retry
-        // of this idempotent call finishes the job).
-        self.drop_cursors(group_id, vec![user_id]).await?;
-        self.store.remove_members(gid, &uid).await?;
-        Ok(Response::new(self.describe(gid).await?))
+        Ok(Response::new(self.remove(group_id, user_id, None).await?))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<Group>, Status> {
+        let RemoveMemberRequest { group_id, user_id, actor_id } = request.into_inner();
+        let actor = (actor_id != 0).then_some(actor_id);
+        Ok(Response::new(self.remove(group_id, user_id, actor).await?))
     }
 
     async fn get_group(

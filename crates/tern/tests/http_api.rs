@@ -234,3 +234,62 @@ async fn logout_revokes_tokens_and_closes_sockets() {
     let again = s.login("alice").await;
     assert_eq!(s.get("/api/groups", Some(&again.token)).await.0, 200);
 }
+
+#[tokio::test]
+async fn only_the_owner_manages_members() {
+    let s = Server::start().await;
+    let (owner, member, outsider, newcomer) = (
+        s.user("owner").await,
+        s.user("member").await,
+        s.user("outsider").await,
+        s.user("newcomer").await,
+    );
+    let (_, group) = s
+        .post("/api/groups", Some(&owner.token), json!({ "name": "g", "member_ids": [member.id] }))
+        .await;
+    let g = group["group_id"].as_u64().unwrap();
+    let members = format!("/api/groups/{g}/members");
+
+    // Neither a member nor an outsider may add or remove.
+    for who in [&member, &outsider] {
+        let (status, body) =
+            s.post(&members, Some(&who.token), json!({ "member_ids": [newcomer.id] })).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+        let r = s
+            .http
+            .delete(s.url(&format!("{members}/{}", member.id)))
+            .bearer_auth(&who.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+    }
+    // The owner may.
+    let (status, body) =
+        s.post(&members, Some(&owner.token), json!({ "member_ids": [newcomer.id] })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["member_ids"], json!([owner.id, member.id, newcomer.id]));
+    let mut removed = s.connect(&member).await;
+    let r = s
+        .http
+        .delete(s.url(&format!("{members}/{}", member.id)))
+        .bearer_auth(&owner.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // The removed member neither receives nor may send.
+    let mut o = s.connect(&owner).await;
+    assert_eq!(o.send_group(g, "after removal", "1").await["type"], 30);
+    removed.quiet(300).await;
+    assert_eq!(removed.send_group(g, "still here?", "2").await["code"], "not_member");
+    // Nobody removes the owner.
+    let r = s
+        .http
+        .delete(s.url(&format!("{members}/{}", owner.id)))
+        .bearer_auth(&owner.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+}
