@@ -19,3 +19,30 @@ lint:
 # Release build of every binary in the workspace.
 build:
     cargo build --release --workspace
+
+# deploy/local-cluster.sh: four services and two gateways on the local Redis and MariaDB.
+# Start Tern's distributed topology as local processes.
+cluster-up:
+    deploy/local-cluster.sh up
+
+# Stop what `cluster-up` started.
+cluster-down:
+    deploy/local-cluster.sh down
+
+# Build the container image with every binary (needs Docker with BuildKit).
+docker-build:
+    docker build -f deploy/Dockerfile -t tern:latest .
+
+# Load the image into the cluster first (kind load docker-image tern:latest).
+# Deploy Tern with its own MySQL and Redis to namespace tern-dev of the current kubectl context.
+k8s-apply:
+    kubectl apply -k k8s/overlays/dev
+
+# Validate docker-compose.yml, k8s/ and deploy/Dockerfile offline.
+validate-deploy:
+    deploy/validate-deploy.sh
+
+# The bench tool (crate tern-bench) arrives with the benchmark issue; until then this fails.
+# Run every load benchmark.
+bench:
+    cargo run --release -p tern-bench -- all

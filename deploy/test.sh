@@ -31,6 +31,9 @@ TERN_TEST_DATABASE=mysql cargo test -p tern --tests --locked
 echo "== test (PostgreSQL)"
 TERN_TEST_DATABASE=postgres cargo test -p tern --tests --locked
 
+echo "== deployment files (Dockerfile, compose, Kubernetes), offline"
+deploy/validate-deploy.sh
+
 echo "== WebSocket conformance (Autobahn cases)"
 deploy/autobahn.sh
 

@@ -36,7 +36,7 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// The client's address: the peer, or the first `X-Forwarded-For` entry when
+/// The client's address: the peer, or the last `X-Forwarded-For` entry when
 /// the gateway is configured to trust its load balancer.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientIp(pub std::net::IpAddr);
@@ -58,11 +58,15 @@ pub async fn client_ip_and_rate(
             .headers()
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            // The last entry is the one the trusted proxy itself added;
+            // earlier ones are whatever the client sent.
+            .and_then(|v| v.rsplit(',').next())
             .and_then(|ip| ip.trim().parse().ok())
     });
     let ip = forwarded.flatten().unwrap_or(peer);
-    if !state.limits.http(ip) {
+    // Probes and scrapes are never limited: a busy node must not fail them.
+    let probe = matches!(request.uri().path(), "/health" | "/ready" | "/metrics");
+    if !probe && !state.limits.http(ip) {
         return ApiError::new(ErrorCode::RateLimited, "too many requests; slow down")
             .into_response();
     }

@@ -22,8 +22,8 @@ pub struct LimitSettings {
     pub messages_per_user_per_second: u32,
     /// WebSocket connections a user may open per minute.
     pub connects_per_user_per_minute: u32,
-    /// Take the client IP from the first `X-Forwarded-For` entry; only set
-    /// this behind a load balancer that overwrites the header.
+    /// Take the client IP from the last `X-Forwarded-For` entry (the one the
+    /// load balancer adds); only set this behind a load balancer.
     pub trust_forwarded_for: bool,
 }
 
