@@ -37,6 +37,12 @@ deploy/validate-deploy.sh
 echo "== WebSocket conformance (Autobahn cases)"
 deploy/autobahn.sh
 
+echo "== web app in Chromium (Playwright)"
+deploy/web-test.sh
+
+echo "== fuzzing (time-boxed)"
+deploy/fuzz.sh
+
 echo "== local cluster script"
 trap 'deploy/local-cluster.sh down >/dev/null 2>&1 || true' EXIT
 TERN_PROFILE=debug deploy/local-cluster.sh up

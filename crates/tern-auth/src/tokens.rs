@@ -50,7 +50,9 @@ impl TokenKeys {
         validation.set_audience(&[&settings.audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
-        validation.leeway = 5;
+        // No leeway: the gateway closes sockets at `exp` exactly, and a token
+        // accepted after it would be kicked at once.
+        validation.leeway = 0;
         Ok(Self {
             encoding: EncodingKey::from_secret(secret)?,
             decoding: DecodingKey::from_secret(secret)?,

@@ -181,6 +181,23 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Entry points for the fuzz targets in `fuzz/`: the parsers of untrusted
+/// input, and nothing else.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::frames::{ClientFrame, parse as parse_client_frame};
+
+    /// The close code the gateway answers a client's close payload with.
+    pub fn answer_to_close(payload: &[u8]) -> u16 {
+        crate::reader::answer_to_close(payload).0
+    }
+
+    /// Whether `s` is one JSON value.
+    pub fn is_json(s: &str) -> bool {
+        serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok()
+    }
+}
+
 mod web {
     use axum::response::Html;
 

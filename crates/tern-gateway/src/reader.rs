@@ -128,7 +128,7 @@ pub async fn read_messages<R, F, Fut>(
 /// The close frame to answer a client's close with: its own code when it is
 /// a valid one, 1002 for a malformed frame, 1007 for a reason that is not
 /// UTF-8 (RFC 6455 §5.5.1, §7.4).
-fn answer_to_close(payload: &[u8]) -> (u16, &'static str) {
+pub(crate) fn answer_to_close(payload: &[u8]) -> (u16, &'static str) {
     match payload {
         [] => (close::NORMAL, ""),
         [_] => (close::PROTOCOL_ERROR, "malformed close frame"),
