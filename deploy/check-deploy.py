@@ -48,19 +48,55 @@ def _structs(crate, main):
     return out
 
 
+def _fields(body):
+    """(field, type, flattened) for each field of a struct body."""
+    fields, flatten = [], False
+    for line in body.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#["):
+            flatten = flatten or "serde(flatten)" in stripped
+            continue
+        if stripped.startswith("//") or not stripped:
+            continue
+        m = FIELD.match(line)
+        if m:
+            fields.append((m.group(1), m.group(2), flatten))
+        flatten = False
+    return fields
+
+
+def _resolve(crate, typ):
+    """The (crate, struct) a field type names, when it is a settings struct."""
+    *path_parts, last = typ.replace(" ", "").split("::")
+    if path_parts and path_parts[0] == "tern_runtime":
+        target = "tern-runtime"
+    else:
+        target = path_parts[0].replace("_", "-") if path_parts else crate
+    if os.path.isdir(os.path.join(ROOT, "crates", target)) and last in _structs(target, False):
+        return target, last
+    return None
+
+
 def _walk(crate, name, main, prefix, out, seen):
     structs = _structs(crate, main)
+    if name not in structs and main:
+        structs = _structs(crate, False)
     path, body = structs[name]
-    if re.search(r"serde\((rename|flatten|alias)", body):
-        raise ValueError(f"{path}: struct {name} renames or flattens fields; derive its variables by hand")
-    body = "\n".join(line for line in body.splitlines() if not line.strip().startswith(("//", "#[")))
-    for field, typ in FIELD.findall(body):
-        *path_parts, last = typ.replace(" ", "").split("::")
-        target = path_parts[0].replace("_", "-") if path_parts else crate
-        nested = os.path.isdir(os.path.join(ROOT, "crates", target)) and last in _structs(target, False)
-        if nested and (target, last) not in seen:
-            _walk(target, last, False, f"{prefix}{field.upper()}__", out, seen | {(target, last)})
-        else:
+    if re.search(r"serde\((rename|alias)", body):
+        raise ValueError(f"{path}: struct {name} renames fields; derive its variables by hand")
+    for field, typ, flattened in _fields(body):
+        nested = _resolve(crate, typ)
+        if nested is None and flattened:
+            # A flattened type imported by a `use`: look it up by name in the
+            # crates the binary depends on.
+            last = typ.replace(" ", "").split("::")[-1]
+            for candidate in ("tern-runtime",):
+                if last in _structs(candidate, False):
+                    nested = (candidate, last)
+        if nested and nested not in seen:
+            inner = prefix if flattened else f"{prefix}{field.upper()}__"
+            _walk(nested[0], nested[1], False, inner, out, seen | {nested})
+        elif nested is None:
             out.add(f"TERN__{prefix}{field.upper()}")
 
 
@@ -76,7 +112,7 @@ def derive_reads():
 
 def default_grpc_port(binary):
     src = open(os.path.join(ROOT, "crates", binary, "src", "main.rs")).read()
-    m = re.search(r'grpc_addr:\s*"[^"]*:(\d+)"', src)
+    m = re.search(r'grpc_addr:\s*"[^"]*:(\d+)"', src) or re.search(r"ServiceBase::on_port\((\d+)\)", src)
     return int(m.group(1)) if m else None
 
 

@@ -13,8 +13,6 @@ mod tokens;
 use serde::{Deserialize, Serialize};
 use tern_proto::pb::auth::auth_service_server::AuthServiceServer;
 use tern_runtime::Secret;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub use error::AuthError;
 pub use service::Auth;
@@ -81,23 +79,12 @@ pub async fn build(settings: &Settings) -> anyhow::Result<AuthServiceServer<Auth
     Ok(AuthServiceServer::new(Auth::new(db, settings)?))
 }
 
-/// Serves the auth service on `listener` until `shutdown`.
+/// Serves the auth service until the shutdown signal.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    drain: std::time::Duration,
-    token: &tern_runtime::Secret,
+    started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
     let service = build(&settings).await?;
-    tern_runtime::grpc::serve(
-        service,
-        tern_proto::FILE_DESCRIPTOR_SET,
-        listener,
-        shutdown,
-        drain,
-        token,
-    )
-    .await?;
+    started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

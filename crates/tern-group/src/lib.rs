@@ -18,8 +18,6 @@ use tern_proto::pb::{
     offline::offline_service_client::OfflineServiceClient,
 };
 use tern_runtime::grpc::GrpcChannel;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub use error::GroupError;
 pub use service::Groups;
@@ -59,24 +57,13 @@ pub async fn build(
     Ok(GroupServiceServer::new(Groups::new(db, peers, settings.max_members)))
 }
 
-/// Serves the group service on `listener` until `shutdown`.
+/// Serves the group service until the shutdown signal.
 pub async fn run(
     settings: Settings,
     peers: Peers,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    drain: std::time::Duration,
-    token: &tern_runtime::Secret,
+    started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
     let service = build(&settings, peers).await?;
-    tern_runtime::grpc::serve(
-        service,
-        tern_proto::FILE_DESCRIPTOR_SET,
-        listener,
-        shutdown,
-        drain,
-        token,
-    )
-    .await?;
+    started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

@@ -4,20 +4,13 @@ use tern_proto::pb::{
     auth::auth_service_client::AuthServiceClient,
     offline::offline_service_client::OfflineServiceClient,
 };
-use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
+use tern_runtime::{grpc::remote, service::ServiceBase};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 struct Settings {
-    /// Address the gRPC server binds.
-    grpc_addr: String,
-    /// The shared credential every call to and from the services carries
-    /// (required).
-    service_token: tern_runtime::Secret,
-    /// Where `/metrics` (Prometheus) is served; unset means not at all.
-    metrics_addr: Option<String>,
-    /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
-    drain_secs: u64,
+    #[serde(flatten)]
+    base: ServiceBase,
     /// Where the auth service answers.
     auth_url: String,
     /// Where the offline service answers.
@@ -28,10 +21,7 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            grpc_addr: "0.0.0.0:50052".into(),
-            service_token: Default::default(),
-            metrics_addr: None,
-            drain_secs: 5,
+            base: ServiceBase::on_port(50052),
             auth_url: "http://127.0.0.1:50051".into(),
             offline_url: "http://127.0.0.1:50054".into(),
             group: Default::default(),
@@ -42,32 +32,12 @@ impl Default for Settings {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = tern_runtime::telemetry::init("tern-group");
-    let settings: Settings = tern_runtime::settings::load("group").unwrap_or_else(|error| {
-        eprintln!("{error}");
-        std::process::exit(EXIT_BAD_CONFIG)
-    });
-    if let Err(why) = tern_runtime::credential::validate(&settings.service_token) {
-        eprintln!("TERN__SERVICE_TOKEN: {why}");
-        std::process::exit(EXIT_BAD_CONFIG);
-    }
+    let settings: Settings = tern_runtime::settings::load_or_exit("group");
+    let started = settings.base.start().await?;
+    let token = &settings.base.service_token;
     let peers = tern_group::Peers {
-        auth: AuthServiceClient::new(remote(&settings.auth_url, &settings.service_token)?),
-        offline: OfflineServiceClient::new(remote(&settings.offline_url, &settings.service_token)?),
+        auth: AuthServiceClient::new(remote(&settings.auth_url, token)?),
+        offline: OfflineServiceClient::new(remote(&settings.offline_url, token)?),
     };
-    let settings_drain = settings.drain_secs;
-    let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
-    let shutdown = tern_runtime::shutdown::on_signal();
-    if let Some(addr) = &settings.metrics_addr {
-        let metrics = tokio::net::TcpListener::bind(addr).await?;
-        tokio::spawn(tern_runtime::grpc::serve_metrics(metrics, shutdown.clone()));
-    }
-    tern_group::run(
-        settings.group,
-        peers,
-        listener,
-        shutdown,
-        std::time::Duration::from_secs(settings_drain),
-        &settings.service_token,
-    )
-    .await
+    tern_group::run(settings.group, peers, started).await
 }

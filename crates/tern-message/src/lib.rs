@@ -21,8 +21,6 @@ use tern_proto::pb::{
     offline::offline_service_client::OfflineServiceClient,
 };
 use tern_runtime::grpc::GrpcChannel;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub use error::MessageError;
 pub use service::Messages;
@@ -77,24 +75,13 @@ pub async fn build(
         .max_decoding_message_size(max + 16 * 1024))
 }
 
-/// Serves the message service on `listener` until `shutdown`.
+/// Serves the message service until the shutdown signal.
 pub async fn run(
     settings: Settings,
     peers: Peers,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    drain: std::time::Duration,
-    token: &tern_runtime::Secret,
+    started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
     let service = build(&settings, peers).await?;
-    tern_runtime::grpc::serve(
-        service,
-        tern_proto::FILE_DESCRIPTOR_SET,
-        listener,
-        shutdown,
-        drain,
-        token,
-    )
-    .await?;
+    started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

@@ -19,8 +19,6 @@ use tern_proto::pb::{
     offline::offline_service_server::OfflineServiceServer,
 };
 use tern_runtime::grpc::GrpcChannel;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 pub use error::OfflineError;
 pub use service::Offline;
@@ -56,24 +54,13 @@ pub async fn build(
     Ok(OfflineServiceServer::new(Offline::new(db, peers)))
 }
 
-/// Serves the offline service on `listener` until `shutdown`.
+/// Serves the offline service until the shutdown signal.
 pub async fn run(
     settings: Settings,
     peers: Peers,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    drain: std::time::Duration,
-    token: &tern_runtime::Secret,
+    started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
     let service = build(&settings, peers).await?;
-    tern_runtime::grpc::serve(
-        service,
-        tern_proto::FILE_DESCRIPTOR_SET,
-        listener,
-        shutdown,
-        drain,
-        token,
-    )
-    .await?;
+    started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

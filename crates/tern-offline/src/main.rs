@@ -1,20 +1,13 @@
 //! `tern-offline`: the offline service as its own process.
 
 use tern_proto::pb::message::message_service_client::MessageServiceClient;
-use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
+use tern_runtime::{grpc::remote, service::ServiceBase};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 struct Settings {
-    /// Address the gRPC server binds.
-    grpc_addr: String,
-    /// The shared credential every call to and from the services carries
-    /// (required).
-    service_token: tern_runtime::Secret,
-    /// Where `/metrics` (Prometheus) is served; unset means not at all.
-    metrics_addr: Option<String>,
-    /// Seconds between turning NOT_SERVING and stopping, on SIGTERM.
-    drain_secs: u64,
+    #[serde(flatten)]
+    base: ServiceBase,
     /// Where the message service answers.
     message_url: String,
     offline: tern_offline::Settings,
@@ -23,10 +16,7 @@ struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            grpc_addr: "0.0.0.0:50054".into(),
-            service_token: Default::default(),
-            metrics_addr: None,
-            drain_secs: 5,
+            base: ServiceBase::on_port(50054),
             message_url: "http://127.0.0.1:50053".into(),
             offline: Default::default(),
         }
@@ -36,32 +26,11 @@ impl Default for Settings {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = tern_runtime::telemetry::init("tern-offline");
-    let settings: Settings = tern_runtime::settings::load("offline").unwrap_or_else(|error| {
-        eprintln!("{error}");
-        std::process::exit(EXIT_BAD_CONFIG)
-    });
-    if let Err(why) = tern_runtime::credential::validate(&settings.service_token) {
-        eprintln!("TERN__SERVICE_TOKEN: {why}");
-        std::process::exit(EXIT_BAD_CONFIG);
-    }
+    let settings: Settings = tern_runtime::settings::load_or_exit("offline");
+    let started = settings.base.start().await?;
+    let channel = remote(&settings.message_url, &settings.base.service_token)?;
     let peers = tern_offline::Peers {
-        message: MessageServiceClient::new(remote(&settings.message_url, &settings.service_token)?)
-            .max_decoding_message_size(usize::MAX),
+        message: MessageServiceClient::new(channel).max_decoding_message_size(usize::MAX),
     };
-    let settings_drain = settings.drain_secs;
-    let listener = tokio::net::TcpListener::bind(&settings.grpc_addr).await?;
-    let shutdown = tern_runtime::shutdown::on_signal();
-    if let Some(addr) = &settings.metrics_addr {
-        let metrics = tokio::net::TcpListener::bind(addr).await?;
-        tokio::spawn(tern_runtime::grpc::serve_metrics(metrics, shutdown.clone()));
-    }
-    tern_offline::run(
-        settings.offline,
-        peers,
-        listener,
-        shutdown,
-        std::time::Duration::from_secs(settings_drain),
-        &settings.service_token,
-    )
-    .await
+    tern_offline::run(settings.offline, peers, started).await
 }

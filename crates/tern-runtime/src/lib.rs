@@ -9,6 +9,7 @@
 pub mod credential;
 pub mod db;
 pub mod grpc;
+pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -20,6 +20,18 @@ where
     load_from(name, std::env::vars())
 }
 
+/// Like [`load`], but prints the error and exits with [`EXIT_BAD_CONFIG`]
+/// (before anything is bound) when the settings are invalid.
+pub fn load_or_exit<T>(name: &str) -> T
+where
+    T: Default + Serialize + DeserializeOwned,
+{
+    load(name).unwrap_or_else(|error| {
+        eprintln!("{error}");
+        std::process::exit(EXIT_BAD_CONFIG)
+    })
+}
+
 /// Like [`load`] but with explicit environment variables, for tests.
 pub fn load_from<T>(
     name: &str,

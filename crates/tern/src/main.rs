@@ -1,15 +1,10 @@
 //! `tern`: the whole chat server in one process. With no configuration it
 //! keeps its data under `./data/` and serves http://localhost:8080.
 
-use tern_runtime::settings::EXIT_BAD_CONFIG;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _telemetry = tern_runtime::telemetry::init("tern");
-    let settings: tern::Settings = tern_runtime::settings::load("tern").unwrap_or_else(|error| {
-        eprintln!("{error}");
-        std::process::exit(EXIT_BAD_CONFIG)
-    });
+    let settings: tern::Settings = tern_runtime::settings::load_or_exit("tern");
     let listener = tokio::net::TcpListener::bind(&settings.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "Tern is up: open http://localhost:{}/", listener.local_addr()?.port());
     tern::run(settings, listener, tern_runtime::shutdown::on_signal()).await
