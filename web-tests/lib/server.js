@@ -48,6 +48,7 @@ export class TernServer {
       TERN__HTTP_ADDR: `127.0.0.1:${this.port}`,
       TERN__DATA_DIR: this.dataDir,
       TERN__AUTH__BCRYPT_COST: "4",
+      TERN__AUTH__INSECURE_FAST_HASHING: "true",
       RUST_LOG: "warn",
       ...this.extraEnv,
     });

@@ -17,6 +17,9 @@ use tern_runtime::Secret;
 pub use error::AuthError;
 pub use service::Auth;
 
+/// The lowest bcrypt cost accepted outside tests.
+pub const MIN_BCRYPT_COST: u32 = 10;
+
 /// Settings of the auth service (`TERN__AUTH__*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -26,6 +29,9 @@ pub struct Settings {
     /// bcrypt cost. 12 takes ~250 ms per hash on a laptop core; tests lower
     /// it to 4 so they stay fast. Never below 10 in production.
     pub bcrypt_cost: u32,
+    /// Allow a bcrypt cost below 10, which is too cheap to slow down an
+    /// attacker holding the hashes. For test suites only.
+    pub insecure_fast_hashing: bool,
     /// Token settings.
     pub jwt: JwtSettings,
 }
@@ -52,6 +58,7 @@ impl Default for Settings {
         Self {
             database_url: "sqlite://data/auth.db".into(),
             bcrypt_cost: 12,
+            insecure_fast_hashing: false,
             jwt: JwtSettings::default(),
         }
     }
@@ -71,6 +78,13 @@ impl Default for JwtSettings {
 
 /// Connects the database, applies migrations and builds the gRPC service.
 pub async fn build(settings: &Settings) -> anyhow::Result<AuthServiceServer<Auth>> {
+    if settings.bcrypt_cost < MIN_BCRYPT_COST && !settings.insecure_fast_hashing {
+        anyhow::bail!(
+            "bcrypt_cost {} is below {MIN_BCRYPT_COST}; raise it (TERN__AUTH__BCRYPT_COST), or for tests \
+             only set TERN__AUTH__INSECURE_FAST_HASHING=true",
+            settings.bcrypt_cost
+        );
+    }
     if settings.jwt.secret.expose().len() < 32 {
         anyhow::bail!("jwt.secret must be at least 32 bytes (set TERN__AUTH__JWT__SECRET)");
     }

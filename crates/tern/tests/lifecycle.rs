@@ -34,3 +34,18 @@ async fn sigterm_closes_sockets_with_1001_and_exits_promptly() {
     assert_eq!(a.closed().await.code, 1001);
     assert_eq!(b.closed().await.code, 1001);
 }
+
+#[test]
+fn a_weak_bcrypt_cost_is_refused_outside_tests() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .env("TERN__HTTP_ADDR", "127.0.0.1:0")
+        .env("TERN__DATA_DIR", data.path())
+        .env("TERN__AUTH__BCRYPT_COST", "4")
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bcrypt_cost 4 is below 10"), "{stderr}");
+}

@@ -127,6 +127,7 @@ impl Cluster {
                     kv("TERN__AUTH__DATABASE_URL", dbs.url("auth")),
                     kv("TERN__AUTH__JWT__SECRET", secret),
                     kv("TERN__AUTH__BCRYPT_COST", "4".into()),
+                    kv("TERN__AUTH__INSECURE_FAST_HASHING", "true".into()),
                 ],
             ),
             group: service(

@@ -165,6 +165,7 @@ impl Server {
         cmd.env("TERN__HTTP_ADDR", format!("127.0.0.1:{}", self.port))
             .env("TERN__DATA_DIR", self.data.path())
             .env("TERN__AUTH__BCRYPT_COST", "4")
+            .env("TERN__AUTH__INSECURE_FAST_HASHING", "true")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
