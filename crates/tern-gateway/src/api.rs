@@ -129,11 +129,10 @@ fn token_body(pair: TokenPair) -> Json<Value> {
 
 pub async fn login(
     State(state): State<AppState>,
-    ip: Option<axum::Extension<ClientIp>>,
+    axum::Extension(ClientIp(ip)): axum::Extension<ClientIp>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Credentials { username, password } = body(&bytes)?;
-    let ip = ip.map(|e| e.0.0).unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
     if !state.limits.login(&username, ip) {
         return Err(ApiError::new(
             ErrorCode::RateLimited,

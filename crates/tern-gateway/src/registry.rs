@@ -68,7 +68,8 @@ impl Registry {
     /// that stops reading altogether hits the writer's timeout and is
     /// disconnected.
     pub fn offer(&self, user: u64, item: Outbound, stats: &Stats) {
-        let Some(session) = self.get(user) else { return };
+        // Borrowed, not cloned: this runs once per recipient of every message.
+        let Some(session) = self.sessions.get(&user) else { return };
         if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(item)
             && !session.needs_resync.swap(true, Relaxed)
         {

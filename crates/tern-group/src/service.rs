@@ -89,9 +89,21 @@ impl Groups {
     /// instead of falling between cursor and membership. If the membership
     /// cannot be stored the cursors are dropped again; the call is
     /// idempotent, so the caller simply retries.
-    async fn add(&self, group_id: u64, users: BTreeSet<u64>) -> Result<Group, GroupError> {
+    /// With `actor` set, only the owner may add.
+    async fn add(
+        &self,
+        group_id: u64,
+        users: BTreeSet<u64>,
+        actor: Option<u64>,
+    ) -> Result<Group, GroupError> {
         let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
-        self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
+        let group = self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
+        if actor.is_some_and(|a| a != group.owner_id as u64) {
+            return Err(GroupError::NotOwner);
+        }
+        if users.is_empty() {
+            return Err(GroupError::Invalid("user_ids must not be empty".into()));
+        }
         self.require_users(&users).await?;
         let existing = self.store.member_ids(gid).await?;
         let new: Vec<i64> =
@@ -187,7 +199,7 @@ impl GroupService for Groups {
         request: Request<JoinGroupRequest>,
     ) -> Result<Response<Group>, Status> {
         let JoinGroupRequest { group_id, user_id } = request.into_inner();
-        Ok(Response::new(self.add(group_id, BTreeSet::from([user_id])).await?))
+        Ok(Response::new(self.add(group_id, BTreeSet::from([user_id]), None).await?))
     }
 
     async fn add_members(
@@ -195,17 +207,8 @@ impl GroupService for Groups {
         request: Request<AddMembersRequest>,
     ) -> Result<Response<Group>, Status> {
         let AddMembersRequest { group_id, user_ids, actor_id } = request.into_inner();
-        if actor_id != 0 {
-            let gid = i64::try_from(group_id).map_err(|_| GroupError::UnknownGroup)?;
-            let group = self.store.get(gid).await?.ok_or(GroupError::UnknownGroup)?;
-            if group.owner_id as u64 != actor_id {
-                return Err(GroupError::NotOwner.into());
-            }
-        }
-        if user_ids.is_empty() {
-            return Err(GroupError::Invalid("user_ids must not be empty".into()).into());
-        }
-        Ok(Response::new(self.add(group_id, user_ids.into_iter().collect()).await?))
+        let actor = (actor_id != 0).then_some(actor_id);
+        Ok(Response::new(self.add(group_id, user_ids.into_iter().collect(), actor).await?))
     }
 
     async fn leave_group(
