@@ -1,0 +1,139 @@
+//! The generator's WebSocket client (protocol v1, JSON text frames) and the
+//! frames it reads. Every sent message carries its index and its intended
+//! send time, so receivers check order and measure latency on their own.
+
+use anyhow::{Context, bail};
+use futures::{
+    SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+
+pub type Ws = WebSocketStream<TcpStream>;
+pub type Tx = SplitSink<Ws, Message>;
+pub type Rx = SplitStream<Ws>;
+
+/// Microseconds since the Unix epoch: one clock for every generator
+/// process on the machine.
+pub fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// What a benchmark message carries as `content`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Payload {
+    /// Index of the message in its sender's stream, from 0.
+    pub i: u64,
+    /// Intended send time, [`now_us`].
+    pub t: u64,
+}
+
+/// The fields of a server frame the generator uses.
+#[derive(Debug, Deserialize)]
+pub struct Frame {
+    #[serde(rename = "type")]
+    pub kind: i64,
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    #[serde(default)]
+    pub content: Option<Payload>,
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+pub const SINGLE: i64 = 1;
+pub const GROUP: i64 = 2;
+pub const ERROR: i64 = 3;
+pub const ACK: i64 = 30;
+pub const HEARTBEAT: i64 = 99;
+
+/// Opens a WebSocket to `url`, from source address `from` (127.0.0.x, to
+/// spread many connections over more address pairs).
+pub async fn connect(url: &str, from: Option<Ipv4Addr>) -> anyhow::Result<Ws> {
+    let rest = url.strip_prefix("ws://").context("ws:// URL")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    let addr: SocketAddr = host.parse().context("numeric host:port")?;
+    let socket = TcpSocket::new_v4()?;
+    if let Some(ip) = from {
+        socket.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;
+    }
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    Ok(ws)
+}
+
+/// Opens a WebSocket and splits it.
+pub async fn connect_split(url: &str, from: Option<Ipv4Addr>) -> anyhow::Result<(Tx, Rx)> {
+    Ok(connect(url, from).await?.split())
+}
+
+/// A 1:1 send frame.
+pub fn single(to: u64, id: &str, payload: Payload) -> Message {
+    Message::text(
+        serde_json::json!({ "type": 1, "to": to, "client_msg_id": id, "content": payload })
+            .to_string(),
+    )
+}
+
+/// A group send frame.
+pub fn group(group: u64, id: &str, payload: Payload) -> Message {
+    Message::text(
+        serde_json::json!({ "type": 2, "group_id": group, "client_msg_id": id, "content": payload })
+            .to_string(),
+    )
+}
+
+/// A cumulative delivery ack.
+pub fn ack(conversation_id: &str, seq: u64) -> Message {
+    Message::text(
+        serde_json::json!({ "type": 30, "conversation_id": conversation_id, "seq": seq })
+            .to_string(),
+    )
+}
+
+pub fn heartbeat() -> Message {
+    Message::text(r#"{"type":99}"#)
+}
+
+/// The next JSON frame, `None` when the socket closed or `wait` passed.
+pub async fn next_frame(rx: &mut Rx, wait: Duration) -> anyhow::Result<Option<Frame>> {
+    loop {
+        let msg = match tokio::time::timeout(wait, rx.next()).await {
+            Err(_) => return Ok(None),
+            Ok(None) => return Ok(None),
+            Ok(Some(m)) => m?,
+        };
+        match msg {
+            Message::Text(t) => return Ok(Some(serde_json::from_str(&t)?)),
+            Message::Close(_) => return Ok(None),
+            _ => continue,
+        }
+    }
+}
+
+/// Sends a heartbeat and waits for its answer: for sessions with no
+/// backlog, it proves the session is registered. A backlog left by an
+/// earlier, failed case is acknowledged and skipped, so one failure does
+/// not spill into the next case.
+pub async fn handshake(tx: &mut Tx, rx: &mut Rx) -> anyhow::Result<()> {
+    tx.send(heartbeat()).await?;
+    loop {
+        match next_frame(rx, Duration::from_secs(30)).await? {
+            Some(f) if f.kind == HEARTBEAT => return Ok(()),
+            Some(f) if f.kind == SINGLE || f.kind == GROUP => {
+                tx.send(ack(f.conversation_id.as_deref().unwrap_or_default(), f.seq)).await?;
+            }
+            Some(f) => bail!("expected a heartbeat answer, got type {}", f.kind),
+            None => bail!("socket closed before the heartbeat answer"),
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The scenarios, one module each, and what they share: the context they
+//! run in, the outcome they report and the delivery checker.
+
+pub mod drain;
+pub mod fanout;
+pub mod idle;
+pub mod latency;
+pub mod pairs;
+pub mod storm;
+pub mod throughput;
+
+use crate::{cli::Scale, topology::Topology, users::Pool};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::{collections::BTreeMap, path::Path};
+
+/// What a scenario runs against.
+pub struct Ctx<'a> {
+    pub topo: &'a mut Topology,
+    pub pool: &'a mut Pool,
+    pub scale: &'a Scale,
+    pub out: &'a Path,
+    /// S2's best delivered rate on this topology, for S4's load levels.
+    pub s2_max: Option<f64>,
+}
+
+/// Delivery accounting of one case: what had to arrive and what did.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Checks {
+    /// Deliveries (or connections, for S1/S5) that should happen.
+    pub expected: u64,
+    /// Distinct deliveries that happened.
+    pub delivered: u64,
+    /// Expected but never seen.
+    pub lost: u64,
+    /// Seen more than once.
+    pub duplicated: u64,
+    /// Seen before an earlier message of the same stream.
+    pub out_of_order: u64,
+    /// Error frames or failed connects.
+    pub errors: u64,
+}
+
+impl Checks {
+    pub fn ok(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.out_of_order == 0
+            && self.errors == 0
+            && self.delivered == self.expected
+    }
+
+    pub fn add(&mut self, o: &Checks) {
+        self.expected += o.expected;
+        self.delivered += o.delivered;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.out_of_order += o.out_of_order;
+        self.errors += o.errors;
+    }
+}
+
+/// The result of one case of one scenario on one topology.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// `s0` … `s6`.
+    pub scenario: String,
+    pub topology: String,
+    /// The case within the scenario (`group 1000`, `50%`, `1 x 10000`).
+    pub case: String,
+    /// Figures by name; units are in the names (`_per_sec`, `_ms`, `_kib`).
+    pub metrics: BTreeMap<String, f64>,
+    pub checks: Checks,
+    /// Why the case could not finish, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    pub fn new(scenario: &str, topo: &Topology, case: impl Into<String>) -> Outcome {
+        Outcome {
+            scenario: scenario.into(),
+            topology: topo.kind.name().into(),
+            case: case.into(),
+            metrics: BTreeMap::new(),
+            checks: Checks::default(),
+            error: None,
+        }
+    }
+
+    pub fn set(&mut self, name: &str, value: f64) -> &mut Self {
+        self.metrics.insert(name.into(), value);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.metrics.get(name).copied()
+    }
+
+    /// Records P50/P99/P99.9/max of `h` (microseconds) as `{prefix}_p50_ms`…
+    pub fn percentiles(&mut self, prefix: &str, h: &Histogram<u64>) {
+        let ms = |v: u64| v as f64 / 1000.0;
+        if h.is_empty() {
+            return;
+        }
+        self.set(&format!("{prefix}_p50_ms"), ms(h.value_at_quantile(0.50)));
+        self.set(&format!("{prefix}_p99_ms"), ms(h.value_at_quantile(0.99)));
+        self.set(&format!("{prefix}_p999_ms"), ms(h.value_at_quantile(0.999)));
+        self.set(&format!("{prefix}_max_ms"), ms(h.max()));
+    }
+}
+
+/// A latency histogram in microseconds, up to one hour.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Checks one receiver's stream from one sender: indices must arrive
+/// 0, 1, 2 … once each, and seqs of the conversation must rise by one.
+#[derive(Debug, Default)]
+pub struct Stream {
+    next_i: u64,
+    last_seq: Option<u64>,
+    pub checks: Checks,
+}
+
+impl Stream {
+    /// Notes message `i` with `seq`; `true` when it is new.
+    pub fn see(&mut self, i: u64, seq: u64) -> bool {
+        let fresh = match i.cmp(&self.next_i) {
+            std::cmp::Ordering::Equal => true,
+            std::cmp::Ordering::Less => {
+                self.checks.duplicated += 1;
+                false
+            }
+            std::cmp::Ordering::Greater => {
+                self.checks.out_of_order += 1;
+                true
+            }
+        };
+        if fresh {
+            self.next_i = i + 1;
+            self.checks.delivered += 1;
+            if let Some(last) = self.last_seq
+                && seq != last + 1
+            {
+                self.checks.out_of_order += 1;
+            }
+            self.last_seq = Some(seq);
+        }
+        fresh
+    }
+
+    /// Closes the books once `expected` messages were due.
+    pub fn finish(&mut self, expected: u64) -> Checks {
+        self.checks.expected = expected;
+        self.checks.lost = expected.saturating_sub(self.checks.delivered);
+        self.checks
+    }
+}
+
+/// Writes one line per outcome as it completes, so long runs show progress
+/// even without a terminal.
+pub fn announce(o: &Outcome) {
+    let figures: Vec<String> = o
+        .metrics
+        .iter()
+        .filter(|(k, _)| !k.contains("p999") && !k.contains("p50"))
+        .map(|(k, v)| format!("{k}={v:.2}"))
+        .collect();
+    let status = match &o.error {
+        Some(e) => format!("ERROR {e}"),
+        None if o.checks.ok() => "ok".into(),
+        None => "CHECK FAILED".into(),
+    };
+    eprintln!(
+        "[{} {} {}] {status} {}/{} {}",
+        o.scenario,
+        o.topology,
+        o.case,
+        o.checks.delivered,
+        o.checks.expected,
+        figures.join(" ")
+    );
+}
