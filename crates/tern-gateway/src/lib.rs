@@ -54,6 +54,20 @@ pub struct Settings {
     pub outbound_queue: usize,
     /// Messages per page when syncing a conversation.
     pub sync_page: u32,
+    /// A write to a client that takes longer than this means it stopped
+    /// reading (its socket buffers are full): the session is closed, so
+    /// a stalled client costs the node only its bounded queue. It resyncs
+    /// on reconnect.
+    pub write_timeout_secs: u64,
+    /// Sends this node may have waiting on the message service at once.
+    /// Beyond that a send is refused at once with a retryable
+    /// `unavailable` error: a saturated message service or database
+    /// pushes back on clients instead of growing a queue here.
+    pub max_inflight_sends: usize,
+    /// How long a send may wait for the message service. Past it the
+    /// client gets a retryable `unavailable` error: the message may or may
+    /// not be stored, and retrying with the same `client_msg_id` is safe.
+    pub send_timeout_ms: u64,
     /// How long shutdown waits for sessions to close after sending 1001.
     pub shutdown_grace_secs: u64,
     /// On SIGTERM, how long `/ready` fails while the node still serves,
@@ -78,6 +92,9 @@ impl Default for Settings {
             idle_timeout_secs: 90,
             outbound_queue: 1024,
             sync_page: 200,
+            write_timeout_secs: 10,
+            max_inflight_sends: 1024,
+            send_timeout_ms: 5000,
             shutdown_grace_secs: 10,
             drain_secs: 0,
             allowed_origins: String::new(),
@@ -133,6 +150,8 @@ pub struct AppState {
     /// Cancelled when shutdown starts; `/ready` then fails.
     draining: CancellationToken,
     limits: Arc<limits::Limits>,
+    /// Permits for sends in flight to the message service.
+    sends: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -144,6 +163,7 @@ impl AppState {
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
             limits: limits::Limits::new(settings.limits.clone()),
+            sends: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight_sends.max(1))),
             settings: Arc::new(settings),
         }
     }
@@ -220,7 +240,13 @@ pub async fn run(
     let state = AppState::new(settings, services);
     let node = state.settings.node_id.clone();
     let events = state.services.bus.subscribe(&node).await?;
-    tokio::spawn(registry::dispatch(events, state.registry.clone(), state.stats.clone()));
+    tokio::spawn(registry::dispatch(
+        events,
+        state.registry.clone(),
+        state.stats.clone(),
+        state.services.presence.clone(),
+        node.clone(),
+    ));
     // Renew this node's liveness, so routes reach it only while it runs.
     let presence = state.services.presence.clone();
     let alive = tokio::spawn({

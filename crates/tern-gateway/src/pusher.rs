@@ -36,9 +36,6 @@ pub mod close {
     pub const KICKED: u16 = 4001;
 }
 
-/// A write that takes longer than this means the client stopped reading.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Why the writer stopped.
 #[derive(Debug, thiserror::Error)]
 enum Stop {
@@ -61,6 +58,8 @@ pub struct Pusher<W> {
     pushed_count: u64,
     /// Set by the dispatcher when it had to drop a live message.
     needs_resync: Arc<AtomicBool>,
+    /// A write slower than this means the client stopped reading.
+    write_timeout: Duration,
 }
 
 impl<W: AsyncWrite + Unpin> Pusher<W> {
@@ -71,6 +70,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         page: u32,
         stats: Arc<Stats>,
         needs_resync: Arc<AtomicBool>,
+        write_timeout: Duration,
     ) -> Self {
         Self {
             ws,
@@ -81,6 +81,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             stats,
             pushed_count: 0,
             needs_resync,
+            write_timeout,
         }
     }
 
@@ -251,19 +252,28 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     }
 
     async fn write(&mut self, frame: Frame<'_>) -> Result<(), Stop> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.write_frame(frame)).await {
+        match tokio::time::timeout(self.write_timeout, self.ws.write_frame(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Stop::Socket(e.to_string())),
-            Err(_) => Err(Stop::Socket("write timed out".into())),
+            Err(_) => Err(self.stalled()),
         }
     }
 
     async fn flush(&mut self) -> Result<(), Stop> {
-        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.flush()).await {
+        match tokio::time::timeout(self.write_timeout, self.ws.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Stop::Socket(e.to_string())),
-            Err(_) => Err(Stop::Socket("flush timed out".into())),
+            Err(_) => Err(self.stalled()),
         }
+    }
+
+    /// The client stopped reading: the session ends (it resyncs on
+    /// reconnect) rather than buffering for it without bound.
+    fn stalled(&self) -> Stop {
+        self.stats.slow_disconnects.fetch_add(1, Relaxed);
+        metrics::counter!("tern_gateway_slow_disconnects_total").increment(1);
+        tracing::debug!(user_id = self.user, "client stopped reading; closing its session");
+        Stop::Socket("write timed out".into())
     }
 
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), Stop> {

@@ -6,7 +6,7 @@ use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering::Relaxed},
 };
-use tern_bus::{BusEvent, Event, Subscription};
+use tern_bus::{BusEvent, Event, Presence, Subscription};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -78,6 +78,11 @@ impl Registry {
         }
     }
 
+    /// Every user with a session here.
+    pub fn users(&self) -> Vec<u64> {
+        self.sessions.iter().map(|s| *s.key()).collect()
+    }
+
     /// Marks every session for a resync (the bus lost events).
     pub fn resync_all(&self) {
         for session in self.sessions.iter() {
@@ -88,7 +93,13 @@ impl Registry {
 }
 
 /// Hands this node's bus events to its sessions until the bus closes.
-pub async fn dispatch(mut events: Subscription, registry: Arc<Registry>, stats: Arc<Stats>) {
+pub async fn dispatch(
+    mut events: Subscription,
+    registry: Arc<Registry>,
+    stats: Arc<Stats>,
+    presence: Arc<dyn Presence>,
+    node: String,
+) {
     while let Some(BusEvent { event }) = events.recv().await {
         stats.bus_events.fetch_add(1, Relaxed);
         match event {
@@ -108,9 +119,29 @@ pub async fn dispatch(mut events: Subscription, registry: Arc<Registry>, stats: 
                     session.kick(kick.reason);
                 }
             }
-            Some(Event::Resync(_)) => registry.resync_all(),
+            Some(Event::Resync(_)) => {
+                registry.resync_all();
+                // The bus lost its connection, and the presence store may
+                // have lost its data with it (a Redis restart without
+                // persistence): record every local session again, or
+                // messages for them would not be routed here until their
+                // next heartbeat.
+                tokio::spawn(reannounce(registry.users(), presence.clone(), node.clone()));
+            }
             None => {}
         }
     }
     tracing::info!("bus subscription ended");
+}
+
+async fn reannounce(users: Vec<u64>, presence: Arc<dyn Presence>, node: String) {
+    let mut failed = 0usize;
+    for user in users {
+        if presence.refresh(user, &node).await.is_err() {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        tracing::warn!(failed, "presence not re-recorded after a bus resync; heartbeats will");
+    }
 }

@@ -12,6 +12,8 @@ pub struct Stats {
     pub messages_out: AtomicU64,
     pub queue_overflows: AtomicU64,
     pub bus_events: AtomicU64,
+    pub slow_disconnects: AtomicU64,
+    pub sends_shed: AtomicU64,
 }
 
 /// The `/stats` body.
@@ -25,6 +27,10 @@ pub struct StatsView {
     pub queue_overflows: u64,
     /// Events received on this node's bus channel.
     pub bus_events: u64,
+    /// Sessions closed because the client stopped reading.
+    pub slow_disconnects: u64,
+    /// Sends refused because too many were in flight.
+    pub sends_shed: u64,
 }
 
 impl Stats {
@@ -37,6 +43,8 @@ impl Stats {
             messages_out: self.messages_out.load(Relaxed),
             queue_overflows: self.queue_overflows.load(Relaxed),
             bus_events: self.bus_events.load(Relaxed),
+            slow_disconnects: self.slow_disconnects.load(Relaxed),
+            sends_shed: self.sends_shed.load(Relaxed),
         }
     }
 }

@@ -230,6 +230,7 @@ where
         settings.sync_page,
         state.stats.clone(),
         handle.needs_resync.clone(),
+        Duration::from_secs(settings.write_timeout_secs),
     );
     let mut writer = tokio::spawn(pusher.run(rx, handle.cancel.clone(), done.clone()));
     let expiry = expiry_timer(tx.clone(), expires_at);
@@ -358,9 +359,26 @@ impl Reader<'_> {
             content_json: content,
             system: false,
         };
+        // Bounded in-flight sends: when the message service (or its
+        // database) is saturated, clients are told to retry now instead of
+        // piling up here.
+        let Ok(_permit) = self.state.sends.try_acquire() else {
+            self.state.stats.sends_shed.fetch_add(1, Relaxed);
+            metrics::counter!("tern_gateway_sends_shed_total").increment(1);
+            return Err(frames::error(&FrameError {
+                code: ErrorCode::Unavailable,
+                message: "server busy; retry with the same client_msg_id".into(),
+                client_msg_id,
+            }));
+        };
+        let within = Duration::from_millis(self.state.settings.send_timeout_ms);
         let answer = {
             use tracing::Instrument;
-            self.state.services.message.clone().send(request).instrument(span).await
+            let mut message = self.state.services.message.clone();
+            match tokio::time::timeout(within, message.send(request).instrument(span)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(tonic::Status::unavailable("send timed out")),
+            }
         };
         metrics::histogram!("tern_gateway_send_ack_seconds")
             .record(started.elapsed().as_secs_f64());

@@ -161,9 +161,16 @@ pub fn error_code_of(status: &Status) -> ErrorCode {
         Code::NotFound => ErrorCode::NotFound,
         Code::AlreadyExists => ErrorCode::Conflict,
         Code::ResourceExhausted => ErrorCode::RateLimited,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled => {
-            ErrorCode::Unavailable
-        }
+        // Tern services mark their own failures with a code (above), so a
+        // bare `unknown` or `internal` comes from the transport: a
+        // connection that dropped mid-call (a service was killed, say).
+        // Retrying can fix that, so it is `unavailable`, not a bug.
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Aborted
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Internal => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     }
 }
@@ -207,6 +214,9 @@ mod tests {
     #[test]
     fn foreign_statuses_map_by_grpc_code() {
         assert_eq!(error_code_of(&Status::unavailable("down")), ErrorCode::Unavailable);
-        assert_eq!(error_code_of(&Status::unknown("?")), ErrorCode::Internal);
+        // A call cut off mid-flight (the peer was killed) is retryable.
+        assert_eq!(error_code_of(&Status::unknown("transport error")), ErrorCode::Unavailable);
+        assert_eq!(error_code_of(&Status::internal("h2 protocol error")), ErrorCode::Unavailable);
+        assert_eq!(error_code_of(&Status::data_loss("?")), ErrorCode::Internal);
     }
 }

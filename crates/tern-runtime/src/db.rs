@@ -27,8 +27,11 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     options
         .max_connections(max_connections)
         .min_connections(1)
-        .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(3))
+        // A request that cannot get a connection within 2 s fails with a
+        // retryable error: a saturated or restarting database pushes back
+        // on clients instead of queueing them.
+        .acquire_timeout(Duration::from_secs(2))
         .sqlx_logging(false);
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {

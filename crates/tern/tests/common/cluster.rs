@@ -19,7 +19,8 @@ pub struct Proc {
 }
 
 impl Proc {
-    fn start(&mut self) {
+    /// Starts the process (again, after a kill).
+    pub fn start(&mut self) {
         let mut cmd = Command::new(&self.bin);
         cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(Stdio::inherit());
         for (k, v) in &self.env {
@@ -93,12 +94,27 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra variables for every process.
     pub async fn start_with(gateways: usize, extra: &[(&str, &str)]) -> Cluster {
-        let dbs = Databases::create_on("mysql").await.unwrap();
+        Self::start_on(gateways, extra, None, None).await
+    }
+
+    /// Like [`Cluster::start_with`], on a given Redis URL and MariaDB
+    /// server URL instead of the machine's shared ones.
+    pub async fn start_on(
+        gateways: usize,
+        extra: &[(&str, &str)],
+        redis_url: Option<String>,
+        mysql_url: Option<String>,
+    ) -> Cluster {
+        let dbs = match mysql_url {
+            Some(base) => Databases::create_at("mysql", base).await,
+            None => Databases::create_on("mysql").await.unwrap(),
+        };
         let grpc_ports = [free_port(), free_port(), free_port(), free_port()];
         let url = |i: usize| format!("http://127.0.0.1:{}", grpc_ports[i]);
         let redis_prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
-        let redis = std::env::var("TERN_TEST_REDIS_URL")
-            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let redis = redis_url.unwrap_or_else(|| {
+            std::env::var("TERN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+        });
         let secret = uuid::Uuid::now_v7().simple().to_string().repeat(2);
         let common = |port: u16| {
             vec![
@@ -217,6 +233,12 @@ impl Cluster {
             req = req.bearer_auth(t);
         }
         let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET` with a bearer token.
+    pub async fn get_as(&self, gateway: usize, path: &str, token: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(gateway, path)).bearer_auth(token).send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod backing;
+pub mod checker;
 pub mod cluster;
+pub mod workload;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -64,20 +67,23 @@ impl Databases {
 
     /// Four fresh databases on `kind` (`mysql` or `postgres`).
     pub async fn create_on(kind: &str) -> Option<Databases> {
-        let (admin_url, base_url) = match kind {
-            "mysql" => {
-                let base = std::env::var("TERN_TEST_MYSQL_URL")
-                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-                (format!("{base}/test"), base)
-            }
-            "postgres" => {
-                let base = std::env::var("TERN_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-                (format!("{base}/test"), base)
-            }
+        let base_url = match kind {
+            "mysql" => std::env::var("TERN_TEST_MYSQL_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
+            "postgres" => std::env::var("TERN_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into()),
             "sqlite" | "" => return None,
             other => panic!("unknown TERN_TEST_DATABASE {other}"),
         };
+        Some(Self::create_at(kind, base_url).await)
+    }
+
+    /// Four fresh databases on the server at `base_url` (a URL without a
+    /// database; the admin connection uses `test` on PostgreSQL and the
+    /// always-present `mysql` schema on MariaDB/MySQL).
+    pub async fn create_at(kind: &str, base_url: String) -> Databases {
+        let admin_db = if kind == "postgres" { "test" } else { "mysql" };
+        let admin_url = format!("{base_url}/{admin_db}");
         let admin =
             sea_orm::Database::connect(&admin_url).await.expect("test database server reachable");
         let tag = uuid::Uuid::now_v7().simple().to_string();
@@ -93,7 +99,7 @@ impl Databases {
             names.push(name);
         }
         admin.close().await.ok();
-        Some(Databases { admin_url, base_url, names })
+        Databases { admin_url, base_url, names }
     }
 
     /// The URL of the database for `service` (auth, group, message, offline).
@@ -187,6 +193,21 @@ impl Server {
             assert!(Instant::now() < deadline, "tern did not become healthy");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The process id, to read its memory use.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// SIGTERM, wait for exit, start again on the same port and data.

@@ -1,0 +1,375 @@
+//! A mixed chat workload over real WebSockets for the fault runs: every
+//! simulated user keeps one session (moving to another gateway when its
+//! own fails), sends 1:1 and group messages with retries under the same
+//! `client_msg_id`, acks what it receives, and records every send attempt
+//! and every delivery. [`super::checker`] then judges the whole history.
+
+use futures::{SinkExt, StreamExt};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream, connect_async,
+    tungstenite::{Message, protocol::CloseFrame},
+};
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One simulated user.
+#[derive(Clone, Debug)]
+pub struct Participant {
+    pub id: u64,
+    pub token: String,
+    /// Groups this user belongs to.
+    pub groups: Vec<u64>,
+}
+
+/// How a send attempt ended, as the client knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Type 30: stored as this message.
+    Acked { message_id: String, conversation_id: String, seq: u64 },
+    /// Type 3 with a code that retrying cannot fix.
+    Failed(String),
+    /// No answer before the client gave up: stored or not, unknown.
+    Unknown,
+}
+
+/// One logical message: all its tries share the `client_msg_id`.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub id: String,
+    pub sender: u64,
+    pub target: Target,
+    pub outcome: Outcome,
+    pub tries: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    User(u64),
+    Group(u64),
+}
+
+/// A message as a client received it.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub message_id: String,
+    pub conversation_id: String,
+    pub seq: u64,
+    pub from: u64,
+    /// The attempt id the sender put in the content.
+    pub attempt: String,
+}
+
+/// What one user saw.
+#[derive(Debug, Default)]
+pub struct UserLog {
+    pub user: u64,
+    pub attempts: Vec<Attempt>,
+    /// In arrival order, redeliveries included.
+    pub deliveries: Vec<Delivery>,
+    /// Time from losing a session to having a working one again.
+    pub reconnects: Vec<Duration>,
+    /// Close codes the server sent (1006 for a connection that just died).
+    pub closes: Vec<u16>,
+    /// Type 3 codes received for sends.
+    pub errors: HashMap<String, u64>,
+}
+
+/// Workload shape.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// Messages each user sends per second.
+    pub rate_per_user: f64,
+    /// Share of sends that go to one of the user's groups.
+    pub group_share: f64,
+    /// Content padding, bytes.
+    pub pad: usize,
+}
+
+/// Codes after which the same send is retried.
+fn retryable(code: &str) -> bool {
+    matches!(code, "unavailable" | "rate_limited" | "internal")
+}
+
+/// How long a send may go unanswered before the session is presumed dead.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long the stopping phase keeps retrying unanswered sends.
+const SETTLE: Duration = Duration::from_secs(40);
+
+/// Runs one user until `stop` is set, then settles its last send (retrying
+/// it for up to [`SETTLE`]) and closes.
+pub async fn run_user(
+    me: Participant,
+    everyone: Arc<Vec<u64>>,
+    gateways: Arc<Vec<u16>>,
+    shape: Shape,
+    stop: Arc<AtomicBool>,
+) -> UserLog {
+    let mut sim = Sim {
+        log: UserLog { user: me.id, ..UserLog::default() },
+        rng: StdRng::seed_from_u64(me.id),
+        me,
+        everyone,
+        shape,
+        stop,
+        stopped_at: None,
+        counter: 0,
+        pending: None,
+    };
+    let gateways = gateways.as_slice();
+    let mut gateway = sim.me.id as usize % gateways.len();
+    let mut lost_at: Option<Instant> = None;
+    while !sim.finished() {
+        let Some(mut ws) = open(gateways[gateway], &sim.me.token).await else {
+            gateway = (gateway + 1) % gateways.len();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if let Some(at) = lost_at.take() {
+            sim.log.reconnects.push(at.elapsed());
+        }
+        match sim.session(&mut ws).await {
+            SessionEnd::Stopped => {
+                let _ = ws.close(None).await;
+            }
+            SessionEnd::Lost(code) => {
+                sim.log.closes.push(code);
+                lost_at = Some(Instant::now());
+                gateway = (gateway + 1) % gateways.len();
+            }
+        }
+    }
+    if let Some(mut attempt) = sim.pending.take() {
+        attempt.outcome = Outcome::Unknown;
+        sim.log.attempts.push(attempt);
+    }
+    sim.log
+}
+
+enum SessionEnd {
+    Stopped,
+    Lost(u16),
+}
+
+/// Opens a session; the backlog then arrives on it like live traffic.
+async fn open(port: u16, token: &str) -> Option<Ws> {
+    let url = format!("ws://127.0.0.1:{port}/ws?token={token}");
+    let (ws, _) =
+        tokio::time::timeout(Duration::from_secs(5), connect_async(url)).await.ok()?.ok()?;
+    Some(ws)
+}
+
+/// One simulated user's state across sessions.
+struct Sim {
+    me: Participant,
+    everyone: Arc<Vec<u64>>,
+    shape: Shape,
+    stop: Arc<AtomicBool>,
+    stopped_at: Option<Instant>,
+    rng: StdRng,
+    counter: u64,
+    /// The send in flight; survives a lost session and is retried, same id.
+    pending: Option<Attempt>,
+    log: UserLog,
+}
+
+impl Sim {
+    /// After `stop`: done once the last send is answered, or [`SETTLE`]
+    /// has passed.
+    fn finished(&mut self) -> bool {
+        if !self.stop.load(Relaxed) {
+            return false;
+        }
+        let since = *self.stopped_at.get_or_insert_with(Instant::now);
+        self.pending.is_none() || since.elapsed() > SETTLE
+    }
+
+    async fn session(&mut self, ws: &mut Ws) -> SessionEnd {
+        let mut next_send = Instant::now();
+        let mut answer_by: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(50);
+        let mut to_ack: HashMap<String, u64> = HashMap::new();
+        let mut next_ack = Instant::now() + Duration::from_millis(300);
+        let interval = Duration::from_secs_f64(1.0 / self.shape.rate_per_user.max(0.01));
+        loop {
+            if self.finished() {
+                flush_acks(ws, &mut to_ack).await;
+                return SessionEnd::Stopped;
+            }
+            if answer_by.is_none() && Instant::now() >= next_send {
+                let stopping = self.stop.load(Relaxed);
+                if self.pending.is_none() && !stopping {
+                    self.counter += 1;
+                    self.pending = Some(self.new_attempt());
+                }
+                if let Some(attempt) = self.pending.as_mut() {
+                    attempt.tries += 1;
+                    let frame = send_frame(attempt, self.shape.pad);
+                    if ws.send(Message::text(frame.to_string())).await.is_err() {
+                        return SessionEnd::Lost(1006);
+                    }
+                    answer_by = Some(Instant::now() + ANSWER_TIMEOUT);
+                }
+            }
+            if Instant::now() >= next_ack {
+                flush_acks(ws, &mut to_ack).await;
+                next_ack = Instant::now() + Duration::from_millis(300);
+            }
+            let wake = answer_by.unwrap_or(next_send).min(next_ack);
+            let frame = match tokio::time::timeout_at(wake.into(), ws.next()).await {
+                Err(_) => {
+                    if answer_by.is_some_and(|by| Instant::now() >= by) {
+                        // The gateway holds the send: give up on this session.
+                        return SessionEnd::Lost(1006);
+                    }
+                    continue;
+                }
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    serde_json::from_str::<Value>(&t).unwrap_or_default()
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    let code = frame.map(|CloseFrame { code, .. }| u16::from(code)).unwrap_or(1005);
+                    return SessionEnd::Lost(code);
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => return SessionEnd::Lost(1006),
+            };
+            match frame["type"].as_i64() {
+                Some(1 | 2) => {
+                    let delivery = delivery_of(&frame);
+                    let top = to_ack.entry(delivery.conversation_id.clone()).or_default();
+                    *top = (*top).max(delivery.seq);
+                    self.log.deliveries.push(delivery);
+                }
+                Some(30) if is_answer(&frame, &self.pending) => {
+                    let mut attempt = self.pending.take().expect("answer to a pending send");
+                    attempt.outcome = Outcome::Acked {
+                        message_id: str_field(&frame, "message_id"),
+                        conversation_id: str_field(&frame, "conversation_id"),
+                        seq: frame["seq"].as_u64().unwrap_or_default(),
+                    };
+                    self.log.attempts.push(attempt);
+                    answer_by = None;
+                    backoff = Duration::from_millis(50);
+                    next_send = Instant::now() + jitter(&mut self.rng, interval);
+                }
+                Some(3) if is_answer(&frame, &self.pending) => {
+                    let code = str_field(&frame, "code");
+                    *self.log.errors.entry(code.clone()).or_default() += 1;
+                    answer_by = None;
+                    if retryable(&code) {
+                        next_send = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    } else {
+                        let mut attempt = self.pending.take().expect("answer to a pending send");
+                        attempt.outcome = Outcome::Failed(code);
+                        self.log.attempts.push(attempt);
+                        next_send = Instant::now() + jitter(&mut self.rng, interval);
+                    }
+                }
+                // Kicked (type 100): the close frame follows.
+                _ => {}
+            }
+        }
+    }
+
+    fn new_attempt(&mut self) -> Attempt {
+        let (me, rng) = (&self.me, &mut self.rng);
+        let target = if !me.groups.is_empty() && rng.random_bool(self.shape.group_share) {
+            Target::Group(me.groups[rng.random_range(0..me.groups.len())])
+        } else {
+            loop {
+                let peer = self.everyone[rng.random_range(0..self.everyone.len())];
+                if peer != me.id {
+                    break Target::User(peer);
+                }
+            }
+        };
+        let id = format!("u{}-{}", me.id, self.counter);
+        Attempt { id, sender: me.id, target, outcome: Outcome::Unknown, tries: 0 }
+    }
+}
+
+fn str_field(frame: &Value, name: &str) -> String {
+    frame[name].as_str().unwrap_or_default().to_string()
+}
+
+fn delivery_of(frame: &Value) -> Delivery {
+    Delivery {
+        message_id: str_field(frame, "message_id"),
+        conversation_id: str_field(frame, "conversation_id"),
+        seq: frame["seq"].as_u64().unwrap_or_default(),
+        from: frame["from"].as_u64().unwrap_or_default(),
+        attempt: frame["content"]["a"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+fn is_answer(frame: &Value, pending: &Option<Attempt>) -> bool {
+    pending.as_ref().is_some_and(|p| frame["client_msg_id"].as_str() == Some(&p.id))
+}
+
+fn jitter(rng: &mut StdRng, interval: Duration) -> Duration {
+    interval.mul_f64(rng.random_range(0.5..1.5))
+}
+
+async fn flush_acks(ws: &mut Ws, to_ack: &mut HashMap<String, u64>) {
+    for (conversation_id, seq) in to_ack.drain() {
+        let frame = json!({ "type": 30, "conversation_id": conversation_id, "seq": seq });
+        if ws.send(Message::text(frame.to_string())).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn send_frame(attempt: &Attempt, pad: usize) -> Value {
+    let content = json!({ "a": attempt.id, "pad": "x".repeat(pad) });
+    match attempt.target {
+        Target::User(to) => {
+            json!({ "type": 1, "to": to, "content": content, "client_msg_id": attempt.id })
+        }
+        Target::Group(g) => {
+            json!({ "type": 2, "group_id": g, "content": content, "client_msg_id": attempt.id })
+        }
+    }
+}
+
+/// The final resync: a fresh session that receives everything beyond the
+/// user's cursors; the heartbeat's answer comes after the whole backlog.
+pub async fn resync(log: &mut UserLog, token: &str, gateways: &[u16]) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = log.user as usize;
+    let mut ws = loop {
+        if let Some(ws) = open(gateways[i % gateways.len()], token).await {
+            break ws;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("user {} could not reconnect for the resync", log.user));
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ws.send(Message::text(json!({ "type": 99 }).to_string())).await.map_err(|e| e.to_string())?;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline.into(), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap_or_default(),
+            Ok(Some(Ok(_))) => continue,
+            other => return Err(format!("user {} resync ended early: {other:?}", log.user)),
+        };
+        match frame["type"].as_i64() {
+            Some(1 | 2) => log.deliveries.push(delivery_of(&frame)),
+            Some(99) => break,
+            _ => {}
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(())
+}

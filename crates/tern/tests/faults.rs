@@ -1,0 +1,430 @@
+//! Faults lose nothing. Each run starts the distributed topology as
+//! separate processes (four services, two gateways) on a private Redis and
+//! a private MariaDB, drives a mixed 1:1 and group workload from many
+//! reconnecting clients, breaks one thing on purpose (or all of them in
+//! turn), lets every member resync from its cursors, and then checks the
+//! whole history with the total-queue checker (`common/checker.rs`).
+//!
+//! The suite runs a short version of every fault. A longer run is the
+//! same tests with a bigger scale, in release mode:
+//!
+//! ```text
+//! cargo build --release --workspace --bins
+//! TERN_FAULTS_USERS=400 TERN_FAULTS_RATE=5 TERN_FAULTS_SECS=20 \
+//!   cargo test --release -p tern --test faults -- --nocapture --test-threads 1
+//! ```
+//!
+//! Every run appends its row to `target/faults-report.md`.
+
+mod common;
+
+use common::{
+    backing::{MariaDb, RedisServer},
+    checker::{self, Stored, Verdict},
+    cluster::Cluster,
+    workload::{self, Attempt, Delivery, Outcome, Participant, Shape, Target, UserLog},
+};
+use serde_json::json;
+use std::{
+    collections::HashMap,
+    io::Write,
+    sync::{Arc, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
+
+/// Something the run breaks on purpose.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL gateway 1; its clients move to gateway 2. Restarted after.
+    KillGateway,
+    /// SIGKILL the message service, restart it a second later.
+    KillMessageService,
+    /// Kill Redis (no persistence: presence and subscriptions are gone)
+    /// and start it again, empty.
+    RestartRedis,
+    /// Kill MariaDB mid-load and start it again on the same data.
+    RestartMariaDb,
+    /// SIGTERM gateway 2: clients get close 1001 and reconnect; the
+    /// process must exit within its grace period. Restarted after.
+    TermGateway,
+}
+
+/// How big a run is; `TERN_FAULTS_*` make it bigger.
+struct Scale {
+    users: usize,
+    groups: usize,
+    group_size: usize,
+    /// Messages per user per second.
+    rate: f64,
+    /// Load before the first fault and after each one.
+    phase: Duration,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn scale() -> Scale {
+    let users = env_or("TERN_FAULTS_USERS", 40usize);
+    Scale {
+        users,
+        groups: (users / 10).max(2),
+        group_size: env_or("TERN_FAULTS_GROUP_SIZE", 12usize).min(users),
+        rate: env_or("TERN_FAULTS_RATE", 2.0),
+        phase: Duration::from_secs(env_or("TERN_FAULTS_SECS", 3)),
+    }
+}
+
+/// Fault runs use their own MariaDB, so they run once, not once per
+/// database backend of the integration suite.
+fn skipped() -> bool {
+    std::env::var("TERN_TEST_DATABASE").is_ok_and(|d| !d.is_empty() && d != "sqlite")
+}
+
+/// Gateway shutdown grace in the runs; SIGTERM must end the process
+/// within it (plus process start-up slack).
+const GRACE_SECS: u64 = 4;
+
+struct Rig {
+    cluster: Cluster,
+    redis: RedisServer,
+    mariadb: MariaDb,
+}
+
+async fn rig() -> Rig {
+    let redis = RedisServer::start();
+    let mariadb = MariaDb::start();
+    let grace = GRACE_SECS.to_string();
+    let extra = [
+        ("TERN__GATEWAY__SHUTDOWN_GRACE_SECS", grace.as_str()),
+        // The workload reconnects a lot and registers many users from one
+        // address; abuse limits are not under test here.
+        ("TERN__GATEWAY__LIMITS__CONNECTS_PER_USER_PER_MINUTE", "0"),
+        ("TERN__GATEWAY__LIMITS__HTTP_PER_IP_PER_SECOND", "0"),
+        ("TERN__GATEWAY__LIMITS__LOGINS_PER_IP_PER_MINUTE", "0"),
+        ("TERN__GATEWAY__LIMITS__MESSAGES_PER_USER_PER_SECOND", "0"),
+    ];
+    let cluster = Cluster::start_on(2, &extra, Some(redis.url()), Some(mariadb.url())).await;
+    Rig { cluster, redis, mariadb }
+}
+
+impl Rig {
+    async fn inject(&mut self, fault: Fault) -> String {
+        let c = &mut self.cluster;
+        match fault {
+            Fault::KillGateway => {
+                c.gateways[0].signal("KILL", true);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                c.gateways[0].start();
+                c.wait_ready(0).await;
+                String::new()
+            }
+            Fault::KillMessageService => {
+                c.message.signal("KILL", true);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                c.message.start();
+                c.wait_ready(0).await;
+                String::new()
+            }
+            Fault::RestartRedis => {
+                let redis = &mut self.redis;
+                tokio::task::block_in_place(|| redis.restart(Duration::from_secs(1)));
+                c.wait_ready(0).await;
+                String::new()
+            }
+            Fault::RestartMariaDb => {
+                let mariadb = &mut self.mariadb;
+                // Down longer than the pools' 2 s acquire timeout, so sends
+                // fail (retryably) rather than just wait.
+                tokio::task::block_in_place(|| mariadb.restart(Duration::from_secs(4)));
+                c.wait_ready(0).await;
+                String::new()
+            }
+            Fault::TermGateway => {
+                let started = Instant::now();
+                c.gateways[1].signal("TERM", true);
+                let took = started.elapsed();
+                assert!(
+                    took < Duration::from_secs(GRACE_SECS + 3),
+                    "gateway took {took:?} to exit after SIGTERM (grace {GRACE_SECS} s)"
+                );
+                c.gateways[1].start();
+                c.wait_ready(1).await;
+                format!("SIGTERM → exit in {} ms", took.as_millis())
+            }
+        }
+    }
+}
+
+/// Registers the users and puts them in groups (each group: `group_size`
+/// consecutive users, wrapping around).
+async fn population(c: &Cluster, s: &Scale) -> (Vec<Participant>, HashMap<u64, Vec<u64>>) {
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let mut people = Vec::new();
+    for i in 0..s.users {
+        let u = c.user(&format!("f{}{i}", &tag[tag.len() - 8..])).await;
+        people.push(Participant { id: u.id, token: u.token, groups: Vec::new() });
+    }
+    let mut groups = HashMap::new();
+    for g in 0..s.groups {
+        let members: Vec<usize> =
+            (0..s.group_size).map(|k| (g * s.users / s.groups + k) % s.users).collect();
+        let owner = &people[members[0]];
+        let ids: Vec<u64> = members[1..].iter().map(|&m| people[m].id).collect();
+        let (status, body) = c
+            .post(
+                0,
+                "/api/groups",
+                Some(&owner.token),
+                json!({ "name": format!("g{g}"), "member_ids": ids }),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let group = body["group_id"].as_u64().unwrap();
+        for &m in &members {
+            people[m].groups.push(group);
+        }
+        groups.insert(group, members.iter().map(|&m| people[m].id).collect());
+    }
+    (people, groups)
+}
+
+/// Every conversation's full stored history, read through the HTTP API.
+async fn storage(
+    c: &Cluster,
+    logs: &[UserLog],
+    people: &[Participant],
+) -> HashMap<String, Vec<Stored>> {
+    let tokens: HashMap<u64, &str> = people.iter().map(|p| (p.id, p.token.as_str())).collect();
+    let mut conversations: HashMap<String, u64> = HashMap::new();
+    for log in logs {
+        for a in &log.attempts {
+            conversations.insert(checker::conversation_of(a), a.sender);
+        }
+        for d in &log.deliveries {
+            conversations.insert(d.conversation_id.clone(), log.user);
+        }
+    }
+    let mut stored = HashMap::new();
+    for (conversation, reader) in conversations {
+        let mut messages = Vec::new();
+        loop {
+            let after = messages.last().map(|m: &Stored| m.seq).unwrap_or(0);
+            let path =
+                format!("/api/conversations/{conversation}/messages?after_seq={after}&limit=200");
+            let (status, body) = c.get_as(0, &path, tokens[&reader]).await;
+            assert_eq!(status, 200, "{conversation}: {body}");
+            let page = body["messages"].as_array().unwrap();
+            if page.is_empty() {
+                break;
+            }
+            messages.extend(page.iter().map(|m| Stored {
+                message_id: m["message_id"].as_str().unwrap().to_string(),
+                seq: m["seq"].as_u64().unwrap(),
+                from: m["from"].as_u64().unwrap(),
+                attempt: m["content"]["a"].as_str().unwrap_or_default().to_string(),
+            }));
+        }
+        stored.insert(conversation, messages);
+    }
+    stored
+}
+
+/// One run: load, the faults in turn, drain, resync, check.
+async fn run(label: &str, faults: &[Fault]) -> Verdict {
+    let s = scale();
+    let mut rig = rig().await;
+    let (people, groups) = population(&rig.cluster, &s).await;
+    let everyone = Arc::new(people.iter().map(|p| p.id).collect::<Vec<_>>());
+    let gateways = Arc::new(rig.cluster.gateway_ports.clone());
+    let shape = Shape { rate_per_user: s.rate, group_share: 0.3, pad: 64 };
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let tasks: Vec<_> = people
+        .iter()
+        .map(|p| {
+            tokio::spawn(workload::run_user(
+                p.clone(),
+                everyone.clone(),
+                gateways.clone(),
+                shape.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(s.phase).await;
+    let mut notes = Vec::new();
+    for &fault in faults {
+        let note = rig.inject(fault).await;
+        if !note.is_empty() {
+            notes.push(note);
+        }
+        tokio::time::sleep(s.phase).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut logs = Vec::new();
+    for t in tasks {
+        logs.push(t.await.expect("client task"));
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    // Every member resyncs from its cursors on a fresh session.
+    let tokens: HashMap<u64, String> = people.iter().map(|p| (p.id, p.token.clone())).collect();
+    let resyncs: Vec<_> = logs
+        .into_iter()
+        .map(|mut log| {
+            let token = tokens[&log.user].clone();
+            let gateways = gateways.clone();
+            tokio::spawn(async move {
+                let r = workload::resync(&mut log, &token, &gateways).await;
+                (log, r)
+            })
+        })
+        .collect();
+    let mut logs = Vec::new();
+    for t in resyncs {
+        let (log, r) = t.await.unwrap();
+        r.unwrap();
+        logs.push(log);
+    }
+    let stored = storage(&rig.cluster, &logs, &people).await;
+    let verdict = checker::check(&logs, &stored, &groups);
+    report(label, &verdict, load_secs, &notes);
+    verdict
+}
+
+/// Prints the verdict and appends a row to `target/faults-report.md`.
+fn report(label: &str, v: &Verdict, secs: f64, notes: &[String]) {
+    let rate = v.acked as f64 / secs;
+    let row =
+        format!("{} {:.0} msg/s acked over {secs:.0} s. {}", v.row(label), rate, notes.join("; "));
+    println!("{label}: {v}\n{row}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../faults-report.md");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{row}");
+    }
+}
+
+async fn assert_clean(label: &str, faults: &[Fault]) {
+    if skipped() {
+        return;
+    }
+    let v = run(label, faults).await;
+    assert!(v.clean(), "{label}: {v}");
+    // Failures of a dependency reach clients as retryable `unavailable`,
+    // never as `internal` (which means a bug).
+    assert!(!v.errors.contains_key("internal"), "{label}: {v}");
+    assert!(v.acked > 0, "{label}: nothing was acked: {v}");
+    assert!(v.delivered > 0, "{label}: nothing was delivered: {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_a_gateway() {
+    assert_clean("SIGKILL gateway", &[Fault::KillGateway]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_and_restart_the_message_service() {
+    assert_clean("SIGKILL message service", &[Fault::KillMessageService]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_redis() {
+    assert_clean("restart Redis", &[Fault::RestartRedis]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restart_mariadb() {
+    assert_clean("restart MariaDB", &[Fault::RestartMariaDb]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_a_gateway() {
+    assert_clean("SIGTERM gateway", &[Fault::TermGateway]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_fault_in_one_run() {
+    let all = [
+        Fault::KillGateway,
+        Fault::KillMessageService,
+        Fault::RestartRedis,
+        Fault::RestartMariaDb,
+        Fault::TermGateway,
+    ];
+    assert_clean("all faults", &all).await;
+}
+
+/// The checker itself catches each kind of violation: a history with one
+/// of each must be flagged on every count.
+#[test]
+fn the_checker_flags_every_kind_of_violation() {
+    let attempt = |id: &str, sender: u64, to: u64, outcome: Outcome| Attempt {
+        id: id.into(),
+        sender,
+        target: Target::User(to),
+        outcome,
+        tries: 1,
+    };
+    let acked = |m: &str, seq: u64| Outcome::Acked {
+        message_id: m.into(),
+        conversation_id: "dm:1:2".into(),
+        seq,
+    };
+    let delivery = |m: &str, seq: u64, attempt: &str| Delivery {
+        message_id: m.into(),
+        conversation_id: "dm:1:2".into(),
+        seq,
+        from: 1,
+        attempt: attempt.into(),
+    };
+    let sender = UserLog {
+        user: 1,
+        attempts: vec![
+            attempt("a1", 1, 2, acked("m1", 1)),
+            attempt("a2", 1, 2, acked("m2", 2)),
+            attempt("a3", 1, 2, acked("m-missing", 9)),
+            attempt("a4", 1, 2, Outcome::Failed("forbidden".into())),
+        ],
+        ..UserLog::default()
+    };
+    // User 2 sees m2 before m1 (order), never sees m5 (lost), and gets a
+    // message nobody sent (unexpected).
+    let receiver = UserLog {
+        user: 2,
+        deliveries: vec![
+            delivery("m2", 2, "a2"),
+            delivery("m1", 1, "a1"),
+            delivery("m1", 1, "a1"),
+            delivery("m-ghost", 7, "nobody"),
+        ],
+        ..UserLog::default()
+    };
+    let stored = |m: &str, seq: u64, attempt: &str| Stored {
+        message_id: m.into(),
+        seq,
+        from: 1,
+        attempt: attempt.into(),
+    };
+    let storage = HashMap::from([(
+        "dm:1:2".to_string(),
+        vec![
+            stored("m1", 1, "a1"),
+            stored("m2", 2, "a2"),
+            // a2 stored twice (duplicate), a4 stored although refused
+            // (phantom), and seq 6 where 4 belongs (gap).
+            stored("m3", 3, "a2"),
+            stored("m4", 6, "a4"),
+        ],
+    )]);
+    let v = checker::check(&[sender, receiver], &storage, &HashMap::new());
+    assert_eq!(v.redelivered, 1, "{v}");
+    assert_eq!(v.order, 1, "{v}");
+    assert_eq!(v.duplicates, 1, "{v}");
+    assert_eq!(v.phantom, 1, "{v}");
+    assert_eq!(v.gaps, 1, "{v}");
+    // m-ghost is not in storage.
+    assert_eq!(v.unexpected, 1, "{v}");
+    // a3 acked but not stored; m3 and m4 never reached user 2.
+    assert_eq!(v.lost, 3, "{v}");
+    assert!(!v.clean());
+}
