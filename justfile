@@ -42,7 +42,9 @@ k8s-apply:
 validate-deploy:
     deploy/validate-deploy.sh
 
-# Run every load benchmark. The tool (crate tern-bench) is not built yet, so
-# this says so and fails rather than pretend.
-bench:
-    @echo "tern-bench is not built yet (see ARCHITECTURE.md, Not done yet)" >&2; exit 1
+# Run every load benchmark (S0-S6, embedded and distributed; needs the local
+# MariaDB and Redis) and write results to target/tern-bench/. Pass flags
+# through, e.g. `just bench --smoke`. See BENCHMARKS.md.
+bench *ARGS:
+    cargo build --release --workspace
+    cargo run --release -p tern-bench -- all {{ARGS}}

@@ -110,7 +110,8 @@ async fn bench(wanted: &[Scenario], run: Run) -> anyhow::Result<bool> {
         eprintln!("== {} ==", kind.name());
         let mut topo = Topology::start(kind, scale.gateways, &run.out).await?;
         let mut pool = users::Pool::new();
-        let mut ctx = Ctx { topo: &mut topo, pool: &mut pool, scale: &scale, out: &run.out, s2_max: None };
+        let mut ctx =
+            Ctx { topo: &mut topo, pool: &mut pool, scale: &scale, out: &run.out, s2_max: None };
         for s in scenarios {
             let result = match s {
                 Scenario::S0 | Scenario::S2 => scenarios::throughput::run(&mut ctx).await,

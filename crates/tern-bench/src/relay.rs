@@ -6,10 +6,10 @@
 
 use axum::{
     Router,
-    serve::ListenerExt,
     extract::{Query, State},
     response::{IntoResponse, Response},
     routing::get,
+    serve::ListenerExt,
 };
 use dashmap::DashMap;
 use fastwebsockets::{Frame, OpCode, Payload, upgrade::IncomingUpgrade};

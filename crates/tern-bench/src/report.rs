@@ -53,7 +53,9 @@ fn relay_rss(outcomes: &[Outcome]) -> Option<f64> {
 fn ratio(o: &Outcome, outcomes: &[Outcome]) -> String {
     if o.scenario == "s1" {
         return match (o.get("rss_per_conn_kib"), relay_rss(outcomes)) {
-            (Some(v), Some(r)) if r > 0.0 && o.topology != "relay" => format!("{:.2}× relay RSS", v / r),
+            (Some(v), Some(r)) if r > 0.0 && o.topology != "relay" => {
+                format!("{:.2}× relay RSS", v / r)
+            }
             _ => String::new(),
         };
     }
@@ -79,11 +81,16 @@ fn markdown(scale: &Scale, outcomes: &[Outcome]) -> String {
     let _ = writeln!(md, "Scale: `{}`\n", serde_json::to_string(scale).unwrap_or_default());
     md.push_str("## Targets\n\n| target | topology | measured | met |\n|---|---|---|---|\n");
     for (target, topology, measured, met) in targets(outcomes) {
-        let _ = writeln!(md, "| {target} | {topology} | {measured} | {} |", if met { "yes" } else { "**no**" });
+        let _ = writeln!(
+            md,
+            "| {target} | {topology} | {measured} | {} |",
+            if met { "yes" } else { "**no**" }
+        );
     }
     md.push_str("\n## Every case\n\n| scenario | topology | case | figures | vs S0 | checks |\n|---|---|---|---|---|---|\n");
     for o in outcomes {
-        let figures: Vec<String> = o.metrics.iter().map(|(k, v)| format!("{k} {}", num(*v))).collect();
+        let figures: Vec<String> =
+            o.metrics.iter().map(|(k, v)| format!("{k} {}", num(*v))).collect();
         let c = &o.checks;
         let checks = match &o.error {
             Some(e) => format!("error: {}", e.replace('|', "/").replace('\n', " ")),
@@ -134,7 +141,12 @@ pub fn targets(outcomes: &[Outcome]) -> Vec<(String, String, String, bool)> {
             ("s1", "total") => {
                 if let Some(v) = o.get("rss_per_conn_kib") {
                     let kb = v * 1024.0 / 1000.0;
-                    rows.push(("S1 ≤ 6 KB RSS per idle connection".into(), t, format!("{kb:.2} KB"), kb <= 6.0));
+                    rows.push((
+                        "S1 ≤ 6 KB RSS per idle connection".into(),
+                        t,
+                        format!("{kb:.2} KB"),
+                        kb <= 6.0,
+                    ));
                 }
             }
             ("s2", _) => {
@@ -151,11 +163,17 @@ pub fn targets(outcomes: &[Outcome]) -> Vec<(String, String, String, bool)> {
             }
             ("s3", "group 1000") => {
                 if let Some(v) = o.get("deliveries_per_sec") {
-                    rows.push(("S3 ≥ 250,000 deliveries/s, 1,000 members".into(), t, format!("{} /s", num(v)), v >= 250_000.0));
+                    rows.push((
+                        "S3 ≥ 250,000 deliveries/s, 1,000 members".into(),
+                        t,
+                        format!("{} /s", num(v)),
+                        v >= 250_000.0,
+                    ));
                 }
             }
             ("s4", "50%") => {
-                if let (Some(p99), Some(p999)) = (o.get("latency_p99_ms"), o.get("latency_p999_ms")) {
+                if let (Some(p99), Some(p999)) = (o.get("latency_p99_ms"), o.get("latency_p999_ms"))
+                {
                     rows.push((
                         "S4 at 50 % load: P99 ≤ 10 ms, P99.9 ≤ 25 ms".into(),
                         t,
@@ -166,12 +184,22 @@ pub fn targets(outcomes: &[Outcome]) -> Vec<(String, String, String, bool)> {
             }
             ("s5", _) => {
                 if let Some(v) = o.get("connects_per_sec") {
-                    rows.push(("S5 ≥ 8,000 connects/s".into(), t, format!("{} /s", num(v)), v >= 8000.0));
+                    rows.push((
+                        "S5 ≥ 8,000 connects/s".into(),
+                        t,
+                        format!("{} /s", num(v)),
+                        v >= 8000.0,
+                    ));
                 }
             }
             ("s6", case) if case.starts_with("1 x ") => {
                 if let Some(v) = o.get("drain_secs") {
-                    rows.push((format!("S6 {} pending drained ≤ 1 s", &case[4..]), t, format!("{v:.3} s"), v <= 1.0));
+                    rows.push((
+                        format!("S6 {} pending drained ≤ 1 s", &case[4..]),
+                        t,
+                        format!("{v:.3} s"),
+                        v <= 1.0,
+                    ));
                 }
             }
             _ => {}

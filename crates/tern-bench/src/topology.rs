@@ -109,9 +109,15 @@ impl Topology {
                 let port = free_port();
                 let addr = format!("127.0.0.1:{port}");
                 let exe = std::env::current_exe()?;
-                let mut p = Proc::spawn("relay", &exe, &["relay", "--addr", &addr], &[], &log("relay"))?;
-                wait_http_ok(&http, &format!("http://{addr}/health"), Duration::from_secs(20), &mut [&mut p])
-                    .await?;
+                let mut p =
+                    Proc::spawn("relay", &exe, &["relay", "--addr", &addr], &[], &log("relay"))?;
+                wait_http_ok(
+                    &http,
+                    &format!("http://{addr}/health"),
+                    Duration::from_secs(20),
+                    &mut [&mut p],
+                )
+                .await?;
                 topo.ports.push(port);
                 topo.front.push(p);
             }

@@ -53,7 +53,8 @@ impl Pool {
             return Ok(User { id, token: id.to_string() });
         }
         let base = topo.http_url(i);
-        let creds = json!({ "username": format!("b{}u{i}", self.tag), "password": "bench-password" });
+        let creds =
+            json!({ "username": format!("b{}u{i}", self.tag), "password": "bench-password" });
         let (status, body) = self.post(&format!("{base}/api/register"), None, &creds).await?;
         if status != 201 {
             bail!("register answered {status}: {body}");

@@ -48,7 +48,8 @@ pub async fn run(urls: &Path, bind: Ipv4Addr, hb_secs: f64, parallel: usize) -> 
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for (i, url) in urls.iter().enumerate() {
-        let (url, limit, counters, stop) = (url.clone(), limit.clone(), counters.clone(), stop.clone());
+        let (url, limit, counters, stop) =
+            (url.clone(), limit.clone(), counters.clone(), stop.clone());
         // Spread heartbeats evenly over the interval.
         let offset = hb_secs * i as f64 / urls.len().max(1) as f64;
         tasks.push(tokio::spawn(async move {

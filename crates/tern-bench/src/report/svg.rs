@@ -20,14 +20,25 @@ type Series = (String, Vec<(f64, f64)>);
 pub fn latency(outcomes: &[Outcome]) -> String {
     let mut series: Vec<Series> = Vec::new();
     for topo in topologies(outcomes) {
-        for (p, key) in [("P50", "latency_p50_ms"), ("P99", "latency_p99_ms"), ("P99.9", "latency_p999_ms"), ("max", "latency_max_ms")] {
+        for (p, key) in [
+            ("P50", "latency_p50_ms"),
+            ("P99", "latency_p99_ms"),
+            ("P99.9", "latency_p999_ms"),
+            ("max", "latency_max_ms"),
+        ] {
             let points = s4(outcomes, &topo)
                 .filter_map(|o| Some((o.get("load_pct")?, o.get(key)?.max(0.001))))
                 .collect();
             series.push((format!("{topo} {p}"), points));
         }
     }
-    chart("S4 latency from intended send time", "offered load, % of S2 max", "ms (log)", &series, true)
+    chart(
+        "S4 latency from intended send time",
+        "offered load, % of S2 max",
+        "ms (log)",
+        &series,
+        true,
+    )
 }
 
 /// Delivered against offered messages/s in S4, with the ideal diagonal.
@@ -46,7 +57,8 @@ pub fn throughput(outcomes: &[Outcome]) -> String {
 }
 
 fn topologies(outcomes: &[Outcome]) -> Vec<String> {
-    let mut t: Vec<String> = outcomes.iter().filter(|o| o.scenario == "s4").map(|o| o.topology.clone()).collect();
+    let mut t: Vec<String> =
+        outcomes.iter().filter(|o| o.scenario == "s4").map(|o| o.topology.clone()).collect();
     t.dedup();
     t
 }
@@ -77,10 +89,20 @@ fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bo
     let px = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
     let py = |y: f64| TOP + ph - (fy(y) - ly0) / (ly1 - ly0) * ph;
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{title}</text>"#, LEFT + pw / 2.0);
-    let _ = writeln!(s, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="22" font-size="15" text-anchor="middle">{title}</text>"#,
+        LEFT + pw / 2.0
+    );
+    let _ = writeln!(
+        s,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#888"/>"##
+    );
     // Y ticks: decades on a log axis, fifths otherwise.
     let ticks: Vec<f64> = if log_y {
         (ly0 as i32..=ly1 as i32).map(|e| 10f64.powi(e)).collect()
@@ -89,26 +111,66 @@ fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bo
     };
     for t in ticks {
         let y = py(t);
-        let _ = writeln!(s, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##, LEFT + pw);
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, LEFT - 6.0, y + 4.0, super::num(t));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/>"##,
+            LEFT + pw
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 6.0,
+            y + 4.0,
+            super::num(t)
+        );
     }
     for i in 0..=5 {
         let x = x0 + (x1 - x0) * i as f64 / 5.0;
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, px(x), TOP + ph + 18.0, super::num(x));
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            px(x),
+            TOP + ph + 18.0,
+            super::num(x)
+        );
     }
-    let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{x_label}</text>"#, LEFT + pw / 2.0, H - 10.0);
-    let _ = writeln!(s, r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">{y_label}</text>"#, TOP + ph / 2.0, TOP + ph / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{x_label}</text>"#,
+        LEFT + pw / 2.0,
+        H - 10.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="16" y="{:.1}" text-anchor="middle" transform="rotate(-90 16 {:.1})">{y_label}</text>"#,
+        TOP + ph / 2.0,
+        TOP + ph / 2.0
+    );
     for (i, (name, points)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let path: Vec<String> = points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
+        let path: Vec<String> =
+            points.iter().map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
         let dash = if name.contains("ideal") { r#" stroke-dasharray="4 4""# } else { "" };
-        let _ = writeln!(s, r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#, path.join(" "));
+        let _ = writeln!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"{dash}/>"#,
+            path.join(" ")
+        );
         for &(x, y) in points {
-            let _ = writeln!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#, px(x), py(y));
+            let _ = writeln!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                px(x),
+                py(y)
+            );
         }
         let ly = TOP + 10.0 + i as f64 * 18.0;
         let lx = W - RIGHT + 14.0;
-        let _ = writeln!(s, r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#, lx + 20.0);
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#,
+            lx + 20.0
+        );
         let _ = writeln!(s, r#"<text x="{}" y="{}">{name}</text>"#, lx + 26.0, ly + 4.0);
     }
     s.push_str("</svg>\n");

@@ -38,7 +38,12 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
 }
 
 /// Sender `i` sends `each` messages to receiver `i`, which is offline.
-async fn fill(ctx: &Ctx<'_>, senders: &[User], receivers: &[User], each: u64) -> anyhow::Result<()> {
+async fn fill(
+    ctx: &Ctx<'_>,
+    senders: &[User],
+    receivers: &[User],
+    each: u64,
+) -> anyhow::Result<()> {
     let name = ctx.topo.kind.name();
     let bar = crate::bar(format!("s6 {name}: fill"), senders.len() as u64 * each);
     let limit = Arc::new(Semaphore::new(ctx.scale.connect_parallel.min(64)));

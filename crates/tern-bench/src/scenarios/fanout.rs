@@ -42,7 +42,9 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
                     let permit = limit.acquire_owned().await?;
                     let conn = client::connect_split(&url, None).await;
                     let ok = match conn {
-                        Ok((mut tx, mut rx)) => client::handshake(&mut tx, &mut rx).await.map(|_| (tx, rx)),
+                        Ok((mut tx, mut rx)) => {
+                            client::handshake(&mut tx, &mut rx).await.map(|_| (tx, rx))
+                        }
                         Err(e) => Err(e),
                     };
                     drop(permit);
@@ -70,7 +72,8 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         drop(done_tx);
         connected.wait().await;
         bar.finish_and_clear();
-        let (mut tx, mut rx) = client::connect_split(&ctx.topo.ws_url(0, &sender.token), None).await?;
+        let (mut tx, mut rx) =
+            client::connect_split(&ctx.topo.ws_url(0, &sender.token), None).await?;
         client::handshake(&mut tx, &mut rx).await?;
         let mut sent_at = Vec::new();
         let tag = uuid::Uuid::now_v7().simple().to_string();

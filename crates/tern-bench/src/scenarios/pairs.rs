@@ -81,8 +81,21 @@ pub async fn run(
             let mut latency = histogram();
             let (mut last_us, mut conv, mut last_seq) = (0, String::new(), 0);
             while stream.checks.delivered < n {
-                let Some(f) = client::next_frame(&mut rx, QUIET).await? else { break };
+                let Some(f) = client::next_frame(&mut rx, QUIET).await? else {
+                    let got = stream.checks.delivered;
+                    eprintln!(
+                        "receiver of user {}: socket closed or silent after {got}/{n}",
+                        to.id
+                    );
+                    break;
+                };
                 if f.kind != SINGLE {
+                    if f.kind != client::HEARTBEAT {
+                        eprintln!(
+                            "receiver of user {}: unexpected frame type {} ({:?})",
+                            to.id, f.kind, f.code
+                        );
+                    }
                     continue;
                 }
                 let Some(payload) = f.content else { continue };
@@ -119,13 +132,23 @@ pub async fn run(
             let reader = tokio::spawn(async move {
                 let (mut acks, mut errors) = (0u64, 0u64);
                 while acks + errors < n {
-                    let Some(f) = client::next_frame(&mut rx, QUIET).await? else { break };
+                    let Some(f) = client::next_frame(&mut rx, QUIET).await? else {
+                        eprintln!(
+                            "sender to user {}: socket closed or silent after {acks} acks",
+                            to.id
+                        );
+                        errors += n - acks - errors;
+                        break;
+                    };
                     match f.kind {
                         ACK => {
                             acks += 1;
                             acked.fetch_add(1, Relaxed);
                         }
-                        ERROR => errors += 1,
+                        ERROR => {
+                            eprintln!("sender to user {}: error {:?}", to.id, f.code);
+                            errors += 1;
+                        }
                         _ => continue,
                     }
                     if let Some(p) = &reader_permits {
