@@ -4,6 +4,7 @@
 //! gaps filled from storage, so each conversation arrives in seq order.
 
 use crate::{Outbound, frames, stats::Stats};
+use backon::{ExponentialBuilder, Retryable};
 use fastwebsockets::{Frame, Payload, WebSocketWrite};
 use std::{
     collections::HashMap,
@@ -34,6 +35,21 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Another session of the same user took over, or the token expired.
     pub const KICKED: u16 = 4001;
+}
+
+/// Retries of a failed sync read: a service restarting (or a moment of
+/// database trouble) is ridden out within about 3 s instead of closing
+/// every session that needed a read with 1013 at once.
+fn sync_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_max_times(5)
+        .with_jitter()
+}
+
+fn retryable(status: &tonic::Status) -> bool {
+    error_code_of(status) == ErrorCode::Unavailable
 }
 
 /// Why the writer stopped.
@@ -169,12 +185,17 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// Every conversation's messages beyond what was pushed (or, for
     /// conversations not pushed yet, beyond the cursor), in seq order.
     async fn sync_backlog(&mut self) -> Result<(), Stop> {
-        let backlog = self
-            .offline
-            .list_backlog(ListBacklogRequest { user_id: self.user, include_read: false })
-            .await?
-            .into_inner()
-            .conversations;
+        let offline = self.offline.clone();
+        let request = ListBacklogRequest { user_id: self.user, include_read: false };
+        let backlog = (|| {
+            let mut offline = offline.clone();
+            async move { offline.list_backlog(request).await }
+        })
+        .retry(sync_backoff())
+        .when(retryable)
+        .await?
+        .into_inner()
+        .conversations;
         for conversation in backlog {
             self.catch_up(&conversation.conversation_id, conversation.latest_seq).await?;
         }
@@ -209,16 +230,21 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             if after.is_some_and(|a| a >= target) {
                 return Ok(());
             }
-            let page = self
-                .offline
-                .pull(PullRequest {
-                    user_id: self.user,
-                    conversation_id: conversation_id.to_string(),
-                    after_seq: after,
-                    limit: self.page,
-                })
-                .await?
-                .into_inner();
+            let request = PullRequest {
+                user_id: self.user,
+                conversation_id: conversation_id.to_string(),
+                after_seq: after,
+                limit: self.page,
+            };
+            let offline = self.offline.clone();
+            let page = (|| {
+                let (mut offline, request) = (offline.clone(), request.clone());
+                async move { offline.pull(request).await }
+            })
+            .retry(sync_backoff())
+            .when(retryable)
+            .await?
+            .into_inner();
             let mut last = after.unwrap_or(page.acked_seq);
             for message in &page.messages {
                 if message.seq > last {

@@ -98,7 +98,7 @@ impl Verdict {
         )
     }
 
-    pub const HEADER: &'static str = "| run | attempted | acked | failed | unknown | deliveries owed | delivered | redelivered | lost | unexpected | duplicates | order/gaps | reconnects | reconnect ms p50 / p99 / max |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+    pub const HEADER: &'static str = "| run | attempted | acked | failed | unknown | deliveries owed | delivered | redelivered | lost | unexpected | duplicates | order/gaps | reconnects | reconnect ms p50 / p99 / max | acked msg/s | notes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 }
 
 impl std::fmt::Display for Verdict {
