@@ -90,16 +90,19 @@ impl MariaDb {
     pub fn start() -> MariaDb {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let status = Command::new(mariadb_binary("mariadb-install-db"))
+        let out = Command::new(mariadb_binary("mariadb-install-db"))
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .args(current_user_arg())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .output()
             .expect("mariadb-install-db runs");
-        assert!(status.success(), "mariadb-install-db failed");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut db = MariaDb { port: free_port(), dir, child: None };
         db.up();
         db

@@ -51,6 +51,8 @@ pub struct Verdict {
     pub gaps: usize,
     pub reconnects: Vec<Duration>,
     pub closes: BTreeMap<u16, usize>,
+    /// Sessions clients abandoned after a send went unanswered.
+    pub gave_up: usize,
     pub errors: BTreeMap<String, u64>,
     /// The first few violations, for the failure message.
     pub examples: Vec<String>,
@@ -107,7 +109,7 @@ impl std::fmt::Display for Verdict {
         let _ = write!(
             s,
             "attempted {} (acked {}, failed {}, unknown {}), stored {}, deliveries owed {}, delivered {} (+{} redelivered); \
-             lost {}, unexpected {}, duplicates {}, phantom {}, order {}, gaps {}; reconnects {}; closes {:?}; errors {:?}",
+             lost {}, unexpected {}, duplicates {}, phantom {}, order {}, gaps {}; reconnects {}; closes {:?}; gave up {}; errors {:?}",
             self.attempted,
             self.acked,
             self.failed,
@@ -124,6 +126,7 @@ impl std::fmt::Display for Verdict {
             self.gaps,
             self.reconnects.len(),
             self.closes,
+            self.gave_up,
             self.errors,
         );
         for e in &self.examples {
@@ -246,6 +249,7 @@ pub fn check(
         }
         v.delivered += seen.len();
         v.reconnects.extend(log.reconnects.iter().copied());
+        v.gave_up += log.gave_up;
         for code in &log.closes {
             *v.closes.entry(*code).or_default() += 1;
         }

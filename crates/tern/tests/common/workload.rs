@@ -29,6 +29,9 @@ pub struct Participant {
     pub token: String,
     /// Groups this user belongs to.
     pub groups: Vec<u64>,
+    /// The users this one sends 1:1 messages to (real users talk to a
+    /// handful of people, not to everyone).
+    pub contacts: Vec<u64>,
 }
 
 /// How a send attempt ended, as the client knows it.
@@ -80,6 +83,9 @@ pub struct UserLog {
     pub reconnects: Vec<Duration>,
     /// Close codes the server sent (1006 for a connection that just died).
     pub closes: Vec<u16>,
+    /// Sessions the client abandoned because a send went unanswered for
+    /// [`ANSWER_TIMEOUT`] (the send is retried on a new session).
+    pub gave_up: usize,
     /// Type 3 codes received for sends.
     pub errors: HashMap<String, u64>,
 }
@@ -109,7 +115,6 @@ const SETTLE: Duration = Duration::from_secs(40);
 /// it for up to [`SETTLE`]) and closes.
 pub async fn run_user(
     me: Participant,
-    everyone: Arc<Vec<u64>>,
     gateways: Arc<Vec<u16>>,
     shape: Shape,
     stop: Arc<AtomicBool>,
@@ -118,7 +123,6 @@ pub async fn run_user(
         log: UserLog { user: me.id, ..UserLog::default() },
         rng: StdRng::seed_from_u64(me.id),
         me,
-        everyone,
         shape,
         stop,
         stopped_at: None,
@@ -146,6 +150,11 @@ pub async fn run_user(
                 lost_at = Some(Instant::now());
                 gateway = (gateway + 1) % gateways.len();
             }
+            SessionEnd::GaveUp => {
+                let _ = ws.close(None).await;
+                sim.log.gave_up += 1;
+                lost_at = Some(Instant::now());
+            }
         }
     }
     if let Some(mut attempt) = sim.pending.take() {
@@ -158,6 +167,7 @@ pub async fn run_user(
 enum SessionEnd {
     Stopped,
     Lost(u16),
+    GaveUp,
 }
 
 /// Opens a session; the backlog then arrives on it like live traffic.
@@ -171,7 +181,6 @@ async fn open(port: u16, token: &str) -> Option<Ws> {
 /// One simulated user's state across sessions.
 struct Sim {
     me: Participant,
-    everyone: Arc<Vec<u64>>,
     shape: Shape,
     stop: Arc<AtomicBool>,
     stopped_at: Option<Instant>,
@@ -229,7 +238,7 @@ impl Sim {
                 Err(_) => {
                     if answer_by.is_some_and(|by| Instant::now() >= by) {
                         // The gateway holds the send: give up on this session.
-                        return SessionEnd::Lost(1006);
+                        return SessionEnd::GaveUp;
                     }
                     continue;
                 }
@@ -287,12 +296,7 @@ impl Sim {
         let target = if !me.groups.is_empty() && rng.random_bool(self.shape.group_share) {
             Target::Group(me.groups[rng.random_range(0..me.groups.len())])
         } else {
-            loop {
-                let peer = self.everyone[rng.random_range(0..self.everyone.len())];
-                if peer != me.id {
-                    break Target::User(peer);
-                }
-            }
+            Target::User(me.contacts[rng.random_range(0..me.contacts.len())])
         };
         let id = format!("u{}-{}", me.id, self.counter);
         Attempt { id, sender: me.id, target, outcome: Outcome::Unknown, tries: 0 }
