@@ -104,7 +104,82 @@ pub fn heartbeat() -> Message {
     Message::text(r#"{"type":99}"#)
 }
 
-/// The next JSON frame, `None` when the socket closed or `wait` passed.
+/// The server ended a session with a close frame.
+#[derive(Debug)]
+pub struct ServerClosed {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl std::fmt::Display for ServerClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server closed the socket: {} {}", self.code, self.reason)
+    }
+}
+
+impl std::error::Error for ServerClosed {}
+
+/// Close code asking the client to reconnect (the gateway's sync failed).
+pub const TRY_AGAIN_LATER: u16 = 1013;
+
+/// A receiving session that behaves as protocol v1 asks of clients: when
+/// the server closes it with 1013 (try again later), it reconnects, and
+/// the server replays everything beyond the last ack. Reconnects are
+/// counted, so a run shows how often the server asked for one.
+pub struct Session {
+    url: String,
+    pub tx: Tx,
+    rx: Rx,
+    /// Reconnects so far.
+    pub reconnects: u64,
+}
+
+/// Reconnects allowed per session before the close counts as a failure.
+const MAX_RECONNECTS: u64 = 5;
+
+impl Session {
+    /// Opens the socket (no handshake: a backlog may come first).
+    pub async fn open(url: String) -> anyhow::Result<Session> {
+        let (tx, rx) = connect_split(&url, None).await?;
+        Ok(Session { url, tx, rx, reconnects: 0 })
+    }
+
+    /// Opens the socket and proves the session registered (no backlog).
+    pub async fn open_idle(url: String) -> anyhow::Result<Session> {
+        let mut s = Self::open(url).await?;
+        handshake(&mut s.tx, &mut s.rx).await?;
+        Ok(s)
+    }
+
+    /// The next frame, reconnecting after a 1013 close.
+    pub async fn next(&mut self, wait: Duration) -> anyhow::Result<Option<Frame>> {
+        loop {
+            match next_frame(&mut self.rx, wait).await {
+                Err(e)
+                    if self.reconnects < MAX_RECONNECTS
+                        && e.downcast_ref::<ServerClosed>()
+                            .is_some_and(|c| c.code == TRY_AGAIN_LATER) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50 << self.reconnects)).await;
+                    (self.tx, self.rx) = connect_split(&self.url, None).await?;
+                    self.reconnects += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn send(&mut self, msg: Message) -> anyhow::Result<()> {
+        Ok(self.tx.send(msg).await?)
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.tx.close().await;
+    }
+}
+
+/// The next JSON frame; `None` when the connection ended without a close
+/// frame or `wait` passed, an error when the server closed the session.
 pub async fn next_frame(rx: &mut Rx, wait: Duration) -> anyhow::Result<Option<Frame>> {
     loop {
         let msg = match tokio::time::timeout(wait, rx.next()).await {
@@ -114,7 +189,12 @@ pub async fn next_frame(rx: &mut Rx, wait: Duration) -> anyhow::Result<Option<Fr
         };
         match msg {
             Message::Text(t) => return Ok(Some(serde_json::from_str(&t)?)),
-            Message::Close(_) => return Ok(None),
+            // The generator never ends a session while reading it.
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                return Err(ServerClosed { code, reason }.into());
+            }
             _ => continue,
         }
     }

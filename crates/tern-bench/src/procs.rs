@@ -13,16 +13,82 @@ use std::{
 /// targets (`getconf CLK_TCK`).
 const TICKS_PER_SEC: f64 = 100.0;
 
-/// The folder holding the Tern binaries: the one `tern-bench` itself runs
-/// from, as `cargo build` puts every binary of the workspace side by side.
-pub fn bin_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("own executable")?;
-    Ok(exe.parent().context("executable has a folder")?.to_path_buf())
+/// The Tern binaries a run starts.
+pub const TERN_BINARIES: [&str; 6] =
+    ["tern", "tern-gateway", "tern-auth", "tern-group", "tern-message", "tern-offline"];
+
+/// Where the run's binaries are, once [`snapshot`] has copied them.
+static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The folder the binaries come from: `TERN_BENCH_BIN_DIR` when set (to run
+/// them under a profiler through wrapper scripts, say), otherwise the one
+/// `tern-bench` itself was started from, as `cargo build` puts every binary
+/// of the workspace side by side.
+fn source_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("TERN_BENCH_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    Ok(own_exe()?.parent().context("executable has a folder")?.to_path_buf())
 }
 
-/// The path of binary `name` next to this one.
+/// This executable's path. When a build replaced the file while we run,
+/// Linux reports it with a ` (deleted)` suffix; the path itself still holds
+/// the tool.
+fn own_exe() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("own executable")?;
+    let text = exe.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    })
+}
+
+/// Links (or, across file systems, copies) the Tern binaries and this tool
+/// into `out/bin`, so a build that replaces them during a long run (a
+/// shared target folder) cannot change what is measured halfway: builds
+/// write new files, and the links keep the old ones. Binaries from `TERN_BENCH_BIN_DIR` are used
+/// where they are: they may be wrapper scripts.
+pub fn snapshot(out: &Path) -> anyhow::Result<()> {
+    let from = source_dir()?;
+    if std::env::var_os("TERN_BENCH_BIN_DIR").is_some() {
+        let _ = BIN_DIR.set(from);
+        return Ok(());
+    }
+    let to = std::path::absolute(out.join("bin"))?;
+    std::fs::create_dir_all(&to)?;
+    for name in TERN_BINARIES {
+        let path = from.join(name);
+        if !path.exists() {
+            bail!(
+                "{} is missing: build every binary first (`cargo build --release --workspace`)",
+                path.display()
+            );
+        }
+        link_or_copy(&path, &to.join(name))?;
+    }
+    link_or_copy(&own_exe()?, &to.join("tern-bench"))?;
+    let _ = BIN_DIR.set(to);
+    Ok(())
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(to);
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to)?;
+    }
+    Ok(())
+}
+
+/// The path of binary `name` (`tern-bench` for the tool itself).
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let path = bin_dir()?.join(name);
+    let dir = match BIN_DIR.get() {
+        Some(dir) => dir.clone(),
+        None => source_dir()?,
+    };
+    if name == "tern-bench" && !dir.join(name).exists() {
+        return own_exe();
+    }
+    let path = dir.join(name);
     if !path.exists() {
         bail!(
             "{} is missing: build every binary first (`cargo build --release --workspace`)",
@@ -127,6 +193,16 @@ impl Sample {
             .unwrap_or(0.0);
         Sample { rss_bytes, cpu_secs }
     }
+}
+
+/// The process whose command name is `comm` (e.g. `mariadbd`), if one runs:
+/// the shared database and Redis, whose CPU the distributed runs also cost.
+pub fn find_by_comm(comm: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (name.trim() == comm).then_some(pid)
+    })
 }
 
 /// Polls `url` until it answers 2xx or `limit` passes.

@@ -128,11 +128,7 @@ where
                     break;
                 }
             }
-            99 => {
-                if tx.send(format!(r#"{{"type":99,"timestamp":{now}}}"#)).await.is_err() {
-                    break;
-                }
-            }
+            99 if tx.send(format!(r#"{{"type":99,"timestamp":{now}}}"#)).await.is_err() => break,
             _ => {}
         }
     }

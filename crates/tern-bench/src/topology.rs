@@ -108,7 +108,7 @@ impl Topology {
             Kind::Relay => {
                 let port = free_port();
                 let addr = format!("127.0.0.1:{port}");
-                let exe = std::env::current_exe()?;
+                let exe = bin("tern-bench")?;
                 let mut p =
                     Proc::spawn("relay", &exe, &["relay", "--addr", &addr], &[], &log("relay"))?;
                 wait_http_ok(
@@ -216,6 +216,21 @@ impl Topology {
     /// Memory and CPU of every process, named.
     pub fn all_samples(&self) -> Vec<(String, Sample)> {
         self.front.iter().chain(&self.back).map(|p| (p.name.clone(), p.sample())).collect()
+    }
+
+    /// Every process a case costs CPU in, named: ours, plus MariaDB and
+    /// Redis in the distributed topology.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut all: Vec<(String, u32)> =
+            self.front.iter().chain(&self.back).map(|p| (p.name.clone(), p.pid())).collect();
+        if self.kind == Kind::Distributed {
+            for (name, comm) in [("mariadb", "mariadbd"), ("redis", "redis-server")] {
+                if let Some(pid) = crate::procs::find_by_comm(comm) {
+                    all.push((name.to_string(), pid));
+                }
+            }
+        }
+        all
     }
 
     /// Fails when any process has died.

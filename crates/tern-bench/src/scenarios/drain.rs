@@ -4,7 +4,7 @@
 //! is one user with many pending messages, case B many users with many
 //! each, all connecting at once.
 
-use super::{Checks, Ctx, Outcome, Stream};
+use super::{Checks, CpuMeter, Ctx, Outcome, Stream};
 use crate::{
     client::{self, ACK, ERROR, Payload, SINGLE},
     users::User,
@@ -25,12 +25,14 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         let all = ctx.pool.get(ctx.topo, 2 * users).await?;
         let (receivers, senders) = all.split_at(users);
         fill(ctx, senders, receivers, each).await?;
+        let cpu = CpuMeter::start(ctx.topo);
         let (checks, secs) = drain(ctx, receivers, each).await?;
         let mut o = Outcome::new("s6", ctx.topo, format!("{users} x {each}"));
         o.set("users", users as f64)
             .set("pending_each", each as f64)
             .set("drain_secs", secs)
             .set("drained_per_sec", checks.delivered as f64 / secs.max(1e-6));
+        cpu.finish(&mut o, "msg", checks.delivered);
         o.checks = checks;
         out.push(o);
     }
@@ -98,24 +100,26 @@ async fn drain(ctx: &Ctx<'_>, receivers: &[User], each: u64) -> anyhow::Result<(
         let (url, limit, bar) = (ctx.topo.ws_url(i + 1, &u.token), limit.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let permit = limit.acquire_owned().await?;
-            let (mut tx, mut rx) = client::connect_split(&url, None).await?;
+            let mut session = client::Session::open(url).await?;
             drop(permit);
             let mut stream = Stream::default();
             let mut last = (String::new(), 0);
             while stream.checks.delivered < each {
-                let Some(f) = client::next_frame(&mut rx, QUIET).await? else { break };
+                let next = session.next(QUIET).await?;
+                stream.reconnected(session.reconnects);
+                let Some(f) = next else { break };
                 let (SINGLE, Some(p)) = (f.kind, f.content) else { continue };
                 if stream.see(p.i, f.seq) {
                     bar.inc(1);
                 }
                 last = (f.conversation_id.unwrap_or_default(), f.seq);
                 if stream.checks.delivered % 1000 == 0 {
-                    tx.send(client::ack(&last.0, last.1)).await?;
+                    session.send(client::ack(&last.0, last.1)).await?;
                 }
             }
             let done = client::now_us();
-            tx.send(client::ack(&last.0, last.1)).await?;
-            anyhow::Ok((stream.finish(each), done, tx, rx))
+            session.send(client::ack(&last.0, last.1)).await?;
+            anyhow::Ok((stream.finish(each), done, session))
         }));
     }
     let mut checks = Checks::default();
@@ -123,12 +127,13 @@ async fn drain(ctx: &Ctx<'_>, receivers: &[User], each: u64) -> anyhow::Result<(
     let mut keep = Vec::new();
     for t in tasks {
         match t.await? {
-            Ok((c, done, tx, rx)) => {
+            Ok((c, done, session)) => {
                 checks.add(&c);
                 end = end.max(done);
-                keep.push((tx, rx));
+                keep.push(session);
             }
-            Err(_) => {
+            Err(e) => {
+                eprintln!("a drain receiver failed: {e:#}");
                 checks.errors += 1;
                 checks.expected += each;
                 checks.lost += each;
@@ -137,8 +142,8 @@ async fn drain(ctx: &Ctx<'_>, receivers: &[User], each: u64) -> anyhow::Result<(
     }
     bar.finish_and_clear();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    for (mut tx, _rx) in keep {
-        let _ = tx.close().await;
+    for session in keep {
+        session.close().await;
     }
     Ok((checks, end.saturating_sub(start) as f64 / 1e6))
 }

@@ -3,9 +3,9 @@
 //! deliveries per second and, per message, the time until the last member
 //! has it. Every member must get every message once, in seq order.
 
-use super::{Checks, Ctx, Outcome, Stream, histogram};
+use super::{Checks, CpuMeter, Ctx, Outcome, Stream, histogram};
 use crate::client::{self, GROUP, Payload};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use std::{
     sync::{
         Arc,
@@ -40,29 +40,25 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
             tokio::spawn(async move {
                 let result = async {
                     let permit = limit.acquire_owned().await?;
-                    let conn = client::connect_split(&url, None).await;
-                    let ok = match conn {
-                        Ok((mut tx, mut rx)) => {
-                            client::handshake(&mut tx, &mut rx).await.map(|_| (tx, rx))
-                        }
-                        Err(e) => Err(e),
-                    };
+                    let ok = client::Session::open_idle(url).await;
                     drop(permit);
                     bar.inc(1);
                     barrier.wait().await;
-                    let (mut tx, mut rx) = ok?;
+                    let mut session = ok?;
                     let mut stream = Stream::default();
                     let mut last = (String::new(), 0);
                     while stream.checks.delivered < k {
-                        let Some(f) = client::next_frame(&mut rx, QUIET).await? else { break };
+                        let next = session.next(QUIET).await?;
+                        stream.reconnected(session.reconnects);
+                        let Some(f) = next else { break };
                         let (GROUP, Some(p)) = (f.kind, f.content) else { continue };
                         if stream.see(p.i, f.seq) {
                             last_at[p.i as usize].fetch_max(client::now_us(), Relaxed);
                         }
                         last = (f.conversation_id.unwrap_or_default(), f.seq);
                     }
-                    tx.send(client::ack(&last.0, last.1)).await?;
-                    let _ = tx.close().await;
+                    session.send(client::ack(&last.0, last.1)).await?;
+                    session.close().await;
                     anyhow::Ok(stream.finish(k))
                 }
                 .await;
@@ -75,6 +71,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         let (mut tx, mut rx) =
             client::connect_split(&ctx.topo.ws_url(0, &sender.token), None).await?;
         client::handshake(&mut tx, &mut rx).await?;
+        let cpu = CpuMeter::start(ctx.topo);
         let mut sent_at = Vec::new();
         let tag = uuid::Uuid::now_v7().simple().to_string();
         let mut errors = 0;
@@ -97,10 +94,12 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         }
         let bar = crate::bar(format!("s3 {name} group {size}: deliver"), members.len() as u64);
         let mut checks = Checks { errors, ..Default::default() };
+        let mut first_error = None;
         while let Some(r) = done_rx.recv().await {
             match r {
                 Ok(c) => checks.add(&c),
-                Err(_) => {
+                Err(e) => {
+                    first_error.get_or_insert_with(|| format!("a member failed: {e:#}"));
                     checks.errors += 1;
                     checks.expected += k;
                     checks.lost += k;
@@ -110,7 +109,6 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         }
         bar.finish_and_clear();
         let _ = tx.close().await;
-        drop(rx.next());
         let mut to_last = histogram();
         let mut end = sent_at[0];
         for (i, t) in sent_at.iter().enumerate() {
@@ -127,7 +125,9 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
             .set("deliveries_per_sec", checks.delivered as f64 / span)
             .set("to_last_member_p50_ms", to_last.value_at_quantile(0.5) as f64 / 1000.0)
             .set("to_last_member_max_ms", to_last.max() as f64 / 1000.0);
+        cpu.finish(&mut o, "delivery", checks.delivered);
         o.checks = checks;
+        o.error = first_error;
         out.push(o);
         drop(tx);
     }

@@ -22,7 +22,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
     // share so every worker spreads over every front.
     let workers = total.div_ceil(s.idle_per_worker.max(1)).max(1);
     let per_worker = total.div_ceil(workers);
-    let exe = std::env::current_exe()?;
+    let exe = crate::procs::bin("tern-bench")?;
     let mut children = Vec::new();
     for w in 0..workers {
         let share: Vec<String> = (w * per_worker..((w + 1) * per_worker).min(total))

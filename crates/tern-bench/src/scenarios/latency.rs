@@ -3,7 +3,7 @@
 //! time, so a stalled server cannot hide its stall (no coordinated
 //! omission).
 
-use super::{Ctx, Outcome, pairs, throughput};
+use super::{CpuMeter, Ctx, Outcome, pairs, throughput};
 
 pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
     let mut out = Vec::new();
@@ -24,12 +24,14 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         let rate = offered / s.pairs as f64;
         let pace = pairs::Pace::Open { rate, secs: s.level_secs };
         let label = format!("s4 {} {pct}%", ctx.topo.kind.name());
+        let cpu = CpuMeter::start(ctx.topo);
         let r = pairs::run(ctx.topo, &users, s.pairs, pace, &label).await?;
         let mut o = Outcome::new("s4", ctx.topo, format!("{pct}%"));
         o.set("load_pct", pct as f64)
             .set("offered_per_sec", offered)
             .set("delivered_per_sec", r.delivered_per_sec);
         o.percentiles("latency", &r.latency);
+        cpu.finish(&mut o, "msg", r.checks.delivered);
         o.checks = r.checks;
         out.push(o);
     }

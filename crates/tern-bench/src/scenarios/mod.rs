@@ -39,6 +39,11 @@ pub struct Checks {
     pub out_of_order: u64,
     /// Error frames or failed connects.
     pub errors: u64,
+    /// Reconnects the server asked for (close 1013); allowed by protocol v1.
+    pub reconnects: u64,
+    /// Messages the server replayed after such a reconnect (not acked yet
+    /// when the socket closed); allowed, and not counted as duplicates.
+    pub redelivered: u64,
 }
 
 impl Checks {
@@ -57,6 +62,8 @@ impl Checks {
         self.duplicated += o.duplicated;
         self.out_of_order += o.out_of_order;
         self.errors += o.errors;
+        self.reconnects += o.reconnects;
+        self.redelivered += o.redelivered;
     }
 }
 
@@ -110,6 +117,40 @@ impl Outcome {
     }
 }
 
+/// CPU time spent by every process of the topology during one case.
+pub struct CpuMeter {
+    start: Vec<(String, u32, f64)>,
+    t0: std::time::Instant,
+}
+
+impl CpuMeter {
+    pub fn start(topo: &Topology) -> CpuMeter {
+        let start = topo
+            .pids()
+            .into_iter()
+            .map(|(name, pid)| (name, pid, crate::procs::Sample::of(pid).cpu_secs))
+            .collect();
+        CpuMeter { start, t0: std::time::Instant::now() }
+    }
+
+    /// Records `cpu_pct_<process>` (100 = one core busy) and, over the
+    /// processes Tern itself runs, `cpu_us_per_<unit>` for `units` units of work.
+    pub fn finish(self, o: &mut Outcome, unit: &str, units: u64) {
+        let secs = self.t0.elapsed().as_secs_f64().max(1e-3);
+        let mut ours = 0.0;
+        for (name, pid, before) in self.start {
+            let used = crate::procs::Sample::of(pid).cpu_secs - before;
+            o.set(&format!("cpu_pct_{name}"), used / secs * 100.0);
+            if name != "mariadb" && name != "redis" {
+                ours += used;
+            }
+        }
+        if units > 0 {
+            o.set(&format!("cpu_us_per_{unit}"), ours * 1e6 / units as f64);
+        }
+    }
+}
+
 /// A latency histogram in microseconds, up to one hour.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
@@ -121,14 +162,30 @@ pub fn histogram() -> Histogram<u64> {
 pub struct Stream {
     next_i: u64,
     last_seq: Option<u64>,
+    /// Set by a reconnect: replayed messages are expected until a new one.
+    replaying: bool,
     pub checks: Checks,
 }
 
 impl Stream {
+    /// Notes that the session reconnected (`n` reconnects in all so far).
+    pub fn reconnected(&mut self, n: u64) {
+        if n > self.checks.reconnects {
+            self.checks.reconnects = n;
+            self.replaying = true;
+        }
+    }
+
     /// Notes message `i` with `seq`; `true` when it is new.
     pub fn see(&mut self, i: u64, seq: u64) -> bool {
         let fresh = match i.cmp(&self.next_i) {
             std::cmp::Ordering::Equal => true,
+            // After a reconnect the server replays what was not acked yet:
+            // expected, and not a duplicate, until the stream catches up.
+            std::cmp::Ordering::Less if self.replaying => {
+                self.checks.redelivered += 1;
+                false
+            }
             std::cmp::Ordering::Less => {
                 self.checks.duplicated += 1;
                 false
@@ -139,6 +196,7 @@ impl Stream {
             }
         };
         if fresh {
+            self.replaying = false;
             self.next_i = i + 1;
             self.checks.delivered += 1;
             if let Some(last) = self.last_seq

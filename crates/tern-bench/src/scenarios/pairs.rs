@@ -74,14 +74,15 @@ pub async fn run(
         let url = topo.ws_url(p + 1, &to.token);
         let (b, bar) = (barrier.clone(), bar.clone());
         receivers.push(tokio::spawn(async move {
-            let (mut tx, mut rx) = client::connect_split(&url, None).await?;
-            client::handshake(&mut tx, &mut rx).await?;
+            let mut session = client::Session::open_idle(url).await?;
             b.wait().await;
             let mut stream = Stream::default();
             let mut latency = histogram();
             let (mut last_us, mut conv, mut last_seq) = (0, String::new(), 0);
             while stream.checks.delivered < n {
-                let Some(f) = client::next_frame(&mut rx, QUIET).await? else {
+                let next = session.next(QUIET).await?;
+                stream.reconnected(session.reconnects);
+                let Some(f) = next else {
                     let got = stream.checks.delivered;
                     eprintln!(
                         "receiver of user {}: socket closed or silent after {got}/{n}",
@@ -106,13 +107,13 @@ pub async fn run(
                 }
                 (conv, last_seq) = (f.conversation_id.unwrap_or_default(), f.seq);
                 if stream.checks.delivered % 100 == 0 {
-                    tx.send(client::ack(&conv, last_seq)).await?;
+                    session.send(client::ack(&conv, last_seq)).await?;
                 }
             }
             if last_seq > 0 {
-                tx.send(client::ack(&conv, last_seq)).await?;
+                session.send(client::ack(&conv, last_seq)).await?;
             }
-            let _ = tx.close().await;
+            session.close().await;
             anyhow::Ok((stream.finish(n), latency, last_us))
         }));
         let url = topo.ws_url(p, &from.token);

@@ -4,7 +4,7 @@
 //! jittered backoff would). Connect time is TCP connect to the 101
 //! answer; resume time runs until the missed message has arrived.
 
-use super::{Checks, Ctx, Outcome, histogram};
+use super::{Checks, CpuMeter, Ctx, Outcome, histogram};
 use crate::client::{self, SINGLE};
 use futures::SinkExt;
 use std::{sync::Arc, time::Duration};
@@ -49,6 +49,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
 
     let limit = Arc::new(Semaphore::new(s.connect_parallel));
     let bar = crate::bar(format!("s5 {name}: storm"), n as u64);
+    let cpu = CpuMeter::start(ctx.topo);
     let start = client::now_us();
     let mut tasks = Vec::new();
     for (i, u) in clients.iter().enumerate() {
@@ -87,7 +88,12 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
                 checks.duplicated += got.saturating_sub(1);
                 keep.push((tx, rx));
             }
-            Err(_) => checks.errors += 1,
+            Err(e) => {
+                if checks.errors == 0 {
+                    eprintln!("a storm client failed: {e:#}");
+                }
+                checks.errors += 1;
+            }
         }
     }
     bar.finish_and_clear();
@@ -104,6 +110,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         .set("connects_per_sec", (n as u64 - checks.errors) as f64 / span);
     o.percentiles("connect", &connect);
     o.percentiles("resume", &resume);
+    cpu.finish(&mut o, "connect", n as u64);
     o.checks = checks;
     Ok(vec![o])
 }
