@@ -48,3 +48,9 @@ validate-deploy:
 bench *ARGS:
     cargo build --release --workspace
     cargo run --release -p tern-bench -- all {{ARGS}}
+
+# The long fault-injection run (docs/fault-runs.md): 400 users, every fault,
+# each with 20 s of load around it. Rows land in target/faults-report.md.
+faults:
+    cargo build --release --workspace --bins
+    TERN_FAULTS_USERS=400 TERN_FAULTS_RATE=5 TERN_FAULTS_SECS=20 cargo test --release -p tern --test faults -- --nocapture
