@@ -12,6 +12,7 @@ use std::time::Duration;
 /// crash of the process or of the machine.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut url = url.to_string();
+    let sqlite = url.starts_with("sqlite:");
     if let Some(path) = sqlite_path(&url) {
         if let Some(dir) =
             std::path::Path::new(&path).parent().filter(|d| !d.as_os_str().is_empty())
@@ -28,10 +29,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .max_connections(max_connections)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(3))
-        // A request that cannot get a connection within 2 s fails with a
-        // retryable error: a saturated or restarting database pushes back
-        // on clients instead of queueing them.
-        .acquire_timeout(Duration::from_secs(2))
+        // On a database server, a request that cannot get a connection
+        // within 2 s fails with a retryable error: a saturated or
+        // restarting server pushes back on clients instead of queueing
+        // them. A SQLite file cannot be down, so waiting there only means
+        // local contention, and failing early would only cause retries.
+        .acquire_timeout(Duration::from_secs(if sqlite { 10 } else { 2 }))
         .sqlx_logging(false);
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {
