@@ -85,8 +85,15 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
         Some(dir) => dir.clone(),
         None => source_dir()?,
     };
-    if name == "tern-bench" && !dir.join(name).exists() {
-        return own_exe();
+    // The tool itself comes from the snapshot, or is this executable: a
+    // `TERN_BENCH_BIN_DIR` holds the Tern binaries only.
+    let snapshot = dir.join(name);
+    if name == "tern-bench" {
+        return if std::env::var_os("TERN_BENCH_BIN_DIR").is_none() && snapshot.exists() {
+            Ok(snapshot)
+        } else {
+            own_exe()
+        };
     }
     let path = dir.join(name);
     if !path.exists() {
@@ -156,7 +163,17 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so the process shuts down as in production (and a
+    /// profiler wrapped around it writes its output); SIGKILL after 10 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -121,7 +121,9 @@ fn markdown(scale: &Scale, outcomes: &[Outcome]) -> String {
 
 /// A figure with sensible precision.
 pub fn num(v: f64) -> String {
-    if v.abs() >= 100.0 {
+    if v == 0.0 {
+        "0".into()
+    } else if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 1.0 {
         format!("{v:.2}")
