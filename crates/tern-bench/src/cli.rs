@@ -83,6 +83,10 @@ pub struct Run {
     /// Tiny scale for a quick correctness run (overrides every scale flag).
     #[arg(long)]
     pub smoke: bool,
+    /// Start each case without waiting for the last case's sessions to
+    /// close on the server; reproduces the presence race in BENCHMARKS.md.
+    #[arg(long, hide = true)]
+    pub no_quiesce: bool,
     #[command(flatten)]
     pub scale: Scale,
 }

@@ -110,6 +110,7 @@ async fn bench(wanted: &[Scenario], run: Run) -> anyhow::Result<bool> {
     for (kind, scenarios) in plan {
         eprintln!("== {} ==", kind.name());
         let mut topo = Topology::start(kind, scale.gateways, &run.out).await?;
+        topo.settle = !run.no_quiesce;
         let mut pool = users::Pool::new();
         let mut ctx =
             Ctx { topo: &mut topo, pool: &mut pool, scale: &scale, out: &run.out, s2_max: None };

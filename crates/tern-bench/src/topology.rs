@@ -94,6 +94,8 @@ pub struct Topology {
     pub back: Vec<Proc>,
     dbs: Option<Databases>,
     _data: tempfile::TempDir,
+    /// Whether [`Topology::quiesce`] waits (off only to reproduce a race).
+    pub settle: bool,
 }
 
 impl Topology {
@@ -102,8 +104,15 @@ impl Topology {
         let data = tempfile::tempdir()?;
         let http = reqwest::Client::new();
         let log = |name: &str| out.join(format!("{}-{name}.log", kind.name()));
-        let mut topo =
-            Topology { kind, ports: vec![], front: vec![], back: vec![], dbs: None, _data: data };
+        let mut topo = Topology {
+            kind,
+            ports: vec![],
+            front: vec![],
+            back: vec![],
+            dbs: None,
+            _data: data,
+            settle: true,
+        };
         match kind {
             Kind::Relay => {
                 let port = free_port();
@@ -206,6 +215,37 @@ impl Topology {
     /// The HTTP base URL of front process `i` (wrapping).
     pub fn http_url(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.ports[i % self.ports.len()])
+    }
+
+    /// Waits (up to 10 s) until no session of an earlier case is still open
+    /// on any front process (`/stats` connections at 0), so the next case's
+    /// sessions never overlap the teardown of the last one's. The gateway
+    /// clears a user's presence when a session ends, per node rather than
+    /// per session, so a session closing just as the same user reconnects
+    /// can leave the new one unrouted (see BENCHMARKS.md, server bugs).
+    pub async fn quiesce(&self) {
+        if self.kind == Kind::Relay || !self.settle {
+            return;
+        }
+        let http = reqwest::Client::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for i in 0..self.ports.len() {
+            let url = format!("{}/stats", self.http_url(i));
+            while std::time::Instant::now() < deadline {
+                let open = match http.get(&url).send().await {
+                    Ok(r) => r
+                        .json::<serde_json::Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["connections"].as_u64()),
+                    Err(_) => None,
+                };
+                if open == Some(0) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     /// Memory and CPU of every front process, in order.

@@ -24,7 +24,9 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         }
         let all = ctx.pool.get(ctx.topo, 2 * users).await?;
         let (receivers, senders) = all.split_at(users);
+        ctx.topo.quiesce().await;
         fill(ctx, senders, receivers, each).await?;
+        ctx.topo.quiesce().await;
         let cpu = CpuMeter::start(ctx.topo);
         let (checks, secs) = drain(ctx, receivers, each).await?;
         let mut o = Outcome::new("s6", ctx.topo, format!("{users} x {each}"));

@@ -25,6 +25,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         let users = ctx.pool.get(ctx.topo, size).await?;
         let (sender, members) = (&users[0], &users[1..]);
         let group = ctx.pool.group(ctx.topo, sender, members).await?;
+        ctx.topo.quiesce().await;
         let k = s.group_messages;
         let name = ctx.topo.kind.name();
         let bar = crate::bar(format!("s3 {name} group {size}: connect"), members.len() as u64);

@@ -61,6 +61,7 @@ pub async fn run(
     pace: Pace,
     label: &str,
 ) -> anyhow::Result<PairsResult> {
+    topo.quiesce().await;
     let n = pace.messages();
     let run_tag = uuid::Uuid::now_v7().simple().to_string();
     let barrier = Arc::new(Barrier::new(2 * pairs + 1));

@@ -15,6 +15,7 @@ const QUIET: Duration = Duration::from_secs(30);
 pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
     let s = ctx.scale;
     let n = s.storm_clients;
+    ctx.topo.quiesce().await;
     let users = ctx.pool.get(ctx.topo, n + 1).await?;
     let (sender, clients) = (users[n].clone(), users[..n].to_vec());
     let name = ctx.topo.kind.name();
@@ -45,6 +46,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
     // While they are away, one message each: a pair run with the sender on
     // one side and every client on the other.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    ctx.topo.quiesce().await;
     send_one_each(ctx, &sender, &clients).await?;
 
     let limit = Arc::new(Semaphore::new(s.connect_parallel));
