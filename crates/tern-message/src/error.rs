@@ -28,6 +28,13 @@ pub enum MessageError {
     Peer(#[from] tonic::Status),
 }
 
+impl MessageError {
+    /// A final "no" to this send (as opposed to a failure to decide).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Invalid(_) | Self::UnknownUser | Self::UnknownGroup | Self::NotMember)
+    }
+}
+
 impl From<MessageError> for tonic::Status {
     fn from(error: MessageError) -> Self {
         match error {

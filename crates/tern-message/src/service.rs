@@ -104,32 +104,15 @@ impl Messages {
         Ok(())
     }
 
-    async fn send(&self, request: SendRequest) -> Result<SendResponse, MessageError> {
-        let SendRequest { sender_id, client_msg_id, target, content_json, system } = request;
-        if sender_id == 0 && !system {
-            return Err(MessageError::Invalid("sender_id is required"));
-        }
-        if content_json.len() > self.max_content_bytes {
-            return Err(MessageError::TooLarge);
-        }
-        if serde_json::from_str::<serde::de::IgnoredAny>(&content_json).is_err() {
-            return Err(MessageError::Invalid("content_json must be valid JSON"));
-        }
-        if client_msg_id.len() > MAX_CLIENT_MSG_ID {
-            return Err(MessageError::Invalid("client_msg_id must be at most 64 bytes"));
-        }
-        let sender = i64::try_from(sender_id)
-            .map_err(|_| MessageError::Invalid("sender_id out of range"))?;
-        let client_msg_id = if client_msg_id.is_empty() {
-            uuid::Uuid::now_v7().to_string()
-        } else {
-            // A retry returns the original without authorising again: it
-            // was authorised when first stored.
-            if let Some(original) = self.store.find_sent(sender, &client_msg_id).await? {
-                return Ok(SendResponse { message: Some(original), duplicate: true });
-            }
-            client_msg_id
-        };
+    /// Checks that `sender` may send to `target` and makes sure the
+    /// conversation exists: its id, the stored target, and (for groups)
+    /// the member list version the check saw.
+    async fn authorise(
+        &self,
+        sender_id: u64,
+        target: Option<Target>,
+        system: bool,
+    ) -> Result<(String, StoredTarget, Option<u64>), MessageError> {
         let target = target
             .ok_or(MessageError::Invalid("a recipient (to_user_id or group_id) is required"))?;
         let mut members_version = None;
@@ -179,6 +162,49 @@ impl Messages {
                 self.ensure_group(&id).await?;
                 (id, StoredTarget::GroupId(group_id))
             }
+        };
+        Ok((conversation_id, stored_target, members_version))
+    }
+
+    async fn send(&self, request: SendRequest) -> Result<SendResponse, MessageError> {
+        let SendRequest { sender_id, client_msg_id, target, content_json, system } = request;
+        if sender_id == 0 && !system {
+            return Err(MessageError::Invalid("sender_id is required"));
+        }
+        if content_json.len() > self.max_content_bytes {
+            return Err(MessageError::TooLarge);
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(&content_json).is_err() {
+            return Err(MessageError::Invalid("content_json must be valid JSON"));
+        }
+        if client_msg_id.len() > MAX_CLIENT_MSG_ID {
+            return Err(MessageError::Invalid("client_msg_id must be at most 64 bytes"));
+        }
+        let sender = i64::try_from(sender_id)
+            .map_err(|_| MessageError::Invalid("sender_id out of range"))?;
+        // Without a client_msg_id the send is simply not idempotent.
+        let (client_msg_id, retryable) = if client_msg_id.is_empty() {
+            (uuid::Uuid::now_v7().to_string(), false)
+        } else {
+            (client_msg_id, true)
+        };
+        let (conversation_id, stored_target, members_version) = match self
+            .authorise(sender_id, target, system)
+            .await
+        {
+            Ok(authorised) => authorised,
+            // A retry returns the original even if it would not be
+            // allowed any more (the sender has left the group since):
+            // it was authorised when first stored. Only refusals pay
+            // for this lookup; a retry that is allowed again meets the
+            // unique key when it is stored and gets the original there.
+            Err(refused) if retryable && refused.is_refusal() => {
+                return match self.store.find_sent(sender, &client_msg_id).await? {
+                    Some(original) => Ok(SendResponse { message: Some(original), duplicate: true }),
+                    None => Err(refused),
+                };
+            }
+            Err(error) => return Err(error),
         };
         let draft = Draft {
             conversation_id,

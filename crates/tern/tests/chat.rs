@@ -248,6 +248,28 @@ async fn a_member_who_left_receives_nothing_and_stays_connected() {
     assert_eq!(refused["code"], "not_member");
 }
 
+/// A retry whose original was stored while the sender was a member still
+/// gets the original's ack after the sender left: the send was authorised
+/// when it was first stored, and answering `not_member` now would tell the
+/// client a stored message was refused.
+#[tokio::test]
+async fn a_retry_after_leaving_the_group_returns_the_original() {
+    let s = Server::start().await;
+    let (a, b) = (s.user("a").await, s.user("b").await);
+    let g = s.group(&a, &[&b]).await;
+    let mut cb = s.connect(&b).await;
+    let first = cb.send_group(g, "sent while a member", "b-1").await;
+    assert_eq!(first["type"], 30, "{first}");
+    let (status, _) = s.post(&format!("/api/groups/{g}/leave"), Some(&b.token), json!({})).await;
+    assert_eq!(status, 200);
+    let again = cb.send_group(g, "sent while a member", "b-1").await;
+    assert_eq!(again["type"], 30, "{again}");
+    assert_eq!(again["message_id"], first["message_id"]);
+    assert_eq!(again["duplicate"], true);
+    let new = cb.send_group(g, "a new one", "b-2").await;
+    assert_eq!(new["code"], "not_member", "{new}");
+}
+
 #[tokio::test]
 async fn a_member_who_joins_receives_live_messages_at_once_but_no_earlier_history() {
     let s = Server::start().await;
