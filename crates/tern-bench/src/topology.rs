@@ -56,7 +56,10 @@ struct Databases {
 
 impl Databases {
     async fn create() -> anyhow::Result<Databases> {
+        // The test suite's variable is honoured too, so the smoke test
+        // finds the same server as the other tests.
         let base = std::env::var("TERN_BENCH_MYSQL_URL")
+            .or_else(|_| std::env::var("TERN_TEST_MYSQL_URL"))
             .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
         let admin = sea_orm::Database::connect(format!("{base}/test"))
             .await
@@ -156,6 +159,7 @@ impl Topology {
         let grpc = [free_port(), free_port(), free_port(), free_port()];
         let url = |i: usize| format!("http://127.0.0.1:{}", grpc[i]);
         let redis = std::env::var("TERN_BENCH_REDIS_URL")
+            .or_else(|_| std::env::var("TERN_TEST_REDIS_URL"))
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let tag = uuid::Uuid::now_v7().simple().to_string();
         let mut common = bench_env();

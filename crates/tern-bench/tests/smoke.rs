@@ -23,7 +23,12 @@ fn every_scenario_at_tiny_scale_delivers_everything() {
             sibling(bin).display()
         );
     }
-    let out = tempfile::tempdir().unwrap();
+    // Beside the binaries, so the tool can hard-link them instead of
+    // copying (a temporary folder may be on another file system).
+    let out = tempfile::Builder::new()
+        .prefix("tern-bench-smoke")
+        .tempdir_in(PathBuf::from(env!("CARGO_BIN_EXE_tern-bench")).parent().unwrap())
+        .unwrap();
     let status = Command::new(env!("CARGO_BIN_EXE_tern-bench"))
         .args(["all", "--smoke", "--topology", "both", "--out"])
         .arg(out.path())
