@@ -266,6 +266,12 @@ pub async fn run(
     let registry = state.registry.clone();
     let drain = Duration::from_secs(state.settings.drain_secs);
     let make = app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // Frames are small and latency matters: no Nagle delay on client sockets.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, make)
         .with_graceful_shutdown(async move {
             shutdown.cancelled().await;

@@ -249,10 +249,21 @@ where
     if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
         writer.abort();
     }
-    if registered
-        && let Err(error) = state.services.presence.disconnect(user, &settings.node_id).await
-    {
-        tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
+    if registered {
+        let presence = &state.services.presence;
+        if let Err(error) = presence.disconnect(user, &settings.node_id).await {
+            tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
+        }
+        // Presence is per (user, node): a new session of the same user on
+        // this node may have recorded itself just before the removal above.
+        // It is in the registry by then (it registers before recording
+        // presence), so record it again; whichever order the two ran in,
+        // the user stays reachable.
+        if state.registry.get(user).is_some()
+            && let Err(error) = presence.connect(user, &settings.node_id).await
+        {
+            tracing::warn!(user_id = user, %error, "presence not restored after a reconnect");
+        }
     }
     state.stats.connections_live.fetch_sub(1, Relaxed);
     metrics::gauge!("tern_gateway_connections").decrement(1.0);

@@ -113,7 +113,8 @@ where
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the descriptor set is compiled into the binary and valid");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Small gRPC frames must not wait for the peer's delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(service = S::NAME, "gRPC serving");
     Server::builder()
         .layer(crate::credential::RequireToken::new(token))

@@ -201,7 +201,9 @@ pub async fn run(
             .add_service(offline);
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Small gRPC frames must not wait for the peer's delayed ACK.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             if let Err(error) =
                 router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
             {

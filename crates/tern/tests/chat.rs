@@ -4,6 +4,7 @@ mod common;
 
 use common::{Server, seqs, texts};
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn direct_message_is_acked_then_delivered_from_the_real_sender() {
@@ -306,4 +307,41 @@ async fn an_abruptly_dropped_socket_is_unregistered_promptly() {
         assert!(std::time::Instant::now() < deadline, "session still registered");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Regression: presence is per (user, node), so a closing session's
+/// clean-up could remove the entry that the same user's new session on the
+/// node had just recorded, leaving the user unreachable for live pushes
+/// (sends were stored and acked, never pushed). The old session's clean-up
+/// is made slow here (its writer is stuck on a client that stopped
+/// reading), so the new session registers in between.
+#[tokio::test]
+async fn a_user_who_reconnects_while_the_old_session_winds_down_stays_reachable() {
+    let s =
+        Server::start_with(&[("TERN__GATEWAY__LIMITS__MESSAGES_PER_USER_PER_SECOND", "0")]).await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut a = s.connect(&alice).await;
+    let mut old = s.connect(&bob).await;
+    // Fill the old session's socket: bob's client stops reading.
+    let pad = "x".repeat(48 * 1024);
+    for i in 0..200 {
+        a.send_to(bob.id, &format!("{i}{pad}"), &format!("big-{i}")).await;
+    }
+    // Close (the close frame still goes out) and reconnect at once.
+    let _ = futures::SinkExt::close(&mut old.ws).await;
+    let mut new = common::Client::connect(&s.ws_url(&bob.token)).await;
+    // Wait until the old session's clean-up (up to 2 s for its stuck
+    // writer) has certainly run, then send live.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a.send_to(bob.id, "live", "live").await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            // The backlog (the big ones) comes first.
+            if new.recv().await["content"]["text"] == "live" {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the live message reached the new session");
 }
