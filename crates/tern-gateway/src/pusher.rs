@@ -48,8 +48,15 @@ fn sync_backoff() -> ExponentialBuilder {
         .with_jitter()
 }
 
-fn retryable(status: &tonic::Status) -> bool {
-    error_code_of(status) == ErrorCode::Unavailable
+/// Runs a storage read, retrying it with [`sync_backoff`] while it fails
+/// with `unavailable`.
+async fn read_retrying<T, F, Fut>(read: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let retryable = |s: &tonic::Status| error_code_of(s) == ErrorCode::Unavailable;
+    Ok(read.retry(sync_backoff()).when(retryable).await?.into_inner())
 }
 
 /// Why the writer stopped.
@@ -185,16 +192,12 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// Every conversation's messages beyond what was pushed (or, for
     /// conversations not pushed yet, beyond the cursor), in seq order.
     async fn sync_backlog(&mut self) -> Result<(), Stop> {
-        let offline = self.offline.clone();
         let request = ListBacklogRequest { user_id: self.user, include_read: false };
-        let backlog = (|| {
-            let mut offline = offline.clone();
+        let backlog = read_retrying(|| {
+            let mut offline = self.offline.clone();
             async move { offline.list_backlog(request).await }
         })
-        .retry(sync_backoff())
-        .when(retryable)
         .await?
-        .into_inner()
         .conversations;
         for conversation in backlog {
             self.catch_up(&conversation.conversation_id, conversation.latest_seq).await?;
@@ -236,15 +239,11 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 after_seq: after,
                 limit: self.page,
             };
-            let offline = self.offline.clone();
-            let page = (|| {
-                let (mut offline, request) = (offline.clone(), request.clone());
+            let page = read_retrying(|| {
+                let (mut offline, request) = (self.offline.clone(), request.clone());
                 async move { offline.pull(request).await }
             })
-            .retry(sync_backoff())
-            .when(retryable)
-            .await?
-            .into_inner();
+            .await?;
             let mut last = after.unwrap_or(page.acked_seq);
             for message in &page.messages {
                 if message.seq > last {

@@ -12,8 +12,8 @@
 
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use std::{
@@ -171,12 +171,7 @@ impl Store {
         sender: i64,
         client_msg_id: &str,
     ) -> Result<Option<Message>, DbErr> {
-        Ok(messages::Entity::find()
-            .filter(messages::Column::SenderId.eq(sender))
-            .filter(messages::Column::ClientMsgId.eq(client_msg_id))
-            .one(&self.db)
-            .await?
-            .map(to_pb))
+        find_sent(&self.db, sender, client_msg_id).await
     }
 
     /// Stores a draft with the next seq of its conversation, committed
@@ -282,7 +277,7 @@ async fn write_loop(
 /// of all rows. Conversation rows are locked in id order, so two writers
 /// (two message service instances) cannot deadlock each other.
 async fn append_batch(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Message>, DbErr> {
-    let mut counts: Vec<(&str, i64)> = Vec::new();
+    let mut counts: Vec<(&str, i32)> = Vec::new();
     for job in jobs {
         match counts.iter_mut().find(|(id, _)| *id == job.draft.conversation_id) {
             Some((_, n)) => *n += 1,
@@ -294,28 +289,8 @@ async fn append_batch(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Messa
     // The first seq each conversation's drafts take.
     let mut next: HashMap<&str, i64> = HashMap::with_capacity(counts.len());
     for (id, n) in counts {
-        let bumped = conversations::Entity::update_many()
-            .col_expr(
-                conversations::Column::LastSeq,
-                // A 32-bit parameter, as for a single append: PostgreSQL
-                // types `last_seq + $1` from the column and refuses an
-                // 8-byte binding for it. A batch is at most MAX_BATCH.
-                Expr::col(conversations::Column::LastSeq).add(n as i32),
-            )
-            .filter(conversations::Column::Id.eq(id))
-            .exec(&txn)
-            .await?;
-        if bumped.rows_affected != 1 {
-            return Err(DbErr::RecordNotFound(format!("conversation {id}")));
-        }
-        let last: i64 = conversations::Entity::find_by_id(id.to_string())
-            .select_only()
-            .column(conversations::Column::LastSeq)
-            .into_tuple()
-            .one(&txn)
-            .await?
-            .ok_or_else(|| DbErr::RecordNotFound(id.to_string()))?;
-        next.insert(id, last - n + 1);
+        let last = bump_seq(&txn, id, n).await?;
+        next.insert(id, last - i64::from(n) + 1);
     }
     let now = now_ms();
     let rows: Vec<messages::Model> = jobs
@@ -351,28 +326,47 @@ fn new_row(draft: &Draft, seq: i64, now: i64) -> messages::Model {
     }
 }
 
+/// Adds `n` to a conversation's `last_seq` and returns the new value. The
+/// UPDATE comes before the read so the row (SQLite: the database) is
+/// write-locked first: concurrent writers queue here instead of failing to
+/// upgrade a read lock. `n` is a 32-bit parameter on purpose: PostgreSQL
+/// types `last_seq + $1` from the column and refuses an 8-byte binding.
+async fn bump_seq(txn: &DatabaseTransaction, conversation: &str, n: i32) -> Result<i64, DbErr> {
+    let bumped = conversations::Entity::update_many()
+        .col_expr(conversations::Column::LastSeq, Expr::col(conversations::Column::LastSeq).add(n))
+        .filter(conversations::Column::Id.eq(conversation))
+        .exec(txn)
+        .await?;
+    if bumped.rows_affected != 1 {
+        return Err(DbErr::RecordNotFound(format!("conversation {conversation}")));
+    }
+    conversations::Entity::find_by_id(conversation.to_string())
+        .select_only()
+        .column(conversations::Column::LastSeq)
+        .into_tuple()
+        .one(txn)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(conversation.to_string()))
+}
+
+async fn find_sent(
+    db: &DatabaseConnection,
+    sender: i64,
+    client_msg_id: &str,
+) -> Result<Option<Message>, DbErr> {
+    Ok(messages::Entity::find()
+        .filter(messages::Column::SenderId.eq(sender))
+        .filter(messages::Column::ClientMsgId.eq(client_msg_id))
+        .one(db)
+        .await?
+        .map(to_pb))
+}
+
 /// Stores one draft in its own transaction; a unique violation means a
 /// concurrent retry of the same send won, and the original is returned.
 async fn append_once(db: &DatabaseConnection, draft: Draft) -> Result<Stored, DbErr> {
     let txn = db.begin().await?;
-    // The UPDATE comes first so the row (SQLite: the database) is
-    // write-locked before the read: concurrent sends queue here instead of
-    // failing to upgrade a read lock.
-    let bumped = conversations::Entity::update_many()
-        .col_expr(conversations::Column::LastSeq, Expr::col(conversations::Column::LastSeq).add(1))
-        .filter(conversations::Column::Id.eq(&draft.conversation_id))
-        .exec(&txn)
-        .await?;
-    if bumped.rows_affected != 1 {
-        return Err(DbErr::RecordNotFound(format!("conversation {}", draft.conversation_id)));
-    }
-    let seq: i64 = conversations::Entity::find_by_id(draft.conversation_id.clone())
-        .select_only()
-        .column(conversations::Column::LastSeq)
-        .into_tuple()
-        .one(&txn)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(draft.conversation_id.clone()))?;
+    let seq = bump_seq(&txn, &draft.conversation_id, 1).await?;
     let row = new_row(&draft, seq, now_ms());
     let active: messages::ActiveModel = row.clone().into();
     match messages::Entity::insert(active).exec_without_returning(&txn).await {
@@ -382,13 +376,8 @@ async fn append_once(db: &DatabaseConnection, draft: Draft) -> Result<Stored, Db
         }
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             txn.rollback().await?;
-            let original = messages::Entity::find()
-                .filter(messages::Column::SenderId.eq(row.sender_id))
-                .filter(messages::Column::ClientMsgId.eq(&row.client_msg_id))
-                .one(db)
-                .await?;
-            match original {
-                Some(original) => Ok(Stored::Duplicate(to_pb(original))),
+            match find_sent(db, row.sender_id, &row.client_msg_id).await? {
+                Some(original) => Ok(Stored::Duplicate(original)),
                 None => Err(e),
             }
         }

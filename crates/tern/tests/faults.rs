@@ -117,7 +117,9 @@ async fn rig() -> Rig {
 }
 
 impl Rig {
-    async fn inject(&mut self, fault: Fault) -> String {
+    /// Breaks `fault`, waits until the cluster is back, and returns a
+    /// note for the report, if the fault has one.
+    async fn inject(&mut self, fault: Fault) -> Option<String> {
         let c = &mut self.cluster;
         match fault {
             Fault::KillGateway => {
@@ -125,20 +127,20 @@ impl Rig {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 c.gateways[0].start();
                 c.wait_ready(0).await;
-                String::new()
+                None
             }
             Fault::KillMessageService => {
                 c.message.signal("KILL", true);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 c.message.start();
                 c.wait_ready(0).await;
-                String::new()
+                None
             }
             Fault::RestartRedis => {
                 let redis = &mut self.redis;
                 tokio::task::block_in_place(|| redis.restart(Duration::from_secs(1)));
                 c.wait_ready(0).await;
-                String::new()
+                None
             }
             Fault::RestartMariaDb => {
                 let mariadb = &mut self.mariadb;
@@ -146,7 +148,7 @@ impl Rig {
                 // fail (retryably) rather than just wait.
                 tokio::task::block_in_place(|| mariadb.restart(Duration::from_secs(4)));
                 c.wait_ready(0).await;
-                String::new()
+                None
             }
             Fault::TermGateway => {
                 let started = Instant::now();
@@ -158,7 +160,7 @@ impl Rig {
                 );
                 c.gateways[1].start();
                 c.wait_ready(1).await;
-                format!("SIGTERM → exit in {} ms", took.as_millis())
+                Some(format!("SIGTERM → exit in {} ms", took.as_millis()))
             }
         }
     }
@@ -277,10 +279,7 @@ async fn run(label: &str, faults: &[Fault]) -> Verdict {
     tokio::time::sleep(s.phase).await;
     let mut notes = Vec::new();
     for &fault in faults {
-        let note = rig.inject(fault).await;
-        if !note.is_empty() {
-            notes.push(note);
-        }
+        notes.extend(rig.inject(fault).await);
         tokio::time::sleep(s.phase).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
