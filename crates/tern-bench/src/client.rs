@@ -132,7 +132,15 @@ pub struct Session {
     rx: Rx,
     /// Reconnects so far.
     pub reconnects: u64,
+    /// The newest delivery shown but not acked yet: `(conversation, seq)`.
+    unacked: Option<(String, u64)>,
 }
+
+/// How receivers acknowledge, printed in every report: like the web app,
+/// which acks each message it shows. Frames that arrived in the same read
+/// share one cumulative ack.
+pub const ACK_POLICY: &str =
+    "after every delivered frame (one cumulative ack for frames already received together)";
 
 /// Reconnects allowed per session before the close counts as a failure.
 const MAX_RECONNECTS: u64 = 5;
@@ -141,7 +149,7 @@ impl Session {
     /// Opens the socket (no handshake: a backlog may come first).
     pub async fn open(url: String) -> anyhow::Result<Session> {
         let (tx, rx) = connect_split(&url, None).await?;
-        Ok(Session { url, tx, rx, reconnects: 0 })
+        Ok(Session { url, tx, rx, reconnects: 0, unacked: None })
     }
 
     /// Opens the socket and proves the session registered (no backlog).
@@ -151,20 +159,72 @@ impl Session {
         Ok(s)
     }
 
-    /// The next frame, reconnecting after a 1013 close.
+    /// Notes that a delivered frame was shown: it is acked before the
+    /// session next waits for the network, so frames that are already
+    /// received share one cumulative ack (see [`ACK_POLICY`]).
+    pub fn shown(&mut self, conversation_id: Option<String>, seq: u64) {
+        if let Some(conversation) = conversation_id {
+            self.unacked = Some((conversation, seq));
+        }
+    }
+
+    /// Sends the pending cumulative ack, if any.
+    pub async fn ack_shown(&mut self) -> anyhow::Result<()> {
+        if let Some((conversation, seq)) = self.unacked.take() {
+            self.tx.send(ack(&conversation, seq)).await?;
+        }
+        Ok(())
+    }
+
+    /// The next frame, reconnecting after a 1013 close. What was shown is
+    /// acked first unless another frame is already waiting.
     pub async fn next(&mut self, wait: Duration) -> anyhow::Result<Option<Frame>> {
+        use futures::FutureExt;
+        if self.unacked.is_some() {
+            match self.rx.next().now_or_never() {
+                Some(Some(Ok(Message::Text(t)))) => return Ok(Some(serde_json::from_str(&t)?)),
+                Some(Some(Ok(Message::Close(frame)))) => {
+                    let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                        (u16::from(f.code), f.reason.to_string())
+                    });
+                    return self.after_close(ServerClosed { code, reason }.into(), wait).await;
+                }
+                Some(Some(Err(e))) => return Err(e.into()),
+                Some(None) => return Ok(None),
+                // Pings, pongs or nothing received yet: ack, then wait.
+                Some(Some(Ok(_))) | None => self.ack_shown().await?,
+            }
+        }
+        match next_frame(&mut self.rx, wait).await {
+            Err(e) => self.after_close(e, wait).await,
+            other => other,
+        }
+    }
+
+    /// A failed read: reconnects after a 1013 close (the server replays
+    /// everything beyond the last ack), otherwise passes the error on.
+    async fn after_close(
+        &mut self,
+        error: anyhow::Error,
+        wait: Duration,
+    ) -> anyhow::Result<Option<Frame>> {
+        let mut error = error;
         loop {
-            match next_frame(&mut self.rx, wait).await {
-                Err(e)
-                    if self.reconnects < MAX_RECONNECTS
-                        && e.downcast_ref::<ServerClosed>()
-                            .is_some_and(|c| c.code == TRY_AGAIN_LATER) =>
+            match error {
+                e if self.reconnects < MAX_RECONNECTS
+                    && e.downcast_ref::<ServerClosed>()
+                        .is_some_and(|c| c.code == TRY_AGAIN_LATER) =>
                 {
                     tokio::time::sleep(Duration::from_millis(50 << self.reconnects)).await;
                     (self.tx, self.rx) = connect_split(&self.url, None).await?;
                     self.reconnects += 1;
+                    self.unacked = None;
+                    match next_frame(&mut self.rx, wait).await {
+                        Err(e) => error = e,
+                        other => return other,
+                    }
                 }
-                other => return other,
+                e => return Err(e),
             }
         }
     }
@@ -173,7 +233,9 @@ impl Session {
         Ok(self.tx.send(msg).await?)
     }
 
+    /// Acks what was shown, then closes.
     pub async fn close(mut self) {
+        let _ = self.ack_shown().await;
         let _ = self.tx.close().await;
     }
 }

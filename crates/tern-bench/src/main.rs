@@ -87,6 +87,7 @@ async fn bench(wanted: &[Scenario], run: Run) -> anyhow::Result<bool> {
     let scale = if run.smoke { Scale::smoke(run.scale.gateways) } else { run.scale.clone() };
     std::fs::create_dir_all(&run.out)?;
     procs::snapshot(&run.out)?;
+    eprintln!("receivers ack {}", client::ACK_POLICY);
     let mut outcomes: Vec<Outcome> = Vec::new();
     // The relay runs S0 (and S1, as a memory baseline) whenever a figure
     // will be compared with it.

@@ -17,6 +17,7 @@ pub fn write(out: &Path, scale: &Scale, outcomes: &[Outcome]) -> anyhow::Result<
         "finished_unix": crate::client::now_us() / 1_000_000,
         "machine": machine(),
         "scale": scale,
+        "ack_policy": crate::client::ACK_POLICY,
         "outcomes": outcomes,
     });
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
@@ -79,6 +80,7 @@ fn markdown(scale: &Scale, outcomes: &[Outcome]) -> String {
         m["cpu"].as_str().unwrap_or("unknown CPU")
     );
     let _ = writeln!(md, "Scale: `{}`\n", serde_json::to_string(scale).unwrap_or_default());
+    let _ = writeln!(md, "Receivers ack {}.\n", crate::client::ACK_POLICY);
     md.push_str("## Targets\n\n| target | topology | measured | met |\n|---|---|---|---|\n");
     for (target, topology, measured, met) in targets(outcomes) {
         let _ = writeln!(

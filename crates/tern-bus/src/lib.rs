@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 pub use in_process::{InProcessBus, InProcessPresence};
 pub use redis::{Names, RedisBus, RedisPresence, connect as connect_redis};
-pub use tern_proto::pb::bus::{BusEvent, Deliver, Kick, Resync, bus_event::Event};
+pub use tern_proto::pb::bus::{BusEvent, Deliver, Deliveries, Kick, Resync, bus_event::Event};
 
 /// A gateway node's id, e.g. `gw-1` (or `local` when embedded).
 pub type NodeId = String;

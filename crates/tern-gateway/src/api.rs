@@ -353,14 +353,16 @@ pub async fn conversations(
             Some(conversation::Kind::Group(g)) => ("group", json!({ "group_id": g })),
             None => continue,
         };
-        let unread = b.latest_seq.saturating_sub(b.acked_seq);
+        // This node may hold a newer ack than storage (written behind).
+        let acked = state.acks.latest(user_id, &b.conversation_id).unwrap_or(0).max(b.acked_seq);
+        let unread = b.latest_seq.saturating_sub(acked);
         let last_message = last.as_ref().map(|m| {
             serde_json::from_str::<Value>(&crate::frames::delivered(m)).unwrap_or(Value::Null)
         });
         let mut item = json!({
             "conversation_id": b.conversation_id,
             "kind": kind,
-            "acked_seq": b.acked_seq,
+            "acked_seq": acked,
             "latest_seq": b.latest_seq,
             "unread": unread,
             "last_message": last_message,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tern_proto::{
     ErrorCode,
-    pb::message::{Message, message::Target},
+    pb::message::{Message, SendAck, message::Target},
 };
 
 /// Frame type codes, kept from the original guide.
@@ -185,18 +185,30 @@ pub fn delivered(message: &Message) -> String {
     .expect("serialising plain fields cannot fail")
 }
 
+#[derive(Serialize)]
+struct SendAckFrame<'a> {
+    #[serde(rename = "type")]
+    kind: i64,
+    client_msg_id: &'a str,
+    message_id: &'a str,
+    conversation_id: &'a str,
+    seq: u64,
+    timestamp: i64,
+    duplicate: bool,
+}
+
 /// The send acknowledgement (type 30).
-pub fn send_ack(message: &Message, duplicate: bool) -> String {
-    serde_json::json!({
-        "type": kind::ACK,
-        "client_msg_id": message.client_msg_id,
-        "message_id": message.message_id,
-        "conversation_id": message.conversation_id,
-        "seq": message.seq,
-        "timestamp": message.created_at_ms,
-        "duplicate": duplicate,
+pub fn send_ack(ack: &SendAck) -> String {
+    serde_json::to_string(&SendAckFrame {
+        kind: kind::ACK,
+        client_msg_id: &ack.client_msg_id,
+        message_id: &ack.message_id,
+        conversation_id: &ack.conversation_id,
+        seq: ack.seq,
+        timestamp: ack.created_at_ms,
+        duplicate: ack.duplicate,
     })
-    .to_string()
+    .expect("serialising plain fields cannot fail")
 }
 
 /// An error (type 3).

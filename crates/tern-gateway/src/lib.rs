@@ -7,6 +7,7 @@
 //! WebSocket frames and JSON. It holds no state that must survive it: a
 //! restarted gateway loses only live sockets, and clients resync.
 
+mod acks;
 mod api;
 mod error;
 mod frames;
@@ -64,6 +65,17 @@ pub struct Settings {
     /// `unavailable` error: a saturated message service or database
     /// pushes back on clients instead of growing a queue here.
     pub max_inflight_sends: usize,
+    /// Sends one session may have waiting at once (read from the socket
+    /// but not yet answered). They go to the message service in batches,
+    /// in order; with the window full the session stops reading its socket
+    /// until answers come back, so a fast sender is slowed, not the node.
+    pub send_window: usize,
+    /// Delivery acks are coalesced per (user, conversation) and written
+    /// every this many milliseconds; a crash of the node loses at most this
+    /// much cursor movement, which means redelivery, never loss.
+    pub ack_flush_ms: u64,
+    /// Coalesced acks that trigger a write before `ack_flush_ms` is up.
+    pub ack_buffer_max: usize,
     /// How long a send may wait for the message service. Past it the
     /// client gets a retryable `unavailable` error: the message may or may
     /// not be stored, and retrying with the same `client_msg_id` is safe.
@@ -94,6 +106,9 @@ impl Default for Settings {
             sync_page: 200,
             write_timeout_secs: 10,
             max_inflight_sends: 1024,
+            send_window: 32,
+            ack_flush_ms: 50,
+            ack_buffer_max: 4096,
             send_timeout_ms: 5000,
             shutdown_grace_secs: 10,
             drain_secs: 0,
@@ -124,7 +139,7 @@ pub enum Outbound {
     /// receive their own messages as deliveries.
     SendAck { frame: String, conversation_id: String, seq: u64 },
     /// A live message from the bus; the writer orders and deduplicates it.
-    Deliver(Arc<Message>),
+    Deliver(Arc<Delivery>),
     /// The answer to a ping.
     Pong(Vec<u8>),
     /// Close the socket with this code.
@@ -136,6 +151,29 @@ pub enum Outbound {
     Resync,
     /// A message sent back unchanged (the conformance echo endpoint only).
     Echo { binary: bool, data: Vec<u8> },
+}
+
+/// A live message as every recipient on this node gets it: encoded once,
+/// the same bytes written to each socket.
+pub struct Delivery {
+    pub conversation_id: String,
+    pub seq: u64,
+    pub sender_id: u64,
+    pub created_at_ms: i64,
+    /// The type 1 or 2 frame.
+    pub frame: Box<[u8]>,
+}
+
+impl Delivery {
+    pub fn new(message: &Message) -> Self {
+        Self {
+            conversation_id: message.conversation_id.clone(),
+            seq: message.seq,
+            sender_id: message.sender_id,
+            created_at_ms: message.created_at_ms,
+            frame: frames::delivered(message).into_bytes().into_boxed_slice(),
+        }
+    }
 }
 
 /// Shared by every handler of a node.
@@ -152,6 +190,8 @@ pub struct AppState {
     limits: Arc<limits::Limits>,
     /// Permits for sends in flight to the message service.
     sends: Arc<tokio::sync::Semaphore>,
+    /// Delivery acks not yet written.
+    acks: Arc<acks::AckBuffer>,
 }
 
 impl AppState {
@@ -164,6 +204,7 @@ impl AppState {
             draining: CancellationToken::new(),
             limits: limits::Limits::new(settings.limits.clone()),
             sends: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight_sends.max(1))),
+            acks: Arc::new(acks::AckBuffer::new(settings.ack_buffer_max)),
             settings: Arc::new(settings),
         }
     }
@@ -247,6 +288,13 @@ pub async fn run(
         state.services.presence.clone(),
         node.clone(),
     ));
+    let acks_done = CancellationToken::new();
+    let ack_writer = tokio::spawn(acks::run(
+        state.acks.clone(),
+        state.services.offline.clone(),
+        Duration::from_millis(state.settings.ack_flush_ms.max(1)),
+        acks_done.clone(),
+    ));
     // Renew this node's liveness, so routes reach it only while it runs.
     let presence = state.services.presence.clone();
     let alive = tokio::spawn({
@@ -293,6 +341,9 @@ pub async fn run(
         tracing::warn!("sessions still open after the grace period; exiting anyway");
     }
     alive.abort();
+    // Sessions are closed: write their last acks.
+    acks_done.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), ack_writer).await;
     if let Err(error) = state.services.presence.node_gone(&node).await {
         tracing::warn!(%error, "could not mark the node gone; it expires on its own");
     }

@@ -3,13 +3,13 @@
 //! offline backlog first, then live messages, with duplicates dropped and
 //! gaps filled from storage, so each conversation arrives in seq order.
 
-use crate::{Outbound, frames, stats::Stats};
+use crate::{Delivery, Outbound, acks::AckBuffer, frames, stats::Stats};
 use backon::{ExponentialBuilder, Retryable};
 use fastwebsockets::{Frame, Payload, WebSocketWrite};
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
     time::Duration,
@@ -68,13 +68,53 @@ enum Stop {
     Sync(#[from] tonic::Status),
 }
 
+/// The highest seq written to one client, per conversation. Shared with the
+/// session's reading side: a delivery ack up to it needs no check against
+/// storage, since the client can only have seen what was written to it.
+#[derive(Clone, Default)]
+pub struct Written(Arc<Mutex<HashMap<String, u64>>>);
+
+impl Written {
+    fn get(&self, conversation: &str) -> Option<u64> {
+        self.0.lock().expect("written map poisoned").get(conversation).copied()
+    }
+
+    fn set(&self, conversation: &str, seq: u64) {
+        let mut map = self.0.lock().expect("written map poisoned");
+        match map.get_mut(conversation) {
+            Some(last) => *last = seq,
+            None => {
+                map.insert(conversation.to_string(), seq);
+            }
+        }
+    }
+
+    /// Moves `conversation` to `seq` if that is the next seq after what
+    /// was written (the sender's own message, which it is not sent).
+    fn follow(&self, conversation: &str, seq: u64) {
+        if let Some(last) = self.0.lock().expect("written map poisoned").get_mut(conversation)
+            && *last + 1 == seq
+        {
+            *last = seq;
+        }
+    }
+
+    /// Whether everything up to `seq` of `conversation` was written.
+    pub fn covers(&self, conversation: &str, seq: u64) -> bool {
+        self.get(conversation).is_some_and(|last| seq <= last)
+    }
+}
+
 /// Writes frames for one session.
 pub struct Pusher<W> {
     ws: WebSocketWrite<W>,
     user: u64,
     offline: OfflineServiceClient<GrpcChannel>,
     /// Highest seq written to this client, per conversation.
-    pushed: HashMap<String, u64>,
+    pushed: Written,
+    /// This node's acks not yet written, which are newer than the cursors
+    /// storage holds.
+    acks: Arc<AckBuffer>,
     page: u32,
     stats: Arc<Stats>,
     /// Messages written so far, to measure each sync.
@@ -86,10 +126,13 @@ pub struct Pusher<W> {
 }
 
 impl<W: AsyncWrite + Unpin> Pusher<W> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         ws: WebSocketWrite<W>,
         user: u64,
         offline: OfflineServiceClient<GrpcChannel>,
+        pushed: Written,
+        acks: Arc<AckBuffer>,
         page: u32,
         stats: Arc<Stats>,
         needs_resync: Arc<AtomicBool>,
@@ -99,7 +142,8 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             ws,
             user,
             offline,
-            pushed: HashMap::new(),
+            pushed,
+            acks,
             page,
             stats,
             pushed_count: 0,
@@ -119,7 +163,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     ) {
         let _done = done.drop_guard();
         self.needs_resync.store(false, Relaxed);
-        let synced = self.sync_backlog().await;
+        let synced = self.sync_backlog(true).await;
         // How much a client had waiting when it connected.
         metrics::histogram!("tern_gateway_offline_backlog_messages")
             .record(self.pushed_count as f64);
@@ -141,7 +185,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             let mut result = self.handle(item).await;
             if matches!(result, Ok(true)) && self.needs_resync.swap(false, Relaxed) {
                 metrics::counter!("tern_gateway_resyncs_total").increment(1);
-                result = self.sync_backlog().await.map(|()| true);
+                result = self.sync_backlog(false).await.map(|()| true);
             }
             match result {
                 Ok(true) => {}
@@ -166,13 +210,9 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             Outbound::Text(text) => self.text(text.into_bytes()).await?,
             Outbound::SendAck { frame, conversation_id, seq } => {
                 self.text(frame.into_bytes()).await?;
-                if let Some(last) = self.pushed.get_mut(&conversation_id)
-                    && *last + 1 == seq
-                {
-                    *last = seq;
-                }
+                self.pushed.follow(&conversation_id, seq);
             }
-            Outbound::Deliver(message) => self.deliver(&message).await?,
+            Outbound::Deliver(delivery) => self.deliver(&delivery).await?,
             Outbound::Resync => self.needs_resync.store(true, Relaxed),
             Outbound::Echo { .. } => {}
             Outbound::Pong(payload) => self.write(Frame::pong(Payload::Owned(payload))).await?,
@@ -190,9 +230,12 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     }
 
     /// Every conversation's messages beyond what was pushed (or, for
-    /// conversations not pushed yet, beyond the cursor), in seq order.
-    async fn sync_backlog(&mut self) -> Result<(), Stop> {
-        let request = ListBacklogRequest { user_id: self.user, include_read: false };
+    /// conversations not pushed yet, beyond the cursor), in seq order. The
+    /// first sync of a session lists every conversation, so that each
+    /// starts at its cursor and a live message that follows it is written
+    /// without a storage read.
+    async fn sync_backlog(&mut self, first: bool) -> Result<(), Stop> {
+        let request = ListBacklogRequest { user_id: self.user, include_read: first };
         let backlog = read_retrying(|| {
             let mut offline = self.offline.clone();
             async move { offline.list_backlog(request).await }
@@ -200,24 +243,30 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         .await?
         .conversations;
         for conversation in backlog {
-            self.catch_up(&conversation.conversation_id, conversation.latest_seq).await?;
+            let id = &conversation.conversation_id;
+            if self.pushed.get(id).is_none() {
+                let acked = self.acks.latest(self.user, id).unwrap_or(0);
+                self.pushed.set(id, conversation.acked_seq.max(acked));
+            }
+            self.catch_up(id, conversation.latest_seq).await?;
         }
         self.flush().await
     }
 
     /// Pushes a live message unless it was already pushed; fills the gap
     /// first when earlier messages of its conversation are missing.
-    async fn deliver(&mut self, message: &Message) -> Result<(), Stop> {
-        match self.pushed.get(&message.conversation_id).copied() {
-            Some(last) if message.seq <= last => Ok(()),
-            Some(last) if message.seq == last + 1 => {
-                self.push(message).await?;
-                self.pushed.insert(message.conversation_id.clone(), message.seq);
+    async fn deliver(&mut self, delivery: &Delivery) -> Result<(), Stop> {
+        match self.pushed.get(&delivery.conversation_id) {
+            Some(last) if delivery.seq <= last => Ok(()),
+            Some(last) if delivery.seq == last + 1 => {
+                self.counted(delivery.created_at_ms);
+                self.write(Frame::text(Payload::Borrowed(&delivery.frame))).await?;
+                self.pushed.set(&delivery.conversation_id, delivery.seq);
                 Ok(())
             }
             // A gap, or a conversation this session has not seen yet: read
             // storage from what was pushed (or from the cursor) up to here.
-            _ => match self.catch_up(&message.conversation_id, message.seq).await {
+            _ => match self.catch_up(&delivery.conversation_id, delivery.seq).await {
                 // The user left the conversation after the push was routed
                 // (member lists are cached briefly): nothing to deliver.
                 Err(Stop::Sync(status)) if error_code_of(&status) == ErrorCode::Forbidden => Ok(()),
@@ -229,7 +278,10 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// Pulls and pushes a conversation until `target` seq has been pushed.
     async fn catch_up(&mut self, conversation_id: &str, target: u64) -> Result<(), Stop> {
         loop {
-            let after = self.pushed.get(conversation_id).copied();
+            let after = self
+                .pushed
+                .get(conversation_id)
+                .or_else(|| self.acks.latest(self.user, conversation_id));
             if after.is_some_and(|a| a >= target) {
                 return Ok(());
             }
@@ -254,7 +306,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                     last = message.seq;
                 }
             }
-            self.pushed.insert(conversation_id.to_string(), last);
+            self.pushed.set(conversation_id, last);
             if page.messages.is_empty() {
                 return Ok(());
             }
@@ -263,13 +315,18 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     }
 
     async fn push(&mut self, message: &Message) -> Result<(), Stop> {
+        self.counted(message.created_at_ms);
+        self.text(frames::delivered(message).into_bytes()).await
+    }
+
+    /// Counts a message about to be written.
+    fn counted(&mut self, created_at_ms: i64) {
         self.stats.messages_out.fetch_add(1, Relaxed);
         self.pushed_count += 1;
         metrics::counter!("tern_gateway_messages_out_total").increment(1);
         // Store to socket: how long after its ack a message reaches a client.
-        let age = (frames::now_ms() - message.created_at_ms).max(0) as f64 / 1000.0;
+        let age = (frames::now_ms() - created_at_ms).max(0) as f64 / 1000.0;
         metrics::histogram!("tern_gateway_ack_deliver_seconds").record(age);
-        self.text(frames::delivered(message).into_bytes()).await
     }
 
     async fn text(&mut self, bytes: Vec<u8>) -> Result<(), Stop> {

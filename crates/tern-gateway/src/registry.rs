@@ -1,12 +1,12 @@
 //! The sessions this node holds, and the loop that hands bus events to them.
 
-use crate::{Outbound, stats::Stats};
+use crate::{Delivery, Outbound, stats::Stats};
 use dashmap::DashMap;
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering::Relaxed},
 };
-use tern_bus::{BusEvent, Event, Presence, Subscription};
+use tern_bus::{BusEvent, Deliver, Event, Presence, Subscription};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -103,13 +103,10 @@ pub async fn dispatch(
     while let Some(BusEvent { event }) = events.recv().await {
         stats.bus_events.fetch_add(1, Relaxed);
         match event {
-            Some(Event::Deliver(deliver)) => {
-                let Some(message) = deliver.message else {
-                    continue;
-                };
-                let message = Arc::new(message);
-                for user in deliver.recipients {
-                    registry.offer(user, Outbound::Deliver(message.clone()), &stats);
+            Some(Event::Deliver(deliver)) => hand_out(&registry, deliver, &stats),
+            Some(Event::Deliveries(deliveries)) => {
+                for deliver in deliveries.items {
+                    hand_out(&registry, deliver, &stats);
                 }
             }
             Some(Event::Kick(kick)) => {
@@ -132,6 +129,15 @@ pub async fn dispatch(
         }
     }
     tracing::info!("bus subscription ended");
+}
+
+/// Encodes a message once and offers the same bytes to each recipient.
+fn hand_out(registry: &Registry, deliver: Deliver, stats: &Stats) {
+    let Some(message) = deliver.message else { return };
+    let delivery = Arc::new(Delivery::new(&message));
+    for user in deliver.recipients {
+        registry.offer(user, Outbound::Deliver(delivery.clone()), stats);
+    }
 }
 
 async fn reannounce(users: Vec<u64>, presence: Arc<dyn Presence>, node: String) {

@@ -1,12 +1,20 @@
 //! The WebSocket endpoint: authentication at the upgrade, then the reading
 //! side of a session (frames in, gRPC calls out, answers queued to the
 //! [`Pusher`]).
+//!
+//! Sends are pipelined: the reader queues each send into the session's
+//! send window (`send_window`) and goes on reading, so heartbeats and
+//! delivery acks never wait behind a send. The session's [`send_pipeline`]
+//! takes whatever sends are queued, makes one `SendBatch` call for them and
+//! queues their answers in the order the sends arrived; the next batch
+//! goes out when that one is answered, so a session's messages keep their
+//! order. With the window full the reader stops reading that socket.
 
 use crate::{
     AppState, Outbound,
     error::ApiError,
     frames::{self, ClientFrame, FrameError, SendTarget},
-    pusher::Pusher,
+    pusher::{Pusher, Written},
     reader::{self, FrameLimits},
     registry::SessionHandle,
 };
@@ -26,11 +34,14 @@ use tern_proto::{
     ErrorCode, error_code_of,
     pb::{
         auth::VerifyTokenRequest,
-        message::{SendRequest, send_request::Target},
+        message::{SendBatchRequest, SendRequest, send_request::Target, send_result::Outcome},
         offline::AckRequest,
     },
 };
-use tokio::{io::AsyncRead, sync::mpsc};
+use tokio::{
+    io::AsyncRead,
+    sync::{OwnedSemaphorePermit, mpsc},
+};
 use tokio_util::sync::CancellationToken;
 
 /// Query string of `GET /ws`.
@@ -223,10 +234,13 @@ where
     tracing::debug!(user_id = user, session_id, "session open");
 
     let done = CancellationToken::new();
+    let written = Written::default();
     let pusher = Pusher::new(
         write,
         user,
         state.services.offline.clone(),
+        written.clone(),
+        state.acks.clone(),
         settings.sync_page,
         state.stats.clone(),
         handle.needs_resync.clone(),
@@ -234,13 +248,18 @@ where
     );
     let mut writer = tokio::spawn(pusher.run(rx, handle.cancel.clone(), done.clone()));
     let expiry = expiry_timer(tx.clone(), expires_at);
-    let reader = Reader { state: &state, user, tx };
+    let (sends, queued) = mpsc::channel(settings.send_window.max(1));
+    let pipeline = send_pipeline(&state, queued, tx.clone());
+    let reader = Reader { state: &state, user, tx, sends, written };
     tokio::select! {
-        _ = reader.run(read) => {}
+        // The pipeline ends once the reader is done and its queue drained.
+        _ = async { tokio::join!(reader.run(read), pipeline) } => {}
         _ = done.cancelled() => {}
     }
-    drop(reader);
     expiry.abort();
+    // This user may reconnect on another node, which reads cursors from
+    // storage: write the acks this session left behind soon.
+    state.acks.flush_soon();
     // Unregister first, so nothing new is routed here, then drop every
     // sender: the writer drains what is queued (a close frame, say) and
     // ends. A writer stuck on a dead socket is cut off.
@@ -279,15 +298,110 @@ fn expiry_timer(tx: mpsc::Sender<Outbound>, expires_at: i64) -> tokio::task::Joi
     })
 }
 
+/// A send in the session's window, waiting for its turn.
+enum Queued {
+    /// Refused before it reached the message service: its error frame.
+    Refused(String),
+    /// For the message service; the permit counts it against the node's
+    /// `max_inflight_sends` until it is answered.
+    Send { request: SendRequest, client_msg_id: Option<String>, _permit: OwnedSemaphorePermit },
+}
+
+/// Sends a session's queued sends to the message service, a batch at a
+/// time, and queues each answer for the writer in the order the sends
+/// arrived. Ends when the reader is gone and the queue is empty.
+async fn send_pipeline(
+    state: &AppState,
+    mut queued: mpsc::Receiver<Queued>,
+    tx: mpsc::Sender<Outbound>,
+) {
+    let window = state.settings.send_window.max(1);
+    let within = Duration::from_millis(state.settings.send_timeout_ms);
+    let mut batch = Vec::with_capacity(window);
+    while queued.recv_many(&mut batch, window).await > 0 {
+        let sends: Vec<SendRequest> = batch
+            .iter_mut()
+            .filter_map(|q| match q {
+                Queued::Send { request, .. } => Some(std::mem::take(request)),
+                Queued::Refused(_) => None,
+            })
+            .collect();
+        let mut results = if sends.is_empty() {
+            Ok(Vec::new().into_iter())
+        } else {
+            let started = std::time::Instant::now();
+            let mut message = state.services.message.clone();
+            let call = message.send_batch(SendBatchRequest { sends });
+            let answer = match tokio::time::timeout(within, call).await {
+                Ok(answer) => answer.map(|r| r.into_inner().results.into_iter()),
+                Err(_) => Err(tonic::Status::unavailable("send timed out")),
+            };
+            metrics::histogram!("tern_gateway_send_ack_seconds")
+                .record(started.elapsed().as_secs_f64());
+            answer
+        };
+        for item in batch.drain(..) {
+            let out = match item {
+                Queued::Refused(frame) => Outbound::Text(frame),
+                Queued::Send { client_msg_id, .. } => match &mut results {
+                    Ok(results) => answer_frame(results.next(), client_msg_id),
+                    Err(status) => {
+                        Outbound::Text(frames::error(&status_frame(status, client_msg_id)))
+                    }
+                },
+            };
+            if tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The frame answering one send of a batch.
+fn answer_frame(
+    result: Option<tern_proto::pb::message::SendResult>,
+    client_msg_id: Option<String>,
+) -> Outbound {
+    match result.and_then(|r| r.outcome) {
+        Some(Outcome::Ack(ack)) => Outbound::SendAck {
+            frame: frames::send_ack(&ack),
+            conversation_id: ack.conversation_id,
+            seq: ack.seq,
+        },
+        Some(Outcome::Error(error)) => {
+            let code = ErrorCode::parse(&error.code).unwrap_or(ErrorCode::Internal);
+            let message = match code {
+                ErrorCode::Internal => "internal error".to_string(),
+                ErrorCode::Unavailable => {
+                    "a service is unavailable; retry with the same client_msg_id".to_string()
+                }
+                _ => error.message,
+            };
+            Outbound::Text(frames::error(&FrameError { code, message, client_msg_id }))
+        }
+        None => Outbound::Text(frames::error(&FrameError {
+            code: ErrorCode::Internal,
+            message: "internal error".into(),
+            client_msg_id,
+        })),
+    }
+}
+
 /// The reading side of one session.
 struct Reader<'a> {
     state: &'a AppState,
     user: u64,
     tx: mpsc::Sender<Outbound>,
+    /// The session's send window.
+    sends: mpsc::Sender<Queued>,
+    /// What the writer has written, per conversation.
+    written: Written,
 }
 
 impl Reader<'_> {
-    async fn run<R: AsyncRead + Unpin>(&self, read: WebSocketRead<R>) {
+    /// Reads until the socket ends; dropping `self` then closes the send
+    /// window, which lets the pipeline finish.
+    async fn run<R: AsyncRead + Unpin>(self, read: WebSocketRead<R>) {
         let limits = FrameLimits {
             idle: Duration::from_secs(self.state.settings.idle_timeout_secs),
             max_message: self.state.settings.max_message_bytes,
@@ -327,10 +441,10 @@ impl Reader<'_> {
                 Some(frames::heartbeat())
             }
             Ok(ClientFrame::Send { target, content, client_msg_id }) => {
-                return match self.send(target, content, client_msg_id).await {
-                    Ok(item) => self.tx.send(item).await.is_ok(),
-                    Err(error) => self.reply(error).await,
-                };
+                let queued = self.send(target, content, client_msg_id);
+                // A full window waits here: this socket is not read until
+                // answers come back.
+                return self.sends.send(queued).await.is_ok();
             }
             Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
             Err(error) => Some(frames::error(&error)),
@@ -341,25 +455,31 @@ impl Reader<'_> {
         }
     }
 
-    /// Sends a message: the ack to queue, or an error frame.
-    async fn send(
-        &self,
-        target: SendTarget,
-        content: String,
-        client_msg_id: Option<String>,
-    ) -> Result<Outbound, String> {
+    /// Checks a send against the rate limit and the node's in-flight
+    /// limit, and makes it ready for the pipeline.
+    fn send(&self, target: SendTarget, content: String, client_msg_id: Option<String>) -> Queued {
         if !self.state.limits.message(self.user) {
             let error = FrameError {
                 code: ErrorCode::RateLimited,
                 message: "sending too fast; retry with the same client_msg_id".into(),
                 client_msg_id,
             };
-            return Err(frames::error(&error));
+            return Queued::Refused(frames::error(&error));
         }
         self.state.stats.messages_in.fetch_add(1, Relaxed);
         metrics::counter!("tern_gateway_messages_in_total").increment(1);
-        let started = std::time::Instant::now();
-        let span = tracing::info_span!("ws.send", user_id = self.user);
+        // Bounded in-flight sends: when the message service (or its
+        // database) is saturated, clients are told to retry now instead of
+        // piling up here.
+        let Ok(permit) = self.state.sends.clone().try_acquire_owned() else {
+            self.state.stats.sends_shed.fetch_add(1, Relaxed);
+            metrics::counter!("tern_gateway_sends_shed_total").increment(1);
+            return Queued::Refused(frames::error(&FrameError {
+                code: ErrorCode::Unavailable,
+                message: "server busy; retry with the same client_msg_id".into(),
+                client_msg_id,
+            }));
+        };
         let request = SendRequest {
             sender_id: self.user,
             client_msg_id: client_msg_id.clone().unwrap_or_default(),
@@ -370,50 +490,19 @@ impl Reader<'_> {
             content_json: content,
             system: false,
         };
-        // Bounded in-flight sends: when the message service (or its
-        // database) is saturated, clients are told to retry now instead of
-        // piling up here.
-        let Ok(_permit) = self.state.sends.try_acquire() else {
-            self.state.stats.sends_shed.fetch_add(1, Relaxed);
-            metrics::counter!("tern_gateway_sends_shed_total").increment(1);
-            return Err(frames::error(&FrameError {
-                code: ErrorCode::Unavailable,
-                message: "server busy; retry with the same client_msg_id".into(),
-                client_msg_id,
-            }));
-        };
-        let within = Duration::from_millis(self.state.settings.send_timeout_ms);
-        let answer = {
-            use tracing::Instrument;
-            let mut message = self.state.services.message.clone();
-            match tokio::time::timeout(within, message.send(request).instrument(span)).await {
-                Ok(answer) => answer,
-                Err(_) => Err(tonic::Status::unavailable("send timed out")),
-            }
-        };
-        metrics::histogram!("tern_gateway_send_ack_seconds")
-            .record(started.elapsed().as_secs_f64());
-        match answer {
-            Ok(r) => {
-                let r = r.into_inner();
-                match r.message {
-                    Some(message) => Ok(Outbound::SendAck {
-                        frame: frames::send_ack(&message, r.duplicate),
-                        conversation_id: message.conversation_id,
-                        seq: message.seq,
-                    }),
-                    None => Err(frames::error(&FrameError {
-                        code: ErrorCode::Internal,
-                        message: "internal error".into(),
-                        client_msg_id,
-                    })),
-                }
-            }
-            Err(status) => Err(frames::error(&status_frame(&status, client_msg_id))),
-        }
+        Queued::Send { request, client_msg_id, _permit: permit }
     }
 
+    /// A delivery ack. One that covers only what this session was sent is
+    /// coalesced and written behind (see `acks`); anything else (an ack of
+    /// the client's own send beyond what it was sent, or of a conversation
+    /// it was never sent) is checked and written by the offline service
+    /// at once, and refused there when it must be.
     async fn ack(&self, conversation_id: String, seq: u64) -> Option<String> {
+        if self.written.covers(&conversation_id, seq) {
+            self.state.acks.record(self.user, conversation_id, seq);
+            return None;
+        }
         let request = AckRequest { user_id: self.user, conversation_id, seq };
         match self.state.services.offline.clone().ack(request).await {
             Ok(_) => None,

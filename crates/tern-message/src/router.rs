@@ -1,14 +1,22 @@
 //! After a message is stored: find who should get it, find the nodes that
 //! hold them, publish one event per node.
+//!
+//! One routing task per message service takes stored messages in commit
+//! order (see [`crate::store::Committed`]) and routes whatever has queued
+//! up in one pass: one presence lookup for all their recipients, then one
+//! event per node carrying that node's messages in order. Pushes therefore
+//! reach a gateway in seq order, and a session that is up to date writes
+//! each one without reading storage.
 
-use crate::Peers;
+use crate::{Peers, store::Committed};
 use dashmap::DashMap;
-use std::sync::Arc;
-use tern_bus::{BusEvent, Deliver, Event};
-use tern_proto::pb::{
-    group::GetGroupRequest,
-    message::{Message, message::Target},
-};
+use std::{collections::HashMap, sync::Arc};
+use tern_bus::{BusEvent, Deliver, Deliveries, Event};
+use tern_proto::pb::{group::GetGroupRequest, message::message::Target};
+use tokio::sync::mpsc;
+
+/// Most stored messages routed in one pass.
+const MAX_PASS: usize = 512;
 
 /// Routes stored messages to gateway nodes.
 pub struct Router {
@@ -42,24 +50,39 @@ impl Router {
         Ok((group.members_version, members))
     }
 
-    /// Publishes `message` to every node holding a recipient. Failures are
-    /// logged, not returned: the message is already stored and acknowledged,
-    /// and recipients that miss the push get it by sync.
-    pub async fn route(&self, message: Message, members_version: Option<u64>) {
-        let recipients: Vec<u64> = match message.target {
-            Some(Target::ToUserId(to)) => vec![to],
-            Some(Target::GroupId(group)) => match self.members(group, members_version).await {
-                Ok(members) => {
-                    members.1.iter().copied().filter(|&m| m != message.sender_id).collect()
-                }
-                Err(error) => {
-                    tracing::warn!(group_id = group, %error, "fan-out skipped: members unavailable");
-                    return;
-                }
-            },
-            None => return,
-        };
-        let by_node = match self.peers.presence.locate(&recipients).await {
+    /// Routes stored messages, a pass at a time, until the store is gone.
+    pub async fn run(self: Arc<Self>, mut stored: mpsc::UnboundedReceiver<Committed>) {
+        let mut pass = Vec::with_capacity(MAX_PASS);
+        while stored.recv_many(&mut pass, MAX_PASS).await > 0 {
+            self.route(std::mem::take(&mut pass)).await;
+        }
+    }
+
+    /// Publishes `pass` to every node holding a recipient. Failures are
+    /// logged, not returned: the messages are already stored and
+    /// acknowledged, and recipients that miss the push get them by sync.
+    async fn route(&self, pass: Vec<Committed>) {
+        let mut routed = Vec::with_capacity(pass.len());
+        for Committed { message, members_version } in pass {
+            let recipients: Vec<u64> = match message.target {
+                Some(Target::ToUserId(to)) => vec![to],
+                Some(Target::GroupId(group)) => match self.members(group, members_version).await {
+                    Ok((_, members)) => {
+                        members.iter().copied().filter(|&m| m != message.sender_id).collect()
+                    }
+                    Err(error) => {
+                        tracing::warn!(group_id = group, %error, "fan-out skipped: members unavailable");
+                        continue;
+                    }
+                },
+                None => continue,
+            };
+            routed.push((message, recipients));
+        }
+        let mut everyone: Vec<u64> = routed.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+        everyone.sort_unstable();
+        everyone.dedup();
+        let by_node = match self.peers.presence.locate(&everyone).await {
             Ok(by_node) => by_node,
             Err(error) => {
                 metrics::counter!("tern_bus_errors_total", "op" => "locate").increment(1);
@@ -67,14 +90,33 @@ impl Router {
                 return;
             }
         };
-        for (node, users) in by_node {
-            let event = BusEvent {
-                event: Some(Event::Deliver(Deliver {
-                    message: Some(message.clone()),
-                    recipients: users,
-                })),
+        // user → the nodes that hold them.
+        let mut nodes_of: HashMap<u64, Vec<&str>> = HashMap::with_capacity(everyone.len());
+        for (node, users) in &by_node {
+            for &user in users {
+                nodes_of.entry(user).or_default().push(node);
+            }
+        }
+        let mut per_node: HashMap<&str, Vec<Deliver>> = HashMap::new();
+        for (message, recipients) in routed {
+            let mut here: HashMap<&str, Vec<u64>> = HashMap::new();
+            for user in recipients {
+                for &node in nodes_of.get(&user).map(Vec::as_slice).unwrap_or_default() {
+                    here.entry(node).or_default().push(user);
+                }
+            }
+            for (node, recipients) in here {
+                let deliver = Deliver { message: Some(message.clone()), recipients };
+                per_node.entry(node).or_default().push(deliver);
+            }
+        }
+        for (node, items) in per_node {
+            let event = match <[Deliver; 1]>::try_from(items) {
+                Ok([one]) => Event::Deliver(one),
+                Err(items) => Event::Deliveries(Deliveries { items }),
             };
-            if let Err(error) = self.peers.bus.publish(&node, event).await {
+            if let Err(error) = self.peers.bus.publish(node, BusEvent { event: Some(event) }).await
+            {
                 metrics::counter!("tern_bus_errors_total", "op" => "publish").increment(1);
                 tracing::warn!(node, %error, "publish failed; recipients will sync");
             }

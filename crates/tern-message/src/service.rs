@@ -3,7 +3,7 @@
 use crate::{
     MessageError, Peers, Settings,
     router::Router,
-    store::{Draft, Store, Stored},
+    store::{Draft, Queued, Store, Stored},
 };
 use dashmap::DashSet;
 use std::sync::Arc;
@@ -14,9 +14,10 @@ use tern_proto::{
         group::IsMemberRequest,
         message::{
             ConversationState, GetConversationStatesRequest, GetConversationStatesResponse,
-            ListMessagesRequest, ListMessagesResponse, SendRequest, SendResponse,
+            ListMessagesRequest, ListMessagesResponse, Message, SendAck, SendBatchRequest,
+            SendBatchResponse, SendError, SendRequest, SendResponse, SendResult,
             message::Target as StoredTarget, message_service_server::MessageService,
-            send_request::Target,
+            send_request::Target, send_result::Outcome,
         },
         offline::InitCursorsRequest,
     },
@@ -27,6 +28,16 @@ const MAX_CLIENT_MSG_ID: usize = 64;
 const DEFAULT_PAGE: u32 = 200;
 const MAX_PAGE: u32 = 1_000;
 const MAX_STATES: usize = 10_000;
+const MAX_SEND_BATCH: usize = 256;
+
+/// Where a send stands once it is checked.
+enum Prepared {
+    /// Queued for the writer.
+    Queued(Queued),
+    /// Answered without storing anything new (a refused retry whose
+    /// original is stored).
+    Answered(SendResponse),
+}
 
 /// The message service.
 #[derive(Clone)]
@@ -44,9 +55,12 @@ pub struct Messages {
 
 impl Messages {
     pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers, settings: &Settings) -> Self {
+        let (committed, stored) = tokio::sync::mpsc::unbounded_channel();
+        let router = Arc::new(Router::new(peers.clone()));
+        tokio::spawn(router.clone().run(stored));
         Self {
-            store: Store::new(db),
-            router: Arc::new(Router::new(peers.clone())),
+            store: Store::new(db, committed),
+            router,
             peers,
             known_users: Arc::default(),
             known_conversations: Arc::default(),
@@ -166,7 +180,9 @@ impl Messages {
         Ok((conversation_id, stored_target, members_version))
     }
 
-    async fn send(&self, request: SendRequest) -> Result<SendResponse, MessageError> {
+    /// Checks a send and queues it for the writer; the writer stores it,
+    /// hands it to the router and answers through the returned [`Queued`].
+    async fn prepare(&self, request: SendRequest) -> Result<Prepared, MessageError> {
         let SendRequest { sender_id, client_msg_id, target, content_json, system } = request;
         if sender_id == 0 && !system {
             return Err(MessageError::Invalid("sender_id is required"));
@@ -188,51 +204,115 @@ impl Messages {
         } else {
             (client_msg_id, true)
         };
-        let (conversation_id, stored_target, members_version) = match self
-            .authorise(sender_id, target, system)
-            .await
-        {
-            Ok(authorised) => authorised,
-            // A retry returns the original even if it would not be
-            // allowed any more (the sender has left the group since):
-            // it was authorised when first stored. Only refusals pay
-            // for this lookup; a retry that is allowed again meets the
-            // unique key when it is stored and gets the original there.
-            Err(refused) if retryable && refused.is_refusal() => {
-                return match self.store.find_sent(sender, &client_msg_id).await? {
-                    Some(original) => Ok(SendResponse { message: Some(original), duplicate: true }),
-                    None => Err(refused),
-                };
-            }
-            Err(error) => return Err(error),
-        };
+        let (conversation_id, stored_target, members_version) =
+            match self.authorise(sender_id, target, system).await {
+                Ok(authorised) => authorised,
+                // A retry returns the original even if it would not be
+                // allowed any more (the sender has left the group since):
+                // it was authorised when first stored. Only refusals pay
+                // for this lookup; a retry that is allowed again meets the
+                // unique key when it is stored and gets the original there.
+                Err(refused) if retryable && refused.is_refusal() => {
+                    return match self.store.find_sent(sender, &client_msg_id).await? {
+                        Some(original) => Ok(Prepared::Answered(SendResponse {
+                            message: Some(original),
+                            duplicate: true,
+                        })),
+                        None => Err(refused),
+                    };
+                }
+                Err(error) => return Err(error),
+            };
         let draft = Draft {
             conversation_id,
             sender_id: sender,
             target: stored_target,
             content_json,
             client_msg_id,
+            members_version,
         };
-        match self.store.append(draft).await? {
+        Ok(Prepared::Queued(self.store.submit(draft).await?))
+    }
+
+    async fn send(&self, request: SendRequest) -> Result<SendResponse, MessageError> {
+        let queued = match self.prepare(request).await? {
+            Prepared::Queued(queued) => queued,
+            Prepared::Answered(response) => return Ok(response),
+        };
+        // Stored (and handed to the router) before this answer.
+        Ok(match queued.stored().await? {
             Stored::Duplicate(original) => {
-                Ok(SendResponse { message: Some(original), duplicate: true })
+                SendResponse { message: Some(original), duplicate: true }
             }
-            Stored::New(message) => {
-                // Stored, so the sender may be answered now; the push runs
-                // beside the answer and never delays it.
-                let router = self.router.clone();
-                let routed = message.clone();
-                tokio::spawn(async move { router.route(routed, members_version).await });
-                Ok(SendResponse { message: Some(message), duplicate: false })
-            }
+            Stored::New(message) => SendResponse { message: Some(message), duplicate: false },
+        })
+    }
+
+    /// Sends in order: each is checked and queued before the next, so they
+    /// take seqs in the order given, and the writer commits them together.
+    async fn send_batch(&self, sends: Vec<SendRequest>) -> Vec<SendResult> {
+        let mut prepared = Vec::with_capacity(sends.len());
+        for request in sends {
+            prepared.push(self.prepare(request).await);
         }
+        let mut results = Vec::with_capacity(prepared.len());
+        for step in prepared {
+            let outcome = match step {
+                Ok(Prepared::Queued(queued)) => match queued.stored().await {
+                    Ok(Stored::New(m)) => Ok(slim(m, false)),
+                    Ok(Stored::Duplicate(m)) => Ok(slim(m, true)),
+                    Err(error) => Err(MessageError::from(error)),
+                },
+                Ok(Prepared::Answered(response)) => {
+                    Ok(slim(response.message.unwrap_or_default(), response.duplicate))
+                }
+                Err(error) => Err(error),
+            };
+            results.push(SendResult {
+                outcome: Some(match outcome {
+                    Ok(ack) => Outcome::Ack(ack),
+                    Err(error) => {
+                        let status = tonic::Status::from(error);
+                        Outcome::Error(SendError {
+                            code: tern_proto::error_code_of(&status).as_str().to_string(),
+                            message: status.message().to_string(),
+                        })
+                    }
+                }),
+            });
+        }
+        results
+    }
+}
+
+/// What a send's acknowledgement needs of a stored message.
+fn slim(message: Message, duplicate: bool) -> SendAck {
+    SendAck {
+        message_id: message.message_id,
+        conversation_id: message.conversation_id,
+        seq: message.seq,
+        created_at_ms: message.created_at_ms,
+        client_msg_id: message.client_msg_id,
+        duplicate,
     }
 }
 
 #[tonic::async_trait]
+#[tonic::async_trait]
 impl MessageService for Messages {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
         Ok(Response::new(Messages::send(self, request.into_inner()).await?))
+    }
+
+    async fn send_batch(
+        &self,
+        request: Request<SendBatchRequest>,
+    ) -> Result<Response<SendBatchResponse>, Status> {
+        let sends = request.into_inner().sends;
+        if sends.len() > MAX_SEND_BATCH {
+            return Err(MessageError::Invalid("at most 256 sends per batch").into());
+        }
+        Ok(Response::new(SendBatchResponse { results: Messages::send_batch(self, sends).await }))
     }
 
     async fn list_messages(

@@ -3,18 +3,22 @@
 //!
 //! Appends go through one writer task per store, which commits whatever has
 //! queued up meanwhile in a single transaction (group commit): one commit,
-//! one seq bump per conversation and one multi-row insert for the whole
-//! batch. Under light load a batch is one message and nothing changes;
-//! under heavy load the per-commit cost (on SQLite the WAL write and fsync,
-//! on a server the log flush) is shared by the batch. A batch that fails as
-//! a whole is replayed one message per transaction, so one bad message (a
-//! concurrent duplicate, say) fails alone.
+//! one statement that moves every conversation head of the batch, one that
+//! reads the new heads back, and one multi-row insert. Under light load a
+//! batch is one message; under heavy load the per-commit cost (on SQLite
+//! the WAL write and fsync, on a server the log flush) is shared by the
+//! batch, and the next batch gathers in the queue while this one commits.
+//! A batch that fails as a whole is replayed one message per transaction,
+//! so one bad message (a concurrent duplicate, say) fails alone.
+//!
+//! Committed messages are handed to the router in commit order, before
+//! their senders are answered, so pushes leave in seq order.
 
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
     QueryOrder, QuerySelect, SqlErr, TransactionTrait,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{CaseStatement, Expr, ExprTrait, SimpleExpr},
 };
 use std::{
     collections::HashMap,
@@ -80,6 +84,15 @@ pub struct Draft {
     pub target: Target,
     pub content_json: String,
     pub client_msg_id: String,
+    /// The group's member list version the send's check saw, handed to the
+    /// router with the stored message (see [`Committed`]).
+    pub members_version: Option<u64>,
+}
+
+/// A newly stored message on its way to the router, in commit order.
+pub struct Committed {
+    pub message: Message,
+    pub members_version: Option<u64>,
 }
 
 /// What storing a draft did.
@@ -105,6 +118,26 @@ pub struct Store {
 struct Job {
     draft: Draft,
     done: oneshot::Sender<Result<Stored, DbErr>>,
+}
+
+/// An append the writer has queued; [`Queued::stored`] waits for its commit.
+pub struct Queued {
+    answer: oneshot::Receiver<Result<Stored, DbErr>>,
+    started: std::time::Instant,
+}
+
+impl Queued {
+    /// Waits until the append is committed (or failed).
+    pub async fn stored(self) -> Result<Stored, DbErr> {
+        let stored = self.answer.await.map_err(|_| writer_stopped())?;
+        metrics::histogram!("tern_message_store_seconds")
+            .record(self.started.elapsed().as_secs_f64());
+        stored
+    }
+}
+
+fn writer_stopped() -> DbErr {
+    DbErr::Custom("the store's writer stopped".into())
 }
 
 fn now_ms() -> i64 {
@@ -134,10 +167,11 @@ pub fn to_pb(row: messages::Model) -> Message {
 
 impl Store {
     /// Wraps `db` and starts the writer task (needs a Tokio runtime).
-    pub fn new(db: DatabaseConnection) -> Self {
+    /// Every newly stored message goes to `committed`, in commit order.
+    pub fn new(db: DatabaseConnection, committed: mpsc::UnboundedSender<Committed>) -> Self {
         let (writer, jobs) = mpsc::channel(MAX_BATCH * 4);
         let batched = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(db.clone(), jobs, batched.clone()));
+        tokio::spawn(write_loop(db.clone(), jobs, committed, batched.clone()));
         Self { db, writer, batched }
     }
 
@@ -174,26 +208,22 @@ impl Store {
         find_sent(&self.db, sender, client_msg_id).await
     }
 
-    /// Stores a draft with the next seq of its conversation, committed
-    /// before this returns. The seq bump and the insert share one
-    /// transaction, so a failed insert leaves no gap. The conversation row
-    /// must exist.
-    #[tracing::instrument(name = "store.append", skip_all, fields(conversation = %draft.conversation_id))]
-    pub async fn append(&self, draft: Draft) -> Result<Stored, DbErr> {
+    /// Queues a draft for the writer, which stores it with the next seq of
+    /// its conversation; drafts queued one after the other take seqs in that
+    /// order. The seq bump and the insert share one transaction, so a failed
+    /// insert leaves no gap. The conversation row must exist.
+    pub async fn submit(&self, draft: Draft) -> Result<Queued, DbErr> {
         let started = std::time::Instant::now();
         let (done, answer) = oneshot::channel();
-        let stopped = || DbErr::Custom("the store's writer stopped".into());
-        self.writer.send(Job { draft, done }).await.map_err(|_| stopped())?;
-        let stored = answer.await.map_err(|_| stopped())?;
-        metrics::histogram!("tern_message_store_seconds").record(started.elapsed().as_secs_f64());
-        match &stored {
-            Ok(Stored::New(_)) => metrics::counter!("tern_messages_stored_total").increment(1),
-            Ok(Stored::Duplicate(_)) => {
-                metrics::counter!("tern_messages_duplicate_total").increment(1)
-            }
-            Err(_) => {}
-        }
-        stored
+        self.writer.send(Job { draft, done }).await.map_err(|_| writer_stopped())?;
+        Ok(Queued { answer, started })
+    }
+
+    /// Stores a draft, committed before this returns (see [`Store::submit`]).
+    #[cfg(test)]
+    #[tracing::instrument(name = "store.append", skip_all, fields(conversation = %draft.conversation_id))]
+    pub async fn append(&self, draft: Draft) -> Result<Stored, DbErr> {
+        self.submit(draft).await?.stored().await
     }
 
     /// Messages with seq > `after`, in order, and the conversation's head.
@@ -231,19 +261,30 @@ impl Store {
 }
 
 /// Commits queued appends, a batch at a time, until every `Store` clone is
-/// gone.
+/// gone. While one batch commits, the next gathers in the queue.
 async fn write_loop(
     db: DatabaseConnection,
     mut jobs: mpsc::Receiver<Job>,
+    committed: mpsc::UnboundedSender<Committed>,
     batched: Arc<AtomicU64>,
 ) {
+    let stored_total = metrics::counter!("tern_messages_stored_total");
+    let duplicate_total = metrics::counter!("tern_messages_duplicate_total");
+    let batch_size = metrics::histogram!("tern_message_store_batch_size");
+    let route = |message: &Message, members_version| {
+        stored_total.increment(1);
+        let _ = committed.send(Committed { message: message.clone(), members_version });
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        metrics::histogram!("tern_message_store_batch_size").record(batch.len() as f64);
+        batch_size.record(batch.len() as f64);
         if batch.len() > 1 {
             match append_batch(&db, &batch).await {
                 Ok(stored) => {
                     batched.fetch_add(stored.len() as u64, Relaxed);
+                    for (job, message) in batch.iter().zip(&stored) {
+                        route(message, job.draft.members_version);
+                    }
                     for (job, message) in batch.drain(..).zip(stored) {
                         let _ = job.done.send(Ok(Stored::New(message)));
                     }
@@ -267,15 +308,23 @@ async fn write_loop(
             }
         }
         for job in batch.drain(..) {
-            let _ = job.done.send(append_once(&db, job.draft).await);
+            let members_version = job.draft.members_version;
+            let stored = append_once(&db, job.draft).await;
+            match &stored {
+                Ok(Stored::New(message)) => route(message, members_version),
+                Ok(Stored::Duplicate(_)) => duplicate_total.increment(1),
+                Err(_) => {}
+            }
+            let _ = job.done.send(stored);
         }
     }
 }
 
-/// Stores every draft of `jobs` in one transaction: per conversation one
-/// seq bump by the number of its drafts (in arrival order), then one insert
-/// of all rows. Conversation rows are locked in id order, so two writers
-/// (two message service instances) cannot deadlock each other.
+/// Stores every draft of `jobs` in one transaction: one statement moves
+/// each conversation's head by the number of its drafts (which take seqs in
+/// arrival order), one reads the heads back, one inserts every row. Rows
+/// are locked by that one statement in key order, so two writers (two
+/// message service instances) cannot deadlock each other.
 async fn append_batch(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Message>, DbErr> {
     let mut counts: Vec<(&str, i32)> = Vec::new();
     for job in jobs {
@@ -286,12 +335,12 @@ async fn append_batch(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Messa
     }
     counts.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let txn = db.begin().await?;
+    let heads = bump_seqs(&txn, &counts).await?;
     // The first seq each conversation's drafts take.
-    let mut next: HashMap<&str, i64> = HashMap::with_capacity(counts.len());
-    for (id, n) in counts {
-        let last = bump_seq(&txn, id, n).await?;
-        next.insert(id, last - i64::from(n) + 1);
-    }
+    let mut next: HashMap<&str, i64> = counts
+        .iter()
+        .map(|&(id, n)| (id, heads.get(id).copied().unwrap_or_default() - i64::from(n) + 1))
+        .collect();
     let now = now_ms();
     let rows: Vec<messages::Model> = jobs
         .iter()
@@ -326,27 +375,45 @@ fn new_row(draft: &Draft, seq: i64, now: i64) -> messages::Model {
     }
 }
 
-/// Adds `n` to a conversation's `last_seq` and returns the new value. The
-/// UPDATE comes before the read so the row (SQLite: the database) is
+/// Adds each `n` to its conversation's `last_seq` and returns the new
+/// heads, in two statements whatever the number of conversations. The
+/// UPDATE comes before the read so the rows (SQLite: the database) are
 /// write-locked first: concurrent writers queue here instead of failing to
 /// upgrade a read lock. `n` is a 32-bit parameter on purpose: PostgreSQL
 /// types `last_seq + $1` from the column and refuses an 8-byte binding.
-async fn bump_seq(txn: &DatabaseTransaction, conversation: &str, n: i32) -> Result<i64, DbErr> {
+async fn bump_seqs(
+    txn: &DatabaseTransaction,
+    counts: &[(&str, i32)],
+) -> Result<HashMap<String, i64>, DbErr> {
+    let ids = || counts.iter().map(|(id, _)| id.to_string());
+    let increment: SimpleExpr = match counts {
+        [(_, n)] => Expr::val(*n).into(),
+        _ => {
+            let mut case = CaseStatement::new();
+            for (id, n) in counts {
+                case = case.case(Expr::col(conversations::Column::Id).eq(*id), Expr::val(*n));
+            }
+            case.finally(Expr::val(0i32)).into()
+        }
+    };
+    let last_seq = Expr::col(conversations::Column::LastSeq).add(increment);
     let bumped = conversations::Entity::update_many()
-        .col_expr(conversations::Column::LastSeq, Expr::col(conversations::Column::LastSeq).add(n))
-        .filter(conversations::Column::Id.eq(conversation))
+        .col_expr(conversations::Column::LastSeq, last_seq)
+        .filter(conversations::Column::Id.is_in(ids()))
         .exec(txn)
         .await?;
-    if bumped.rows_affected != 1 {
-        return Err(DbErr::RecordNotFound(format!("conversation {conversation}")));
+    if bumped.rows_affected != counts.len() as u64 {
+        return Err(DbErr::RecordNotFound("a conversation of the batch".into()));
     }
-    conversations::Entity::find_by_id(conversation.to_string())
+    let heads: Vec<(String, i64)> = conversations::Entity::find()
         .select_only()
+        .column(conversations::Column::Id)
         .column(conversations::Column::LastSeq)
+        .filter(conversations::Column::Id.is_in(ids()))
         .into_tuple()
-        .one(txn)
-        .await?
-        .ok_or_else(|| DbErr::RecordNotFound(conversation.to_string()))
+        .all(txn)
+        .await?;
+    Ok(heads.into_iter().collect())
 }
 
 async fn find_sent(
@@ -366,7 +433,8 @@ async fn find_sent(
 /// concurrent retry of the same send won, and the original is returned.
 async fn append_once(db: &DatabaseConnection, draft: Draft) -> Result<Stored, DbErr> {
     let txn = db.begin().await?;
-    let seq = bump_seq(&txn, &draft.conversation_id, 1).await?;
+    let heads = bump_seqs(&txn, &[(&draft.conversation_id, 1)]).await?;
+    let seq = heads.get(&draft.conversation_id).copied().unwrap_or_default();
     let row = new_row(&draft, seq, now_ms());
     let active: messages::ActiveModel = row.clone().into();
     match messages::Entity::insert(active).exec_without_returning(&txn).await {
@@ -396,6 +464,7 @@ mod tests {
             target: Target::GroupId(1),
             content_json: format!("{{\"c\":\"{client_msg_id}\"}}"),
             client_msg_id: client_msg_id.into(),
+            members_version: None,
         }
     }
 
@@ -413,7 +482,8 @@ mod tests {
             .unwrap_or(format!("sqlite://{}/m.db", dir.path().display()));
         let db = tern_runtime::db::connect(&url, 4).await.unwrap();
         crate::migration::apply(&db).await.unwrap();
-        let store = Store::new(db);
+        let (committed, _) = mpsc::unbounded_channel();
+        let store = Store::new(db, committed);
         for c in ["c0", "c1", "c2"] {
             store.ensure_conversation(c).await.unwrap();
         }

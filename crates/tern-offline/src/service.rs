@@ -7,13 +7,17 @@ use tern_proto::{
     pb::{
         message::{GetConversationStatesRequest, ListMessagesRequest},
         offline::{
-            AckRequest, AckResponse, Backlog, DropCursorsRequest, DropCursorsResponse,
-            InitCursorsRequest, InitCursorsResponse, ListBacklogRequest, ListBacklogResponse,
-            PullRequest, PullResponse, offline_service_server::OfflineService,
+            AckBatchRequest, AckBatchResponse, AckRequest, AckResponse, Backlog,
+            DropCursorsRequest, DropCursorsResponse, InitCursorsRequest, InitCursorsResponse,
+            ListBacklogRequest, ListBacklogResponse, PullRequest, PullResponse,
+            offline_service_server::OfflineService,
         },
     },
 };
 use tonic::{Request, Response, Status};
+
+/// Most acks one `AckBatch` call may carry.
+const MAX_ACK_BATCH: usize = 10_000;
 
 /// The offline service.
 #[derive(Clone)]
@@ -141,6 +145,28 @@ impl OfflineService for Offline {
             acked_seq: acked,
             latest_seq: page.latest_seq,
         }))
+    }
+
+    async fn ack_batch(
+        &self,
+        request: Request<AckBatchRequest>,
+    ) -> Result<Response<AckBatchResponse>, Status> {
+        let acks = request.into_inner().acks;
+        if acks.len() > MAX_ACK_BATCH {
+            return Err(OfflineError::Invalid("at most 10000 acks per batch").into());
+        }
+        let acks: Vec<(i64, String, i64)> = acks
+            .into_iter()
+            .filter_map(|a| {
+                Some((
+                    i64::try_from(a.user_id).ok()?,
+                    a.conversation_id,
+                    i64::try_from(a.seq).ok()?,
+                ))
+            })
+            .collect();
+        let advanced = self.store.advance_many(&acks).await.map_err(OfflineError::from)?;
+        Ok(Response::new(AckBatchResponse { advanced: advanced as u32 }))
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {

@@ -1,8 +1,8 @@
 //! The `cursors` table and the queries on it.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, TransactionTrait, sea_query::Expr,
 };
 
 pub mod cursors {
@@ -86,13 +86,35 @@ impl Store {
     /// Moves the cursor forward to `seq`; never backwards, even when two
     /// acks race.
     pub async fn advance(&self, user: i64, conversation: &str, seq: i64) -> Result<(), DbErr> {
-        cursors::Entity::update_many()
-            .col_expr(cursors::Column::AckedSeq, Expr::value(seq))
-            .filter(cursors::Column::UserId.eq(user))
-            .filter(cursors::Column::ConversationId.eq(conversation))
-            .filter(cursors::Column::AckedSeq.lt(seq))
-            .exec(&self.db)
-            .await?;
+        advance(&self.db, user, conversation, seq).await?;
         Ok(())
     }
+
+    /// Moves many cursors forward in one transaction (one commit); returns
+    /// how many moved.
+    pub async fn advance_many(&self, acks: &[(i64, String, i64)]) -> Result<u64, DbErr> {
+        let txn = self.db.begin().await?;
+        let mut moved = 0;
+        for (user, conversation, seq) in acks {
+            moved += advance(&txn, *user, conversation, *seq).await?;
+        }
+        txn.commit().await?;
+        Ok(moved)
+    }
+}
+
+async fn advance(
+    db: &impl ConnectionTrait,
+    user: i64,
+    conversation: &str,
+    seq: i64,
+) -> Result<u64, DbErr> {
+    let moved = cursors::Entity::update_many()
+        .col_expr(cursors::Column::AckedSeq, Expr::value(seq))
+        .filter(cursors::Column::UserId.eq(user))
+        .filter(cursors::Column::ConversationId.eq(conversation))
+        .filter(cursors::Column::AckedSeq.lt(seq))
+        .exec(db)
+        .await?;
+    Ok(moved.rows_affected)
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 /// Connects to `url`. For SQLite the file (and its folder) is created when
 /// missing and the journal is switched to WAL so readers do not block the
 /// writer; `synchronous` stays at FULL, so an acknowledged write survives a
-/// crash of the process or of the machine.
+/// crash of the process or of the machine. SQLite's automatic checkpoint
+/// (which runs inside whichever commit crosses 1,000 WAL pages) is off: a
+/// background task checkpoints instead, so commits never wait for it.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
     let mut url = url.to_string();
     let sqlite = url.starts_with("sqlite:");
@@ -35,12 +37,35 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         // them. A SQLite file cannot be down, so waiting there only means
         // local contention, and failing early would only cause retries.
         .acquire_timeout(Duration::from_secs(if sqlite { 10 } else { 2 }))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|o| o.pragma("wal_autocheckpoint", "0"));
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
+        tokio::spawn(checkpoint(db.clone()));
     }
     Ok(db)
+}
+
+/// How often the WAL is copied back into a SQLite database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Checkpoints a SQLite database in the background. PASSIVE never blocks
+/// writers or readers; it copies what it can and leaves the rest for the
+/// next round, so the WAL stays about one interval of writes long.
+async fn checkpoint(db: DatabaseConnection) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if let Err(error) = db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+            tracing::debug!(%error, "WAL checkpoint failed; retrying");
+            if matches!(error, DbErr::ConnectionAcquire(_)) && db.ping().await.is_err() {
+                // The pool was closed: the service is shutting down.
+                return;
+            }
+        }
+    }
 }
 
 /// The file path of a `sqlite://` URL, or `None` for other databases and

@@ -105,7 +105,6 @@ async fn drain(ctx: &Ctx<'_>, receivers: &[User], each: u64) -> anyhow::Result<(
             let mut session = client::Session::open(url).await?;
             drop(permit);
             let mut stream = Stream::default();
-            let mut last = (String::new(), 0);
             while stream.checks.delivered < each {
                 let next = session.next(QUIET).await?;
                 stream.reconnected(session.reconnects);
@@ -114,13 +113,10 @@ async fn drain(ctx: &Ctx<'_>, receivers: &[User], each: u64) -> anyhow::Result<(
                 if stream.see(p.i, f.seq) {
                     bar.inc(1);
                 }
-                last = (f.conversation_id.unwrap_or_default(), f.seq);
-                if stream.checks.delivered % 1000 == 0 {
-                    session.send(client::ack(&last.0, last.1)).await?;
-                }
+                session.shown(f.conversation_id, f.seq);
             }
             let done = client::now_us();
-            session.send(client::ack(&last.0, last.1)).await?;
+            session.ack_shown().await?;
             anyhow::Ok((stream.finish(each), done, session))
         }));
     }

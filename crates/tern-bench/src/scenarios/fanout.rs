@@ -47,7 +47,6 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
                     barrier.wait().await;
                     let mut session = ok?;
                     let mut stream = Stream::default();
-                    let mut last = (String::new(), 0);
                     while stream.checks.delivered < k {
                         let next = session.next(QUIET).await?;
                         stream.reconnected(session.reconnects);
@@ -56,9 +55,8 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
                         if stream.see(p.i, f.seq) {
                             last_at[p.i as usize].fetch_max(client::now_us(), Relaxed);
                         }
-                        last = (f.conversation_id.unwrap_or_default(), f.seq);
+                        session.shown(f.conversation_id, f.seq);
                     }
-                    session.send(client::ack(&last.0, last.1)).await?;
                     session.close().await;
                     anyhow::Ok(stream.finish(k))
                 }

@@ -79,7 +79,7 @@ pub async fn run(
             b.wait().await;
             let mut stream = Stream::default();
             let mut latency = histogram();
-            let (mut last_us, mut conv, mut last_seq) = (0, String::new(), 0);
+            let mut last_us = 0;
             while stream.checks.delivered < n {
                 let next = session.next(QUIET).await?;
                 stream.reconnected(session.reconnects);
@@ -106,13 +106,7 @@ pub async fn run(
                     let _ = latency.record(last_us.saturating_sub(payload.t).max(1));
                     bar.inc(1);
                 }
-                (conv, last_seq) = (f.conversation_id.unwrap_or_default(), f.seq);
-                if stream.checks.delivered % 100 == 0 {
-                    session.send(client::ack(&conv, last_seq)).await?;
-                }
-            }
-            if last_seq > 0 {
-                session.send(client::ack(&conv, last_seq)).await?;
+                session.shown(f.conversation_id, f.seq);
             }
             session.close().await;
             anyhow::Ok((stream.finish(n), latency, last_us))

@@ -1,0 +1,133 @@
+//! Delivery acks written behind.
+//!
+//! Cursors are cumulative, so a node keeps only the highest acked seq per
+//! (user, conversation) in memory and writes them to the offline service
+//! in one `AckBatch` call (one transaction) every `ack_flush_ms`, or at once
+//! when `ack_buffer_max` entries wait. A crash of the node loses at most
+//! that window of cursor movement: the client is then sent those messages
+//! again and drops them by `message_id`, as it does any redelivery. Nothing
+//! acknowledged to a sender depends on a cursor, so no message is lost.
+//!
+//! Until a coalesced ack is written, this node answers with it: a session's
+//! sync and the unread counts of `GET /api/conversations` read cursors
+//! through [`AckBuffer::latest`].
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tern_proto::pb::offline::{
+    AckBatchRequest, AckRequest, offline_service_client::OfflineServiceClient,
+};
+use tern_runtime::grpc::GrpcChannel;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Most acks in one `AckBatch` call (the offline service's limit).
+const MAX_CALL: usize = 10_000;
+
+type Key = (u64, String);
+
+/// The acks of this node's sessions not yet written.
+pub struct AckBuffer {
+    /// Waiting for the next flush.
+    pending: Mutex<HashMap<Key, u64>>,
+    /// Being written by the flush in progress.
+    writing: Mutex<HashMap<Key, u64>>,
+    /// Wakes the flusher early.
+    wake: Notify,
+    /// Entries that trigger a flush before the interval is up.
+    max: usize,
+}
+
+impl AckBuffer {
+    pub fn new(max: usize) -> Self {
+        Self {
+            pending: Mutex::default(),
+            writing: Mutex::default(),
+            wake: Notify::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Records that `user` received everything up to `seq`.
+    pub fn record(&self, user: u64, conversation: String, seq: u64) {
+        let mut pending = self.pending.lock().expect("ack buffer poisoned");
+        let entry = pending.entry((user, conversation)).or_default();
+        *entry = (*entry).max(seq);
+        if pending.len() >= self.max {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The highest ack of `user` in `conversation` this node holds but
+    /// may not have written yet.
+    pub fn latest(&self, user: u64, conversation: &str) -> Option<u64> {
+        let key = (user, conversation.to_string());
+        let pending = self.pending.lock().expect("ack buffer poisoned").get(&key).copied();
+        let writing = self.writing.lock().expect("ack buffer poisoned").get(&key).copied();
+        pending.max(writing)
+    }
+
+    /// Asks for a flush now (a session closed: its user may reconnect on
+    /// another node, which reads cursors from storage).
+    pub fn flush_soon(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Writes what is pending. On failure the acks go back to pending and
+    /// are retried with the next flush.
+    async fn flush(&self, offline: &mut OfflineServiceClient<GrpcChannel>) {
+        let batch = std::mem::take(&mut *self.pending.lock().expect("ack buffer poisoned"));
+        if batch.is_empty() {
+            return;
+        }
+        self.writing.lock().expect("ack buffer poisoned").clone_from(&batch);
+        let acks: Vec<AckRequest> = batch
+            .iter()
+            .map(|((user_id, conversation_id), &seq)| AckRequest {
+                user_id: *user_id,
+                conversation_id: conversation_id.clone(),
+                seq,
+            })
+            .collect();
+        let mut failed = None;
+        for chunk in acks.chunks(MAX_CALL) {
+            let request = AckBatchRequest { acks: chunk.to_vec() };
+            if let Err(status) = offline.ack_batch(request).await {
+                failed = Some(status);
+                break;
+            }
+        }
+        if let Some(status) = failed {
+            tracing::warn!(acks = batch.len(), error = %status, "acks not written; retrying");
+            metrics::counter!("tern_gateway_ack_flush_failures_total").increment(1);
+            let mut pending = self.pending.lock().expect("ack buffer poisoned");
+            for (key, seq) in batch {
+                let entry = pending.entry(key).or_default();
+                *entry = (*entry).max(seq);
+            }
+        }
+        self.writing.lock().expect("ack buffer poisoned").clear();
+    }
+}
+
+/// Flushes `buffer` every `interval` (sooner when it fills up) until
+/// `shutdown`, then once more.
+pub async fn run(
+    buffer: Arc<AckBuffer>,
+    mut offline: OfflineServiceClient<GrpcChannel>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval) => {}
+            _ = buffer.wake.notified() => {}
+        }
+        buffer.flush(&mut offline).await;
+    }
+    buffer.flush(&mut offline).await;
+}
