@@ -229,10 +229,6 @@ impl Session {
         }
     }
 
-    pub async fn send(&mut self, msg: Message) -> anyhow::Result<()> {
-        Ok(self.tx.send(msg).await?)
-    }
-
     /// Acks what was shown, then closes.
     pub async fn close(mut self) {
         let _ = self.ack_shown().await;

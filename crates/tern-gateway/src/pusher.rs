@@ -182,10 +182,16 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 item = rx.recv() => item,
             };
             let Some(item) = item else { return };
-            let mut result = self.handle(item).await;
+            let result = self.handle(item).await;
             if matches!(result, Ok(true)) && self.needs_resync.swap(false, Relaxed) {
                 metrics::counter!("tern_gateway_resyncs_total").increment(1);
-                result = self.sync_backlog(false).await.map(|()| true);
+                // A healthy socket stays open when storage cannot be read
+                // right now: the resync is tried again after the next item
+                // (at the latest the client's next heartbeat answer).
+                if let Err(error) = self.sync_backlog(false).await {
+                    tracing::warn!(user_id = self.user, %error, "resync failed; retrying later");
+                    self.needs_resync.store(true, Relaxed);
+                }
             }
             match result {
                 Ok(true) => {}
@@ -270,6 +276,13 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 // The user left the conversation after the push was routed
                 // (member lists are cached briefly): nothing to deliver.
                 Err(Stop::Sync(status)) if error_code_of(&status) == ErrorCode::Forbidden => Ok(()),
+                // Storage cannot be read now: keep the socket and fill the
+                // gap with the next sync.
+                Err(Stop::Sync(status)) => {
+                    tracing::warn!(user_id = self.user, error = %status, "gap fill failed; resyncing later");
+                    self.needs_resync.store(true, Relaxed);
+                    Ok(())
+                }
                 other => other,
             },
         }

@@ -247,7 +247,9 @@ where
         Duration::from_secs(settings.write_timeout_secs),
     );
     let mut writer = tokio::spawn(pusher.run(rx, handle.cancel.clone(), done.clone()));
-    let expiry = expiry_timer(tx.clone(), expires_at);
+    // The token's expiry is a deadline of the session, not a task of its own.
+    let left = (expires_at - frames::now_ms() / 1000).max(0) as u64;
+    let expired = tokio::time::sleep(Duration::from_secs(left));
     let (sends, queued) = mpsc::channel(settings.send_window.max(1));
     let pipeline = send_pipeline(&state, queued, tx.clone());
     let reader = Reader { state: &state, user, tx, sends, written };
@@ -255,8 +257,8 @@ where
         // The pipeline ends once the reader is done and its queue drained.
         _ = async { tokio::join!(reader.run(read), pipeline) } => {}
         _ = done.cancelled() => {}
+        _ = expired => handle.kick("token expired".into()),
     }
-    expiry.abort();
     // This user may reconnect on another node, which reads cursors from
     // storage: write the acks this session left behind soon.
     state.acks.flush_soon();
@@ -287,15 +289,6 @@ where
     state.stats.connections_live.fetch_sub(1, Relaxed);
     metrics::gauge!("tern_gateway_connections").decrement(1.0);
     tracing::debug!(user_id = user, session_id, "session closed");
-}
-
-/// Kicks the session when its token expires.
-fn expiry_timer(tx: mpsc::Sender<Outbound>, expires_at: i64) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let left = expires_at - frames::now_ms() / 1000;
-        tokio::time::sleep(Duration::from_secs(left.max(0) as u64)).await;
-        let _ = tx.send(Outbound::Kick("token expired".into())).await;
-    })
 }
 
 /// A send in the session's window, waiting for its turn.

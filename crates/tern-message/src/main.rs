@@ -1,6 +1,11 @@
 //! `tern-message`: the message service as its own process, routing through
 //! Redis presence and Pub/Sub.
 
+/// mimalloc: the hot paths allocate many small buffers, where it is
+/// markedly cheaper than the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use tern_bus::{Names, RedisBus, RedisPresence};
 use tern_proto::pb::{

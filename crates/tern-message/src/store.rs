@@ -387,7 +387,7 @@ async fn bump_seqs(
 ) -> Result<HashMap<String, i64>, DbErr> {
     let ids = || counts.iter().map(|(id, _)| id.to_string());
     let increment: SimpleExpr = match counts {
-        [(_, n)] => Expr::val(*n).into(),
+        [(_, n)] => Expr::val(*n),
         _ => {
             let mut case = CaseStatement::new();
             for (id, n) in counts {

@@ -10,7 +10,9 @@
 //!   deduplicating deliveries by `message_id`);
 //! - **phantom**: refused with a final error, yet stored;
 //! - **order**: a member saw a conversation's seqs out of order;
-//! - **gaps**: a conversation's stored seqs are not exactly 1..=n.
+//! - **gaps**: a conversation's stored seqs are not exactly 1..=n;
+//! - **misordered**: a session's send answers came in another order than
+//!   its sends (the server answers a pipelined session in order).
 
 use super::workload::{Attempt, Outcome, Target, UserLog};
 use std::{
@@ -54,13 +56,30 @@ pub struct Verdict {
     /// Sessions clients abandoned after a send went unanswered.
     pub gave_up: usize,
     pub errors: BTreeMap<String, u64>,
+    /// Sends resent (same id) because their session ended unanswered.
+    pub resent: usize,
+    /// Send answers out of send order.
+    pub misordered: usize,
+    /// Type 3 codes received for delivery acks.
+    pub ack_errors: BTreeMap<String, u64>,
+    /// Send acks that said `duplicate` (a retry of a stored message).
+    pub duplicate_acks: usize,
+    /// Send-to-ack times (full-load clients only), sorted.
+    pub ack_latencies: Vec<Duration>,
     /// The first few violations, for the failure message.
     pub examples: Vec<String>,
 }
 
 impl Verdict {
     pub fn clean(&self) -> bool {
-        self.lost + self.unexpected + self.duplicates + self.phantom + self.order + self.gaps == 0
+        self.lost
+            + self.unexpected
+            + self.duplicates
+            + self.phantom
+            + self.order
+            + self.gaps
+            + self.misordered
+            == 0
     }
 
     fn flag(&mut self, example: String) {
@@ -109,7 +128,8 @@ impl std::fmt::Display for Verdict {
         let _ = write!(
             s,
             "attempted {} (acked {}, failed {}, unknown {}), stored {}, deliveries owed {}, delivered {} (+{} redelivered); \
-             lost {}, unexpected {}, duplicates {}, phantom {}, order {}, gaps {}; reconnects {}; closes {:?}; gave up {}; errors {:?}",
+             lost {}, unexpected {}, duplicates {}, phantom {}, order {}, gaps {}, misordered answers {}; \
+             reconnects {}; closes {:?}; gave up {}; resent {}; acked as duplicates {}; errors {:?}; ack errors {:?}",
             self.attempted,
             self.acked,
             self.failed,
@@ -124,10 +144,14 @@ impl std::fmt::Display for Verdict {
             self.phantom,
             self.order,
             self.gaps,
+            self.misordered,
             self.reconnects.len(),
             self.closes,
             self.gave_up,
+            self.resent,
+            self.duplicate_acks,
             self.errors,
+            self.ack_errors,
         );
         for e in &self.examples {
             let _ = write!(s, "\n  - {e}");
@@ -256,7 +280,18 @@ pub fn check(
         for (code, n) in &log.errors {
             *v.errors.entry(code.clone()).or_default() += n;
         }
+        for (code, n) in &log.ack_errors {
+            *v.ack_errors.entry(code.clone()).or_default() += n;
+        }
+        v.resent += log.resent;
+        v.duplicate_acks += log.duplicate_acks;
+        v.ack_latencies.extend(log.ack_latencies.iter().copied());
+        if log.misordered > 0 {
+            v.misordered += log.misordered;
+            v.flag(format!("user {} got {} send answers out of order", log.user, log.misordered));
+        }
     }
+    v.ack_latencies.sort();
     let got: HashMap<u64, HashSet<&str>> = logs
         .iter()
         .map(|l| (l.user, l.deliveries.iter().map(|d| d.message_id.as_str()).collect()))

@@ -216,6 +216,18 @@ impl Server {
         self.spawn().await;
     }
 
+    /// SIGKILL (a crash: nothing is flushed, no session is closed), wait
+    /// for the exit, keep it down for `down`, and start again on the same
+    /// port and data.
+    pub async fn crash_and_restart(&mut self, down: Duration) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        tokio::time::sleep(down).await;
+        self.spawn().await;
+    }
+
     /// SIGTERM and wait for the process to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -268,15 +280,7 @@ impl Server {
 
     /// Registers and logs in; returns (user_id, access token).
     pub async fn user(&self, name: &str) -> User {
-        let creds = json!({ "username": name, "password": "correct horse" });
-        let (status, body) = self.post("/api/register", None, creds.clone()).await;
-        assert_eq!(status, 201, "{body}");
-        let (status, body) = self.post("/api/login", None, creds).await;
-        assert_eq!(status, 200, "{body}");
-        User {
-            id: body["user_id"].as_u64().unwrap(),
-            token: body["token"].as_str().unwrap().to_string(),
-        }
+        register(name, async |path, body| self.post(path, None, body).await).await
     }
 
     pub async fn login(&self, name: &str) -> User {
@@ -445,4 +449,18 @@ pub fn texts(frames: &[Value]) -> Vec<String> {
 /// Seqs of delivered frames, in order.
 pub fn seqs(frames: &[Value]) -> Vec<u64> {
     frames.iter().map(|f| f["seq"].as_u64().unwrap()).collect()
+}
+
+/// Registers `name` and logs in through `post` (path, JSON body → status,
+/// JSON answer), whichever server it talks to.
+pub async fn register(name: &str, post: impl AsyncFn(&str, Value) -> (u16, Value)) -> User {
+    let creds = json!({ "username": name, "password": "correct horse" });
+    let (status, body) = post("/api/register", creds.clone()).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post("/api/login", creds).await;
+    assert_eq!(status, 200, "{body}");
+    User {
+        id: body["user_id"].as_u64().unwrap(),
+        token: body["token"].as_str().unwrap().to_string(),
+    }
 }

@@ -3,12 +3,17 @@
 //! own fails), sends 1:1 and group messages with retries under the same
 //! `client_msg_id`, acks what it receives, and records every send attempt
 //! and every delivery. [`super::checker`] then judges the whole history.
+//!
+//! Two kinds of client: [`run_user`] sends at a paced rate with one send
+//! in flight and acks every 300 ms; [`run_full_load_user`] keeps a window
+//! of sends in flight as fast as the server answers them and acks every
+//! delivered message as it arrives, like a real client.
 
 use futures::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -88,6 +93,20 @@ pub struct UserLog {
     pub gave_up: usize,
     /// Type 3 codes received for sends.
     pub errors: HashMap<String, u64>,
+    /// Sends that were unanswered when their session ended, and were sent
+    /// again (same `client_msg_id`) on the next one.
+    pub resent: usize,
+    /// Send answers that did not come in the order of the sends (the
+    /// server answers a session's sends in order).
+    pub misordered: usize,
+    /// Type 3 codes received for delivery acks (frames without a
+    /// `client_msg_id`).
+    pub ack_errors: HashMap<String, u64>,
+    /// Send acks with `duplicate: true`: a retry found its message already
+    /// stored (stored before a crash cut off the answer).
+    pub duplicate_acks: usize,
+    /// Full load: from sending an attempt's last try to its ack.
+    pub ack_latencies: Vec<Duration>,
 }
 
 /// Workload shape.
@@ -119,7 +138,7 @@ pub async fn run_user(
     shape: Shape,
     stop: Arc<AtomicBool>,
 ) -> UserLog {
-    let mut sim = Sim {
+    let sim = Sim {
         log: UserLog { user: me.id, ..UserLog::default() },
         rng: StdRng::seed_from_u64(me.id),
         me,
@@ -129,34 +148,9 @@ pub async fn run_user(
         counter: 0,
         pending: None,
     };
-    let gateways = gateways.as_slice();
-    let mut gateway = sim.me.id as usize % gateways.len();
-    let mut lost_at: Option<Instant> = None;
-    while !sim.finished() {
-        let Some(mut ws) = open(gateways[gateway], &sim.me.token).await else {
-            gateway = (gateway + 1) % gateways.len();
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        if let Some(at) = lost_at.take() {
-            sim.log.reconnects.push(at.elapsed());
-        }
-        match sim.session(&mut ws).await {
-            SessionEnd::Stopped => {
-                let _ = ws.close(None).await;
-            }
-            SessionEnd::Lost(code) => {
-                sim.log.closes.push(code);
-                lost_at = Some(Instant::now());
-                gateway = (gateway + 1) % gateways.len();
-            }
-            SessionEnd::GaveUp => {
-                let _ = ws.close(None).await;
-                sim.log.gave_up += 1;
-                lost_at = Some(Instant::now());
-            }
-        }
-    }
+    let mut client = Client::Paced(sim);
+    reconnect_loop(&mut client, &gateways).await;
+    let Client::Paced(mut sim) = client else { unreachable!() };
     if let Some(mut attempt) = sim.pending.take() {
         attempt.outcome = Outcome::Unknown;
         sim.log.attempts.push(attempt);
@@ -168,6 +162,88 @@ enum SessionEnd {
     Stopped,
     Lost(u16),
     GaveUp,
+}
+
+/// Either kind of simulated user, for the loop both share.
+enum Client {
+    Paced(Sim),
+    Full(Pipelined),
+}
+
+impl Client {
+    fn parts(&mut self) -> (&Participant, &mut UserLog) {
+        match self {
+            Client::Paced(c) => (&c.me, &mut c.log),
+            Client::Full(c) => (&c.me, &mut c.log),
+        }
+    }
+
+    fn finished(&mut self) -> bool {
+        match self {
+            Client::Paced(c) => c.finished(),
+            Client::Full(c) => c.finished(),
+        }
+    }
+
+    async fn session(&mut self, ws: &mut Ws) -> SessionEnd {
+        match self {
+            Client::Paced(c) => c.session(ws).await,
+            Client::Full(c) => c.session(ws).await,
+        }
+    }
+}
+
+/// Connects, runs sessions and reconnects (to the next gateway after a
+/// lost connection) until the client is finished; records every close
+/// and how long each reconnect took.
+async fn reconnect_loop(client: &mut Client, gateways: &[u16]) {
+    let mut gateway = client.parts().0.id as usize % gateways.len();
+    let mut lost_at: Option<Instant> = None;
+    while !client.finished() {
+        let token = client.parts().0.token.clone();
+        let Some(mut ws) = open(gateways[gateway], &token).await else {
+            gateway = (gateway + 1) % gateways.len();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        if let Some(at) = lost_at.take() {
+            client.parts().1.reconnects.push(at.elapsed());
+        }
+        match client.session(&mut ws).await {
+            SessionEnd::Stopped => {
+                let _ = ws.close(None).await;
+            }
+            SessionEnd::Lost(code) => {
+                client.parts().1.closes.push(code);
+                lost_at = Some(Instant::now());
+                gateway = (gateway + 1) % gateways.len();
+            }
+            SessionEnd::GaveUp => {
+                let _ = ws.close(None).await;
+                client.parts().1.gave_up += 1;
+                lost_at = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// The next JSON frame, or `None` when `wake` passed (or a non-text frame
+/// came) first; the session's end when it closed, or when `answer_by`
+/// passed (the gateway holds the sends: give up on this session).
+async fn next_frame(
+    ws: &mut Ws,
+    wake: Instant,
+    answer_by: Option<Instant>,
+) -> Result<Option<Value>, SessionEnd> {
+    match tokio::time::timeout_at(wake.into(), ws.next()).await {
+        Err(_) if answer_by.is_some_and(|by| Instant::now() >= by) => Err(SessionEnd::GaveUp),
+        Ok(Some(Ok(Message::Text(t)))) => Ok(Some(serde_json::from_str(&t).unwrap_or_default())),
+        Ok(Some(Ok(Message::Close(frame)))) => Err(SessionEnd::Lost(
+            frame.map(|CloseFrame { code, .. }| u16::from(code)).unwrap_or(1005),
+        )),
+        Err(_) | Ok(Some(Ok(_))) => Ok(None),
+        Ok(Some(Err(_)) | None) => Err(SessionEnd::Lost(1006)),
+    }
 }
 
 /// Opens a session; the backlog then arrives on it like live traffic.
@@ -234,23 +310,10 @@ impl Sim {
                 next_ack = Instant::now() + Duration::from_millis(300);
             }
             let wake = answer_by.unwrap_or(next_send).min(next_ack);
-            let frame = match tokio::time::timeout_at(wake.into(), ws.next()).await {
-                Err(_) => {
-                    if answer_by.is_some_and(|by| Instant::now() >= by) {
-                        // The gateway holds the send: give up on this session.
-                        return SessionEnd::GaveUp;
-                    }
-                    continue;
-                }
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    serde_json::from_str::<Value>(&t).unwrap_or_default()
-                }
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    let code = frame.map(|CloseFrame { code, .. }| u16::from(code)).unwrap_or(1005);
-                    return SessionEnd::Lost(code);
-                }
-                Ok(Some(Ok(_))) => continue,
-                Ok(Some(Err(_)) | None) => return SessionEnd::Lost(1006),
+            let frame = match next_frame(ws, wake, answer_by).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => continue,
+                Err(end) => return end,
             };
             match frame["type"].as_i64() {
                 Some(1 | 2) => {
@@ -343,6 +406,254 @@ fn send_frame(attempt: &Attempt, pad: usize) -> Value {
         Target::Group(g) => {
             json!({ "type": 2, "group_id": g, "content": content, "client_msg_id": attempt.id })
         }
+    }
+}
+
+/// A full-load client: how many sends it keeps unanswered, and where they go.
+#[derive(Clone, Debug)]
+pub struct FullLoad {
+    /// Sends in flight per session (the server's window is 32).
+    pub window: usize,
+    /// Share of sends that go to one of the user's groups.
+    pub group_share: f64,
+    /// Content padding, bytes.
+    pub pad: usize,
+}
+
+/// Runs one user at full load until `stop` is set: it keeps up to
+/// `load.window` sends unanswered, sending the next one as soon as an
+/// answer frees a place; it acks every message delivered to it as it
+/// arrives (and its own messages once everything before them has arrived);
+/// it retries a send refused with a retryable code after a backoff, and
+/// resends on its next session every send its last session left
+/// unanswered, always with the same `client_msg_id`. After `stop` it sends
+/// nothing new, settles what is left (for up to [`SETTLE`]) and closes.
+pub async fn run_full_load_user(
+    me: Participant,
+    gateways: Arc<Vec<u16>>,
+    load: FullLoad,
+    stop: Arc<AtomicBool>,
+) -> UserLog {
+    let client = Pipelined {
+        log: UserLog { user: me.id, ..UserLog::default() },
+        rng: StdRng::seed_from_u64(me.id),
+        me,
+        load,
+        stop,
+        stopped_at: None,
+        counter: 0,
+        outstanding: VecDeque::new(),
+        retry: VecDeque::new(),
+        hold: Instant::now(),
+        backoff: Duration::from_millis(50),
+        received: HashMap::new(),
+        own: HashMap::new(),
+    };
+    let mut client = Client::Full(client);
+    reconnect_loop(&mut client, &gateways).await;
+    let Client::Full(mut client) = client else { unreachable!() };
+    // Whatever is still unanswered may or may not be stored.
+    let left = client.outstanding.drain(..).map(|(a, _)| a).chain(client.retry.drain(..));
+    client.log.attempts.extend(left.map(|a| Attempt { outcome: Outcome::Unknown, ..a }));
+    client.log
+}
+
+/// One full-load user's state across sessions.
+struct Pipelined {
+    me: Participant,
+    load: FullLoad,
+    stop: Arc<AtomicBool>,
+    stopped_at: Option<Instant>,
+    rng: StdRng,
+    counter: u64,
+    /// Sent on the current session and not answered yet, in send order,
+    /// with when each was sent.
+    outstanding: VecDeque<(Attempt, Instant)>,
+    /// To send again (same id) before anything new, in order.
+    retry: VecDeque<Attempt>,
+    /// Nothing is sent before this (backoff after a retryable refusal).
+    hold: Instant,
+    backoff: Duration,
+    /// Per conversation, the highest seq this client has, every seq below
+    /// it included (its own messages count once everything before them
+    /// arrived).
+    received: HashMap<String, u64>,
+    /// Per conversation, seqs of its own messages beyond `received`.
+    own: HashMap<String, BTreeSet<u64>>,
+    log: UserLog,
+}
+
+impl Pipelined {
+    /// After `stop`: done once every send is answered, or [`SETTLE`] has
+    /// passed.
+    fn finished(&mut self) -> bool {
+        if !self.stop.load(Relaxed) {
+            return false;
+        }
+        let since = *self.stopped_at.get_or_insert_with(Instant::now);
+        (self.outstanding.is_empty() && self.retry.is_empty()) || since.elapsed() > SETTLE
+    }
+
+    /// Records that this client has `seq` of `conversation` (a delivery or
+    /// one of its own sends) and returns how far it may now ack.
+    fn advance(&mut self, conversation: &str, seq: u64, mine: bool) -> u64 {
+        let top = self.received.entry(conversation.to_string()).or_default();
+        let own = self.own.entry(conversation.to_string()).or_default();
+        if mine && seq > *top + 1 {
+            // Something before it has not arrived yet.
+            own.insert(seq);
+            return *top;
+        }
+        *top = (*top).max(seq);
+        while own.first().is_some_and(|s| *s <= *top + 1) {
+            let s = own.pop_first().unwrap_or_default();
+            *top = (*top).max(s);
+        }
+        *top
+    }
+
+    async fn session(&mut self, ws: &mut Ws) -> SessionEnd {
+        // What the last session left unanswered goes first, in order.
+        while let Some((attempt, _)) = self.outstanding.pop_back() {
+            self.log.resent += 1;
+            self.retry.push_front(attempt);
+        }
+        // The highest ack sent per conversation on this session.
+        let mut acked: HashMap<String, u64> = HashMap::new();
+        loop {
+            if self.finished() {
+                return SessionEnd::Stopped;
+            }
+            // Fill the window.
+            while self.outstanding.len() < self.load.window && Instant::now() >= self.hold {
+                let mut attempt = match self.retry.pop_front() {
+                    Some(a) => a,
+                    None if !self.stop.load(Relaxed) => {
+                        self.counter += 1;
+                        self.new_attempt()
+                    }
+                    None => break,
+                };
+                attempt.tries += 1;
+                let frame = send_frame(&attempt, self.load.pad);
+                let sent = ws.send(Message::text(frame.to_string())).await;
+                // Sent or not, the server may have it: it is resent (same id)
+                // on the next session if unanswered.
+                self.outstanding.push_back((attempt, Instant::now()));
+                if sent.is_err() {
+                    return SessionEnd::Lost(1006);
+                }
+            }
+            let now = Instant::now();
+            let answer_by = self.outstanding.front().map(|(_, at)| *at + ANSWER_TIMEOUT);
+            // Wake to notice `stop`, an answer overdue, or the end of a backoff.
+            let mut wake = now + Duration::from_millis(200);
+            if let Some(by) = answer_by {
+                wake = wake.min(by);
+            }
+            if self.hold > now {
+                wake = wake.min(self.hold);
+            }
+            let frame = match next_frame(ws, wake, answer_by).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => continue,
+                Err(end) => return end,
+            };
+            let mut ack = None;
+            match frame["type"].as_i64() {
+                Some(1 | 2) => {
+                    let delivery = delivery_of(&frame);
+                    let before = self.received.get(&delivery.conversation_id).copied();
+                    let top = self.advance(&delivery.conversation_id, delivery.seq, false);
+                    // A redelivery (after a crash lost acks written behind)
+                    // is acked as what it is.
+                    let upto =
+                        if before.is_some_and(|b| delivery.seq <= b) { delivery.seq } else { top };
+                    ack = Some((delivery.conversation_id.clone(), upto));
+                    self.log.deliveries.push(delivery);
+                }
+                Some(30) => {
+                    let Some(attempt) = self.answered(&frame) else { continue };
+                    let (conversation_id, seq) =
+                        (str_field(&frame, "conversation_id"), frame["seq"].as_u64().unwrap_or(0));
+                    if frame["duplicate"] == true {
+                        self.log.duplicate_acks += 1;
+                    }
+                    let top = self.advance(&conversation_id, seq, true);
+                    if top >= seq {
+                        ack = Some((conversation_id.clone(), top));
+                    }
+                    self.log.attempts.push(Attempt {
+                        outcome: Outcome::Acked {
+                            message_id: str_field(&frame, "message_id"),
+                            conversation_id,
+                            seq,
+                        },
+                        ..attempt
+                    });
+                    self.backoff = Duration::from_millis(50);
+                }
+                Some(3) if frame["client_msg_id"].is_string() => {
+                    let Some(attempt) = self.answered(&frame) else { continue };
+                    let code = str_field(&frame, "code");
+                    *self.log.errors.entry(code.clone()).or_default() += 1;
+                    if retryable(&code) {
+                        self.retry.push_back(attempt);
+                        // One backoff per refusal streak, not per refusal:
+                        // a window refused at once waits once.
+                        let now = Instant::now();
+                        if now >= self.hold {
+                            self.hold = now + self.backoff;
+                            self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+                        }
+                    } else {
+                        self.log
+                            .attempts
+                            .push(Attempt { outcome: Outcome::Failed(code), ..attempt });
+                    }
+                }
+                Some(3) => {
+                    *self.log.ack_errors.entry(str_field(&frame, "code")).or_default() += 1;
+                }
+                // Heartbeats; kicked (type 100): the close frame follows.
+                _ => {}
+            }
+            if let Some((conversation_id, seq)) = ack
+                && acked.get(&conversation_id).is_none_or(|a| seq > *a)
+            {
+                let frame = json!({ "type": 30, "conversation_id": conversation_id, "seq": seq });
+                if ws.send(Message::text(frame.to_string())).await.is_err() {
+                    return SessionEnd::Lost(1006);
+                }
+                acked.insert(conversation_id, seq);
+            }
+        }
+    }
+
+    /// Takes the outstanding send `frame` answers, noting an answer out of
+    /// send order.
+    fn answered(&mut self, frame: &Value) -> Option<Attempt> {
+        let id = frame["client_msg_id"].as_str()?;
+        let at = self.outstanding.iter().position(|(a, _)| a.id == id)?;
+        if at != 0 {
+            self.log.misordered += 1;
+        }
+        let (attempt, sent) = self.outstanding.remove(at)?;
+        if frame["type"] == 30 {
+            self.log.ack_latencies.push(sent.elapsed());
+        }
+        Some(attempt)
+    }
+
+    fn new_attempt(&mut self) -> Attempt {
+        let (me, rng) = (&self.me, &mut self.rng);
+        let target = if !me.groups.is_empty() && rng.random_bool(self.load.group_share) {
+            Target::Group(me.groups[rng.random_range(0..me.groups.len())])
+        } else {
+            Target::User(me.contacts[rng.random_range(0..me.contacts.len())])
+        };
+        let id = format!("u{}-{}", me.id, self.counter);
+        Attempt { id, sender: me.id, target, outcome: Outcome::Unknown, tries: 0 }
     }
 }
 
