@@ -70,8 +70,9 @@ pub async fn build(
 ) -> anyhow::Result<MessageServiceServer<Messages>> {
     let db = tern_runtime::db::connect(&settings.database_url, settings.max_connections).await?;
     migration::apply(&db).await?;
+    let writer = tern_runtime::db::connect_writer(&settings.database_url).await?;
     let max = settings.max_content_bytes;
-    Ok(MessageServiceServer::new(Messages::new(db, peers, settings))
+    Ok(MessageServiceServer::new(Messages::new(db, writer, peers, settings))
         .max_decoding_message_size(max + 16 * 1024))
 }
 

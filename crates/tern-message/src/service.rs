@@ -54,12 +54,18 @@ pub struct Messages {
 }
 
 impl Messages {
-    pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers, settings: &Settings) -> Self {
+    /// `db` serves reads, `writer` (one connection) every append.
+    pub(crate) fn new(
+        db: sea_orm::DatabaseConnection,
+        writer: sea_orm::DatabaseConnection,
+        peers: Peers,
+        settings: &Settings,
+    ) -> Self {
         let (committed, stored) = tokio::sync::mpsc::unbounded_channel();
         let router = Arc::new(Router::new(peers.clone()));
         tokio::spawn(router.clone().run(stored));
         Self {
-            store: Store::new(db, committed),
+            store: Store::new(db, writer, committed),
             router,
             peers,
             known_users: Arc::default(),

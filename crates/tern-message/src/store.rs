@@ -16,8 +16,8 @@
 
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
     sea_query::{CaseStatement, Expr, ExprTrait, SimpleExpr},
 };
 use std::{
@@ -31,7 +31,7 @@ use tern_proto::pb::message::{Message, message::Target};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most messages committed in one transaction.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 1024;
 
 pub mod conversations {
     use sea_orm::entity::prelude::*;
@@ -168,10 +168,17 @@ pub fn to_pb(row: messages::Model) -> Message {
 impl Store {
     /// Wraps `db` and starts the writer task (needs a Tokio runtime).
     /// Every newly stored message goes to `committed`, in commit order.
-    pub fn new(db: DatabaseConnection, committed: mpsc::UnboundedSender<Committed>) -> Self {
-        let (writer, jobs) = mpsc::channel(MAX_BATCH * 4);
+    /// `db` serves reads; `writer` (a single connection, see
+    /// [`tern_runtime::db::connect_writer`]) every append.
+    pub fn new(
+        db: DatabaseConnection,
+        writer: DatabaseConnection,
+        committed: mpsc::UnboundedSender<Committed>,
+    ) -> Self {
+        let (queue, jobs) = mpsc::channel(MAX_BATCH * 4);
         let batched = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(db.clone(), jobs, committed, batched.clone()));
+        tokio::spawn(write_loop(writer, jobs, committed, batched.clone()));
+        let writer = queue;
         Self { db, writer, batched }
     }
 
@@ -271,6 +278,7 @@ async fn write_loop(
     let stored_total = metrics::counter!("tern_messages_stored_total");
     let duplicate_total = metrics::counter!("tern_messages_duplicate_total");
     let batch_size = metrics::histogram!("tern_message_store_batch_size");
+    let commit_seconds = metrics::histogram!("tern_message_store_commit_seconds");
     let route = |message: &Message, members_version| {
         stored_total.increment(1);
         let _ = committed.send(Committed { message: message.clone(), members_version });
@@ -279,7 +287,10 @@ async fn write_loop(
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         batch_size.record(batch.len() as f64);
         if batch.len() > 1 {
-            match append_batch(&db, &batch).await {
+            let started = std::time::Instant::now();
+            let appended = append_batch(&db, &batch).await;
+            commit_seconds.record(started.elapsed().as_secs_f64());
+            match appended {
                 Ok(stored) => {
                     batched.fetch_add(stored.len() as u64, Relaxed);
                     for (job, message) in batch.iter().zip(&stored) {
@@ -397,13 +408,20 @@ async fn bump_seqs(
         }
     };
     let last_seq = Expr::col(conversations::Column::LastSeq).add(increment);
-    let bumped = conversations::Entity::update_many()
+    let update = conversations::Entity::update_many()
         .col_expr(conversations::Column::LastSeq, last_seq)
-        .filter(conversations::Column::Id.is_in(ids()))
-        .exec(txn)
-        .await?;
-    if bumped.rows_affected != counts.len() as u64 {
-        return Err(DbErr::RecordNotFound("a conversation of the batch".into()));
+        .filter(conversations::Column::Id.is_in(ids()));
+    let missing = || DbErr::RecordNotFound("a conversation of the batch".into());
+    if txn.support_returning() {
+        // SQLite and PostgreSQL: the new heads come back with the update.
+        let heads = update.exec_with_returning(txn).await?;
+        if heads.len() != counts.len() {
+            return Err(missing());
+        }
+        return Ok(heads.into_iter().map(|c| (c.id, c.last_seq)).collect());
+    }
+    if update.exec(txn).await?.rows_affected != counts.len() as u64 {
+        return Err(missing());
     }
     let heads: Vec<(String, i64)> = conversations::Entity::find()
         .select_only()
@@ -482,8 +500,9 @@ mod tests {
             .unwrap_or(format!("sqlite://{}/m.db", dir.path().display()));
         let db = tern_runtime::db::connect(&url, 4).await.unwrap();
         crate::migration::apply(&db).await.unwrap();
+        let writer = tern_runtime::db::connect_writer(&url).await.unwrap();
         let (committed, _) = mpsc::unbounded_channel();
-        let store = Store::new(db, committed);
+        let store = Store::new(db, writer, committed);
         for c in ["c0", "c1", "c2"] {
             store.ensure_conversation(c).await.unwrap();
         }

@@ -13,6 +13,23 @@ use std::time::Duration;
 /// (which runs inside whichever commit crosses 1,000 WAL pages) is off: a
 /// background task checkpoints instead, so commits never wait for it.
 pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnection, DbErr> {
+    open(url, max_connections, true).await
+}
+
+/// One connection to `url`, for a task that is the only writer of its
+/// tables (a service's storage writer): every write goes through the same
+/// connection, whose page cache stays warm because no other connection of
+/// the process writes between its transactions. It never checkpoints; the
+/// service's [`connect`] pool does.
+pub async fn connect_writer(url: &str) -> Result<DatabaseConnection, DbErr> {
+    open(url, 1, false).await
+}
+
+async fn open(
+    url: &str,
+    max_connections: u32,
+    checkpoints: bool,
+) -> Result<DatabaseConnection, DbErr> {
     let mut url = url.to_string();
     let sqlite = url.starts_with("sqlite:");
     if let Some(path) = sqlite_path(&url) {
@@ -41,14 +58,20 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
         .map_sqlx_sqlite_opts(|o| {
             // Reads come from a memory map of the file instead of a copy
             // per page, and each connection caches up to 32 MiB of pages.
+            // Statement journals (a multi-row INSERT inside a transaction
+            // saves each page it changes first) stay in memory instead of
+            // a temporary file.
             o.pragma("wal_autocheckpoint", "0")
                 .pragma("mmap_size", "268435456")
                 .pragma("cache_size", "-32768")
+                .pragma("temp_store", "memory")
         });
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
-        tokio::spawn(checkpoint(db.clone()));
+        if checkpoints {
+            tokio::spawn(checkpoint(db.clone()));
+        }
     }
     Ok(db)
 }

@@ -10,7 +10,7 @@
 //! - Metrics: a Prometheus recorder for the `metrics` facade; [`metrics`]
 //!   renders the exposition text for `/metrics`.
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::{global, propagation::Extractor, propagation::Injector, trace::TracerProvider};
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use std::sync::OnceLock;
@@ -39,12 +39,18 @@ const BUCKETS: &[f64] = &[
     10.0,
 ];
 
+/// Count buckets for histograms of sizes (metric names ending `_size`).
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
 /// Installs logging, tracing and the metrics recorder for `service`. Must
 /// run inside the Tokio runtime. Later calls in the same process only
 /// return an empty guard.
 pub fn init(service: &'static str) -> Telemetry {
     METRICS.get_or_init(|| {
-        let builder = PrometheusBuilder::new().set_buckets(BUCKETS).expect("buckets are not empty");
+        let builder = PrometheusBuilder::new()
+            .set_buckets(BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_size".into()), SIZE_BUCKETS))
+            .expect("buckets are not empty");
         match builder.install_recorder() {
             Ok(handle) => handle,
             // Another recorder is installed (a test harness): keep a private
