@@ -3,7 +3,9 @@
 //! The same code runs on SQLite (embedded default), MySQL 8 / MariaDB and
 //! PostgreSQL; only the URL differs.
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+};
 use std::time::Duration;
 
 /// Connects to `url`. For SQLite the file (and its folder) is created when
@@ -77,17 +79,30 @@ async fn open(
 }
 
 /// How often the WAL is copied back into a SQLite database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// WAL length (frames, about 4 KiB each) past which a checkpoint makes the
+/// next commit start the WAL over from its beginning.
+const RESTART_FRAMES: i64 = 4096;
 
 /// Checkpoints a SQLite database in the background. PASSIVE never blocks
-/// writers or readers; it copies what it can and leaves the rest for the
-/// next round, so the WAL stays about one interval of writes long.
+/// writers or readers and copies what it can. Under a steady stream of
+/// commits it never catches up with the last one, and SQLite only starts
+/// the WAL over once a checkpoint has copied every frame: the file would
+/// grow for as long as the load lasts, every commit appending to it. So
+/// once the WAL is longer than [`RESTART_FRAMES`], a RESTART checkpoint
+/// holds writers back for the few frames PASSIVE left (milliseconds) and
+/// the next commit writes from the start of the file again.
 async fn checkpoint(db: DatabaseConnection) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if let Err(error) = db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)").await {
+        let result = match wal_checkpoint(&db, "PASSIVE").await {
+            Ok(log) if log > RESTART_FRAMES => wal_checkpoint(&db, "RESTART").await,
+            other => other,
+        };
+        if let Err(error) = result {
             tracing::debug!(%error, "WAL checkpoint failed; retrying");
             if matches!(error, DbErr::ConnectionAcquire(_)) && db.ping().await.is_err() {
                 // The pool was closed: the service is shutting down.
@@ -95,6 +110,13 @@ async fn checkpoint(db: DatabaseConnection) {
             }
         }
     }
+}
+
+/// Runs one checkpoint in `mode`; returns the WAL's length in frames.
+async fn wal_checkpoint(db: &DatabaseConnection, mode: &str) -> Result<i64, DbErr> {
+    let pragma = format!("PRAGMA wal_checkpoint({mode})");
+    let row = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, pragma)).await?;
+    Ok(row.and_then(|r| r.try_get_by_index::<i64>(1).ok()).unwrap_or_default())
 }
 
 /// The file path of a `sqlite://` URL, or `None` for other databases and
