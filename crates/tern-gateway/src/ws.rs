@@ -324,7 +324,11 @@ async fn send_pipeline(
         } else {
             let started = std::time::Instant::now();
             let mut message = state.services.message.clone();
-            let call = message.send_batch(SendBatchRequest { sends });
+            let span = tracing::info_span!("ws.send", sends = sends.len());
+            let call = tracing::Instrument::instrument(
+                message.send_batch(SendBatchRequest { sends }),
+                span,
+            );
             let answer = match tokio::time::timeout(within, call).await {
                 Ok(answer) => answer.map(|r| r.into_inner().results.into_iter()),
                 Err(_) => Err(tonic::Status::unavailable("send timed out")),

@@ -128,6 +128,7 @@ pub struct Queued {
 
 impl Queued {
     /// Waits until the append is committed (or failed).
+    #[tracing::instrument(name = "store.append", skip_all)]
     pub async fn stored(self) -> Result<Stored, DbErr> {
         let stored = self.answer.await.map_err(|_| writer_stopped())?;
         metrics::histogram!("tern_message_store_seconds")

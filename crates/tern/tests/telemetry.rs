@@ -32,6 +32,8 @@ async fn metrics_expose_the_named_series_after_traffic() {
         "tern_gateway_ack_deliver_seconds_bucket",
         "tern_gateway_offline_backlog_messages_count 2",
         "tern_message_store_seconds_bucket",
+        // Sizes get count buckets, not the latency ones.
+        "tern_message_store_batch_size_bucket{le=\"1\"} 1",
         "tern_messages_stored_total 1",
     ] {
         assert!(text.contains(series), "missing {series:?} in:\n{text}");
