@@ -58,15 +58,12 @@ async fn open(
         .acquire_timeout(Duration::from_secs(if sqlite { 10 } else { 2 }))
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|o| {
-            // Reads come from a memory map of the file instead of a copy
-            // per page, and each connection caches up to 32 MiB of pages.
             // Statement journals (a multi-row INSERT inside a transaction
             // saves each page it changes first) stay in memory instead of
-            // a temporary file.
-            o.pragma("wal_autocheckpoint", "0")
-                .pragma("mmap_size", "268435456")
-                .pragma("cache_size", "-32768")
-                .pragma("temp_store", "memory")
+            // a temporary file. Page caches stay at SQLite's 2 MiB per
+            // connection: a memory map or bigger caches showed up in the
+            // process's memory (the backpressure test) for no throughput.
+            o.pragma("wal_autocheckpoint", "0").pragma("temp_store", "memory")
         });
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {
