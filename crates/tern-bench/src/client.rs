@@ -47,6 +47,11 @@ pub struct Frame {
     pub content: Option<Payload>,
     #[serde(default)]
     pub code: Option<String>,
+    /// On an error answering a send: whether to send it again.
+    #[serde(default)]
+    pub retryable: bool,
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
 }
 
 pub const SINGLE: i64 = 1;

@@ -29,12 +29,19 @@ const MAX_CALL: usize = 10_000;
 
 type Key = (u64, String);
 
+/// Acks not written yet. One lock over both maps, so a reader never sees
+/// an ack between the two (taken from `pending`, not yet in `writing`).
+#[derive(Default)]
+struct Maps {
+    /// Waiting for the next flush.
+    pending: HashMap<Key, u64>,
+    /// Being written by the flush in progress.
+    writing: HashMap<Key, u64>,
+}
+
 /// The acks of this node's sessions not yet written.
 pub struct AckBuffer {
-    /// Waiting for the next flush.
-    pending: Mutex<HashMap<Key, u64>>,
-    /// Being written by the flush in progress.
-    writing: Mutex<HashMap<Key, u64>>,
+    maps: Mutex<Maps>,
     /// Wakes the flusher early.
     wake: Notify,
     /// Entries that trigger a flush before the interval is up.
@@ -43,20 +50,15 @@ pub struct AckBuffer {
 
 impl AckBuffer {
     pub fn new(max: usize) -> Self {
-        Self {
-            pending: Mutex::default(),
-            writing: Mutex::default(),
-            wake: Notify::new(),
-            max: max.max(1),
-        }
+        Self { maps: Mutex::default(), wake: Notify::new(), max: max.max(1) }
     }
 
     /// Records that `user` received everything up to `seq`.
     pub fn record(&self, user: u64, conversation: String, seq: u64) {
-        let mut pending = self.pending.lock().expect("ack buffer poisoned");
-        let entry = pending.entry((user, conversation)).or_default();
+        let mut maps = self.maps.lock().expect("ack buffer poisoned");
+        let entry = maps.pending.entry((user, conversation)).or_default();
         *entry = (*entry).max(seq);
-        if pending.len() >= self.max {
+        if maps.pending.len() >= self.max {
             self.wake.notify_one();
         }
     }
@@ -65,9 +67,24 @@ impl AckBuffer {
     /// may not have written yet.
     pub fn latest(&self, user: u64, conversation: &str) -> Option<u64> {
         let key = (user, conversation.to_string());
-        let pending = self.pending.lock().expect("ack buffer poisoned").get(&key).copied();
-        let writing = self.writing.lock().expect("ack buffer poisoned").get(&key).copied();
-        pending.max(writing)
+        let maps = self.maps.lock().expect("ack buffer poisoned");
+        maps.pending.get(&key).copied().max(maps.writing.get(&key).copied())
+    }
+
+    /// Every ack of `user` this node holds but may not have written yet,
+    /// by conversation. Taken *before* reading cursors from storage, it
+    /// misses nothing: an ack that leaves the buffer after this call was
+    /// written before it left, so the storage read that follows sees it.
+    pub fn of_user(&self, user: u64) -> HashMap<String, u64> {
+        let maps = self.maps.lock().expect("ack buffer poisoned");
+        let mut acks = HashMap::new();
+        for ((u, conversation), &seq) in maps.pending.iter().chain(&maps.writing) {
+            if *u == user {
+                let entry = acks.entry(conversation.clone()).or_default();
+                *entry = seq.max(*entry);
+            }
+        }
+        acks
     }
 
     /// Asks for a flush now (a session closed: its user may reconnect on
@@ -79,11 +96,15 @@ impl AckBuffer {
     /// Writes what is pending. On failure the acks go back to pending and
     /// are retried with the next flush.
     async fn flush(&self, offline: &mut OfflineServiceClient<GrpcChannel>) {
-        let batch = std::mem::take(&mut *self.pending.lock().expect("ack buffer poisoned"));
+        let batch = {
+            let mut maps = self.maps.lock().expect("ack buffer poisoned");
+            let batch = std::mem::take(&mut maps.pending);
+            maps.writing.clone_from(&batch);
+            batch
+        };
         if batch.is_empty() {
             return;
         }
-        self.writing.lock().expect("ack buffer poisoned").clone_from(&batch);
         let acks: Vec<AckRequest> = batch
             .iter()
             .map(|((user_id, conversation_id), &seq)| AckRequest {
@@ -103,13 +124,13 @@ impl AckBuffer {
         if let Some(status) = failed {
             tracing::warn!(acks = batch.len(), error = %status, "acks not written; retrying");
             metrics::counter!("tern_gateway_ack_flush_failures_total").increment(1);
-            let mut pending = self.pending.lock().expect("ack buffer poisoned");
+            let mut maps = self.maps.lock().expect("ack buffer poisoned");
             for (key, seq) in batch {
-                let entry = pending.entry(key).or_default();
+                let entry = maps.pending.entry(key).or_default();
                 *entry = (*entry).max(seq);
             }
         }
-        self.writing.lock().expect("ack buffer poisoned").clear();
+        self.maps.lock().expect("ack buffer poisoned").writing.clear();
     }
 }
 

@@ -325,6 +325,8 @@ pub async fn conversations(
     State(state): State<AppState>,
     Caller(user_id): Caller,
 ) -> Result<Json<Value>, ApiError> {
+    // Before the read: see `AckBuffer::of_user`.
+    let buffered = state.acks.of_user(user_id);
     let backlog = state
         .services
         .offline
@@ -354,7 +356,7 @@ pub async fn conversations(
             None => continue,
         };
         // This node may hold a newer ack than storage (written behind).
-        let acked = state.acks.latest(user_id, &b.conversation_id).unwrap_or(0).max(b.acked_seq);
+        let acked = buffered.get(&b.conversation_id).copied().unwrap_or(0).max(b.acked_seq);
         let unread = b.latest_seq.saturating_sub(acked);
         let last_message = last.as_ref().map(|m| {
             serde_json::from_str::<Value>(&crate::frames::delivered(m)).unwrap_or(Value::Null)

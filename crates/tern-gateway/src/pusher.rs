@@ -242,6 +242,8 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// without a storage read.
     async fn sync_backlog(&mut self, first: bool) -> Result<(), Stop> {
         let request = ListBacklogRequest { user_id: self.user, include_read: first };
+        // Before the read: see `AckBuffer::of_user`.
+        let buffered = self.acks.of_user(self.user);
         let backlog = read_retrying(|| {
             let mut offline = self.offline.clone();
             async move { offline.list_backlog(request).await }
@@ -251,7 +253,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         for conversation in backlog {
             let id = &conversation.conversation_id;
             if self.pushed.get(id).is_none() {
-                let acked = self.acks.latest(self.user, id).unwrap_or(0);
+                let acked = buffered.get(id).copied().unwrap_or(0);
                 self.pushed.set(id, conversation.acked_seq.max(acked));
             }
             self.catch_up(id, conversation.latest_seq).await?;

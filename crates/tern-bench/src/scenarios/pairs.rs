@@ -52,6 +52,15 @@ pub struct PairsResult {
 
 /// Waits this long for the next frame before calling the rest lost.
 const QUIET: Duration = Duration::from_secs(20);
+/// How long a sender waits before sending again what the server refused
+/// with a retryable error.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// Sends message `i` again, with its id and its first intended send time.
+async fn resend(tx: &mut client::Tx, to: u64, tag: &str, i: u64, t: u64) -> anyhow::Result<()> {
+    tokio::time::sleep(RETRY_PAUSE).await;
+    Ok(tx.send(client::single(to, &format!("{tag}-{i}"), Payload { i, t })).await?)
+}
 
 /// Runs `pairs` pairs from `users` (two per pair) at `pace`.
 pub async fn run(
@@ -125,6 +134,11 @@ pub async fn run(
                 Pace::Open { .. } => None,
             };
             let reader_permits = window.clone();
+            // Sends refused with a retryable error go back to the sender,
+            // which sends them again (same id) after a pause, as the
+            // protocol asks of clients.
+            let (retry_tx, mut retries) = tokio::sync::mpsc::unbounded_channel::<u64>();
+            let id_tag = tag.clone();
             let reader = tokio::spawn(async move {
                 let (mut acks, mut errors) = (0u64, 0u64);
                 while acks + errors < n {
@@ -141,6 +155,18 @@ pub async fn run(
                             acks += 1;
                             acked.fetch_add(1, Relaxed);
                         }
+                        ERROR if f.retryable => {
+                            let i = f.client_msg_id.as_deref().and_then(|id| {
+                                id.strip_prefix(id_tag.as_str())?.strip_prefix('-')?.parse().ok()
+                            });
+                            match i {
+                                Some(i) => {
+                                    let _ = retry_tx.send(i);
+                                    continue;
+                                }
+                                None => errors += 1,
+                            }
+                        }
                         ERROR => {
                             eprintln!("sender to user {}: error {:?}", to.id, f.code);
                             errors += 1;
@@ -154,7 +180,13 @@ pub async fn run(
                 anyhow::Ok((acks, errors))
             });
             let t0 = start_us.load(Relaxed);
+            let mut sent_at = Vec::with_capacity(n as usize);
+            let mut retried = 0u64;
             for i in 0..n {
+                while let Ok(again) = retries.try_recv() {
+                    resend(&mut tx, to.id, &tag, again, sent_at[again as usize]).await?;
+                    retried += 1;
+                }
                 let t = match pace {
                     Pace::Closed { .. } => {
                         if let Some(p) = &window {
@@ -171,10 +203,27 @@ pub async fn run(
                         due
                     }
                 };
+                sent_at.push(t);
                 let id = format!("{tag}-{i}");
                 tx.send(client::single(to.id, &id, Payload { i, t })).await?;
             }
-            let (acks, errors) = reader.await??;
+            // Everything is sent once; keep retrying until all is answered.
+            let mut reader = reader;
+            let (acks, errors) = loop {
+                tokio::select! {
+                    done = &mut reader => break done??,
+                    Some(again) = retries.recv() => {
+                        resend(&mut tx, to.id, &tag, again, sent_at[again as usize]).await?;
+                        retried += 1;
+                    }
+                }
+            };
+            if retried > 0 {
+                eprintln!(
+                    "sender to user {}: {retried} sends retried after a retryable error",
+                    to.id
+                );
+            }
             let _ = tx.close().await;
             anyhow::Ok((acks, errors))
         }));
