@@ -58,7 +58,6 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Sends message `i` again, with its id and its first intended send time.
 async fn resend(tx: &mut client::Tx, to: u64, tag: &str, i: u64, t: u64) -> anyhow::Result<()> {
-    tokio::time::sleep(RETRY_PAUSE).await;
     Ok(tx.send(client::single(to, &format!("{tag}-{i}"), Payload { i, t })).await?)
 }
 
@@ -137,7 +136,8 @@ pub async fn run(
             // Sends refused with a retryable error go back to the sender,
             // which sends them again (same id) after a pause, as the
             // protocol asks of clients.
-            let (retry_tx, mut retries) = tokio::sync::mpsc::unbounded_channel::<u64>();
+            let (retry_tx, mut retries) =
+                tokio::sync::mpsc::unbounded_channel::<(u64, tokio::time::Instant)>();
             let id_tag = tag.clone();
             let reader = tokio::spawn(async move {
                 let (mut acks, mut errors) = (0u64, 0u64);
@@ -161,7 +161,8 @@ pub async fn run(
                             });
                             match i {
                                 Some(i) => {
-                                    let _ = retry_tx.send(i);
+                                    let due = tokio::time::Instant::now() + RETRY_PAUSE;
+                                    let _ = retry_tx.send((i, due));
                                     continue;
                                 }
                                 None => errors += 1,
@@ -182,8 +183,15 @@ pub async fn run(
             let t0 = start_us.load(Relaxed);
             let mut sent_at = Vec::with_capacity(n as usize);
             let mut retried = 0u64;
+            // Refused sends waiting out their pause, oldest first.
+            let mut waiting = std::collections::VecDeque::new();
             for i in 0..n {
+                // Retries due by now go first; none holds up the schedule.
                 while let Ok(again) = retries.try_recv() {
+                    waiting.push_back(again);
+                }
+                while waiting.front().is_some_and(|(_, due)| *due <= tokio::time::Instant::now()) {
+                    let (again, _) = waiting.pop_front().expect("checked above");
                     resend(&mut tx, to.id, &tag, again, sent_at[again as usize]).await?;
                     retried += 1;
                 }
@@ -209,10 +217,15 @@ pub async fn run(
             }
             // Everything is sent once; keep retrying until all is answered.
             let mut reader = reader;
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
             let (acks, errors) = loop {
                 tokio::select! {
                     done = &mut reader => break done??,
-                    Some(again) = retries.recv() => {
+                    Some(again) = retries.recv() => waiting.push_back(again),
+                    _ = tokio::time::sleep_until(waiting.front().map_or(far, |(_, due)| *due)),
+                        if !waiting.is_empty() =>
+                    {
+                        let (again, _) = waiting.pop_front().expect("not empty");
                         resend(&mut tx, to.id, &tag, again, sent_at[again as usize]).await?;
                         retried += 1;
                     }
