@@ -311,6 +311,7 @@ async fn send_pipeline(
     let window = state.settings.send_window.max(1);
     let within = Duration::from_millis(state.settings.send_timeout_ms);
     let mut batch = Vec::with_capacity(window);
+    let send_ack_seconds = metrics::histogram!("tern_gateway_send_ack_seconds");
     while queued.recv_many(&mut batch, window).await > 0 {
         let sends: Vec<SendRequest> = batch
             .iter_mut()
@@ -333,8 +334,7 @@ async fn send_pipeline(
                 Ok(answer) => answer.map(|r| r.into_inner().results.into_iter()),
                 Err(_) => Err(tonic::Status::unavailable("send timed out")),
             };
-            metrics::histogram!("tern_gateway_send_ack_seconds")
-                .record(started.elapsed().as_secs_f64());
+            send_ack_seconds.record(started.elapsed().as_secs_f64());
             answer
         };
         for item in batch.drain(..) {

@@ -109,6 +109,8 @@ pub struct Store {
     db: DatabaseConnection,
     /// The writer task's queue.
     writer: mpsc::Sender<Job>,
+    /// `tern_message_store_seconds` (queued → committed).
+    store_seconds: metrics::Histogram,
     /// Messages committed in batches of more than one (read by tests).
     #[cfg_attr(not(test), allow(dead_code))]
     batched: Arc<AtomicU64>,
@@ -124,6 +126,8 @@ struct Job {
 pub struct Queued {
     answer: oneshot::Receiver<Result<Stored, DbErr>>,
     started: std::time::Instant,
+    /// `tern_message_store_seconds`, looked up once per store.
+    seconds: metrics::Histogram,
 }
 
 impl Queued {
@@ -131,8 +135,7 @@ impl Queued {
     #[tracing::instrument(name = "store.append", skip_all)]
     pub async fn stored(self) -> Result<Stored, DbErr> {
         let stored = self.answer.await.map_err(|_| writer_stopped())?;
-        metrics::histogram!("tern_message_store_seconds")
-            .record(self.started.elapsed().as_secs_f64());
+        self.seconds.record(self.started.elapsed().as_secs_f64());
         stored
     }
 }
@@ -169,18 +172,18 @@ pub fn to_pb(row: messages::Model) -> Message {
 impl Store {
     /// Wraps `db` and starts the writer task (needs a Tokio runtime).
     /// Every newly stored message goes to `committed`, in commit order.
-    /// `db` serves reads; `writer` (a single connection, see
+    /// `db` serves reads; `write_db` (a single connection, see
     /// [`tern_runtime::db::connect_writer`]) every append.
     pub fn new(
         db: DatabaseConnection,
-        writer: DatabaseConnection,
+        write_db: DatabaseConnection,
         committed: mpsc::UnboundedSender<Committed>,
     ) -> Self {
-        let (queue, jobs) = mpsc::channel(MAX_BATCH * 4);
+        let (writer, jobs) = mpsc::channel(MAX_BATCH * 4);
         let batched = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(writer, jobs, committed, batched.clone()));
-        let writer = queue;
-        Self { db, writer, batched }
+        tokio::spawn(write_loop(write_db, jobs, committed, batched.clone()));
+        let store_seconds = metrics::histogram!("tern_message_store_seconds");
+        Self { db, writer, store_seconds, batched }
     }
 
     /// Messages committed so far in batches of more than one.
@@ -224,7 +227,7 @@ impl Store {
         let started = std::time::Instant::now();
         let (done, answer) = oneshot::channel();
         self.writer.send(Job { draft, done }).await.map_err(|_| writer_stopped())?;
-        Ok(Queued { answer, started })
+        Ok(Queued { answer, started, seconds: self.store_seconds.clone() })
     }
 
     /// Stores a draft, committed before this returns (see [`Store::submit`]).
