@@ -14,6 +14,7 @@
 //! Committed messages are handed to the router in commit order, before
 //! their senders are answered, so pushes leave in seq order.
 
+use sea_orm::sqlx::{self, Arguments, Row, Sqlite, SqlitePool, sqlite::SqliteArguments};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
@@ -287,12 +288,17 @@ async fn write_loop(
         stored_total.increment(1);
         let _ = committed.send(Committed { message: message.clone(), members_version });
     };
+    let mut sqlite = (db.get_database_backend() == sea_orm::DbBackend::Sqlite)
+        .then(|| SqliteWriter::new(db.get_sqlite_connection_pool().clone()));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         batch_size.record(batch.len() as f64);
-        if batch.len() > 1 {
+        if batch.len() > 1 || sqlite.is_some() {
             let started = std::time::Instant::now();
-            let appended = append_batch(&db, &batch).await;
+            let appended = match &mut sqlite {
+                Some(writer) => writer.append(&batch).await,
+                None => append_batch(&db, &batch).await,
+            };
             commit_seconds.record(started.elapsed().as_secs_f64());
             match appended {
                 Ok(stored) => {
@@ -341,14 +347,7 @@ async fn write_loop(
 /// are locked by that one statement in key order, so two writers (two
 /// message service instances) cannot deadlock each other.
 async fn append_batch(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Message>, DbErr> {
-    let mut counts: Vec<(&str, i32)> = Vec::new();
-    for job in jobs {
-        match counts.iter_mut().find(|(id, _)| *id == job.draft.conversation_id) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((&job.draft.conversation_id, 1)),
-        }
-    }
-    counts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let counts = drafts_per_conversation(jobs);
     let txn = db.begin().await?;
     let heads = bump_seqs(&txn, &counts).await?;
     // The first seq each conversation's drafts take.
@@ -370,6 +369,157 @@ async fn append_batch(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Messa
     messages::Entity::insert_many(actives).exec_without_returning(&txn).await?;
     txn.commit().await?;
     Ok(rows.into_iter().map(to_pb).collect())
+}
+
+/// How many drafts of `jobs` each conversation has, in conversation order.
+fn drafts_per_conversation(jobs: &[Job]) -> Vec<(&str, i32)> {
+    let mut counts: HashMap<&str, i32> = HashMap::new();
+    for job in jobs {
+        *counts.entry(&job.draft.conversation_id).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, i32)> = counts.into_iter().collect();
+    counts.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    counts
+}
+
+/// [`append_batch`] on SQLite, in one round trip to the connection's
+/// thread instead of one per statement (and per transaction step): the
+/// transaction is one script of four statements. The UPDATE moves the
+/// heads and returns them; the INSERT takes each row's seq from its
+/// conversation's new head, less the number of that conversation's drafts
+/// queued after it, so seqs follow arrival order as above. `OR ROLLBACK`
+/// ends the whole transaction on the first failure, which spares SQLite a
+/// statement journal (a copy of every page the multi-row INSERT changes);
+/// a missing conversation leaves a row without a seq, which NOT NULL
+/// refuses.
+///
+/// Compiling the script costs more than running it for a small batch, so
+/// its text depends only on the batch's shape rounded up to powers of two
+/// (padding binds NULL, which matches no conversation and inserts no row):
+/// a handful of texts, each compiled once and kept in the connection's
+/// statement cache.
+struct SqliteWriter {
+    pool: SqlitePool,
+    /// The script for each (conversations, rows) shape.
+    scripts: HashMap<(usize, usize), Arc<str>>,
+}
+
+impl SqliteWriter {
+    fn new(pool: SqlitePool) -> Self {
+        Self { pool, scripts: HashMap::new() }
+    }
+
+    fn script(&mut self, conversations: usize, rows: usize) -> Arc<str> {
+        self.scripts
+            .entry((conversations, rows))
+            .or_insert_with(|| {
+                let pairs = vec!["WHEN ? THEN ?"; conversations].join(" ");
+                let ids = vec!["?"; conversations].join(",");
+                let values = vec!["(?,?,?,?,?,?,?,?,?)"; rows].join(",");
+                format!(
+                    "BEGIN IMMEDIATE;\
+                     UPDATE OR ROLLBACK conversations SET last_seq = last_seq + \
+                     CASE id {pairs} ELSE 0 END WHERE id IN ({ids}) RETURNING id, last_seq;\
+                     INSERT OR ROLLBACK INTO messages (conversation_id, seq, message_id, \
+                     sender_id, to_user_id, group_id, content_json, client_msg_id, created_at_ms) \
+                     SELECT v.column1, \
+                     (SELECT last_seq FROM conversations WHERE id = v.column1) - v.column2, \
+                     v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9 \
+                     FROM (VALUES {values}) AS v WHERE v.column1 IS NOT NULL;\
+                     COMMIT;"
+                )
+                .into()
+            })
+            .clone()
+    }
+
+    async fn append(&mut self, jobs: &[Job]) -> Result<Vec<Message>, DbErr> {
+        let counts = drafts_per_conversation(jobs);
+        let (conversations, rows) = (shape(counts.len()), shape(jobs.len()));
+        let script = self.script(conversations, rows);
+        let now = now_ms();
+        let mut args = SqliteArguments::default();
+        let bind = |result: Result<(), sqlx::error::BoxDynError>| {
+            result.map_err(|e| DbErr::Custom(format!("cannot bind: {e}")))
+        };
+        let none = None::<i64>;
+        for &(id, n) in &counts {
+            bind(args.add(id))?;
+            bind(args.add(n))?;
+        }
+        for _ in counts.len()..conversations {
+            bind(args.add(none))?;
+            bind(args.add(none))?;
+        }
+        for &(id, _) in &counts {
+            bind(args.add(id))?;
+        }
+        for _ in counts.len()..conversations {
+            bind(args.add(none))?;
+        }
+        // How many drafts of each conversation are still to come.
+        let mut after: HashMap<&str, i32> = counts.iter().copied().collect();
+        let mut stored = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let draft = &job.draft;
+            let left = after.get_mut(draft.conversation_id.as_str()).expect("counted above");
+            *left -= 1;
+            // `seq` holds how many drafts follow until the heads are known.
+            let row = new_row(draft, i64::from(*left), now);
+            bind(args.add(row.conversation_id.as_str()))?;
+            bind(args.add(row.seq))?;
+            bind(args.add(row.message_id.as_str()))?;
+            bind(args.add(row.sender_id))?;
+            bind(args.add(row.to_user_id))?;
+            bind(args.add(row.group_id))?;
+            bind(args.add(row.content_json.as_str()))?;
+            bind(args.add(row.client_msg_id.as_str()))?;
+            bind(args.add(row.created_at_ms))?;
+            stored.push(row);
+        }
+        for _ in 0..(rows - jobs.len()) * 9 {
+            bind(args.add(none))?;
+        }
+        let query = sqlx::query_with::<Sqlite, _>(sqlx::AssertSqlSafe(script), args);
+        let mut conn = self.pool.acquire().await.map_err(sqlx_err)?;
+        // sqlx runs every statement of the text in order and returns the
+        // rows of all of them (only the UPDATE's here). sqlx has deprecated
+        // several statements with parameters in one text, so a later sqlx
+        // may need the four sent one by one on this connection instead.
+        let heads: Result<Vec<(String, i64)>, sqlx::Error> = async {
+            let rows = query.fetch_all(&mut *conn).await?;
+            rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
+        }
+        .await;
+        let heads: HashMap<String, i64> = match heads {
+            Ok(heads) if heads.len() == counts.len() => heads.into_iter().collect(),
+            outcome => {
+                // The transaction must not stay open (if OR ROLLBACK ended
+                // it already, this fails harmlessly).
+                let _ = sqlx::query::<Sqlite>("ROLLBACK").execute(&mut *conn).await;
+                return Err(match outcome {
+                    Err(error) => sqlx_err(error),
+                    Ok(_) => DbErr::RecordNotFound("a conversation of the batch".into()),
+                });
+            }
+        };
+        Ok(stored
+            .into_iter()
+            .map(|mut row| {
+                row.seq = heads[&row.conversation_id] - row.seq;
+                to_pb(row)
+            })
+            .collect())
+    }
+}
+
+/// The size a batch's script is written for: `n` rounded up to a power of two.
+fn shape(n: usize) -> usize {
+    n.next_power_of_two()
+}
+
+fn sqlx_err(error: sqlx::Error) -> DbErr {
+    DbErr::Exec(sea_orm::RuntimeErr::SqlxError(Arc::new(error)))
 }
 
 fn new_row(draft: &Draft, seq: i64, now: i64) -> messages::Model {

@@ -23,15 +23,24 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 /// connection, whose page cache stays warm because no other connection of
 /// the process writes between its transactions. It never checkpoints; the
 /// service's [`connect`] pool does.
+/// On SQLite it keeps up to [`WRITER_STATEMENTS`] compiled statements and
+/// hands back up to [`WRITER_ROWS`] result rows without waiting for the
+/// task to take them.
 pub async fn connect_writer(url: &str) -> Result<DatabaseConnection, DbErr> {
     open(url, 1, false).await
 }
+
+/// Compiled statements a SQLite writer connection keeps (sqlx: 100).
+pub const WRITER_STATEMENTS: usize = 256;
+/// Result rows a SQLite writer connection buffers (sqlx: 50).
+pub const WRITER_ROWS: usize = 2048;
 
 async fn open(
     url: &str,
     max_connections: u32,
     checkpoints: bool,
 ) -> Result<DatabaseConnection, DbErr> {
+    let writer = !checkpoints;
     let mut url = url.to_string();
     let sqlite = url.starts_with("sqlite:");
     if let Some(path) = sqlite_path(&url) {
@@ -57,13 +66,24 @@ async fn open(
         // local contention, and failing early would only cause retries.
         .acquire_timeout(Duration::from_secs(if sqlite { 10 } else { 2 }))
         .sqlx_logging(false)
-        .map_sqlx_sqlite_opts(|o| {
+        // sqlx pings a connection every time it leaves the pool: a round
+        // trip to the server, or on SQLite a hop to the connection's
+        // thread, before every statement or transaction. A SQLite file
+        // cannot hang up, so there it is off; a server's connections are
+        // still checked, as a restarted server leaves dead ones behind.
+        .test_before_acquire(!sqlite)
+        .map_sqlx_sqlite_opts(move |o| {
             // Statement journals (a multi-row INSERT inside a transaction
             // saves each page it changes first) stay in memory instead of
             // a temporary file. Page caches stay at SQLite's 2 MiB per
             // connection: a memory map or bigger caches showed up in the
             // process's memory (the backpressure test) for no throughput.
-            o.pragma("wal_autocheckpoint", "0").pragma("temp_store", "memory")
+            let o = o.pragma("wal_autocheckpoint", "0").pragma("temp_store", "memory");
+            if writer {
+                o.statement_cache_capacity(WRITER_STATEMENTS).row_buffer_size(WRITER_ROWS)
+            } else {
+                o
+            }
         });
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {

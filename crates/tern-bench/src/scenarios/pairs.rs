@@ -72,7 +72,11 @@ pub async fn run(
     topo.quiesce().await;
     let n = pace.messages();
     let run_tag = uuid::Uuid::now_v7().simple().to_string();
+    // Everyone connects, then the clock is set, then senders start: a
+    // clock set before the handshakes finish would count connect time as
+    // latency and make every sender start with a burst of late sends.
     let barrier = Arc::new(Barrier::new(2 * pairs + 1));
+    let go = Arc::new(Barrier::new(pairs + 1));
     let start_us = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let bar = crate::bar(label.to_string(), n * pairs as u64);
@@ -120,13 +124,14 @@ pub async fn run(
             anyhow::Ok((stream.finish(n), latency, last_us))
         }));
         let url = topo.ws_url(p, &from.token);
-        let (b, start_us, acked, tag) =
-            (barrier.clone(), start_us.clone(), acked.clone(), run_tag.clone());
+        let (b, go, start_us, acked, tag) =
+            (barrier.clone(), go.clone(), start_us.clone(), acked.clone(), run_tag.clone());
         let offset = p as f64 / pairs as f64;
         senders.push(tokio::spawn(async move {
             let (mut tx, mut rx) = client::connect_split(&url, None).await?;
             client::handshake(&mut tx, &mut rx).await?;
             b.wait().await;
+            go.wait().await;
             // Only the closed loop waits for acks before sending more.
             let window = match pace {
                 Pace::Closed { window, .. } => Some(Arc::new(Semaphore::new(window))),
@@ -241,11 +246,12 @@ pub async fn run(
             anyhow::Ok((acks, errors))
         }));
     }
-    // Everyone is connected: start the clock a little ahead so the first
-    // scheduled sends are not already late.
+    // Once everyone is connected, start the clock a little ahead so the
+    // first scheduled sends are not already late.
+    barrier.wait().await;
     let lead = if matches!(pace, Pace::Open { .. }) { 20_000 } else { 0 };
     start_us.store(client::now_us() + lead, Relaxed);
-    barrier.wait().await;
+    go.wait().await;
     let t0 = start_us.load(Relaxed);
     let mut checks = Checks::default();
     let mut latency = histogram();
