@@ -527,9 +527,16 @@ impl SqliteWriter {
                 // The transaction must not stay open (if OR ROLLBACK ended
                 // it already, this fails harmlessly).
                 let _ = sqlx::query::<Sqlite>("ROLLBACK").execute(&mut *conn).await;
+                let missing = || DbErr::RecordNotFound("a conversation of the batch".into());
                 return Err(match outcome {
+                    // A row without a seq: its conversation does not exist.
+                    Err(sqlx::Error::Database(e))
+                        if e.kind() == sqlx::error::ErrorKind::NotNullViolation =>
+                    {
+                        missing()
+                    }
                     Err(error) => sqlx_err(error),
-                    Ok(_) => DbErr::RecordNotFound("a conversation of the batch".into()),
+                    Ok(_) => missing(),
                 });
             }
         };
@@ -668,6 +675,36 @@ mod tests {
             client_msg_id: client_msg_id.into(),
             members_version: None,
         }
+    }
+
+    /// A batch holding a draft for a conversation that does not exist: that
+    /// draft alone fails, the others are stored gap-free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missing_conversation_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/m.db", dir.path().display());
+        let db = tern_runtime::db::connect(&url, 4).await.unwrap();
+        crate::migration::apply(&db).await.unwrap();
+        let writer = tern_runtime::db::connect_writer(&url).await.unwrap();
+        let (committed, _) = mpsc::unbounded_channel();
+        let store = Store::new(db, writer, committed);
+        store.ensure_conversation("c0").await.unwrap();
+        let drafts = (0..20).map(|i| {
+            let conversation = if i == 7 { "missing" } else { "c0" };
+            draft(conversation, 1, &format!("m{i}"))
+        });
+        let results = futures::future::join_all(drafts.map(|d| {
+            let store = store.clone();
+            async move { store.append(d).await }
+        }))
+        .await;
+        for (i, result) in results.iter().enumerate() {
+            assert_eq!(result.is_err(), i == 7, "draft {i}");
+        }
+        let (messages, head) = store.list("c0", 0, 100).await.unwrap();
+        assert_eq!(head, 19);
+        let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (1..=19).collect::<Vec<_>>());
     }
 
     /// Many concurrent appends over three conversations: unique ones are

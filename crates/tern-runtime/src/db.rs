@@ -21,8 +21,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 /// One connection to `url`, for a task that is the only writer of its
 /// tables (a service's storage writer): every write goes through the same
 /// connection, whose page cache stays warm because no other connection of
-/// the process writes between its transactions. It never checkpoints; the
-/// service's [`connect`] pool does.
+/// the process writes between its transactions. The service's [`connect`]
+/// pool checkpoints in the background; a writer may also checkpoint between
+/// its own transactions, as the message store's does (a checkpoint no
+/// commit runs beside copies every frame, so the WAL starts over).
 /// On SQLite it keeps up to [`WRITER_STATEMENTS`] compiled statements and
 /// hands back up to [`WRITER_ROWS`] result rows without waiting for the
 /// task to take them.
@@ -109,7 +111,10 @@ const RESTART_FRAMES: i64 = 4096;
 /// grow for as long as the load lasts, every commit appending to it. So
 /// once the WAL is longer than [`RESTART_FRAMES`], a RESTART checkpoint
 /// holds writers back for the few frames PASSIVE left (milliseconds) and
-/// the next commit writes from the start of the file again.
+/// the next commit writes from the start of the file again. Where a writer
+/// checkpoints between its own transactions the WAL never gets that long,
+/// and this is only a safety net: a RESTART takes the write lock from
+/// outside, and a commit waiting for it sleeps in SQLite's busy handler.
 async fn checkpoint(db: DatabaseConnection) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
