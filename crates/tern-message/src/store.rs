@@ -291,9 +291,12 @@ async fn write_loop(
     let mut sqlite = (db.get_database_backend() == sea_orm::DbBackend::Sqlite)
         .then(|| SqliteWriter::new(db.get_sqlite_connection_pool().clone()));
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
         if let Some(writer) = &mut sqlite {
-            writer.checkpoint_if_due().await;
+            writer.checkpoint_if_due(!jobs.is_empty()).await;
+        }
+        if jobs.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            break;
         }
         batch_size.record(batch.len() as f64);
         if batch.len() > 1 || sqlite.is_some() {
@@ -403,7 +406,7 @@ fn drafts_per_conversation(jobs: &[Job]) -> Vec<(&str, i32)> {
 /// statement cache.
 ///
 /// The writer also copies the WAL back into the database file itself,
-/// between two batches every [`CHECKPOINT_EVERY`]: no commit can run
+/// between two batches (see [`SqliteWriter::checkpoint_if_due`]): no commit can run
 /// during that checkpoint, so it copies every frame, and the next commit
 /// starts the WAL over. The WAL stays a few hundred pages long and nobody
 /// has to force a reset with a RESTART checkpoint, which takes the write
@@ -414,19 +417,31 @@ struct SqliteWriter {
     /// The script for each (conversations, rows) shape.
     scripts: HashMap<(usize, usize), Arc<str>>,
     last_checkpoint: std::time::Instant,
+    /// `tern_message_store_checkpoint_seconds`.
+    checkpoint_seconds: metrics::Histogram,
 }
 
-/// How often the SQLite writer checkpoints between batches.
+/// How often the SQLite writer checkpoints between batches when no send is
+/// waiting, and how long it lets sends wait for one at most.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+const CHECKPOINT_LATEST: std::time::Duration = std::time::Duration::from_millis(1000);
 
 impl SqliteWriter {
     fn new(pool: SqlitePool) -> Self {
-        Self { pool, scripts: HashMap::new(), last_checkpoint: std::time::Instant::now() }
+        Self {
+            pool,
+            scripts: HashMap::new(),
+            last_checkpoint: std::time::Instant::now(),
+            checkpoint_seconds: metrics::histogram!("tern_message_store_checkpoint_seconds"),
+        }
     }
 
-    /// Checkpoints (PASSIVE: readers are never waited for) when one is due.
-    async fn checkpoint_if_due(&mut self) {
-        if self.last_checkpoint.elapsed() < CHECKPOINT_EVERY {
+    /// Checkpoints (PASSIVE: readers are never waited for) when one is
+    /// due: after [`CHECKPOINT_EVERY`] when nothing is `waiting`, so no
+    /// send waits for it, and after [`CHECKPOINT_LATEST`] in any case.
+    async fn checkpoint_if_due(&mut self, waiting: bool) {
+        let since = self.last_checkpoint.elapsed();
+        if since < CHECKPOINT_EVERY || (waiting && since < CHECKPOINT_LATEST) {
             return;
         }
         self.last_checkpoint = std::time::Instant::now();
@@ -434,9 +449,11 @@ impl SqliteWriter {
             let mut conn = self.pool.acquire().await?;
             sqlx::query::<Sqlite>("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *conn).await
         };
+        let started = std::time::Instant::now();
         if let Err(error) = checkpoint.await {
             tracing::debug!(%error, "WAL checkpoint failed; the next one retries");
         }
+        self.checkpoint_seconds.record(started.elapsed().as_secs_f64());
     }
 
     fn script(&mut self, conversations: usize, rows: usize) -> Arc<str> {
