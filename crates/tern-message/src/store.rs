@@ -533,30 +533,30 @@ impl SqliteWriter {
         // rows of all of them (only the UPDATE's here). sqlx has deprecated
         // several statements with parameters in one text, so a later sqlx
         // may need the four sent one by one on this connection instead.
-        let heads: Result<Vec<(String, i64)>, sqlx::Error> = async {
+        let heads: Result<HashMap<String, i64>, sqlx::Error> = async {
             let rows = query.fetch_all(&mut *conn).await?;
             rows.iter().map(|row| Ok((row.try_get(0)?, row.try_get(1)?))).collect()
         }
         .await;
-        let heads: HashMap<String, i64> = match heads {
-            Ok(heads) if heads.len() == counts.len() => heads.into_iter().collect(),
-            outcome => {
+        let heads = match heads {
+            Ok(heads) => heads,
+            Err(error) => {
                 // The transaction must not stay open (if OR ROLLBACK ended
                 // it already, this fails harmlessly).
                 let _ = sqlx::query::<Sqlite>("ROLLBACK").execute(&mut *conn).await;
-                let missing = || DbErr::RecordNotFound("a conversation of the batch".into());
-                return Err(match outcome {
+                return Err(match error {
                     // A row without a seq: its conversation does not exist.
-                    Err(sqlx::Error::Database(e))
+                    sqlx::Error::Database(e)
                         if e.kind() == sqlx::error::ErrorKind::NotNullViolation =>
                     {
-                        missing()
+                        DbErr::RecordNotFound("a conversation of the batch".into())
                     }
-                    Err(error) => sqlx_err(error),
-                    Ok(_) => missing(),
+                    error => sqlx_err(error),
                 });
             }
         };
+        // Committed: every conversation of the batch had a head (a missing
+        // one fails the INSERT above), so each row finds its own.
         Ok(stored
             .into_iter()
             .map(|mut row| {
