@@ -76,8 +76,8 @@ impl Default for JwtSettings {
     }
 }
 
-/// Connects the database, applies migrations and builds the gRPC service.
-pub async fn build(settings: &Settings) -> anyhow::Result<AuthServiceServer<Auth>> {
+/// Connects the database, applies migrations and builds the service.
+pub async fn build(settings: &Settings) -> anyhow::Result<Auth> {
     if settings.bcrypt_cost < MIN_BCRYPT_COST && !settings.insecure_fast_hashing {
         anyhow::bail!(
             "bcrypt_cost {} is below {MIN_BCRYPT_COST}; raise it (TERN__AUTH__BCRYPT_COST), or for tests \
@@ -90,7 +90,7 @@ pub async fn build(settings: &Settings) -> anyhow::Result<AuthServiceServer<Auth
     }
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
     migration::apply(&db).await?;
-    Ok(AuthServiceServer::new(Auth::new(db, settings)?))
+    Auth::new(db, settings)
 }
 
 /// Serves the auth service until the shutdown signal.
@@ -98,7 +98,7 @@ pub async fn run(
     settings: Settings,
     started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
-    let service = build(&settings).await?;
+    let service = AuthServiceServer::new(build(&settings).await?);
     started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

@@ -97,6 +97,9 @@ pub struct Scale {
     /// Gateway processes in the distributed topology.
     #[arg(long, default_value_t = 2)]
     pub gateways: usize,
+    /// The database server of the distributed topology.
+    #[arg(long, value_enum, default_value_t = Database::Mariadb)]
+    pub database: Database,
     /// S0/S2/S4: sender → receiver pairs.
     #[arg(long, default_value_t = 50)]
     pub pairs: usize,
@@ -147,11 +150,22 @@ pub struct Scale {
     pub drain_each: u64,
 }
 
+/// A database server the distributed services can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Database {
+    /// MariaDB or MySQL (`TERN_BENCH_MYSQL_URL`).
+    Mariadb,
+    /// PostgreSQL (`TERN_BENCH_POSTGRES_URL`).
+    Postgres,
+}
+
 impl Scale {
     /// The tiny scale of `--smoke`: seconds, not minutes, even on debug builds.
-    pub fn smoke(gateways: usize) -> Scale {
+    pub fn smoke(gateways: usize, database: Database) -> Scale {
         Scale {
             gateways,
+            database,
             pairs: 4,
             messages: 40,
             window: 4,

@@ -84,7 +84,11 @@ fn finish(result: anyhow::Result<bool>) -> anyhow::Result<()> {
 
 /// Runs `wanted` on every chosen topology; `Ok(true)` when every check held.
 async fn bench(wanted: &[Scenario], run: Run) -> anyhow::Result<bool> {
-    let scale = if run.smoke { Scale::smoke(run.scale.gateways) } else { run.scale.clone() };
+    let scale = if run.smoke {
+        Scale::smoke(run.scale.gateways, run.scale.database)
+    } else {
+        run.scale.clone()
+    };
     std::fs::create_dir_all(&run.out)?;
     procs::snapshot(&run.out)?;
     eprintln!("receivers ack {}", client::ACK_POLICY);
@@ -110,7 +114,7 @@ async fn bench(wanted: &[Scenario], run: Run) -> anyhow::Result<bool> {
     }
     for (kind, scenarios) in plan {
         eprintln!("== {} ==", kind.name());
-        let mut topo = Topology::start(kind, scale.gateways, &run.out).await?;
+        let mut topo = Topology::start(kind, scale.gateways, scale.database, &run.out).await?;
         topo.settle = !run.no_quiesce;
         let mut pool = users::Pool::new();
         let mut ctx =

@@ -2,7 +2,10 @@
 //! `tern` process on SQLite) or distributed Tern (four services and N
 //! gateways on MariaDB and Redis), each on free loopback ports.
 
-use crate::procs::{Proc, Sample, bin, free_port, wait_http_ok};
+use crate::{
+    cli::Database,
+    procs::{Proc, Sample, bin, free_port, wait_http_ok},
+};
 use anyhow::Context;
 use sea_orm::ConnectionTrait;
 use std::{path::Path, time::Duration};
@@ -47,7 +50,8 @@ fn bench_env() -> Vec<(String, String)> {
     .collect()
 }
 
-/// Four fresh MariaDB databases, dropped at the end of the run.
+/// Four fresh databases on a MariaDB or PostgreSQL server, dropped at the
+/// end of the run.
 struct Databases {
     admin: sea_orm::DatabaseConnection,
     base: String,
@@ -55,15 +59,25 @@ struct Databases {
 }
 
 impl Databases {
-    async fn create() -> anyhow::Result<Databases> {
-        // The test suite's variable is honoured too, so the smoke test
+    async fn create(server: Database) -> anyhow::Result<Databases> {
+        // The test suite's variables are honoured too, so the smoke test
         // finds the same server as the other tests.
-        let base = std::env::var("TERN_BENCH_MYSQL_URL")
-            .or_else(|_| std::env::var("TERN_TEST_MYSQL_URL"))
-            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+        let (bench, test, default) = match server {
+            Database::Mariadb => {
+                ("TERN_BENCH_MYSQL_URL", "TERN_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
+            }
+            Database::Postgres => (
+                "TERN_BENCH_POSTGRES_URL",
+                "TERN_TEST_POSTGRES_URL",
+                "postgres://postgres@127.0.0.1:5432",
+            ),
+        };
+        let base = std::env::var(bench)
+            .or_else(|_| std::env::var(test))
+            .unwrap_or_else(|_| default.into());
         let admin = sea_orm::Database::connect(format!("{base}/test"))
             .await
-            .context("MariaDB reachable (TERN_BENCH_MYSQL_URL)")?;
+            .with_context(|| format!("{server:?} reachable ({bench})"))?;
         let tag = uuid::Uuid::now_v7().simple().to_string();
         let mut names = Vec::new();
         for service in ["auth", "group", "message", "offline"] {
@@ -103,7 +117,12 @@ pub struct Topology {
 
 impl Topology {
     /// Starts `kind`; logs go to `out/<kind>-<process>.log`.
-    pub async fn start(kind: Kind, gateways: usize, out: &Path) -> anyhow::Result<Topology> {
+    pub async fn start(
+        kind: Kind,
+        gateways: usize,
+        database: Database,
+        out: &Path,
+    ) -> anyhow::Result<Topology> {
         let data = tempfile::tempdir()?;
         let http = reqwest::Client::new();
         let log = |name: &str| out.join(format!("{}-{name}.log", kind.name()));
@@ -144,7 +163,9 @@ impl Topology {
                 topo.ports.push(port);
                 topo.front.push(p);
             }
-            Kind::Distributed => topo.start_distributed(gateways.max(1), &http, &log).await?,
+            Kind::Distributed => {
+                topo.start_distributed(gateways.max(1), database, &http, &log).await?
+            }
         }
         Ok(topo)
     }
@@ -152,10 +173,11 @@ impl Topology {
     async fn start_distributed(
         &mut self,
         gateways: usize,
+        database: Database,
         http: &reqwest::Client,
         log: &dyn Fn(&str) -> std::path::PathBuf,
     ) -> anyhow::Result<()> {
-        let dbs = Databases::create().await?;
+        let dbs = Databases::create(database).await?;
         let grpc = [free_port(), free_port(), free_port(), free_port()];
         let url = |i: usize| format!("http://127.0.0.1:{}", grpc[i]);
         let redis = std::env::var("TERN_BENCH_REDIS_URL")

@@ -17,9 +17,8 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tern_proto::pb::offline::{
-    AckBatchRequest, AckRequest, offline_service_client::OfflineServiceClient,
-};
+use tern_proto::clients::OfflineClient;
+use tern_proto::pb::offline::{AckBatchRequest, AckRequest};
 use tern_runtime::grpc::GrpcChannel;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -95,7 +94,7 @@ impl AckBuffer {
 
     /// Writes what is pending. On failure the acks go back to pending and
     /// are retried with the next flush.
-    async fn flush(&self, offline: &mut OfflineServiceClient<GrpcChannel>) {
+    async fn flush(&self, offline: &mut OfflineClient<GrpcChannel>) {
         let batch = {
             let mut maps = self.maps.lock().expect("ack buffer poisoned");
             let batch = std::mem::take(&mut maps.pending);
@@ -138,7 +137,7 @@ impl AckBuffer {
 /// `shutdown`, then once more.
 pub async fn run(
     buffer: Arc<AckBuffer>,
-    mut offline: OfflineServiceClient<GrpcChannel>,
+    mut offline: OfflineClient<GrpcChannel>,
     interval: Duration,
     shutdown: CancellationToken,
 ) {

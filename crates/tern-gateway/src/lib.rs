@@ -25,11 +25,9 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
 use tern_bus::{Bus, Presence};
-use tern_proto::pb::{
-    auth::auth_service_client::AuthServiceClient,
-    group::group_service_client::GroupServiceClient,
-    message::{Message, message_service_client::MessageServiceClient},
-    offline::offline_service_client::OfflineServiceClient,
+use tern_proto::{
+    clients::{AuthClient, GroupClient, MessageClient, OfflineClient},
+    pb::message::Message,
 };
 use tern_runtime::grpc::GrpcChannel;
 use tokio::net::TcpListener;
@@ -122,10 +120,10 @@ impl Default for Settings {
 /// The services and adapters a gateway talks to.
 #[derive(Clone)]
 pub struct Services {
-    pub auth: AuthServiceClient<GrpcChannel>,
-    pub group: GroupServiceClient<GrpcChannel>,
-    pub message: MessageServiceClient<GrpcChannel>,
-    pub offline: OfflineServiceClient<GrpcChannel>,
+    pub auth: AuthClient<GrpcChannel>,
+    pub group: GroupClient<GrpcChannel>,
+    pub message: MessageClient<GrpcChannel>,
+    pub offline: OfflineClient<GrpcChannel>,
     pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn Presence>,
 }

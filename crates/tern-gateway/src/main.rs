@@ -8,11 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use tern_bus::{Names, RedisBus, RedisPresence};
-use tern_proto::pb::{
-    auth::auth_service_client::AuthServiceClient, group::group_service_client::GroupServiceClient,
-    message::message_service_client::MessageServiceClient,
-    offline::offline_service_client::OfflineServiceClient,
-};
+use tern_proto::clients::{AuthClient, GroupClient, MessageClient, OfflineClient};
 use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -70,11 +66,10 @@ async fn main() -> anyhow::Result<()> {
     let (client, conn) = tern_bus::connect_redis(&settings.redis_url).await?;
     let names = Names::new(settings.redis_prefix.clone());
     let services = tern_gateway::Services {
-        auth: AuthServiceClient::new(remote(&settings.auth_url, &settings.service_token)?),
-        group: GroupServiceClient::new(remote(&settings.group_url, &settings.service_token)?),
-        message: MessageServiceClient::new(remote(&settings.message_url, &settings.service_token)?),
-        offline: OfflineServiceClient::new(remote(&settings.offline_url, &settings.service_token)?)
-            .max_decoding_message_size(usize::MAX),
+        auth: AuthClient::remote(remote(&settings.auth_url, &settings.service_token)?),
+        group: GroupClient::remote(remote(&settings.group_url, &settings.service_token)?),
+        message: MessageClient::remote(remote(&settings.message_url, &settings.service_token)?),
+        offline: OfflineClient::remote(remote(&settings.offline_url, &settings.service_token)?),
         bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
         presence: Arc::new(RedisPresence::new(conn, names)),
     };

@@ -14,11 +14,12 @@ use std::{
     },
     time::Duration,
 };
+use tern_proto::clients::OfflineClient;
 use tern_proto::{
     ErrorCode, error_code_of,
     pb::{
         message::Message,
-        offline::{ListBacklogRequest, PullRequest, offline_service_client::OfflineServiceClient},
+        offline::{ListBacklogRequest, PullRequest},
     },
 };
 use tern_runtime::grpc::GrpcChannel;
@@ -109,7 +110,7 @@ impl Written {
 pub struct Pusher<W> {
     ws: WebSocketWrite<W>,
     user: u64,
-    offline: OfflineServiceClient<GrpcChannel>,
+    offline: OfflineClient<GrpcChannel>,
     /// Highest seq written to this client, per conversation.
     pushed: Written,
     /// This node's acks not yet written, which are newer than the cursors
@@ -130,7 +131,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     pub fn new(
         ws: WebSocketWrite<W>,
         user: u64,
-        offline: OfflineServiceClient<GrpcChannel>,
+        offline: OfflineClient<GrpcChannel>,
         pushed: Written,
         acks: Arc<AckBuffer>,
         page: u32,

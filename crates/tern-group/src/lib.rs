@@ -13,9 +13,9 @@ mod service;
 mod store;
 
 use serde::{Deserialize, Serialize};
-use tern_proto::pb::{
-    auth::auth_service_client::AuthServiceClient, group::group_service_server::GroupServiceServer,
-    offline::offline_service_client::OfflineServiceClient,
+use tern_proto::{
+    clients::{AuthClient, OfflineClient},
+    pb::group::group_service_server::GroupServiceServer,
 };
 use tern_runtime::grpc::GrpcChannel;
 
@@ -42,19 +42,16 @@ impl Default for Settings {
 #[derive(Clone)]
 pub struct Peers {
     /// To check that member ids exist.
-    pub auth: AuthServiceClient<GrpcChannel>,
+    pub auth: AuthClient<GrpcChannel>,
     /// To start and drop delivery cursors.
-    pub offline: OfflineServiceClient<GrpcChannel>,
+    pub offline: OfflineClient<GrpcChannel>,
 }
 
-/// Connects the database, applies migrations and builds the gRPC service.
-pub async fn build(
-    settings: &Settings,
-    peers: Peers,
-) -> anyhow::Result<GroupServiceServer<Groups>> {
+/// Connects the database, applies migrations and builds the service.
+pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<Groups> {
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
     migration::apply(&db).await?;
-    Ok(GroupServiceServer::new(Groups::new(db, peers, settings.max_members)))
+    Ok(Groups::new(db, peers, settings.max_members))
 }
 
 /// Serves the group service until the shutdown signal.
@@ -63,7 +60,7 @@ pub async fn run(
     peers: Peers,
     started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
-    let service = build(&settings, peers).await?;
+    let service = GroupServiceServer::new(build(&settings, peers).await?);
     started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

@@ -1,9 +1,6 @@
 //! `tern-group`: the group service as its own process.
 
-use tern_proto::pb::{
-    auth::auth_service_client::AuthServiceClient,
-    offline::offline_service_client::OfflineServiceClient,
-};
+use tern_proto::clients::{AuthClient, OfflineClient};
 use tern_runtime::{grpc::remote, service::ServiceBase};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -36,8 +33,8 @@ async fn main() -> anyhow::Result<()> {
     let started = settings.base.start().await?;
     let token = &settings.base.service_token;
     let peers = tern_group::Peers {
-        auth: AuthServiceClient::new(remote(&settings.auth_url, token)?),
-        offline: OfflineServiceClient::new(remote(&settings.offline_url, token)?),
+        auth: AuthClient::remote(remote(&settings.auth_url, token)?),
+        offline: OfflineClient::remote(remote(&settings.offline_url, token)?),
     };
     tern_group::run(settings.group, peers, started).await
 }

@@ -15,10 +15,9 @@ mod store;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tern_bus::{Bus, Presence};
-use tern_proto::pb::{
-    auth::auth_service_client::AuthServiceClient, group::group_service_client::GroupServiceClient,
-    message::message_service_server::MessageServiceServer,
-    offline::offline_service_client::OfflineServiceClient,
+use tern_proto::{
+    clients::{AuthClient, GroupClient, OfflineClient},
+    pb::message::message_service_server::MessageServiceServer,
 };
 use tern_runtime::grpc::GrpcChannel;
 
@@ -52,28 +51,30 @@ impl Default for Settings {
 #[derive(Clone)]
 pub struct Peers {
     /// To check that a 1:1 recipient exists.
-    pub auth: AuthServiceClient<GrpcChannel>,
+    pub auth: AuthClient<GrpcChannel>,
     /// Group membership, for authorisation and fan-out.
-    pub group: GroupServiceClient<GrpcChannel>,
+    pub group: GroupClient<GrpcChannel>,
     /// To start both cursors of a new 1:1 conversation.
-    pub offline: OfflineServiceClient<GrpcChannel>,
+    pub offline: OfflineClient<GrpcChannel>,
     /// Where stored messages are published, one event per target node.
     pub bus: Arc<dyn Bus>,
     /// Which nodes hold which users.
     pub presence: Arc<dyn Presence>,
 }
 
-/// Connects the database, applies migrations and builds the gRPC service.
-pub async fn build(
-    settings: &Settings,
-    peers: Peers,
-) -> anyhow::Result<MessageServiceServer<Messages>> {
+/// Connects the database, applies migrations and builds the service.
+pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<Messages> {
     let db = tern_runtime::db::connect(&settings.database_url, settings.max_connections).await?;
     migration::apply(&db).await?;
     let writer = tern_runtime::db::connect_writer(&settings.database_url).await?;
-    let max = settings.max_content_bytes;
-    Ok(MessageServiceServer::new(Messages::new(db, writer, peers, settings))
-        .max_decoding_message_size(max + 16 * 1024))
+    Ok(Messages::new(db, writer, peers, settings))
+}
+
+/// `messages` as a gRPC server, taking requests that carry up to
+/// `max_content_bytes` of content.
+pub fn server(messages: Messages, settings: &Settings) -> MessageServiceServer<Messages> {
+    MessageServiceServer::new(messages)
+        .max_decoding_message_size(settings.max_content_bytes + 16 * 1024)
 }
 
 /// Serves the message service until the shutdown signal.
@@ -82,7 +83,7 @@ pub async fn run(
     peers: Peers,
     started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
-    let service = build(&settings, peers).await?;
+    let service = server(build(&settings, peers).await?, &settings);
     started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

@@ -8,10 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use tern_bus::{Names, RedisBus, RedisPresence};
-use tern_proto::pb::{
-    auth::auth_service_client::AuthServiceClient, group::group_service_client::GroupServiceClient,
-    offline::offline_service_client::OfflineServiceClient,
-};
+use tern_proto::clients::{AuthClient, GroupClient, OfflineClient};
 use tern_runtime::{grpc::remote, service::ServiceBase};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -55,9 +52,9 @@ async fn main() -> anyhow::Result<()> {
     let (client, conn) = tern_bus::connect_redis(&settings.redis_url).await?;
     let names = Names::new(settings.redis_prefix.clone());
     let peers = tern_message::Peers {
-        auth: AuthServiceClient::new(remote(&settings.auth_url, token)?),
-        group: GroupServiceClient::new(remote(&settings.group_url, token)?),
-        offline: OfflineServiceClient::new(remote(&settings.offline_url, token)?),
+        auth: AuthClient::remote(remote(&settings.auth_url, token)?),
+        group: GroupClient::remote(remote(&settings.group_url, token)?),
+        offline: OfflineClient::remote(remote(&settings.offline_url, token)?),
         bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
         presence: Arc::new(RedisPresence::new(conn, names)),
     };

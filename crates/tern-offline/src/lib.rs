@@ -14,9 +14,8 @@ mod service;
 mod store;
 
 use serde::{Deserialize, Serialize};
-use tern_proto::pb::{
-    message::message_service_client::MessageServiceClient,
-    offline::offline_service_server::OfflineServiceServer,
+use tern_proto::{
+    clients::MessageClient, pb::offline::offline_service_server::OfflineServiceServer,
 };
 use tern_runtime::grpc::GrpcChannel;
 
@@ -41,17 +40,14 @@ impl Default for Settings {
 #[derive(Clone)]
 pub struct Peers {
     /// Where the messages and conversation heads live.
-    pub message: MessageServiceClient<GrpcChannel>,
+    pub message: MessageClient<GrpcChannel>,
 }
 
-/// Connects the database, applies migrations and builds the gRPC service.
-pub async fn build(
-    settings: &Settings,
-    peers: Peers,
-) -> anyhow::Result<OfflineServiceServer<Offline>> {
+/// Connects the database, applies migrations and builds the service.
+pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<Offline> {
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
     migration::apply(&db).await?;
-    Ok(OfflineServiceServer::new(Offline::new(db, peers)))
+    Ok(Offline::new(db, peers))
 }
 
 /// Serves the offline service until the shutdown signal.
@@ -60,7 +56,7 @@ pub async fn run(
     peers: Peers,
     started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
-    let service = build(&settings, peers).await?;
+    let service = OfflineServiceServer::new(build(&settings, peers).await?);
     started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

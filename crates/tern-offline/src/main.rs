@@ -1,6 +1,6 @@
 //! `tern-offline`: the offline service as its own process.
 
-use tern_proto::pb::message::message_service_client::MessageServiceClient;
+use tern_proto::clients::MessageClient;
 use tern_runtime::{grpc::remote, service::ServiceBase};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -29,8 +29,6 @@ async fn main() -> anyhow::Result<()> {
     let settings: Settings = tern_runtime::settings::load_or_exit("offline");
     let started = settings.base.start().await?;
     let channel = remote(&settings.message_url, &settings.base.service_token)?;
-    let peers = tern_offline::Peers {
-        message: MessageServiceClient::new(channel).max_decoding_message_size(usize::MAX),
-    };
+    let peers = tern_offline::Peers { message: MessageClient::remote(channel) };
     tern_offline::run(settings.offline, peers, started).await
 }

@@ -5,6 +5,7 @@
 //! **Architecture Invariant:** this crate knows no service, no storage and no
 //! transport beyond tonic's generated code.
 
+pub mod clients;
 mod error;
 
 pub use error::{ErrorCode, error_code_of, relay};

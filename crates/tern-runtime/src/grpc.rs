@@ -1,14 +1,10 @@
 //! Serving a gRPC service, and the channel type clients use.
 //!
-//! [`GrpcChannel`] hides whether a service is reached over the network
-//! ([`remote`]) or called in the same process ([`in_process`]): the
-//! generated clients are the same either way, so service code cannot tell
-//! the embedded mode from the distributed one.
+//! [`GrpcChannel`] is what every generated client in Tern runs on: a
+//! channel to a service over the network ([`remote`]). Services in the same
+//! process skip it and call each other's code (`tern_proto::clients`).
 
-use std::{
-    convert::Infallible,
-    sync::{Arc, OnceLock},
-};
+use std::convert::Infallible;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{body::Body, server::NamedService, transport::Server};
@@ -42,35 +38,6 @@ pub fn remote(url: &str, token: &crate::Secret) -> Result<GrpcChannel, tonic::tr
         })
         .map_err(|e| TransportError(e.into()));
     Ok(BoxCloneSyncService::new(channel))
-}
-
-/// A channel that calls a generated server directly, without a socket. The
-/// request is still encoded and decoded as protobuf, so behaviour matches
-/// the remote path.
-pub fn in_process<S>(server: S) -> GrpcChannel
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    // The trace context crosses this boundary exactly as it would a socket:
-    // written into the request's metadata, then read back into a server span.
-    BoxCloneSyncService::new(tower::service_fn(move |mut request: http::Request<Body>| {
-        crate::telemetry::inject(request.headers_mut());
-        let span = crate::telemetry::server_span(&request);
-        let server = server.clone();
-        async move {
-            use tracing::Instrument;
-            server
-                .oneshot(request)
-                .instrument(span)
-                .await
-                .map_err(|never: Infallible| match never {})
-        }
-    }))
 }
 
 /// Serves `/metrics` (Prometheus text) on `listener` until `shutdown`.
@@ -129,52 +96,4 @@ where
             tokio::time::sleep(drain).await;
         })
         .await
-}
-
-/// A channel whose target is supplied later, for services that call each
-/// other in one process (message → group → offline → message): every
-/// server can be built with its clients before the others exist.
-pub fn late_bound() -> (GrpcChannel, LateBinder) {
-    let slot = Arc::new(OnceLock::new());
-    (BoxCloneSyncService::new(LateBound { slot: slot.clone() }), LateBinder { slot })
-}
-
-/// Supplies the target of a [`late_bound`] channel.
-pub struct LateBinder {
-    slot: Arc<OnceLock<GrpcChannel>>,
-}
-
-impl LateBinder {
-    /// Points the channel at `target`. Later calls are ignored.
-    pub fn bind(self, target: GrpcChannel) {
-        let _ = self.slot.set(target);
-    }
-}
-
-#[derive(Clone)]
-struct LateBound {
-    slot: Arc<OnceLock<GrpcChannel>>,
-}
-
-impl Service<http::Request<Body>> for LateBound {
-    type Response = http::Response<Body>;
-    type Error = TransportError;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let target = self.slot.get().cloned();
-        Box::pin(async move {
-            let Some(target) = target else {
-                return Err(TransportError("service not started yet".into()));
-            };
-            target.oneshot(request).await
-        })
-    }
 }

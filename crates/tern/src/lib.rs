@@ -3,29 +3,25 @@
 //! bus and presence. The services are the same library code the separate
 //! binaries run; only the adapters differ.
 //!
-//! The gateway reaches the services through the same generated gRPC clients
-//! as in distributed mode, over in-process channels
-//! ([`tern_runtime::grpc::in_process`]): requests are still encoded as
-//! protobuf and dispatched through the tonic servers, without a socket.
+//! The gateway and the services reach each other through the same client
+//! types as in distributed mode, bound to the services in this process
+//! ([`tern_proto::clients::Local`]): a call is a method call on the service
+//! with the request as it is, nothing encoded and no socket.
 
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::{path::PathBuf, sync::Arc};
 use tern_bus::{InProcessBus, InProcessPresence};
-use tern_proto::pb::{
-    auth::{auth_service_client::AuthServiceClient, auth_service_server::AuthServiceServer},
-    group::{group_service_client::GroupServiceClient, group_service_server::GroupServiceServer},
-    message::{
-        message_service_client::MessageServiceClient, message_service_server::MessageServiceServer,
-    },
-    offline::{
-        offline_service_client::OfflineServiceClient, offline_service_server::OfflineServiceServer,
+use tern_proto::{
+    clients::{AuthClient, GroupClient, Local, MessageClient, OfflineClient},
+    pb::{
+        auth::{auth_service_server::AuthService, auth_service_server::AuthServiceServer},
+        group::{group_service_server::GroupService, group_service_server::GroupServiceServer},
+        message::message_service_server::{MessageService, MessageServiceServer},
+        offline::offline_service_server::{OfflineService, OfflineServiceServer},
     },
 };
-use tern_runtime::{
-    Secret,
-    grpc::{in_process, late_bound},
-};
+use tern_runtime::Secret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -136,45 +132,43 @@ pub async fn run(
     let bus = Arc::new(InProcessBus::new());
     let presence = Arc::new(InProcessPresence::new());
 
-    // Services call each other in a cycle (message → group → offline →
-    // message), so clients are created first and bound once servers exist.
-    let (auth_ch, auth_bind) = late_bound();
-    let (group_ch, group_bind) = late_bound();
-    let (message_ch, message_bind) = late_bound();
-    let (offline_ch, offline_bind) = late_bound();
+    // Services call each other's code directly. They call each other in a
+    // cycle (message → group → offline → message), so every caller gets
+    // its handle first and the handles are bound once the services exist.
+    let auth_local = Local::<dyn AuthService>::unbound();
+    let group_local = Local::<dyn GroupService>::unbound();
+    let message_local = Local::<dyn MessageService>::unbound();
+    let offline_local = Local::<dyn OfflineService>::unbound();
 
     let auth = tern_auth::build(&settings.auth).await?;
     let group = tern_group::build(
         &settings.group,
         tern_group::Peers {
-            auth: AuthServiceClient::new(auth_ch.clone()),
-            offline: OfflineServiceClient::new(offline_ch.clone()),
+            auth: AuthClient::Local(auth_local.clone()),
+            offline: OfflineClient::Local(offline_local.clone()),
         },
     )
     .await?;
     let offline = tern_offline::build(
         &settings.offline,
-        tern_offline::Peers {
-            message: MessageServiceClient::new(message_ch.clone())
-                .max_decoding_message_size(usize::MAX),
-        },
+        tern_offline::Peers { message: MessageClient::Local(message_local.clone()) },
     )
     .await?;
     let message = tern_message::build(
         &settings.message,
         tern_message::Peers {
-            auth: AuthServiceClient::new(auth_ch.clone()),
-            group: GroupServiceClient::new(group_ch.clone()),
-            offline: OfflineServiceClient::new(offline_ch.clone()),
+            auth: AuthClient::Local(auth_local.clone()),
+            group: GroupClient::Local(group_local.clone()),
+            offline: OfflineClient::Local(offline_local.clone()),
             bus: bus.clone(),
             presence: presence.clone(),
         },
     )
     .await?;
-    auth_bind.bind(in_process(auth.clone()));
-    group_bind.bind(in_process(group.clone()));
-    offline_bind.bind(in_process(offline.clone()));
-    message_bind.bind(in_process(message.clone()));
+    auth_local.bind(Arc::new(auth.clone()));
+    group_local.bind(Arc::new(group.clone()));
+    offline_local.bind(Arc::new(offline.clone()));
+    message_local.bind(Arc::new(message.clone()));
 
     if let Some(addr) = &settings.grpc_addr {
         tern_runtime::credential::validate(&settings.service_token).map_err(|why| {
@@ -195,10 +189,10 @@ pub async fn run(
             .layer(tern_runtime::credential::RequireToken::new(&settings.service_token))
             .add_service(health)
             .add_service(reflection)
-            .add_service(auth)
-            .add_service(group)
-            .add_service(message)
-            .add_service(offline);
+            .add_service(AuthServiceServer::new(auth))
+            .add_service(GroupServiceServer::new(group))
+            .add_service(tern_message::server(message, &settings.message))
+            .add_service(OfflineServiceServer::new(offline));
         let stop = shutdown.clone();
         tokio::spawn(async move {
             // Small gRPC frames must not wait for the peer's delayed ACK.
@@ -213,10 +207,10 @@ pub async fn run(
     }
 
     let services = tern_gateway::Services {
-        auth: AuthServiceClient::new(auth_ch),
-        group: GroupServiceClient::new(group_ch),
-        message: MessageServiceClient::new(message_ch).max_decoding_message_size(usize::MAX),
-        offline: OfflineServiceClient::new(offline_ch).max_decoding_message_size(usize::MAX),
+        auth: AuthClient::Local(auth_local),
+        group: GroupClient::Local(group_local),
+        message: MessageClient::Local(message_local),
+        offline: OfflineClient::Local(offline_local),
         bus,
         presence,
     };

@@ -146,6 +146,7 @@ pub async fn run(
             let id_tag = tag.clone();
             let reader = tokio::spawn(async move {
                 let (mut acks, mut errors) = (0u64, 0u64);
+                let mut retry_codes = std::collections::BTreeMap::new();
                 while acks + errors < n {
                     let Some(f) = client::next_frame(&mut rx, QUIET).await? else {
                         eprintln!(
@@ -161,6 +162,9 @@ pub async fn run(
                             acked.fetch_add(1, Relaxed);
                         }
                         ERROR if f.retryable => {
+                            if let Some(code) = &f.code {
+                                *retry_codes.entry(code.clone()).or_insert(0u64) += 1;
+                            }
                             let i = f.client_msg_id.as_deref().and_then(|id| {
                                 id.strip_prefix(id_tag.as_str())?.strip_prefix('-')?.parse().ok()
                             });
@@ -182,6 +186,9 @@ pub async fn run(
                     if let Some(p) = &reader_permits {
                         p.add_permits(1);
                     }
+                }
+                if !retry_codes.is_empty() {
+                    eprintln!("sender to user {}: retryable errors {retry_codes:?}", to.id);
                 }
                 anyhow::Ok((acks, errors))
             });
