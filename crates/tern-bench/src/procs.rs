@@ -212,14 +212,19 @@ impl Sample {
     }
 }
 
-/// The process whose command name is `comm` (e.g. `mariadbd`), if one runs:
-/// the shared database and Redis, whose CPU the distributed runs also cost.
-pub fn find_by_comm(comm: &str) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        (name.trim() == comm).then_some(pid)
-    })
+/// Every process whose command name is `comm` (e.g. `mariadbd`, or
+/// `postgres`, one process per connection): the shared database and Redis,
+/// whose CPU the distributed runs also cost.
+pub fn find_by_comm(comm: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            (name.trim() == comm).then_some(pid)
+        })
+        .collect()
 }
 
 /// Polls `url` until it answers 2xx or `limit` passes.

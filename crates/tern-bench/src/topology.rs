@@ -110,6 +110,8 @@ pub struct Topology {
     /// The services behind the gateways (distributed only).
     pub back: Vec<Proc>,
     dbs: Option<Databases>,
+    /// The database server of the distributed topology.
+    database: Database,
     _data: tempfile::TempDir,
     /// Whether [`Topology::quiesce`] waits (off only to reproduce a race).
     pub settle: bool,
@@ -132,6 +134,7 @@ impl Topology {
             front: vec![],
             back: vec![],
             dbs: None,
+            database,
             _data: data,
             settle: true,
         };
@@ -284,14 +287,19 @@ impl Topology {
         self.front.iter().chain(&self.back).map(|p| (p.name.clone(), p.sample())).collect()
     }
 
-    /// Every process a case costs CPU in, named: ours, plus MariaDB and
-    /// Redis in the distributed topology.
+    /// Every process a case costs CPU in, named: ours, plus the database
+    /// server and Redis in the distributed topology (several processes may
+    /// share a name: PostgreSQL runs one per connection).
     pub fn pids(&self) -> Vec<(String, u32)> {
         let mut all: Vec<(String, u32)> =
             self.front.iter().chain(&self.back).map(|p| (p.name.clone(), p.pid())).collect();
         if self.kind == Kind::Distributed {
-            for (name, comm) in [("mariadb", "mariadbd"), ("redis", "redis-server")] {
-                if let Some(pid) = crate::procs::find_by_comm(comm) {
+            let database = match self.database {
+                Database::Mariadb => ("mariadb", "mariadbd"),
+                Database::Postgres => ("postgres", "postgres"),
+            };
+            for (name, comm) in [database, ("redis", "redis-server")] {
+                for pid in crate::procs::find_by_comm(comm) {
                     all.push((name.to_string(), pid));
                 }
             }

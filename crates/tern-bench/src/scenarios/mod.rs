@@ -138,10 +138,15 @@ impl CpuMeter {
     pub fn finish(self, o: &mut Outcome, unit: &str, units: u64) {
         let secs = self.t0.elapsed().as_secs_f64().max(1e-3);
         let mut ours = 0.0;
+        let mut by_name = std::collections::BTreeMap::new();
         for (name, pid, before) in self.start {
-            let used = crate::procs::Sample::of(pid).cpu_secs - before;
+            // A process that has exited since reads as 0: count nothing.
+            let used = (crate::procs::Sample::of(pid).cpu_secs - before).max(0.0);
+            *by_name.entry(name).or_insert(0.0) += used;
+        }
+        for (name, used) in by_name {
             o.set(&format!("cpu_pct_{name}"), used / secs * 100.0);
-            if name != "mariadb" && name != "redis" {
+            if !["mariadb", "postgres", "redis"].contains(&name.as_str()) {
                 ours += used;
             }
         }
