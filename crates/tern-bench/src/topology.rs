@@ -287,12 +287,13 @@ impl Topology {
         self.front.iter().chain(&self.back).map(|p| (p.name.clone(), p.sample())).collect()
     }
 
-    /// Every process a case costs CPU in, named: ours, plus the database
-    /// server and Redis in the distributed topology (several processes may
-    /// share a name: PostgreSQL runs one per connection).
-    pub fn pids(&self) -> Vec<(String, u32)> {
-        let mut all: Vec<(String, u32)> =
-            self.front.iter().chain(&self.back).map(|p| (p.name.clone(), p.pid())).collect();
+    /// Every process a case costs CPU in, named, and whether Tern runs it:
+    /// ours, plus the database server and Redis in the distributed topology
+    /// (several processes may share a name: PostgreSQL runs one per
+    /// connection).
+    pub fn pids(&self) -> Vec<(String, u32, bool)> {
+        let mut all: Vec<(String, u32, bool)> =
+            self.front.iter().chain(&self.back).map(|p| (p.name.clone(), p.pid(), true)).collect();
         if self.kind == Kind::Distributed {
             let database = match self.database {
                 Database::Mariadb => ("mariadb", "mariadbd"),
@@ -300,7 +301,7 @@ impl Topology {
             };
             for (name, comm) in [database, ("redis", "redis-server")] {
                 for pid in crate::procs::find_by_comm(comm) {
-                    all.push((name.to_string(), pid));
+                    all.push((name.to_string(), pid, false));
                 }
             }
         }

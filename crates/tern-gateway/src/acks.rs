@@ -17,8 +17,10 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tern_proto::clients::OfflineClient;
-use tern_proto::pb::offline::{AckBatchRequest, AckRequest};
+use tern_proto::{
+    clients::OfflineClient,
+    pb::offline::{AckBatchRequest, AckRequest},
+};
 use tern_runtime::grpc::GrpcChannel;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;

@@ -14,9 +14,10 @@ use std::{
     },
     time::Duration,
 };
-use tern_proto::clients::OfflineClient;
 use tern_proto::{
-    ErrorCode, error_code_of,
+    ErrorCode,
+    clients::OfflineClient,
+    error_code_of,
     pb::{
         message::Message,
         offline::{ListBacklogRequest, PullRequest},

@@ -15,8 +15,8 @@ use tern_bus::{InProcessBus, InProcessPresence};
 use tern_proto::{
     clients::{AuthClient, GroupClient, Local, MessageClient, OfflineClient},
     pb::{
-        auth::{auth_service_server::AuthService, auth_service_server::AuthServiceServer},
-        group::{group_service_server::GroupService, group_service_server::GroupServiceServer},
+        auth::auth_service_server::{AuthService, AuthServiceServer},
+        group::group_service_server::{GroupService, GroupServiceServer},
         message::message_service_server::{MessageService, MessageServiceServer},
         offline::offline_service_server::{OfflineService, OfflineServiceServer},
     },

@@ -119,7 +119,8 @@ impl Outcome {
 
 /// CPU time spent by every process of the topology during one case.
 pub struct CpuMeter {
-    start: Vec<(String, u32, f64)>,
+    /// Name, pid, whether Tern runs it, CPU seconds at the start.
+    start: Vec<(String, u32, bool, f64)>,
     t0: std::time::Instant,
 }
 
@@ -128,7 +129,7 @@ impl CpuMeter {
         let start = topo
             .pids()
             .into_iter()
-            .map(|(name, pid)| (name, pid, crate::procs::Sample::of(pid).cpu_secs))
+            .map(|(name, pid, tern)| (name, pid, tern, crate::procs::Sample::of(pid).cpu_secs))
             .collect();
         CpuMeter { start, t0: std::time::Instant::now() }
     }
@@ -139,16 +140,16 @@ impl CpuMeter {
         let secs = self.t0.elapsed().as_secs_f64().max(1e-3);
         let mut ours = 0.0;
         let mut by_name = std::collections::BTreeMap::new();
-        for (name, pid, before) in self.start {
+        for (name, pid, tern, before) in self.start {
             // A process that has exited since reads as 0: count nothing.
             let used = (crate::procs::Sample::of(pid).cpu_secs - before).max(0.0);
             *by_name.entry(name).or_insert(0.0) += used;
+            if tern {
+                ours += used;
+            }
         }
         for (name, used) in by_name {
             o.set(&format!("cpu_pct_{name}"), used / secs * 100.0);
-            if !["mariadb", "postgres", "redis"].contains(&name.as_str()) {
-                ours += used;
-            }
         }
         if units > 0 {
             o.set(&format!("cpu_us_per_{unit}"), ours * 1e6 / units as f64);
