@@ -1,19 +1,15 @@
 //! The embedded adapters: presence in a map, the bus as channels.
 
-use crate::{Bus, BusError, BusEvent, NodeId, Presence, Subscription};
+use crate::{Bus, BusError, BusEvent, Handler, NodeId, Presence, Subscription};
 use dashmap::DashMap;
-use std::collections::HashMap;
-use tokio::sync::mpsc;
+use std::{collections::HashMap, sync::Arc};
 
-/// Events a node may have queued before the bus drops new ones for it. The
-/// gateway drains its channel continuously; a full channel means the node
-/// is stuck, and its clients will resync.
-const NODE_QUEUE: usize = 65_536;
-
-/// The bus of a single process: one channel per subscribed node.
+/// The bus of a single process: publishing calls the node's handler on the
+/// publisher's task, so an event reaches the sessions without a hand-off to
+/// another task.
 #[derive(Default)]
 pub struct InProcessBus {
-    nodes: DashMap<NodeId, mpsc::Sender<BusEvent>>,
+    nodes: Arc<DashMap<NodeId, Handler>>,
 }
 
 impl InProcessBus {
@@ -26,19 +22,19 @@ impl InProcessBus {
 #[async_trait::async_trait]
 impl Bus for InProcessBus {
     async fn publish(&self, node: &str, event: BusEvent) -> Result<(), BusError> {
-        let Some(tx) = self.nodes.get(node).map(|tx| tx.clone()) else {
-            return Ok(());
-        };
-        if let Err(error) = tx.try_send(event) {
-            tracing::warn!(node, %error, "node queue full or closed; dropping event (clients resync)");
+        // Cloned out, so the handler runs without holding the map's lock.
+        if let Some(handler) = self.nodes.get(node).map(|h| h.clone()) {
+            handler(event);
         }
         Ok(())
     }
 
-    async fn subscribe(&self, node: &str) -> Result<Subscription, BusError> {
-        let (tx, rx) = mpsc::channel(NODE_QUEUE);
-        self.nodes.insert(node.to_string(), tx);
-        Ok(rx)
+    async fn subscribe(&self, node: &str, handler: Handler) -> Result<Subscription, BusError> {
+        self.nodes.insert(node.to_string(), handler.clone());
+        let (nodes, node) = (self.nodes.clone(), node.to_string());
+        Ok(Subscription::new(move || {
+            nodes.remove_if(&node, |_, h| Arc::ptr_eq(h, &handler));
+        }))
     }
 }
 
@@ -116,12 +112,18 @@ mod tests {
     #[tokio::test]
     async fn bus_reaches_only_the_target_node() {
         let bus = InProcessBus::new();
-        let mut a = bus.subscribe("a").await.unwrap();
-        let mut b = bus.subscribe("b").await.unwrap();
+        let (a, mut from_a) = crate::channel_handler();
+        let (b, mut from_b) = crate::channel_handler();
+        let _a = bus.subscribe("a", a).await.unwrap();
+        let subscribed_b = bus.subscribe("b", b).await.unwrap();
         let kick = BusEvent { event: Some(Event::Kick(Kick { user_id: 7, ..Default::default() })) };
         bus.publish("b", kick.clone()).await.unwrap();
         bus.publish("nobody", kick.clone()).await.unwrap();
-        assert_eq!(b.recv().await.unwrap(), kick);
-        assert!(a.try_recv().is_err());
+        assert_eq!(from_b.try_recv().unwrap(), kick);
+        assert!(from_a.try_recv().is_err());
+        // Dropping the subscription stops the events.
+        drop(subscribed_b);
+        bus.publish("b", kick.clone()).await.unwrap();
+        assert!(from_b.try_recv().is_err());
     }
 }

@@ -16,7 +16,7 @@
 mod in_process;
 mod redis;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 pub use in_process::{InProcessBus, InProcessPresence};
 pub use redis::{Names, RedisBus, RedisPresence, connect as connect_redis};
@@ -30,8 +30,36 @@ pub type NodeId = String;
 #[error("bus unavailable: {0}")]
 pub struct BusError(pub String);
 
-/// Receives a node's events.
-pub type Subscription = tokio::sync::mpsc::Receiver<BusEvent>;
+/// Takes a node's events, one at a time in the order they were published.
+/// It runs on the publisher's task (in process) or the subscription's task
+/// (Redis), so it must hand events on without waiting.
+pub type Handler = Arc<dyn Fn(BusEvent) + Send + Sync>;
+
+/// A node's subscription: events reach its [`Handler`] until it is dropped.
+pub struct Subscription {
+    stop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Subscription {
+    fn new(stop: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self { stop: Some(Box::new(stop)) }
+    }
+}
+
+/// A handler that queues every event on an unbounded channel, for callers
+/// that want to await events (tests, tools).
+pub fn channel_handler() -> (Handler, tokio::sync::mpsc::UnboundedReceiver<BusEvent>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (Arc::new(move |event| drop(tx.send(event))), rx)
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+    }
+}
 
 /// Moves events to gateway nodes.
 #[async_trait::async_trait]
@@ -40,8 +68,9 @@ pub trait Bus: Send + Sync + 'static {
     /// died); the recipients then catch up through sync.
     async fn publish(&self, node: &str, event: BusEvent) -> Result<(), BusError>;
 
-    /// Starts receiving `node`'s events. A node subscribes once at start.
-    async fn subscribe(&self, node: &str) -> Result<Subscription, BusError>;
+    /// Starts handing `node`'s events to `handler`. A node subscribes once
+    /// at start.
+    async fn subscribe(&self, node: &str, handler: Handler) -> Result<Subscription, BusError>;
 }
 
 /// Knows which node(s) hold each online user.

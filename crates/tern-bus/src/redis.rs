@@ -8,21 +8,18 @@
 //! - Bus: Pub/Sub channel `im:node:{node_id}` carrying protobuf `BusEvent`s.
 //!   Subscriptions reconnect on their own and report a `Resync` after a gap.
 
-use crate::{Bus, BusError, BusEvent, Event, NodeId, Presence, Subscription};
+use crate::{Bus, BusError, BusEvent, Event, Handler, NodeId, Presence, Subscription};
 use futures::StreamExt;
 use prost::Message;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use std::{collections::HashMap, time::Duration};
 use tern_proto::pb::bus::Resync;
-use tokio::sync::mpsc;
 
 /// How long a presence entry lives without a heartbeat. Clients beat every
 /// 30 s and are dropped after 90 s of silence; entries outlive that a bit.
 const PRESENCE_TTL: Duration = Duration::from_secs(120);
 /// How long a node counts as alive without renewing its key.
 const NODE_TTL: Duration = Duration::from_secs(15);
-/// Queue between the Redis subscription and the gateway.
-const NODE_QUEUE: usize = 65_536;
 
 fn err(e: redis::RedisError) -> BusError {
     BusError(e.to_string())
@@ -198,15 +195,15 @@ impl Bus for RedisBus {
         Ok(())
     }
 
-    async fn subscribe(&self, node: &str) -> Result<Subscription, BusError> {
-        let (tx, rx) = mpsc::channel(NODE_QUEUE);
+    async fn subscribe(&self, node: &str, handler: Handler) -> Result<Subscription, BusError> {
         let client = self.client.clone();
         let channel = self.names.channel(node);
         // The first subscription must work, so a misconfigured node fails
-        // at start; later losses are retried forever.
+        // at start; later losses are retried until the subscription is
+        // dropped.
         let first = open(&client, &channel).await?;
-        tokio::spawn(listen(client, channel, first, tx));
-        Ok(rx)
+        let listening = tokio::spawn(listen(client, channel, first, handler));
+        Ok(Subscription::new(move || listening.abort()))
     }
 }
 
@@ -216,13 +213,13 @@ async fn open(client: &redis::Client, channel: &str) -> Result<redis::aio::PubSu
     Ok(pubsub)
 }
 
-/// Forwards a channel's events until the receiver is dropped, resubscribing
-/// after every loss of the connection.
+/// Hands a channel's events to `handler`, resubscribing after every loss
+/// of the connection.
 async fn listen(
     client: redis::Client,
     channel: String,
     mut pubsub: redis::aio::PubSub,
-    tx: mpsc::Sender<BusEvent>,
+    handler: Handler,
 ) {
     loop {
         {
@@ -233,11 +230,7 @@ async fn listen(
                     Err(_) => continue,
                 };
                 match BusEvent::decode(payload.as_slice()) {
-                    Ok(event) => {
-                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
-                            return;
-                        }
-                    }
+                    Ok(event) => handler(event),
                     Err(error) => tracing::warn!(%error, "undecodable bus event dropped"),
                 }
             }
@@ -245,9 +238,6 @@ async fn listen(
         tracing::warn!(channel, "bus subscription lost; resubscribing");
         let mut delay = Duration::from_millis(100);
         pubsub = loop {
-            if tx.is_closed() {
-                return;
-            }
             match open(&client, &channel).await {
                 Ok(p) => break p,
                 Err(error) => {
@@ -258,8 +248,6 @@ async fn listen(
             }
         };
         tracing::info!(channel, "bus subscription restored; sessions resync");
-        if tx.send(BusEvent { event: Some(Event::Resync(Resync {})) }).await.is_err() {
-            return;
-        }
+        handler(BusEvent { event: Some(Event::Resync(Resync {})) });
     }
 }

@@ -59,8 +59,10 @@ async fn bus_delivers_to_the_node_channel_and_resyncs_after_a_lost_connection() 
     let (client, conn) = tern_bus::connect_redis(&url()).await.unwrap();
     let names = names();
     let bus = RedisBus::new(client, conn.clone(), names.clone());
-    let mut a = bus.subscribe("a").await.unwrap();
-    let mut b = bus.subscribe("b").await.unwrap();
+    let (to_a, mut a) = tern_bus::channel_handler();
+    let (to_b, mut b) = tern_bus::channel_handler();
+    let _a = bus.subscribe("a", to_a).await.unwrap();
+    let _b = bus.subscribe("b", to_b).await.unwrap();
     bus.publish("a", kick(7)).await.unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), a.recv()).await.unwrap().unwrap();
     assert_eq!(got, kick(7));

@@ -278,14 +278,13 @@ pub async fn run(
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let state = AppState::new(settings, services);
     let node = state.settings.node_id.clone();
-    let events = state.services.bus.subscribe(&node).await?;
-    tokio::spawn(registry::dispatch(
-        events,
+    let dispatcher = registry::dispatcher(
         state.registry.clone(),
         state.stats.clone(),
         state.services.presence.clone(),
         node.clone(),
-    ));
+    );
+    let _subscription = state.services.bus.subscribe(&node, dispatcher).await?;
     let acks_done = CancellationToken::new();
     let ack_writer = tokio::spawn(acks::run(
         state.acks.clone(),

@@ -165,7 +165,9 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     ) {
         let _done = done.drop_guard();
         self.needs_resync.store(false, Relaxed);
-        let synced = self.sync_backlog(true).await;
+        // Storage reads are boxed: they are rare, and inline they would size
+        // the state this future keeps for the whole session.
+        let synced = Box::pin(self.sync_backlog(true)).await;
         // How much a client had waiting when it connected.
         metrics::histogram!("tern_gateway_offline_backlog_messages")
             .record(self.pushed_count as f64);
@@ -190,7 +192,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 // A healthy socket stays open when storage cannot be read
                 // right now: the resync is tried again after the next item
                 // (at the latest the client's next heartbeat answer).
-                if let Err(error) = self.sync_backlog(false).await {
+                if let Err(error) = Box::pin(self.sync_backlog(false)).await {
                     tracing::warn!(user_id = self.user, %error, "resync failed; retrying later");
                     self.needs_resync.store(true, Relaxed);
                 }
@@ -276,7 +278,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             }
             // A gap, or a conversation this session has not seen yet: read
             // storage from what was pushed (or from the cursor) up to here.
-            _ => match self.catch_up(&delivery.conversation_id, delivery.seq).await {
+            _ => match Box::pin(self.catch_up(&delivery.conversation_id, delivery.seq)).await {
                 // The user left the conversation after the push was routed
                 // (member lists are cached briefly): nothing to deliver.
                 Err(Stop::Sync(status)) if error_code_of(&status) == ErrorCode::Forbidden => Ok(()),

@@ -1,4 +1,4 @@
-//! The sessions this node holds, and the loop that hands bus events to them.
+//! The sessions this node holds, and the handler that gives them bus events.
 
 use crate::{Delivery, Outbound, stats::Stats};
 use dashmap::DashMap;
@@ -6,7 +6,7 @@ use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering::Relaxed},
 };
-use tern_bus::{BusEvent, Deliver, Event, Presence, Subscription};
+use tern_bus::{BusEvent, Deliver, Event, Handler, Presence};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -92,15 +92,16 @@ impl Registry {
     }
 }
 
-/// Hands this node's bus events to its sessions until the bus closes.
-pub async fn dispatch(
-    mut events: Subscription,
+/// Hands this node's bus events to its sessions, on the task that
+/// publishes them (in process) or receives them (Redis): it only queues,
+/// never waits.
+pub fn dispatcher(
     registry: Arc<Registry>,
     stats: Arc<Stats>,
     presence: Arc<dyn Presence>,
     node: String,
-) {
-    while let Some(BusEvent { event }) = events.recv().await {
+) -> Handler {
+    Arc::new(move |BusEvent { event }| {
         stats.bus_events.fetch_add(1, Relaxed);
         match event {
             Some(Event::Deliver(deliver)) => hand_out(&registry, deliver, &stats),
@@ -127,8 +128,7 @@ pub async fn dispatch(
             }
             None => {}
         }
-    }
-    tracing::info!("bus subscription ended");
+    })
 }
 
 /// Encodes a message once and offers the same bytes to each recipient.

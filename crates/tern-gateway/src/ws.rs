@@ -1,6 +1,6 @@
-//! The WebSocket endpoint: authentication at the upgrade, then the reading
-//! side of a session (frames in, gRPC calls out, answers queued to the
-//! [`Pusher`]).
+//! The WebSocket endpoint: authentication at the upgrade, then a session:
+//! one task whose futures read frames, make service calls, and write
+//! through the [`Pusher`].
 //!
 //! Sends are pipelined: the reader queues each send into the session's
 //! send window (`send_window`) and goes on reading, so heartbeats and
@@ -246,19 +246,31 @@ where
         handle.needs_resync.clone(),
         Duration::from_secs(settings.write_timeout_secs),
     );
-    let mut writer = tokio::spawn(pusher.run(rx, handle.cancel.clone(), done.clone()));
+    // Writer, reader and send pipeline are futures of this one task: an
+    // answer the pipeline queues, or a frame the reader answers itself, is
+    // written without waking another task (or another thread). Each is
+    // boxed where it is made, so this future holds three pointers and
+    // never a moved-from copy of one of them.
+    let mut writer = Box::pin(pusher.run(rx, handle.cancel.clone(), done.clone()));
     // The token's expiry is a deadline of the session, not a task of its own.
     let left = (expires_at - frames::now_ms() / 1000).max(0) as u64;
     let expired = tokio::time::sleep(Duration::from_secs(left));
     let (sends, queued) = mpsc::channel(settings.send_window.max(1));
-    let pipeline = send_pipeline(&state, queued, tx.clone());
+    let pipeline = Box::pin(send_pipeline(&state, queued, tx.clone()));
     let reader = Reader { state: &state, user, tx, sends, written };
-    tokio::select! {
-        // The pipeline ends once the reader is done and its queue drained.
-        _ = async { tokio::join!(reader.run(read), pipeline) } => {}
-        _ = done.cancelled() => {}
-        _ = expired => handle.kick("token expired".into()),
-    }
+    let reading = Box::pin(reader.run(read));
+    let reading = async {
+        tokio::select! {
+            // The pipeline ends once the reader is done and its queue drained.
+            _ = async { tokio::join!(reading, pipeline) } => {}
+            _ = done.cancelled() => {}
+            _ = expired => handle.kick("token expired".into()),
+        }
+    };
+    let writer_ended = tokio::select! {
+        _ = reading => false,
+        _ = &mut writer => true,
+    };
     // This user may reconnect on another node, which reads cursors from
     // storage: write the acks this session left behind soon.
     state.acks.flush_soon();
@@ -267,8 +279,8 @@ where
     // ends. A writer stuck on a dead socket is cut off.
     let registered = state.registry.remove(user, &session_id);
     drop(handle);
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
-        writer.abort();
+    if !writer_ended {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
     }
     if registered {
         let presence = &state.services.presence;

@@ -85,7 +85,11 @@ macro_rules! client {
                     request: impl IntoRequest<$request>,
                 ) -> Result<Response<$response>, Status> {
                     match self {
-                        Self::Remote(client) => client.$method(request).await,
+                        // Boxed: a tonic call's future is several KiB, and
+                        // a caller that awaits it would otherwise carry
+                        // that much in its own state for its whole life
+                        // (a session does, per connection).
+                        Self::Remote(client) => Box::pin(client.$method(request)).await,
                         Self::Local(local) => local.get()?.$method(request.into_request()).await,
                     }
                 }
