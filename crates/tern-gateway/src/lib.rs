@@ -9,6 +9,7 @@
 
 mod acks;
 mod api;
+mod batch_writer;
 mod error;
 mod frames;
 mod limits;
@@ -135,7 +136,8 @@ pub enum Outbound {
     /// The answer to the client's own send. The seq is noted so the next
     /// message of the conversation does not look like a gap: senders never
     /// receive their own messages as deliveries.
-    SendAck { frame: String, conversation_id: String, seq: u64 },
+    /// Boxed: every session's outbound queue allocates slots for this enum.
+    SendAck(Box<SendAnswer>),
     /// A live message from the bus; the writer orders and deduplicates it.
     Deliver(Arc<Delivery>),
     /// The answer to a ping.
@@ -149,6 +151,13 @@ pub enum Outbound {
     Resync,
     /// A message sent back unchanged (the conformance echo endpoint only).
     Echo { binary: bool, data: Vec<u8> },
+}
+
+/// The ack frame of a send, with what the writer notes of it.
+pub struct SendAnswer {
+    pub frame: String,
+    pub conversation_id: String,
+    pub seq: u64,
 }
 
 /// A live message as every recipient on this node gets it: encoded once,
@@ -174,11 +183,12 @@ impl Delivery {
     }
 }
 
-/// Shared by every handler of a node.
+/// Shared by every handler of a node. Every field is a handle, so a clone
+/// is small: each session's future holds one.
 #[derive(Clone)]
 pub struct AppState {
     settings: Arc<Settings>,
-    services: Services,
+    services: Arc<Services>,
     registry: Arc<registry::Registry>,
     stats: Arc<stats::Stats>,
     /// Every session task, so shutdown can wait for them.
@@ -195,7 +205,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(settings: Settings, services: Services) -> Self {
         Self {
-            services,
+            services: Arc::new(services),
             registry: Arc::default(),
             stats: Arc::default(),
             tracker: TaskTracker::new(),

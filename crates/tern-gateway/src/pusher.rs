@@ -208,8 +208,13 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                     return;
                 }
             }
-            if rx.is_empty() {
-                self.flush().await.ok();
+            // Writes only fill the batch; a client that stopped reading
+            // shows here, and its session ends like on a failed write.
+            if rx.is_empty()
+                && let Err(error) = self.flush().await
+            {
+                tracing::debug!(user_id = self.user, %error, "session writer stopped");
+                return;
             }
         }
     }
@@ -218,7 +223,8 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     async fn handle(&mut self, item: Outbound) -> Result<bool, Stop> {
         match item {
             Outbound::Text(text) => self.text(text.into_bytes()).await?,
-            Outbound::SendAck { frame, conversation_id, seq } => {
+            Outbound::SendAck(answer) => {
+                let crate::SendAnswer { frame, conversation_id, seq } = *answer;
                 self.text(frame.into_bytes()).await?;
                 self.pushed.follow(&conversation_id, seq);
             }

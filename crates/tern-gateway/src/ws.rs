@@ -11,7 +11,8 @@
 //! order. With the window full the reader stops reading that socket.
 
 use crate::{
-    AppState, Outbound,
+    AppState, Outbound, SendAnswer,
+    batch_writer::BatchWriter,
     error::ApiError,
     frames::{self, ClientFrame, FrameError, SendTarget},
     pusher::{Pusher, Written},
@@ -137,7 +138,7 @@ where
     ws.set_max_message_size(ECHO_MAX_MESSAGE + 1);
     let (read, mut write) = ws.split(|s| {
         let (r, w) = tokio::io::split(s);
-        (r, tokio::io::BufWriter::new(w))
+        (r, BatchWriter::new(w))
     });
     let (tx, mut rx) = mpsc::channel::<Outbound>(64);
     let writer = tokio::spawn(async move {
@@ -194,7 +195,7 @@ where
     ws.set_max_message_size(settings.max_message_bytes + 1);
     let (read, write) = ws.split(|s| {
         let (r, w) = tokio::io::split(s);
-        (r, tokio::io::BufWriter::new(w))
+        (r, BatchWriter::new(w))
     });
 
     let session_id = uuid::Uuid::now_v7().to_string();
@@ -208,7 +209,9 @@ where
     if let Some(old) = state.registry.insert(user, handle.clone()) {
         old.kick("another session took over".into());
     }
-    match state.services.presence.connect(user, &settings.node_id).await {
+    // Calls made once per session are boxed: inline, the largest of them
+    // would size the state this future keeps while the session is idle.
+    match Box::pin(state.services.presence.connect(user, &settings.node_id)).await {
         Ok(others) => {
             for node in others {
                 let kick = Kick {
@@ -216,11 +219,8 @@ where
                     keep_session_id: session_id.clone(),
                     reason: "another session took over".into(),
                 };
-                let _ = state
-                    .services
-                    .bus
-                    .publish(&node, BusEvent { event: Some(Event::Kick(kick)) })
-                    .await;
+                let event = BusEvent { event: Some(Event::Kick(kick)) };
+                let _ = Box::pin(state.services.bus.publish(&node, event)).await;
             }
         }
         Err(error) => {
@@ -284,7 +284,7 @@ where
     }
     if registered {
         let presence = &state.services.presence;
-        if let Err(error) = presence.disconnect(user, &settings.node_id).await {
+        if let Err(error) = Box::pin(presence.disconnect(user, &settings.node_id)).await {
             tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
         }
         // Presence is per (user, node): a new session of the same user on
@@ -293,7 +293,7 @@ where
         // presence), so record it again; whichever order the two ran in,
         // the user stays reachable.
         if state.registry.get(user).is_some()
-            && let Err(error) = presence.connect(user, &settings.node_id).await
+            && let Err(error) = Box::pin(presence.connect(user, &settings.node_id)).await
         {
             tracing::warn!(user_id = user, %error, "presence not restored after a reconnect");
         }
@@ -303,13 +303,20 @@ where
     tracing::debug!(user_id = user, session_id, "session closed");
 }
 
-/// A send in the session's window, waiting for its turn.
+/// A send in the session's window, waiting for its turn. Small (the send
+/// itself is boxed): the window's queue is allocated for every session.
 enum Queued {
     /// Refused before it reached the message service: its error frame.
     Refused(String),
-    /// For the message service; the permit counts it against the node's
-    /// `max_inflight_sends` until it is answered.
-    Send { request: SendRequest, client_msg_id: Option<String>, _permit: OwnedSemaphorePermit },
+    Send(Box<PendingSend>),
+}
+
+/// A send for the message service; the permit counts it against the
+/// node's `max_inflight_sends` until it is answered.
+struct PendingSend {
+    request: SendRequest,
+    client_msg_id: Option<String>,
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Sends a session's queued sends to the message service, a batch at a
@@ -328,7 +335,7 @@ async fn send_pipeline(
         let sends: Vec<SendRequest> = batch
             .iter_mut()
             .filter_map(|q| match q {
-                Queued::Send { request, .. } => Some(std::mem::take(request)),
+                Queued::Send(send) => Some(std::mem::take(&mut send.request)),
                 Queued::Refused(_) => None,
             })
             .collect();
@@ -352,10 +359,10 @@ async fn send_pipeline(
         for item in batch.drain(..) {
             let out = match item {
                 Queued::Refused(frame) => Outbound::Text(frame),
-                Queued::Send { client_msg_id, .. } => match &mut results {
-                    Ok(results) => answer_frame(results.next(), client_msg_id),
+                Queued::Send(send) => match &mut results {
+                    Ok(results) => answer_frame(results.next(), send.client_msg_id),
                     Err(status) => {
-                        Outbound::Text(frames::error(&status_frame(status, client_msg_id)))
+                        Outbound::Text(frames::error(&status_frame(status, send.client_msg_id)))
                     }
                 },
             };
@@ -372,11 +379,11 @@ fn answer_frame(
     client_msg_id: Option<String>,
 ) -> Outbound {
     match result.and_then(|r| r.outcome) {
-        Some(Outcome::Ack(ack)) => Outbound::SendAck {
+        Some(Outcome::Ack(ack)) => Outbound::SendAck(Box::new(SendAnswer {
             frame: frames::send_ack(&ack),
             conversation_id: ack.conversation_id,
             seq: ack.seq,
-        },
+        })),
         Some(Outcome::Error(error)) => {
             let code = ErrorCode::parse(&error.code).unwrap_or(ErrorCode::Internal);
             let message = match code {
@@ -499,7 +506,7 @@ impl Reader<'_> {
             content_json: content,
             system: false,
         };
-        Queued::Send { request, client_msg_id, _permit: permit }
+        Queued::Send(Box::new(PendingSend { request, client_msg_id, _permit: permit }))
     }
 
     /// A delivery ack. One that covers only what this session was sent is
