@@ -71,7 +71,8 @@ up() {
   start tern-group TERN__GRPC_ADDR=127.0.0.1:50052 TERN__GROUP__DATABASE_URL="$db_url/tern_group" "${urls[@]}"
   start tern-message TERN__GRPC_ADDR=127.0.0.1:50053 TERN__MESSAGE__DATABASE_URL="$db_url/tern_message" "${urls[@]}"
   for n in 1 2; do
-    node=$n start tern-gateway TERN__HTTP_ADDR=127.0.0.1:808$n TERN__GATEWAY__NODE_ID=gw-$n "${urls[@]}"
+    node=$n start tern-gateway TERN__HTTP_ADDR=127.0.0.1:808$n TERN__GATEWAY__NODE_ID=gw-$n "${urls[@]}" \
+      TERN__GATEWAY__JWT__SECRET="$(cat "$dir/jwt.key")"
     mv "$dir/tern-gateway-$n.pid" "$dir/gateway-$n.pid"
   done
   ready 8081

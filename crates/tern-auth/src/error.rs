@@ -20,6 +20,9 @@ pub enum AuthError {
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sea_orm::DbErr),
+    /// The bus could not carry a logout to the gateways.
+    #[error("bus: {0}")]
+    Unavailable(String),
     /// A blocking task (bcrypt) died.
     #[error("worker: {0}")]
     Worker(String),
@@ -36,6 +39,10 @@ impl From<AuthError> for tonic::Status {
                 metrics::counter!("tern_db_errors_total", "service" => "auth").increment(1);
                 tracing::error!(%error, "auth database error");
                 ErrorCode::Unavailable.status("storage unavailable, retry")
+            }
+            AuthError::Unavailable(error) => {
+                tracing::warn!(%error, "logout not announced");
+                ErrorCode::Unavailable.status("bus unavailable, retry")
             }
             AuthError::Worker(error) => {
                 tracing::error!(%error, "auth worker failed");

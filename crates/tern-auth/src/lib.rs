@@ -11,6 +11,8 @@ mod store;
 mod tokens;
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tern_bus::Bus;
 use tern_proto::pb::auth::auth_service_server::AuthServiceServer;
 use tern_runtime::Secret;
 
@@ -64,6 +66,17 @@ impl Default for Settings {
     }
 }
 
+impl JwtSettings {
+    /// The part of these settings a gateway needs to check tokens itself.
+    pub fn key(&self) -> tern_runtime::access::TokenKey {
+        tern_runtime::access::TokenKey {
+            secret: self.secret.clone(),
+            issuer: self.issuer.clone(),
+            audience: self.audience.clone(),
+        }
+    }
+}
+
 impl Default for JwtSettings {
     fn default() -> Self {
         Self {
@@ -77,7 +90,8 @@ impl Default for JwtSettings {
 }
 
 /// Connects the database, applies migrations and builds the service.
-pub async fn build(settings: &Settings) -> anyhow::Result<Auth> {
+/// `bus` carries logouts to the gateway nodes.
+pub async fn build(settings: &Settings, bus: Arc<dyn Bus>) -> anyhow::Result<Auth> {
     if settings.bcrypt_cost < MIN_BCRYPT_COST && !settings.insecure_fast_hashing {
         anyhow::bail!(
             "bcrypt_cost {} is below {MIN_BCRYPT_COST}; raise it (TERN__AUTH__BCRYPT_COST), or for tests \
@@ -90,15 +104,16 @@ pub async fn build(settings: &Settings) -> anyhow::Result<Auth> {
     }
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
     migration::apply(&db).await?;
-    Auth::new(db, settings)
+    Auth::new(db, settings, bus)
 }
 
 /// Serves the auth service until the shutdown signal.
 pub async fn run(
     settings: Settings,
+    bus: Arc<dyn Bus>,
     started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
-    let service = AuthServiceServer::new(build(&settings).await?);
+    let service = AuthServiceServer::new(build(&settings, bus).await?);
     started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

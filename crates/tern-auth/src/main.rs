@@ -1,5 +1,7 @@
 //! `tern-auth`: the auth service as its own process.
 
+use std::sync::Arc;
+use tern_bus::{Names, RedisBus};
 use tern_runtime::{service::ServiceBase, settings::EXIT_BAD_CONFIG};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -7,12 +9,21 @@ use tern_runtime::{service::ServiceBase, settings::EXIT_BAD_CONFIG};
 struct Settings {
     #[serde(flatten)]
     base: ServiceBase,
+    /// Redis, whose Pub/Sub carries logouts to the gateway nodes.
+    redis_url: String,
+    /// Prefix of every Redis key and channel, to share one Redis.
+    redis_prefix: String,
     auth: tern_auth::Settings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { base: ServiceBase::on_port(50051), auth: Default::default() }
+        Self {
+            base: ServiceBase::on_port(50051),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: String::new(),
+            auth: Default::default(),
+        }
     }
 }
 
@@ -25,5 +36,7 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(EXIT_BAD_CONFIG);
     }
     let started = settings.base.start().await?;
-    tern_auth::run(settings.auth, started).await
+    let (client, conn) = tern_bus::connect_redis(&settings.redis_url).await?;
+    let bus = Arc::new(RedisBus::new(client, conn, Names::new(settings.redis_prefix.clone())));
+    tern_auth::run(settings.auth, bus, started).await
 }

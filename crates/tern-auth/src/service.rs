@@ -6,6 +6,7 @@ use crate::{
     tokens::{TokenKeys, hash_refresh_token, new_refresh_token},
 };
 use std::sync::Arc;
+use tern_bus::{Bus, BusEvent, Event, Revoked};
 use tern_proto::pb::auth::{
     FindUserRequest, GetUsersRequest, GetUsersResponse, LoginRequest, LogoutRequest,
     LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair, User,
@@ -30,12 +31,16 @@ pub struct Auth {
     /// A hash to verify against when the username does not exist, so a
     /// failed login takes as long whether or not the user exists.
     dummy_hash: Arc<String>,
+    /// Where a logout is announced to every gateway node, so the ones that
+    /// check tokens themselves drop what they cached of the user.
+    bus: Arc<dyn Bus>,
 }
 
 impl Auth {
     pub(crate) fn new(
         db: sea_orm::DatabaseConnection,
         settings: &Settings,
+        bus: Arc<dyn Bus>,
     ) -> anyhow::Result<Self> {
         let cost = settings.bcrypt_cost;
         Ok(Self {
@@ -43,6 +48,7 @@ impl Auth {
             keys: Arc::new(TokenKeys::new(&settings.jwt)?),
             bcrypt_cost: cost,
             dummy_hash: Arc::new(bcrypt::hash("tern-dummy-password", cost)?),
+            bus,
         })
     }
 
@@ -183,7 +189,16 @@ impl AuthService for Auth {
             .filter(|row| row.user_id as u64 == user_id)
             .ok_or(AuthError::BadCredentials)?;
         self.store.revoke_family(&row.family).await?;
-        self.store.revoke_access_tokens(row.user_id).await?;
+        let valid_after_ms = self.store.revoke_access_tokens(row.user_id).await?;
+        // A gateway that missed this would accept the user's old access
+        // tokens from its cache: the logout fails (and may be retried) unless
+        // the announcement went out. A node whose bus connection was down
+        // clears its cache when the connection comes back.
+        let revoked = Revoked { user_id, valid_after_ms };
+        self.bus
+            .broadcast(BusEvent { event: Some(Event::Revoked(revoked)) })
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         tracing::info!(user_id, "logged out");
         Ok(Response::new(LogoutResponse {}))
     }
@@ -193,19 +208,22 @@ impl AuthService for Auth {
         request: Request<VerifyTokenRequest>,
     ) -> Result<Response<VerifyTokenResponse>, Status> {
         let token = request.into_inner().access_token;
-        let (user_id, expires_at, issued_at) =
-            self.keys.verify_access(&token).ok_or(AuthError::BadCredentials)?;
+        let access = self.keys.verify_access(&token).ok_or(AuthError::BadCredentials)?;
         // Logout refuses every access token issued before it.
         let user = self
             .store
-            .users_by_ids(&[user_id as i64])
+            .users_by_ids(&[access.user_id as i64])
             .await?
             .pop()
             .ok_or(AuthError::BadCredentials)?;
-        if issued_at < user.tokens_valid_after {
+        if access.issued_at_ms < user.tokens_valid_after {
             return Err(AuthError::BadCredentials.into());
         }
-        Ok(Response::new(VerifyTokenResponse { user_id, expires_at }))
+        Ok(Response::new(VerifyTokenResponse {
+            user_id: access.user_id,
+            expires_at: access.expires_at,
+            tokens_valid_after_ms: user.tokens_valid_after,
+        }))
     }
 
     async fn get_users(

@@ -141,13 +141,16 @@ impl Store {
     }
 
     /// Refuses the user's access tokens issued up to now.
-    pub async fn revoke_access_tokens(&self, user_id: i64) -> Result<(), AuthError> {
+    /// Refuses every access token of the user issued until now; returns
+    /// the new watermark (Unix ms).
+    pub async fn revoke_access_tokens(&self, user_id: i64) -> Result<i64, AuthError> {
+        let watermark = now_ms();
         users::Entity::update_many()
-            .col_expr(users::Column::TokensValidAfter, Expr::value(now_ms()))
+            .col_expr(users::Column::TokensValidAfter, Expr::value(watermark))
             .filter(users::Column::Id.eq(user_id))
             .exec(&self.db)
             .await?;
-        Ok(())
+        Ok(watermark)
     }
 }
 

@@ -4,37 +4,15 @@ use crate::{
     JwtSettings,
     store::{now_ms, now_secs},
 };
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-/// What an access token says.
-#[derive(Debug, Serialize, Deserialize)]
-struct Claims {
-    /// The user id, as text (RFC 7519 wants a string).
-    sub: String,
-    iss: String,
-    aud: String,
-    iat: i64,
-    nbf: i64,
-    exp: i64,
-    /// Token kind; only `access` is accepted where an access token is expected.
-    typ: String,
-    /// Issue time in milliseconds, so a logout can refuse exactly the tokens
-    /// issued before it (`iat` has only second precision). Tokens without
-    /// it count from the start of their `iat` second.
-    #[serde(default)]
-    iat_ms: i64,
-    /// Unique id, so two tokens issued in the same second differ.
-    jti: String,
-}
+use tern_runtime::access::{Access, AccessVerifier, Claims};
 
 /// Signs and checks access tokens.
 pub struct TokenKeys {
     encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    verifier: AccessVerifier,
     issuer: String,
     audience: String,
     pub access_ttl: u64,
@@ -43,20 +21,9 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     pub fn new(settings: &JwtSettings) -> Result<Self, jsonwebtoken::errors::Error> {
-        let secret = settings.secret.expose().as_bytes();
-        // Pin the algorithm: a token claiming `none` or RS256 is refused.
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[&settings.issuer]);
-        validation.set_audience(&[&settings.audience]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        // No leeway: the gateway closes sockets at `exp` exactly, and a token
-        // accepted after it would be kicked at once.
-        validation.leeway = 0;
         Ok(Self {
-            encoding: EncodingKey::from_secret(secret)?,
-            decoding: DecodingKey::from_secret(secret)?,
-            validation,
+            encoding: EncodingKey::from_secret(settings.secret.expose().as_bytes())?,
+            verifier: AccessVerifier::new(&settings.key())?,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             access_ttl: settings.access_ttl_secs,
@@ -82,16 +49,10 @@ impl TokenKeys {
             .expect("HS256 signing with an in-memory key cannot fail")
     }
 
-    /// The user id, expiry (Unix s) and issue time (Unix ms) of a valid
-    /// access token.
-    pub fn verify_access(&self, token: &str) -> Option<(u64, i64, i64)> {
-        let data = decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
-        if data.claims.typ != "access" {
-            return None;
-        }
-        let issued_ms =
-            if data.claims.iat_ms > 0 { data.claims.iat_ms } else { data.claims.iat * 1000 };
-        Some((data.claims.sub.parse().ok()?, data.claims.exp, issued_ms))
+    /// The subject and times of a valid access token (not yet checked
+    /// against the user's revocation watermark).
+    pub fn verify_access(&self, token: &str) -> Option<Access> {
+        self.verifier.verify(token)
     }
 }
 
@@ -122,7 +83,7 @@ mod tests {
     fn round_trip() {
         let k = keys("0123456789abcdef0123456789abcdef");
         let token = k.issue_access(42);
-        assert_eq!(k.verify_access(&token).map(|(u, _, _)| u), Some(42));
+        assert_eq!(k.verify_access(&token).map(|a| a.user_id), Some(42));
     }
 
     #[test]
@@ -143,8 +104,7 @@ mod tests {
             ..Default::default()
         };
         settings.access_ttl_secs = 0;
-        let mut k = TokenKeys::new(&settings).unwrap();
-        k.validation.leeway = 0;
+        let k = TokenKeys::new(&settings).unwrap();
         let token = k.issue_access(1);
         std::thread::sleep(std::time::Duration::from_millis(1100));
         assert!(k.verify_access(&token).is_none());

@@ -207,12 +207,13 @@ impl Topology {
             ("tern-group", "GROUP", 1),
             ("tern-message", "MESSAGE", 2),
         ];
+        let jwt_secret = format!("jwt-{tag}-{tag}");
         for (name, section, i) in services {
             let mut env = common.clone();
             env.push(("TERN__GRPC_ADDR".into(), format!("127.0.0.1:{}", grpc[i])));
             env.push((format!("TERN__{section}__DATABASE_URL"), dbs.url(i)));
             if name == "tern-auth" {
-                env.push(("TERN__AUTH__JWT__SECRET".into(), format!("jwt-{tag}-{tag}")));
+                env.push(("TERN__AUTH__JWT__SECRET".into(), jwt_secret.clone()));
             }
             self.back.push(Proc::spawn(name, &bin(name)?, &[], &env, &log(name))?);
         }
@@ -223,6 +224,8 @@ impl Topology {
             let mut env = common.clone();
             env.push(("TERN__HTTP_ADDR".into(), format!("127.0.0.1:{port}")));
             env.push(("TERN__GATEWAY__NODE_ID".into(), format!("gw-{n}")));
+            // Gateways check tokens themselves, as deployed.
+            env.push(("TERN__GATEWAY__JWT__SECRET".into(), jwt_secret.clone()));
             let name = format!("gw-{n}");
             self.front.push(Proc::spawn(&name, &gateway, &[], &env, &log(&name))?);
             self.ports.push(port);

@@ -29,6 +29,14 @@ impl Bus for InProcessBus {
         Ok(())
     }
 
+    async fn broadcast(&self, event: BusEvent) -> Result<(), BusError> {
+        let handlers: Vec<Handler> = self.nodes.iter().map(|h| h.value().clone()).collect();
+        for handler in handlers {
+            handler(event.clone());
+        }
+        Ok(())
+    }
+
     async fn subscribe(&self, node: &str, handler: Handler) -> Result<Subscription, BusError> {
         self.nodes.insert(node.to_string(), handler.clone());
         let (nodes, node) = (self.nodes.clone(), node.to_string());

@@ -6,6 +6,7 @@
 //! - [`Presence`]: which gateway node(s) hold a user's sessions.
 //! - [`Bus`]: one channel per node; a publisher sends one [`BusEvent`] per
 //!   target node carrying the message once and that node's recipients.
+//!   Events every node needs (a logout) are broadcast on one more channel.
 //!
 //! Delivery over the bus is best effort by design (DESIGN.md §4): a lost
 //! event is repaired by the client's sync, never by retrying here.
@@ -20,7 +21,9 @@ use std::{collections::HashMap, sync::Arc};
 
 pub use in_process::{InProcessBus, InProcessPresence};
 pub use redis::{Names, RedisBus, RedisPresence, connect as connect_redis};
-pub use tern_proto::pb::bus::{BusEvent, Deliver, Deliveries, Kick, Resync, bus_event::Event};
+pub use tern_proto::pb::bus::{
+    BusEvent, Deliver, Deliveries, Kick, Resync, Revoked, bus_event::Event,
+};
 
 /// A gateway node's id, e.g. `gw-1` (or `local` when embedded).
 pub type NodeId = String;
@@ -68,8 +71,11 @@ pub trait Bus: Send + Sync + 'static {
     /// died); the recipients then catch up through sync.
     async fn publish(&self, node: &str, event: BusEvent) -> Result<(), BusError>;
 
-    /// Starts handing `node`'s events to `handler`. A node subscribes once
-    /// at start.
+    /// Sends `event` to every node (a logout every node must hear of).
+    async fn broadcast(&self, event: BusEvent) -> Result<(), BusError>;
+
+    /// Starts handing `node`'s events, and every broadcast, to `handler`.
+    /// A node subscribes once at start.
     async fn subscribe(&self, node: &str, handler: Handler) -> Result<Subscription, BusError>;
 }
 

@@ -56,6 +56,11 @@ impl Names {
     pub fn channel(&self, node: &str) -> String {
         format!("{}im:node:{node}", self.prefix)
     }
+
+    /// The Pub/Sub channel every node listens to.
+    pub fn broadcast(&self) -> String {
+        format!("{}im:all", self.prefix)
+    }
 }
 
 /// Opens a self-healing connection to `url`.
@@ -195,21 +200,31 @@ impl Bus for RedisBus {
         Ok(())
     }
 
+    async fn broadcast(&self, event: BusEvent) -> Result<(), BusError> {
+        let _: i64 = self
+            .conn
+            .clone()
+            .publish(self.names.broadcast(), event.encode_to_vec())
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
     async fn subscribe(&self, node: &str, handler: Handler) -> Result<Subscription, BusError> {
         let client = self.client.clone();
-        let channel = self.names.channel(node);
+        let channels = [self.names.channel(node), self.names.broadcast()];
         // The first subscription must work, so a misconfigured node fails
         // at start; later losses are retried until the subscription is
         // dropped.
-        let first = open(&client, &channel).await?;
-        let listening = tokio::spawn(listen(client, channel, first, handler));
+        let first = open(&client, &channels).await?;
+        let listening = tokio::spawn(listen(client, channels, first, handler));
         Ok(Subscription::new(move || listening.abort()))
     }
 }
 
-async fn open(client: &redis::Client, channel: &str) -> Result<redis::aio::PubSub, BusError> {
+async fn open(client: &redis::Client, channels: &[String]) -> Result<redis::aio::PubSub, BusError> {
     let mut pubsub = client.get_async_pubsub().await.map_err(err)?;
-    pubsub.subscribe(channel).await.map_err(err)?;
+    pubsub.subscribe(channels).await.map_err(err)?;
     Ok(pubsub)
 }
 
@@ -217,7 +232,7 @@ async fn open(client: &redis::Client, channel: &str) -> Result<redis::aio::PubSu
 /// of the connection.
 async fn listen(
     client: redis::Client,
-    channel: String,
+    channels: [String; 2],
     mut pubsub: redis::aio::PubSub,
     handler: Handler,
 ) {
@@ -235,10 +250,11 @@ async fn listen(
                 }
             }
         }
+        let channel = &channels[0];
         tracing::warn!(channel, "bus subscription lost; resubscribing");
         let mut delay = Duration::from_millis(100);
         pubsub = loop {
-            match open(&client, &channel).await {
+            match open(&client, &channels).await {
                 Ok(p) => break p,
                 Err(error) => {
                     tracing::warn!(%error, "resubscribe failed");

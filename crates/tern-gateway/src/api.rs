@@ -83,13 +83,8 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(&parts.headers)
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
-        let verified = state
-            .services
-            .auth
-            .clone()
-            .verify_token(VerifyTokenRequest { access_token: token.to_string() })
-            .await?;
-        Ok(Caller(verified.into_inner().user_id))
+        let verified = state.tokens.verify(&state.services.auth, token).await?;
+        Ok(Caller(verified.user_id))
     }
 }
 

@@ -17,6 +17,7 @@ mod pusher;
 mod reader;
 mod registry;
 mod stats;
+mod tokens;
 mod ws;
 
 use axum::{
@@ -93,6 +94,12 @@ pub struct Settings {
     /// Serve `/ws/echo`, an unauthenticated echo over the gateway's own
     /// frame stack, for WebSocket conformance runs. Never in production.
     pub echo_endpoint: bool,
+    /// The auth service's token key (`secret`, `issuer`, `audience`, the
+    /// same values as `TERN__AUTH__JWT__*`). With it the node checks access
+    /// tokens itself and caches each user's revocation watermark, so a
+    /// connect costs no call to the auth service; with no secret every
+    /// check asks the auth service.
+    pub jwt: tern_runtime::access::TokenKey,
 }
 
 impl Default for Settings {
@@ -114,6 +121,7 @@ impl Default for Settings {
             allowed_origins: String::new(),
             limits: LimitSettings::default(),
             echo_endpoint: false,
+            jwt: Default::default(),
         }
     }
 }
@@ -200,11 +208,14 @@ pub struct AppState {
     sends: Arc<tokio::sync::Semaphore>,
     /// Delivery acks not yet written.
     acks: Arc<acks::AckBuffer>,
+    /// Access token checks.
+    tokens: Arc<tokens::Tokens>,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, services: Services) -> Self {
-        Self {
+    pub fn new(settings: Settings, services: Services) -> anyhow::Result<Self> {
+        Ok(Self {
+            tokens: Arc::new(tokens::Tokens::new(&settings.jwt)?),
             services: Arc::new(services),
             registry: Arc::default(),
             stats: Arc::default(),
@@ -214,7 +225,7 @@ impl AppState {
             sends: Arc::new(tokio::sync::Semaphore::new(settings.max_inflight_sends.max(1))),
             acks: Arc::new(acks::AckBuffer::new(settings.ack_buffer_max)),
             settings: Arc::new(settings),
-        }
+        })
     }
 }
 
@@ -286,12 +297,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
-    let state = AppState::new(settings, services);
+    let state = AppState::new(settings, services)?;
     let node = state.settings.node_id.clone();
     let dispatcher = registry::dispatcher(
         state.registry.clone(),
         state.stats.clone(),
         state.services.presence.clone(),
+        state.tokens.clone(),
         node.clone(),
     );
     let _subscription = state.services.bus.subscribe(&node, dispatcher).await?;
@@ -315,7 +327,12 @@ pub async fn run(
             }
         }
     });
-    tracing::info!(node_id = %state.settings.node_id, addr = %listener.local_addr()?, "gateway listening");
+    tracing::info!(
+        node_id = %state.settings.node_id,
+        addr = %listener.local_addr()?,
+        tokens_checked_here = state.tokens.checks_locally(),
+        "gateway listening"
+    );
 
     let draining = state.draining.clone();
     let registry = state.registry.clone();

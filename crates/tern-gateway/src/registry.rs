@@ -1,6 +1,6 @@
 //! The sessions this node holds, and the handler that gives them bus events.
 
-use crate::{Delivery, Outbound, stats::Stats};
+use crate::{Delivery, Outbound, stats::Stats, tokens::Tokens};
 use dashmap::DashMap;
 use std::sync::{
     Arc,
@@ -99,6 +99,7 @@ pub fn dispatcher(
     registry: Arc<Registry>,
     stats: Arc<Stats>,
     presence: Arc<dyn Presence>,
+    tokens: Arc<Tokens>,
     node: String,
 ) -> Handler {
     Arc::new(move |BusEvent { event }| {
@@ -117,7 +118,12 @@ pub fn dispatcher(
                     session.kick(kick.reason);
                 }
             }
+            Some(Event::Revoked(revoked)) => {
+                tokens.revoked(revoked.user_id, revoked.valid_after_ms)
+            }
             Some(Event::Resync(_)) => {
+                // A logout may have been missed with the rest.
+                tokens.forget_all();
                 registry.resync_all();
                 // The bus lost its connection, and the presence store may
                 // have lost its data with it (a Redis restart without

@@ -34,7 +34,6 @@ use tern_bus::{BusEvent, Event, Kick};
 use tern_proto::{
     ErrorCode, error_code_of,
     pb::{
-        auth::VerifyTokenRequest,
         message::{SendBatchRequest, SendRequest, send_request::Target, send_result::Outcome},
         offline::AckRequest,
     },
@@ -73,15 +72,9 @@ pub async fn upgrade(
     let Some(token) = query.token.as_deref().or_else(|| bearer(&headers)) else {
         return ApiError::new(ErrorCode::Unauthenticated, "missing token").into_response();
     };
-    let verified = state
-        .services
-        .auth
-        .clone()
-        .verify_token(VerifyTokenRequest { access_token: token.to_string() })
-        .await;
-    let identity = match verified {
-        Ok(r) => r.into_inner(),
-        Err(status) => return ApiError::from(status).into_response(),
+    let identity = match state.tokens.verify(&state.services.auth, token).await {
+        Ok(identity) => identity,
+        Err(error) => return error.into_response(),
     };
     if !state.limits.connect(identity.user_id) {
         return ApiError::new(ErrorCode::RateLimited, "too many connections; wait a minute")

@@ -6,6 +6,7 @@
 //! **Architecture Invariant:** this crate knows no Tern service and no
 //! domain type. Services depend on it, never the other way round.
 
+pub mod access;
 pub mod credential;
 pub mod db;
 pub mod grpc;

@@ -128,7 +128,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = settings.resolve()?;
+    let mut settings = settings.resolve()?;
+    // The gateway checks access tokens itself with the auth service's key.
+    if settings.gateway.jwt.secret.expose().is_empty() {
+        settings.gateway.jwt = settings.auth.jwt.key();
+    }
     let bus = Arc::new(InProcessBus::new());
     let presence = Arc::new(InProcessPresence::new());
 
@@ -140,7 +144,7 @@ pub async fn run(
     let message_local = Local::<dyn MessageService>::unbound();
     let offline_local = Local::<dyn OfflineService>::unbound();
 
-    let auth = tern_auth::build(&settings.auth).await?;
+    let auth = tern_auth::build(&settings.auth, bus.clone()).await?;
     let group = tern_group::build(
         &settings.group,
         tern_group::Peers {

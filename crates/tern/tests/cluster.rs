@@ -89,6 +89,44 @@ async fn a_user_moving_between_gateways_is_kicked_on_the_old_node_and_loses_noth
 }
 
 #[tokio::test]
+async fn a_logout_on_one_gateway_revokes_the_token_on_every_gateway() {
+    let c = Cluster::start(2).await;
+    let a = c.user("a").await;
+    let creds = json!({ "username": "a", "password": "correct horse" });
+    let (status, login) = c.post(1, "/api/login", None, creds).await;
+    assert_eq!(status, 200, "{login}");
+    let (token, refresh) = (login["token"].as_str().unwrap(), login["refresh_token"].as_str());
+    // gw-1 checks tokens itself: these calls cache a's revocation watermark.
+    assert_eq!(c.get_as(0, "/api/groups", token).await.0, 200);
+    assert_eq!(c.get_as(0, "/api/groups", &a.token).await.0, 200);
+    let mut socket = c.connect(0, &a).await;
+
+    // The logout goes through gw-2, which asks the auth service; the auth
+    // service broadcasts it, and gw-1 drops what it cached.
+    let (status, body) =
+        c.post(1, "/api/logout", Some(token), json!({ "refresh_token": refresh })).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(socket.recv().await["type"], 100);
+    for gateway in [0, 1] {
+        for old in [token, a.token.as_str()] {
+            let (status, body) = c.get_as(gateway, "/api/groups", old).await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (401, Some("unauthenticated")),
+                "gw-{} accepted a revoked token: {body}",
+                gateway + 1
+            );
+        }
+        let url = format!("ws://127.0.0.1:{}/ws?token={}", c.gateway_ports[gateway], a.token);
+        assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    }
+    // A new login works on both at once.
+    let again = c.user_login(1, "a").await;
+    assert_eq!(c.get_as(0, "/api/groups", &again.token).await.0, 200);
+    assert_eq!(c.get_as(1, "/api/groups", &again.token).await.0, 200);
+}
+
+#[tokio::test]
 async fn messages_for_users_of_a_killed_gateway_wait_for_them() {
     let mut c = Cluster::start(2).await;
     let (a, b) = (c.user("a").await, c.user("b").await);
