@@ -307,6 +307,7 @@ pub async fn run(
         node.clone(),
     );
     let _subscription = state.services.bus.subscribe(&node, dispatcher).await?;
+    state.tokens.listening();
     let acks_done = CancellationToken::new();
     let ack_writer = tokio::spawn(acks::run(
         state.acks.clone(),

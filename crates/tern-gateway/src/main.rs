@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
         bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
         presence: Arc::new(RedisPresence::new(conn, names)),
     };
-    let listener = tokio::net::TcpListener::bind(&settings.http_addr).await?;
+    let listener = tern_runtime::net::listen(&settings.http_addr).await?;
     tern_gateway::run(settings.gateway, services, listener, tern_runtime::shutdown::on_signal())
         .await
 }

@@ -10,12 +10,21 @@
 //! on the bus ([`Tokens::revoked`]) and fails the logout when it cannot;
 //! a node whose bus connection dropped may have missed one, so it forgets
 //! every watermark when the connection comes back ([`Tokens::forget_all`]).
+//!
+//! The same broadcast spares the first check of a user new to the node: a
+//! token issued after the node started listening (less [`CLOCK_SKEW_MS`])
+//! can only have been revoked by a logout the node heard, so it needs no
+//! watermark from the auth service. Clients reconnecting to another node
+//! after theirs failed are checked without a call.
 
 use crate::error::ApiError;
 use quick_cache::sync::Cache;
-use std::sync::{
-    Mutex,
-    atomic::{AtomicU64, Ordering::SeqCst},
+use std::{
+    collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering::SeqCst},
+    },
 };
 use tern_proto::{ErrorCode, clients::AuthClient, pb::auth::VerifyTokenRequest};
 use tern_runtime::{
@@ -26,6 +35,13 @@ use tern_runtime::{
 /// Users whose revocation watermark a node keeps (16 bytes each plus the
 /// cache's overhead); past it the least recently used are asked for again.
 pub const WATERMARK_CACHE_USERS: usize = 200_000;
+
+/// How far the auth service's clock may be ahead of or behind this node's.
+pub const CLOCK_SKEW_MS: i64 = 5_000;
+
+/// Logouts a node keeps while listening; past it the node starts over as
+/// if its bus connection had dropped (see [`Tokens::forget_all`]).
+const MAX_HEARD: usize = 1_000_000;
 
 /// Who a valid token belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +55,15 @@ pub struct Verified {
 pub struct Tokens {
     /// `None`: no key configured, every check asks the auth service.
     verifier: Option<AccessVerifier>,
-    /// User → Unix ms before which the user's tokens are revoked.
+    /// User → Unix ms before which the user's tokens are revoked, as the
+    /// auth service answered (or a logout since).
     watermarks: Cache<u64, i64>,
+    /// Every logout heard on the bus since `listening_since_ms`: user →
+    /// watermark. Never evicted, so it speaks for every user.
+    heard: Mutex<HashMap<u64, i64>>,
+    /// Unix ms since when the node has heard every logout (`i64::MAX`:
+    /// not listening yet).
+    listening_since_ms: AtomicI64,
     /// Bumped by every revocation and reset, so an answer the auth service
     /// gave before one of them is not cached over it.
     epoch: AtomicU64,
@@ -58,6 +81,8 @@ impl Tokens {
         Ok(Self {
             verifier,
             watermarks: Cache::new(WATERMARK_CACHE_USERS),
+            heard: Mutex::default(),
+            listening_since_ms: AtomicI64::new(i64::MAX),
             epoch: AtomicU64::new(0),
             writing: Mutex::new(()),
         })
@@ -79,8 +104,15 @@ impl Tokens {
             return ask(auth, token).await.map(|(verified, _)| verified);
         };
         let access = verifier.verify(token).ok_or_else(refused)?;
+        let heard = self.heard.lock().expect("heard lock poisoned").get(&access.user_id).copied();
+        let since = self.listening_since_ms.load(SeqCst);
         let watermark = match self.watermarks.get(&access.user_id) {
             Some(watermark) => watermark,
+            // Issued while this node was listening: any logout after it
+            // was heard.
+            None if access.issued_at_ms >= since.saturating_add(CLOCK_SKEW_MS) => {
+                heard.unwrap_or(i64::MIN)
+            }
             None => {
                 let epoch = self.epoch.load(SeqCst);
                 // The auth service reads the user (it may not exist any
@@ -90,23 +122,42 @@ impl Tokens {
                 watermark
             }
         };
-        if access.issued_at_ms < watermark {
+        if access.issued_at_ms < watermark.max(heard.unwrap_or(i64::MIN)) {
             return Err(refused());
         }
         Ok(Verified { user_id: access.user_id, expires_at: access.expires_at })
     }
 
+    /// The node's bus subscription is up: from now on it hears every
+    /// logout.
+    pub fn listening(&self) {
+        self.listening_since_ms.store(crate::frames::now_ms(), SeqCst);
+    }
+
     /// A logout (from the bus): the user's tokens issued before
     /// `valid_after_ms` are refused from now on.
     pub fn revoked(&self, user_id: u64, valid_after_ms: i64) {
+        let full = {
+            let mut heard = self.heard.lock().expect("heard lock poisoned");
+            let kept = heard.entry(user_id).or_insert(valid_after_ms);
+            *kept = (*kept).max(valid_after_ms);
+            heard.len() > MAX_HEARD
+        };
         self.remember(user_id, valid_after_ms, None);
+        if full {
+            self.forget_all();
+        }
     }
 
-    /// The bus connection was lost and a logout may have been missed.
+    /// The bus connection was lost (and is back) and a logout may have been
+    /// missed: every watermark is asked for again, and only tokens issued
+    /// from now on are trusted without asking.
     pub fn forget_all(&self) {
         let _writing = self.writing.lock().expect("watermark lock poisoned");
         self.epoch.fetch_add(1, SeqCst);
         self.watermarks.clear();
+        self.heard.lock().expect("heard lock poisoned").clear();
+        self.listening();
     }
 
     /// Keeps the higher of the cached and the given watermark. An answer
@@ -143,13 +194,62 @@ async fn ask(auth: &AuthClient<GrpcChannel>, token: &str) -> Result<(Verified, i
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_proto::{clients::Local, pb::auth::auth_service_server::AuthService};
+    use tern_runtime::access::Claims;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn tokens() -> Tokens {
-        let key = TokenKey {
-            secret: tern_runtime::Secret::new("0123456789abcdef0123456789abcdef"),
-            ..Default::default()
-        };
+        let key = TokenKey { secret: tern_runtime::Secret::new(SECRET), ..Default::default() };
         Tokens::new(&key).unwrap()
+    }
+
+    /// An access token for `user` issued at `iat_ms`.
+    fn token(user: u64, iat_ms: i64) -> String {
+        let key = TokenKey::default();
+        let now = crate::frames::now_ms() / 1000;
+        let claims = Claims {
+            sub: user.to_string(),
+            iss: key.issuer,
+            aud: key.audience,
+            iat: now,
+            nbf: now,
+            exp: now + 60,
+            typ: "access".into(),
+            iat_ms,
+            jti: "test".into(),
+        };
+        let signing = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &signing).unwrap()
+    }
+
+    /// An auth service that answers nothing: a check that asks it fails
+    /// with `unavailable`.
+    fn no_auth() -> AuthClient<GrpcChannel> {
+        AuthClient::Local(Local::<dyn AuthService>::unbound())
+    }
+
+    #[tokio::test]
+    async fn tokens_issued_while_listening_need_no_call_until_revoked() {
+        let t = tokens();
+        let now = crate::frames::now_ms();
+        let (old, new) = (token(7, now - 60_000), token(7, now + CLOCK_SKEW_MS + 1));
+        // Not listening yet: every first check asks the auth service.
+        let asked = t.verify(&no_auth(), &new).await.unwrap_err();
+        assert_eq!(asked.code, ErrorCode::Unavailable);
+        t.listening();
+        assert_eq!(t.verify(&no_auth(), &new).await.unwrap().user_id, 7);
+        // Issued before the node listened: it may have missed the logout.
+        assert_eq!(t.verify(&no_auth(), &old).await.unwrap_err().code, ErrorCode::Unavailable);
+        // A logout heard after the token was issued refuses it.
+        t.revoked(7, now + CLOCK_SKEW_MS + 2);
+        assert_eq!(t.verify(&no_auth(), &new).await.unwrap_err().code, ErrorCode::Unauthenticated);
+        // Forged or foreign tokens never get as far as a call.
+        let forged = format!("{new}x");
+        assert_eq!(
+            t.verify(&no_auth(), &forged).await.unwrap_err().code,
+            ErrorCode::Unauthenticated
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod access;
 pub mod credential;
 pub mod db;
 pub mod grpc;
+pub mod net;
 pub mod service;
 pub mod settings;
 pub mod shutdown;

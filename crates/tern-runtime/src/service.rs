@@ -43,7 +43,7 @@ impl ServiceBase {
             eprintln!("TERN__SERVICE_TOKEN: {why}");
             std::process::exit(EXIT_BAD_CONFIG);
         }
-        let listener = TcpListener::bind(&self.grpc_addr).await?;
+        let listener = crate::net::listen(&self.grpc_addr).await?;
         let shutdown = crate::shutdown::on_signal();
         if let Some(addr) = &self.metrics_addr {
             let metrics = TcpListener::bind(addr).await?;
