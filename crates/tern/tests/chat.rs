@@ -143,6 +143,11 @@ async fn a_second_session_kicks_the_first() {
     let s = Server::start().await;
     let (alice, bob) = (s.user("alice").await, s.user("bob").await);
     let mut first = s.connect(&alice).await;
+    // The heartbeat's answer proves the first session is registered: the
+    // upgrade answer alone does not, and a second session registered
+    // before it would be the one kicked.
+    first.send(json!({ "type": 99 })).await;
+    assert_eq!(first.recv().await["type"], 99);
     let mut second = s.connect(&alice).await;
     let kicked = first.recv().await;
     assert_eq!(kicked["type"], 100, "{kicked}");
