@@ -354,7 +354,7 @@ pub async fn conversations(
         let acked = buffered.get(&b.conversation_id).copied().unwrap_or(0).max(b.acked_seq);
         let unread = b.latest_seq.saturating_sub(acked);
         let last_message = last.as_ref().map(|m| {
-            serde_json::from_str::<Value>(&crate::frames::delivered(m)).unwrap_or(Value::Null)
+            serde_json::from_str::<Value>(&crate::protocol::delivered(m)).unwrap_or(Value::Null)
         });
         let mut item = json!({
             "conversation_id": b.conversation_id,
@@ -441,7 +441,7 @@ pub async fn history(
     let messages: Vec<Value> = page
         .messages
         .iter()
-        .map(|m| serde_json::from_str(&crate::frames::delivered(m)).unwrap_or(Value::Null))
+        .map(|m| serde_json::from_str(&crate::protocol::delivered(m)).unwrap_or(Value::Null))
         .collect();
     Ok(Json(
         json!({ "messages": messages, "acked_seq": page.acked_seq, "latest_seq": page.latest_seq }),

@@ -10,8 +10,9 @@
 mod acks;
 mod api;
 mod batch_writer;
+mod echo;
 mod error;
-mod frames;
+mod protocol;
 mod limits;
 mod pusher;
 mod reader;
@@ -36,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use limits::LimitSettings;
-pub use pusher::close as close_codes;
+pub use protocol::close as close_codes;
 
 /// Settings of a gateway node (`TERN__GATEWAY__*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,7 +187,7 @@ impl Delivery {
             seq: message.seq,
             sender_id: message.sender_id,
             created_at_ms: message.created_at_ms,
-            frame: frames::delivered(message).into_bytes().into_boxed_slice(),
+            frame: protocol::delivered(message).into_bytes().into_boxed_slice(),
         }
     }
 }
@@ -234,7 +235,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/", get(web::index))
         .route("/ws", get(ws::upgrade))
-        .route("/ws/echo", get(ws::echo))
+        .route("/ws/echo", get(echo::echo))
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/stats", get(api::stats))
@@ -265,7 +266,7 @@ pub fn app(state: AppState) -> Router {
 /// input, and nothing else.
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::frames::{ClientFrame, parse as parse_client_frame};
+    pub use crate::protocol::{ClientFrame, parse as parse_client_frame};
 
     /// The close code the gateway answers a client's close payload with.
     pub fn answer_to_close(payload: &[u8]) -> u16 {

@@ -3,7 +3,12 @@
 //! offline backlog first, then live messages, with duplicates dropped and
 //! gaps filled from storage, so each conversation arrives in seq order.
 
-use crate::{Delivery, Outbound, acks::AckBuffer, frames, stats::Stats};
+use crate::{
+    Delivery, Outbound,
+    acks::AckBuffer,
+    protocol::{self, close},
+    stats::Stats,
+};
 use backon::{ExponentialBuilder, Retryable};
 use fastwebsockets::{Frame, Payload, WebSocketWrite};
 use std::{
@@ -26,18 +31,6 @@ use tern_proto::{
 use tern_runtime::grpc::GrpcChannel;
 use tokio::{io::AsyncWrite, sync::mpsc};
 use tokio_util::sync::CancellationToken;
-
-/// Close codes the gateway uses (RFC 6455 §7.4 plus two of our own).
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL_ERROR: u16 = 1002;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const TOO_BIG: u16 = 1009;
-    pub const TRY_AGAIN_LATER: u16 = 1013;
-    /// Another session of the same user took over, or the token expired.
-    pub const KICKED: u16 = 4001;
-}
 
 /// Retries of a failed sync read: a service restarting (or a moment of
 /// database trouble) is ridden out within about 3 s instead of closing
@@ -237,7 +230,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 return Ok(false);
             }
             Outbound::Kick(reason) => {
-                self.text(frames::kicked(&reason).into_bytes()).await?;
+                self.text(protocol::kicked(&reason).into_bytes()).await?;
                 self.close(close::KICKED, &reason).await?;
                 return Ok(false);
             }
@@ -341,17 +334,16 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
 
     async fn push(&mut self, message: &Message) -> Result<(), Stop> {
         self.counted(message.created_at_ms);
-        self.text(frames::delivered(message).into_bytes()).await
+        self.text(protocol::delivered(message).into_bytes()).await
     }
 
     /// Counts a message about to be written.
     fn counted(&mut self, created_at_ms: i64) {
         self.stats.messages_out.fetch_add(1, Relaxed);
         self.pushed_count += 1;
-        metrics::counter!("tern_gateway_messages_out_total").increment(1);
-        // Store to socket: how long after its ack a message reaches a client.
-        let age = (frames::now_ms() - created_at_ms).max(0) as f64 / 1000.0;
-        metrics::histogram!("tern_gateway_ack_deliver_seconds").record(age);
+        self.stats.per_message.messages_out.increment(1);
+        let age = (protocol::now_ms() - created_at_ms).max(0) as f64 / 1000.0;
+        self.stats.per_message.ack_deliver_seconds.record(age);
     }
 
     async fn text(&mut self, bytes: Vec<u8>) -> Result<(), Stop> {

@@ -6,7 +6,7 @@
 //! control frames over 125 bytes, close payloads (length, code, UTF-8
 //! reason), and messages whose fragments together exceed the limit.
 
-use crate::{Outbound, pusher::close};
+use crate::{Outbound, protocol::close};
 use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use std::time::Duration;
 use tokio::{io::AsyncRead, sync::mpsc};

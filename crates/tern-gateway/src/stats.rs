@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Live figures of one gateway node.
 #[derive(Default)]
 pub struct Stats {
+    /// Metric handles bumped per message, looked up once.
+    pub per_message: PerMessage,
     pub connections_live: AtomicU64,
     pub connections_total: AtomicU64,
     pub messages_in: AtomicU64,
@@ -14,6 +16,26 @@ pub struct Stats {
     pub bus_events: AtomicU64,
     pub slow_disconnects: AtomicU64,
     pub sends_shed: AtomicU64,
+}
+
+/// Handles of the metrics recorded for every message, so the hot path
+/// does not look each up in the registry by name. Made with the node's
+/// `Stats`, after the process installed its metrics recorder.
+pub struct PerMessage {
+    pub messages_in: metrics::Counter,
+    pub messages_out: metrics::Counter,
+    /// Store to socket: how long after its ack a message reaches a client.
+    pub ack_deliver_seconds: metrics::Histogram,
+}
+
+impl Default for PerMessage {
+    fn default() -> Self {
+        Self {
+            messages_in: metrics::counter!("tern_gateway_messages_in_total"),
+            messages_out: metrics::counter!("tern_gateway_messages_out_total"),
+            ack_deliver_seconds: metrics::histogram!("tern_gateway_ack_deliver_seconds"),
+        }
+    }
 }
 
 /// The `/stats` body.

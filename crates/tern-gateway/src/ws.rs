@@ -14,7 +14,7 @@ use crate::{
     AppState, Outbound, SendAnswer,
     batch_writer::BatchWriter,
     error::ApiError,
-    frames::{self, ClientFrame, FrameError, SendTarget},
+    protocol::{self, ClientFrame, FrameError, SendTarget},
     pusher::{Pusher, Written},
     reader::{self, FrameLimits},
     registry::SessionHandle,
@@ -94,75 +94,6 @@ pub async fn upgrade(
         }
     });
     response.into_response()
-}
-
-/// Largest message the echo endpoint takes: the conformance suite sends
-/// up to 16 MiB.
-const ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024 + 1024;
-
-/// `GET /ws/echo`, only with `echo_endpoint`: echoes every message through
-/// the same frame stack as `/ws` (with a larger size limit), for WebSocket
-/// conformance runs. Unauthenticated, so off by default.
-pub async fn echo(
-    State(state): State<AppState>,
-    upgrade: Result<IncomingUpgrade, StatusCode>,
-) -> Response {
-    if !state.settings.echo_endpoint {
-        return ApiError::new(ErrorCode::NotFound, "no such route").into_response();
-    }
-    let Ok(Ok((response, socket))) = upgrade.map(IncomingUpgrade::upgrade) else {
-        return ApiError::bad_request("expected a WebSocket upgrade (version 13)").into_response();
-    };
-    let idle = Duration::from_secs(state.settings.idle_timeout_secs);
-    state.tracker.spawn(async move {
-        if let Ok(ws) = socket.await {
-            serve_echo(ws, idle).await;
-        }
-    });
-    response.into_response()
-}
-
-async fn serve_echo<S>(mut ws: fastwebsockets::WebSocket<S>, idle: Duration)
-where
-    S: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    ws.set_max_message_size(ECHO_MAX_MESSAGE + 1);
-    let (read, mut write) = ws.split(|s| {
-        let (r, w) = tokio::io::split(s);
-        (r, BatchWriter::new(w))
-    });
-    let (tx, mut rx) = mpsc::channel::<Outbound>(64);
-    let writer = tokio::spawn(async move {
-        while let Some(item) = rx.recv().await {
-            let frame = match item {
-                Outbound::Echo { binary: true, data } => Frame::binary(Payload::Owned(data)),
-                Outbound::Echo { binary: false, data } => Frame::text(Payload::Owned(data)),
-                Outbound::Pong(payload) => Frame::pong(Payload::Owned(payload)),
-                Outbound::Close(code, reason) => {
-                    let _ = write.write_frame(Frame::close(code, reason.as_bytes())).await;
-                    let _ = write.flush().await;
-                    return;
-                }
-                _ => continue,
-            };
-            if write.write_frame(frame).await.is_err() {
-                return;
-            }
-            if rx.is_empty() && write.flush().await.is_err() {
-                return;
-            }
-        }
-    });
-    let limits = FrameLimits { idle, max_message: ECHO_MAX_MESSAGE };
-    reader::read_messages(read, limits, &tx, |m| {
-        let tx = tx.clone();
-        async move { tx.send(Outbound::Echo { binary: m.binary, data: m.data }).await.is_ok() }
-    })
-    .await;
-    drop(tx);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
 /// Whether a browser `Origin` may open a socket. No allowlist means any;
@@ -246,7 +177,7 @@ where
     // never a moved-from copy of one of them.
     let mut writer = Box::pin(pusher.run(rx, handle.cancel.clone(), done.clone()));
     // The token's expiry is a deadline of the session, not a task of its own.
-    let left = (expires_at - frames::now_ms() / 1000).max(0) as u64;
+    let left = (expires_at - protocol::now_ms() / 1000).max(0) as u64;
     let expired = tokio::time::sleep(Duration::from_secs(left));
     let (sends, queued) = mpsc::channel(settings.send_window.max(1));
     let pipeline = Box::pin(send_pipeline(&state, queued, tx.clone()));
@@ -355,7 +286,7 @@ async fn send_pipeline(
                 Queued::Send(send) => match &mut results {
                     Ok(results) => answer_frame(results.next(), send.client_msg_id),
                     Err(status) => {
-                        Outbound::Text(frames::error(&status_frame(status, send.client_msg_id)))
+                        Outbound::Text(protocol::error(&status_frame(status, send.client_msg_id)))
                     }
                 },
             };
@@ -373,7 +304,7 @@ fn answer_frame(
 ) -> Outbound {
     match result.and_then(|r| r.outcome) {
         Some(Outcome::Ack(ack)) => Outbound::SendAck(Box::new(SendAnswer {
-            frame: frames::send_ack(&ack),
+            frame: protocol::send_ack(&ack),
             conversation_id: ack.conversation_id,
             seq: ack.seq,
         })),
@@ -386,9 +317,9 @@ fn answer_frame(
                 }
                 _ => error.message,
             };
-            Outbound::Text(frames::error(&FrameError { code, message, client_msg_id }))
+            Outbound::Text(protocol::error(&FrameError { code, message, client_msg_id }))
         }
-        None => Outbound::Text(frames::error(&FrameError {
+        None => Outbound::Text(protocol::error(&FrameError {
             code: ErrorCode::Internal,
             message: "internal error".into(),
             client_msg_id,
@@ -431,12 +362,12 @@ impl Reader<'_> {
                 message: "binary frames are not supported; send JSON text".into(),
                 client_msg_id: None,
             };
-            return self.reply(frames::error(&error)).await;
+            return self.reply(protocol::error(&error)).await;
         }
         let Ok(text) = std::str::from_utf8(&data) else {
             return false; // The reader lets only UTF-8 text through.
         };
-        let answer = match frames::parse(text) {
+        let answer = match protocol::parse(text) {
             Ok(ClientFrame::Heartbeat) => {
                 if let Err(error) = self
                     .state
@@ -447,7 +378,7 @@ impl Reader<'_> {
                 {
                     tracing::warn!(user_id = self.user, %error, "presence refresh failed");
                 }
-                Some(frames::heartbeat())
+                Some(protocol::heartbeat())
             }
             Ok(ClientFrame::Send { target, content, client_msg_id }) => {
                 let queued = self.send(target, content, client_msg_id);
@@ -456,7 +387,7 @@ impl Reader<'_> {
                 return self.sends.send(queued).await.is_ok();
             }
             Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
-            Err(error) => Some(frames::error(&error)),
+            Err(error) => Some(protocol::error(&error)),
         };
         match answer {
             Some(text) => self.reply(text).await,
@@ -473,17 +404,17 @@ impl Reader<'_> {
                 message: "sending too fast; retry with the same client_msg_id".into(),
                 client_msg_id,
             };
-            return Queued::Refused(frames::error(&error));
+            return Queued::Refused(protocol::error(&error));
         }
         self.state.stats.messages_in.fetch_add(1, Relaxed);
-        metrics::counter!("tern_gateway_messages_in_total").increment(1);
+        self.state.stats.per_message.messages_in.increment(1);
         // Bounded in-flight sends: when the message service (or its
         // database) is saturated, clients are told to retry now instead of
         // piling up here.
         let Ok(permit) = self.state.sends.clone().try_acquire_owned() else {
             self.state.stats.sends_shed.fetch_add(1, Relaxed);
             metrics::counter!("tern_gateway_sends_shed_total").increment(1);
-            return Queued::Refused(frames::error(&FrameError {
+            return Queued::Refused(protocol::error(&FrameError {
                 code: ErrorCode::Unavailable,
                 message: "server busy; retry with the same client_msg_id".into(),
                 client_msg_id,
@@ -515,7 +446,7 @@ impl Reader<'_> {
         let request = AckRequest { user_id: self.user, conversation_id, seq };
         match self.state.services.offline.clone().ack(request).await {
             Ok(_) => None,
-            Err(status) => Some(frames::error(&status_frame(&status, None))),
+            Err(status) => Some(protocol::error(&status_frame(&status, None))),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Protocol v1 frames (DESIGN.md §3): parsing what clients send and
-//! writing what the server sends. Only this module knows the JSON shapes.
+//! Protocol v1 as the gateway speaks it (DESIGN.md §3): the frame types,
+//! parsing what clients send, writing what the server sends, and the close
+//! codes. Only this module knows the JSON shapes.
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -16,6 +17,18 @@ pub mod kind {
     pub const ACK: i64 = 30;
     pub const HEARTBEAT: i64 = 99;
     pub const KICKED: i64 = 100;
+}
+
+/// Close codes the gateway uses (RFC 6455 §7.4 plus two of our own).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Another session of the same user took over, or the token expired.
+    pub const KICKED: u16 = 4001;
 }
 
 /// A client frame that parsed and carries what its type needs.
