@@ -24,7 +24,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use fastwebsockets::{Frame, Payload, WebSocketRead, upgrade::IncomingUpgrade};
+use fastwebsockets::{WebSocketRead, upgrade::IncomingUpgrade};
 use serde::Deserialize;
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
