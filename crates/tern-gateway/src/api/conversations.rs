@@ -1,0 +1,148 @@
+//! `/api/conversations` (the caller's conversations with unread counts)
+//! and `/api/conversations/{id}/messages` (history, members only).
+
+use super::Caller;
+use crate::{AppState, error::ApiError, protocol};
+use axum::{
+    Json,
+    extract::{Path, Query, State, rejection::QueryRejection},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tern_proto::{
+    conversation,
+    pb::{
+        message::Message,
+        offline::{ListBacklogRequest, PullRequest},
+    },
+};
+
+/// A conversation in the caller's list.
+#[derive(Serialize)]
+pub struct ConversationView {
+    conversation_id: String,
+    /// `direct` or `group`.
+    kind: &'static str,
+    /// The peer of a direct conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<u64>,
+    /// The group of a group conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<u64>,
+    acked_seq: u64,
+    latest_seq: u64,
+    unread: u64,
+    /// The latest message, as a delivery frame, for the preview line.
+    last_message: Option<Box<RawValue>>,
+    #[serde(skip)]
+    last_at_ms: i64,
+}
+
+#[derive(Serialize)]
+pub struct Conversations {
+    conversations: Vec<ConversationView>,
+}
+
+/// A page of history.
+#[derive(Serialize)]
+pub struct History {
+    /// Delivery frames, in seq order.
+    messages: Vec<Box<RawValue>>,
+    acked_seq: u64,
+    latest_seq: u64,
+}
+
+/// A stored message as the delivery frame clients know.
+fn frame(message: &Message) -> Box<RawValue> {
+    RawValue::from_string(protocol::delivered(message)).expect("a delivery frame is JSON")
+}
+
+/// `GET /api/conversations`: every conversation of the caller, newest
+/// activity first, with unread counts and the latest message.
+pub async fn conversations(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+) -> Result<Json<Conversations>, ApiError> {
+    // Before the read: see `AckBuffer::of_user`.
+    let buffered = state.acks.of_user(user_id);
+    let backlog = state
+        .services
+        .offline
+        .clone()
+        .list_backlog(ListBacklogRequest { user_id, include_read: true })
+        .await?
+        .into_inner();
+    let mut items = Vec::with_capacity(backlog.conversations.len());
+    for b in backlog.conversations {
+        // The latest message, for the list's preview line.
+        let last = if b.latest_seq == 0 {
+            None
+        } else {
+            let request = PullRequest {
+                user_id,
+                conversation_id: b.conversation_id.clone(),
+                after_seq: Some(b.latest_seq - 1),
+                limit: 1,
+            };
+            state.services.offline.clone().pull(request).await?.into_inner().messages.pop()
+        };
+        let (kind, user_id, group_id) = match conversation::parse(&b.conversation_id) {
+            Some(conversation::Kind::Direct(x, y)) => {
+                ("direct", Some(if x == user_id { y } else { x }), None)
+            }
+            Some(conversation::Kind::Group(g)) => ("group", None, Some(g)),
+            None => continue,
+        };
+        // This node may hold a newer ack than storage (written behind).
+        let acked = buffered.get(&b.conversation_id).copied().unwrap_or(0).max(b.acked_seq);
+        items.push(ConversationView {
+            kind,
+            user_id,
+            group_id,
+            acked_seq: acked,
+            latest_seq: b.latest_seq,
+            unread: b.latest_seq.saturating_sub(acked),
+            last_message: last.as_ref().map(frame),
+            last_at_ms: last.as_ref().map_or(0, |m| m.created_at_ms),
+            conversation_id: b.conversation_id,
+        });
+    }
+    items.sort_by_key(|i| std::cmp::Reverse(i.last_at_ms));
+    Ok(Json(Conversations { conversations: items }))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    after_seq: Option<u64>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/conversations/{id}/messages`: history for members only.
+pub async fn history(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+    Path(conversation_id): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<History>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if conversation::parse(&conversation_id).is_none() {
+        return Err(ApiError::bad_request("malformed conversation id"));
+    }
+    let page = state
+        .services
+        .offline
+        .clone()
+        .pull(PullRequest {
+            user_id,
+            conversation_id,
+            after_seq: Some(q.after_seq.unwrap_or(0)),
+            limit: q.limit.unwrap_or(0),
+        })
+        .await?
+        .into_inner();
+    Ok(Json(History {
+        messages: page.messages.iter().map(frame).collect(),
+        acked_seq: page.acked_seq,
+        latest_seq: page.latest_seq,
+    }))
+}

@@ -1,0 +1,107 @@
+//! The HTTP API (DESIGN.md §5), one module per resource: `accounts`
+//! (register, login, refresh, logout), `users`, `groups`, `conversations`
+//! (list with unread counts, history) and `node` (health, readiness,
+//! stats). Handlers translate JSON to gRPC calls and back; every answer is
+//! a typed body (`Serialize` structs in its module) and every error goes
+//! through [`ApiError`].
+
+mod accounts;
+mod conversations;
+mod groups;
+mod node;
+mod users;
+
+pub use accounts::{login, logout, refresh, register};
+pub use conversations::{conversations, history};
+pub use groups::{
+    add_members, create_group, group_members, join_group, leave_group, list_groups, remove_member,
+};
+pub use node::{health, ready, stats};
+pub use users::{find_user, users};
+
+use crate::{AppState, error::ApiError, ws::bearer};
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{FromRequestParts, State},
+    http::{StatusCode, request::Parts},
+    response::IntoResponse,
+};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tern_proto::ErrorCode;
+
+/// Parses a JSON body into `T`, answering 400 with our error shape (axum's
+/// own `Json` rejection would answer 415/422 in plain text).
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The client's address: the peer, or the last `X-Forwarded-For` entry when
+/// the gateway is configured to trust its load balancer.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+/// Middleware on every route: works out the client IP (kept in the
+/// request's extensions for handlers) and applies the per-IP rate limit.
+pub async fn client_ip_and_rate(
+    State(state): State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let forwarded = state.settings.limits.trust_forwarded_for.then(|| {
+        request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            // The last entry is the one the trusted proxy itself added;
+            // earlier ones are whatever the client sent.
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|ip| ip.trim().parse().ok())
+    });
+    let ip = forwarded.flatten().unwrap_or(peer);
+    // Probes and scrapes are never limited: a busy node must not fail them.
+    let probe = matches!(request.uri().path(), "/health" | "/ready" | "/metrics");
+    if !probe && !state.limits.http(ip) {
+        return ApiError::new(ErrorCode::RateLimited, "too many requests; slow down")
+            .into_response();
+    }
+    request.extensions_mut().insert(ClientIp(ip));
+    next.run(request).await
+}
+
+/// The authenticated caller of a route.
+pub struct Caller(pub u64);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
+        let verified = state.tokens.verify(&state.services.auth, token).await?;
+        Ok(Caller(verified.user_id))
+    }
+}
+
+/// A numeric id from the path.
+fn parse_id(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| ApiError::bad_request("the id in the path must be a number"))
+}
+
+/// 405 with the usual error body (its code is `bad_request`: the client
+/// used the route wrongly).
+pub async fn method_not_allowed() -> impl IntoResponse {
+    let body = json!({ "error": { "code": ErrorCode::BadRequest.as_str(), "message": "method not allowed on this route" } });
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}

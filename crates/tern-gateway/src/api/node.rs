@@ -1,0 +1,87 @@
+//! `/health`, `/ready` and `/stats`.
+
+use crate::{AppState, error::ApiError};
+use axum::{Json, extract::State};
+use serde::Serialize;
+use std::time::Duration;
+use tern_proto::{
+    ErrorCode, error_code_of,
+    pb::{
+        auth::VerifyTokenRequest, group::GetGroupRequest, message::GetConversationStatesRequest,
+        offline::ListBacklogRequest,
+    },
+};
+use tokio::time::timeout;
+
+#[derive(Serialize)]
+pub struct Status {
+    status: &'static str,
+}
+
+pub async fn health() -> Json<Status> {
+    Json(Status { status: "ok" })
+}
+
+/// Ready when the node is not draining and every dependency answers: the
+/// four services (each probed with a cheap call that touches its database)
+/// and the bus/presence store. A client error such as "no such group"
+/// counts as an answer; only `unavailable` (or no answer within 2 s) does
+/// not.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    if state.draining.is_cancelled() {
+        return Err(ApiError::new(ErrorCode::Unavailable, "draining"));
+    }
+    let s = &state.services;
+    let answered = |r: Result<(), tonic::Status>| match r {
+        Ok(()) => true,
+        Err(status) => error_code_of(&status) != ErrorCode::Unavailable,
+    };
+    let within = Duration::from_secs(2);
+    let probes = tokio::join!(
+        timeout(within, async {
+            let r = s
+                .auth
+                .clone()
+                .verify_token(VerifyTokenRequest { access_token: String::new() })
+                .await;
+            answered(r.map(|_| ()))
+        }),
+        timeout(within, async {
+            answered(s.group.clone().get_group(GetGroupRequest { group_id: 0 }).await.map(|_| ()))
+        }),
+        timeout(within, async {
+            let request = GetConversationStatesRequest { conversation_ids: vec!["dm:0:1".into()] };
+            answered(s.message.clone().get_conversation_states(request).await.map(|_| ()))
+        }),
+        timeout(within, async {
+            answered(
+                s.offline
+                    .clone()
+                    .list_backlog(ListBacklogRequest { user_id: 0, include_read: false })
+                    .await
+                    .map(|_| ()),
+            )
+        }),
+        timeout(within, async { s.presence.ping().await.is_ok() }),
+    );
+    let names = ["auth", "group", "message", "offline", "bus"];
+    let results = [probes.0, probes.1, probes.2, probes.3, probes.4];
+    let down: Vec<&str> = names
+        .iter()
+        .zip(results)
+        .filter(|(_, ok)| !matches!(ok, Ok(true)))
+        .map(|(n, _)| *n)
+        .collect();
+    if down.is_empty() {
+        Ok(Json(Status { status: "ready" }))
+    } else {
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("not ready: {} unreachable", down.join(", ")),
+        ))
+    }
+}
+
+pub async fn stats(State(state): State<AppState>) -> Json<crate::stats::StatsView> {
+    Json(state.stats.view(&state.settings.node_id))
+}
