@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tern_bus::Bus;
 use tern_proto::pb::auth::auth_service_server::AuthServiceServer;
-use tern_runtime::Secret;
+use tern_runtime::access::TokenKey;
 
 pub use error::AuthError;
 pub use service::Auth;
@@ -42,13 +42,12 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct JwtSettings {
-    /// HS256 key. Must be set (at least 32 bytes) for a standalone service;
-    /// the embedded server generates one and keeps it under its data folder.
-    pub secret: Secret,
-    /// `iss` claim written and required.
-    pub issuer: String,
-    /// `aud` claim written and required.
-    pub audience: String,
+    /// The HS256 key (`secret`: must be set, at least 32 bytes, for a
+    /// standalone service; the embedded server generates one and keeps it
+    /// under its data folder), and the `iss` and `aud` claims. A gateway
+    /// given the same three checks tokens itself.
+    #[serde(flatten)]
+    pub key: TokenKey,
     /// Access token lifetime in seconds.
     pub access_ttl_secs: u64,
     /// Refresh token lifetime in seconds.
@@ -66,26 +65,9 @@ impl Default for Settings {
     }
 }
 
-impl JwtSettings {
-    /// The part of these settings a gateway needs to check tokens itself.
-    pub fn key(&self) -> tern_runtime::access::TokenKey {
-        tern_runtime::access::TokenKey {
-            secret: self.secret.clone(),
-            issuer: self.issuer.clone(),
-            audience: self.audience.clone(),
-        }
-    }
-}
-
 impl Default for JwtSettings {
     fn default() -> Self {
-        Self {
-            secret: Secret::default(),
-            issuer: "tern".into(),
-            audience: "tern-clients".into(),
-            access_ttl_secs: 3600,
-            refresh_ttl_secs: 30 * 24 * 3600,
-        }
+        Self { key: TokenKey::default(), access_ttl_secs: 3600, refresh_ttl_secs: 30 * 24 * 3600 }
     }
 }
 
@@ -99,7 +81,7 @@ pub async fn build(settings: &Settings, bus: Arc<dyn Bus>) -> anyhow::Result<Aut
             settings.bcrypt_cost
         );
     }
-    if settings.jwt.secret.expose().len() < 32 {
+    if settings.jwt.key.secret.expose().len() < 32 {
         anyhow::bail!("jwt.secret must be at least 32 bytes (set TERN__AUTH__JWT__SECRET)");
     }
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;

@@ -22,10 +22,10 @@ pub struct TokenKeys {
 impl TokenKeys {
     pub fn new(settings: &JwtSettings) -> Result<Self, jsonwebtoken::errors::Error> {
         Ok(Self {
-            encoding: EncodingKey::from_secret(settings.secret.expose().as_bytes())?,
-            verifier: AccessVerifier::new(&settings.key())?,
-            issuer: settings.issuer.clone(),
-            audience: settings.audience.clone(),
+            encoding: EncodingKey::from_secret(settings.key.secret.expose().as_bytes())?,
+            verifier: AccessVerifier::new(&settings.key)?,
+            issuer: settings.key.issuer.clone(),
+            audience: settings.key.audience.clone(),
             access_ttl: settings.access_ttl_secs,
             refresh_ttl: settings.refresh_ttl_secs,
         })
@@ -73,10 +73,11 @@ pub fn hash_refresh_token(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tern_runtime::Secret;
+    use tern_runtime::{Secret, access::TokenKey};
 
     fn keys(secret: &str) -> TokenKeys {
-        TokenKeys::new(&JwtSettings { secret: Secret::new(secret), ..Default::default() }).unwrap()
+        let key = TokenKey { secret: Secret::new(secret), ..Default::default() };
+        TokenKeys::new(&JwtSettings { key, ..Default::default() }).unwrap()
     }
 
     #[test]
@@ -99,10 +100,11 @@ mod tests {
 
     #[test]
     fn expired_tokens_fail() {
-        let mut settings = JwtSettings {
+        let key = TokenKey {
             secret: Secret::new("0123456789abcdef0123456789abcdef"),
             ..Default::default()
         };
+        let mut settings = JwtSettings { key, ..Default::default() };
         settings.access_ttl_secs = 0;
         let k = TokenKeys::new(&settings).unwrap();
         let token = k.issue_access(1);

@@ -118,8 +118,13 @@ pub fn dispatcher(
                     session.kick(kick.reason);
                 }
             }
+            // A logout, broadcast by the auth service however it was asked:
+            // old tokens are refused and the user's socket here is closed.
             Some(Event::Revoked(revoked)) => {
-                tokens.revoked(revoked.user_id, revoked.valid_after_ms)
+                tokens.revoked(revoked.user_id, revoked.valid_after_ms);
+                if let Some(session) = registry.get(revoked.user_id) {
+                    session.kick("logged out".into());
+                }
             }
             Some(Event::Resync(_)) => {
                 // A logout may have been missed with the rest.

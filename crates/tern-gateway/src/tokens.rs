@@ -59,7 +59,8 @@ pub struct Tokens {
     /// auth service answered (or a logout since).
     watermarks: Cache<u64, i64>,
     /// Every logout heard on the bus since `listening_since_ms`: user →
-    /// watermark. Never evicted, so it speaks for every user.
+    /// watermark. Never evicted, so it speaks for every user. Its lock also
+    /// serializes writes to `watermarks` (each compares, then inserts).
     heard: Mutex<HashMap<u64, i64>>,
     /// Unix ms since when the node has heard every logout (`i64::MAX`:
     /// not listening yet).
@@ -67,8 +68,6 @@ pub struct Tokens {
     /// Bumped by every revocation and reset, so an answer the auth service
     /// gave before one of them is not cached over it.
     epoch: AtomicU64,
-    /// Serializes writes to `watermarks` (each compares, then inserts).
-    writing: Mutex<()>,
 }
 
 impl Tokens {
@@ -84,7 +83,6 @@ impl Tokens {
             heard: Mutex::default(),
             listening_since_ms: AtomicI64::new(i64::MAX),
             epoch: AtomicU64::new(0),
-            writing: Mutex::new(()),
         })
     }
 
@@ -118,7 +116,7 @@ impl Tokens {
                 // The auth service reads the user (it may not exist any
                 // more) and applies the watermark itself.
                 let (_, watermark) = ask(auth, token).await?;
-                self.remember(access.user_id, watermark, Some(epoch));
+                self.remember(access.user_id, watermark, epoch);
                 watermark
             }
         };
@@ -137,40 +135,45 @@ impl Tokens {
     /// A logout (from the bus): the user's tokens issued before
     /// `valid_after_ms` are refused from now on.
     pub fn revoked(&self, user_id: u64, valid_after_ms: i64) {
-        let full = {
-            let mut heard = self.heard.lock().expect("heard lock poisoned");
-            let kept = heard.entry(user_id).or_insert(valid_after_ms);
-            *kept = (*kept).max(valid_after_ms);
-            heard.len() > MAX_HEARD
-        };
-        self.remember(user_id, valid_after_ms, None);
-        if full {
-            self.forget_all();
+        let mut heard = self.heard.lock().expect("heard lock poisoned");
+        if heard.len() >= MAX_HEARD {
+            // The node starts over; the auth service answers for this
+            // logout from now on.
+            self.reset(&mut heard);
+            return;
         }
+        let kept = heard.entry(user_id).or_insert(valid_after_ms);
+        *kept = (*kept).max(valid_after_ms);
+        self.epoch.fetch_add(1, SeqCst);
+        self.raise(user_id, valid_after_ms);
     }
 
     /// The bus connection was lost (and is back) and a logout may have been
     /// missed: every watermark is asked for again, and only tokens issued
     /// from now on are trusted without asking.
     pub fn forget_all(&self) {
-        let _writing = self.writing.lock().expect("watermark lock poisoned");
+        self.reset(&mut self.heard.lock().expect("heard lock poisoned"));
+    }
+
+    fn reset(&self, heard: &mut HashMap<u64, i64>) {
         self.epoch.fetch_add(1, SeqCst);
         self.watermarks.clear();
-        self.heard.lock().expect("heard lock poisoned").clear();
+        heard.clear();
         self.listening();
     }
 
-    /// Keeps the higher of the cached and the given watermark. An answer
-    /// read at `epoch` is dropped if a revocation or reset came since.
-    fn remember(&self, user_id: u64, watermark: i64, read_at: Option<u64>) {
-        let _writing = self.writing.lock().expect("watermark lock poisoned");
-        match read_at {
-            Some(epoch) if epoch != self.epoch.load(SeqCst) => return,
-            Some(_) => {}
-            None => {
-                self.epoch.fetch_add(1, SeqCst);
-            }
+    /// Caches the auth service's answer, read at `epoch`, unless a
+    /// revocation or reset came since.
+    fn remember(&self, user_id: u64, watermark: i64, read_at: u64) {
+        let _heard = self.heard.lock().expect("heard lock poisoned");
+        if read_at == self.epoch.load(SeqCst) {
+            self.raise(user_id, watermark);
         }
+    }
+
+    /// Keeps the higher of the cached and the given watermark; called with
+    /// `heard` locked.
+    fn raise(&self, user_id: u64, watermark: i64) {
         let kept = self.watermarks.get(&user_id).map_or(watermark, |w| w.max(watermark));
         self.watermarks.insert(user_id, kept);
     }
@@ -256,7 +259,7 @@ mod tests {
     fn a_revocation_is_never_lowered() {
         let t = tokens();
         t.revoked(7, 2_000);
-        t.remember(7, 1_000, Some(t.epoch.load(SeqCst)));
+        t.remember(7, 1_000, t.epoch.load(SeqCst));
         assert_eq!(t.watermarks.get(&7), Some(2_000));
         t.revoked(7, 1_500);
         assert_eq!(t.watermarks.get(&7), Some(2_000));
@@ -268,10 +271,10 @@ mod tests {
         let read_at = t.epoch.load(SeqCst);
         // A logout of another user arrives while the answer is in flight.
         t.revoked(8, 5_000);
-        t.remember(7, 0, Some(read_at));
+        t.remember(7, 0, read_at);
         assert_eq!(t.watermarks.get(&7), None);
         // Read after it, the answer is kept.
-        t.remember(7, 0, Some(t.epoch.load(SeqCst)));
+        t.remember(7, 0, t.epoch.load(SeqCst));
         assert_eq!(t.watermarks.get(&7), Some(0));
     }
 
@@ -282,7 +285,7 @@ mod tests {
         let read_at = t.epoch.load(SeqCst);
         t.forget_all();
         assert_eq!(t.watermarks.get(&7), None);
-        t.remember(9, 0, Some(read_at));
+        t.remember(9, 0, read_at);
         assert_eq!(t.watermarks.get(&9), None);
     }
 

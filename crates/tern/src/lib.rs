@@ -88,7 +88,7 @@ impl Settings {
             tern_offline::Settings::default().database_url,
             "offline",
         );
-        if self.auth.jwt.secret.is_empty() {
+        if self.auth.jwt.key.secret.is_empty() {
             let path = self.data_dir.join("jwt.key");
             let key = match std::fs::read_to_string(&path) {
                 Ok(key) if key.trim().len() >= 32 => key.trim().to_string(),
@@ -105,7 +105,7 @@ impl Settings {
                 }
                 Err(e) => return Err(e.into()),
             };
-            self.auth.jwt.secret = Secret::new(key);
+            self.auth.jwt.key.secret = Secret::new(key);
         }
         Ok(self)
     }
@@ -131,7 +131,7 @@ pub async fn run(
     let mut settings = settings.resolve()?;
     // The gateway checks access tokens itself with the auth service's key.
     if settings.gateway.jwt.secret.expose().is_empty() {
-        settings.gateway.jwt = settings.auth.jwt.key();
+        settings.gateway.jwt = settings.auth.jwt.key.clone();
     }
     let bus = Arc::new(InProcessBus::new());
     let presence = Arc::new(InProcessPresence::new());

@@ -108,18 +108,8 @@ pub async fn logout(
     bytes: Bytes,
 ) -> Result<Json<LoggedOut>, ApiError> {
     let RefreshBody { refresh_token } = body(&bytes)?;
+    // The auth service broadcasts the logout; every node, this one too,
+    // closes the user's socket when it hears it (`registry::dispatcher`).
     state.services.auth.clone().logout(LogoutRequest { refresh_token, user_id }).await?;
-    let reason = "logged out".to_string();
-    if let Some(session) = state.registry.get(user_id) {
-        session.kick(reason.clone());
-    }
-    if let Ok(nodes) = state.services.presence.locate(&[user_id]).await {
-        for node in nodes.into_keys().filter(|n| *n != state.settings.node_id) {
-            let kick =
-                tern_bus::Kick { user_id, keep_session_id: String::new(), reason: reason.clone() };
-            let event = tern_bus::BusEvent { event: Some(tern_bus::Event::Kick(kick)) };
-            let _ = state.services.bus.publish(&node, event).await;
-        }
-    }
     Ok(Json(LoggedOut { status: "logged out" }))
 }
