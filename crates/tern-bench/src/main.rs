@@ -141,6 +141,7 @@ async fn bench(wanted: &[Scenario], run: Run) -> anyhow::Result<bool> {
             for o in &got {
                 scenarios::announce(o);
             }
+            ctx.topo.save_metrics(&run.out, &format!("{s:?}").to_lowercase()).await;
             outcomes.extend(got);
             if let Err(e) = ctx.topo.check_alive() {
                 eprintln!("{e:#}");

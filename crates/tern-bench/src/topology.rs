@@ -280,6 +280,28 @@ impl Topology {
         }
     }
 
+    /// Saves each front process's `/metrics` (Prometheus text; counters and
+    /// histograms since the process started) as
+    /// `out/metrics/<kind>-<label>-<i>.prom`, where the server's own
+    /// timings (store, commit, checkpoint, send ack) can be read beside the
+    /// client-side figures of the same case.
+    pub async fn save_metrics(&self, out: &Path, label: &str) {
+        if self.kind == Kind::Relay {
+            return;
+        }
+        let dir = out.join("metrics");
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        for i in 0..self.ports.len() {
+            let url = format!("{}/metrics", self.http_url(i));
+            let Ok(response) = reqwest::get(&url).await else { continue };
+            let Ok(text) = response.text().await else { continue };
+            let file = dir.join(format!("{}-{label}-{i}.prom", self.kind.name()));
+            let _ = std::fs::write(file, text);
+        }
+    }
+
     /// Memory and CPU of every front process, in order.
     pub fn front_samples(&self) -> Vec<Sample> {
         self.front.iter().map(Proc::sample).collect()

@@ -34,6 +34,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         cpu.finish(&mut o, "msg", r.checks.delivered);
         o.checks = r.checks;
         out.push(o);
+        ctx.topo.save_metrics(ctx.out, &format!("s4-{pct}")).await;
     }
     Ok(out)
 }
