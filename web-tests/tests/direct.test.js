@@ -50,6 +50,16 @@ test("two browsers chat 1:1", { timeout: 180000 }, (t) =>
     assert.deepEqual((await bob.messages()).map((m) => m.own), [false, true, true]);
     await eventually(() => alice.conversations(), [{ name: "bob", unread: 0, preview: "Line one Line two" }]);
 
+    // Typing shows in the other window's header, and goes away a few
+    // seconds after the typing stops, with nothing sent.
+    await alice.page.click("#composer-input");
+    await alice.page.keyboard.type("Let me thi");
+    await eventually(() => bob.page.textContent("#chat-sub"), "typing…");
+    await bob.screenshot("typing");
+    await alice.page.fill("#composer-input", "");
+    await eventually(async () => (await bob.page.textContent("#chat-sub")).startsWith("Direct message"), true);
+    await alice.expectMessages(all);
+
     for (let i = 1; i <= 3; i++) await alice.send(`Quick message ${i}`);
     const more = [...all, "Quick message 1", "Quick message 2", "Quick message 3"];
     await bob.expectMessages(more);

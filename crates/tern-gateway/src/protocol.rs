@@ -15,6 +15,7 @@ pub mod kind {
     pub const GROUP: i64 = 2;
     pub const ERROR: i64 = 3;
     pub const ACK: i64 = 30;
+    pub const TYPING: i64 = 40;
     pub const HEARTBEAT: i64 = 99;
     pub const KICKED: i64 = 100;
 }
@@ -38,6 +39,8 @@ pub enum ClientFrame {
     Send { target: SendTarget, content: String, client_msg_id: Option<String> },
     /// Type 30: everything up to `seq` in the conversation was delivered.
     Ack { conversation_id: String, seq: u64 },
+    /// Type 40: the user is typing to `to` or in `group_id`.
+    Typing { target: SendTarget },
     /// Type 99.
     Heartbeat,
 }
@@ -140,6 +143,14 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 id_of(raw.seq).ok_or_else(|| missing("'seq' must be a non-negative integer"))?;
             Ok(ClientFrame::Ack { conversation_id, seq })
         }
+        kind::TYPING => {
+            let target = match (id_of(raw.group_id), id_of(raw.to)) {
+                (Some(group), _) => SendTarget::Group(group),
+                (None, Some(user)) => SendTarget::User(user),
+                (None, None) => return Err(missing("'to' or 'group_id' is required")),
+            };
+            Ok(ClientFrame::Typing { target })
+        }
         kind::HEARTBEAT => Ok(ClientFrame::Heartbeat),
         other => Err(FrameError::new(
             ErrorCode::UnknownType,
@@ -155,6 +166,24 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct TypingFrame<'a> {
+    #[serde(rename = "type")]
+    kind: i64,
+    conversation_id: &'a str,
+    from: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<u64>,
+}
+
+/// A typing indicator (type 40): `from` is typing in the conversation; in
+/// a group conversation `group_id` says which group.
+pub fn typing(from: u64, conversation_id: &str, group_id: u64) -> String {
+    let group_id = (group_id != 0).then_some(group_id);
+    serde_json::to_string(&TypingFrame { kind: kind::TYPING, conversation_id, from, group_id })
+        .expect("serialising plain fields cannot fail")
 }
 
 #[derive(Serialize)]
@@ -297,6 +326,26 @@ mod tests {
             code(r#"{"type":30,"conversation_id":"dm:1:2","seq":-1}"#),
             ErrorCode::MissingField
         );
+    }
+
+    #[test]
+    fn typing_frames_name_a_user_or_a_group() {
+        assert_eq!(
+            parse(r#"{"type":40,"to":2}"#).unwrap(),
+            ClientFrame::Typing { target: SendTarget::User(2) }
+        );
+        assert_eq!(
+            parse(r#"{"type":40,"group_id":"7"}"#).unwrap(),
+            ClientFrame::Typing { target: SendTarget::Group(7) }
+        );
+        assert_eq!(parse(r#"{"type":40}"#).unwrap_err().code, ErrorCode::MissingField);
+        let frame: serde_json::Value = serde_json::from_str(&typing(1, "group:7", 7)).unwrap();
+        assert_eq!(
+            frame,
+            serde_json::json!({"type":40,"conversation_id":"group:7","from":1,"group_id":7})
+        );
+        let frame: serde_json::Value = serde_json::from_str(&typing(1, "dm:1:2", 0)).unwrap();
+        assert_eq!(frame, serde_json::json!({"type":40,"conversation_id":"dm:1:2","from":1}));
     }
 
     #[test]

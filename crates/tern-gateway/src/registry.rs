@@ -1,6 +1,6 @@
 //! The sessions this node holds, and the handler that gives them bus events.
 
-use crate::{Delivery, Outbound, stats::Stats, tokens::Tokens};
+use crate::{Delivery, Outbound, protocol, stats::Stats, tokens::Tokens};
 use dashmap::DashMap;
 use std::sync::{
     Arc,
@@ -78,6 +78,14 @@ impl Registry {
         }
     }
 
+    /// Queues an ephemeral frame (a typing indicator) for `user` if there
+    /// is room; when the queue is full it is simply dropped, with no resync.
+    pub fn offer_ephemeral(&self, user: u64, frame: &str) {
+        if let Some(session) = self.sessions.get(&user) {
+            let _ = session.tx.try_send(Outbound::Text(frame.to_string()));
+        }
+    }
+
     /// Every user with a session here.
     pub fn users(&self) -> Vec<u64> {
         self.sessions.iter().map(|s| *s.key()).collect()
@@ -124,6 +132,12 @@ pub fn dispatcher(
                 tokens.revoked(revoked.user_id, revoked.valid_after_ms);
                 if let Some(session) = registry.get(revoked.user_id) {
                     session.kick("logged out".into());
+                }
+            }
+            Some(Event::Typing(typing)) => {
+                let frame = protocol::typing(typing.from, &typing.conversation_id, typing.group_id);
+                for user in typing.recipients {
+                    registry.offer_ephemeral(user, &frame);
                 }
             }
             Some(Event::Resync(_)) => {

@@ -34,7 +34,10 @@ use tern_bus::{BusEvent, Event, Kick};
 use tern_proto::{
     ErrorCode, error_code_of,
     pb::{
-        message::{SendBatchRequest, SendRequest, send_request::Target, send_result::Outcome},
+        message::{
+            SendBatchRequest, SendRequest, TypingRequest, send_request::Target,
+            send_result::Outcome, typing_request::Target as TypingTarget,
+        },
         offline::AckRequest,
     },
 };
@@ -181,7 +184,8 @@ where
     let expired = tokio::time::sleep(Duration::from_secs(left));
     let (sends, queued) = mpsc::channel(settings.send_window.max(1));
     let pipeline = Box::pin(send_pipeline(&state, queued, tx.clone()));
-    let reader = Reader { state: &state, user, tx, sends, written };
+    let reader =
+        Reader { state: &state, user, tx, sends, written, last_typing: Default::default() };
     let reading = Box::pin(reader.run(read));
     let reading = async {
         tokio::select! {
@@ -336,7 +340,12 @@ struct Reader<'a> {
     sends: mpsc::Sender<Queued>,
     /// What the writer has written, per conversation.
     written: Written,
+    /// The last typing indicator passed on, and when.
+    last_typing: std::sync::Mutex<Option<(SendTarget, std::time::Instant)>>,
 }
+
+/// At most one typing indicator per conversation per this interval.
+const TYPING_EVERY: Duration = Duration::from_secs(1);
 
 impl Reader<'_> {
     /// Reads until the socket ends; dropping `self` then closes the send
@@ -381,12 +390,14 @@ impl Reader<'_> {
                 Some(protocol::heartbeat())
             }
             Ok(ClientFrame::Send { target, content, client_msg_id }) => {
+                self.typing_ended(target);
                 let queued = self.send(target, content, client_msg_id);
                 // A full window waits here: this socket is not read until
                 // answers come back.
                 return self.sends.send(queued).await.is_ok();
             }
             Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
+            Ok(ClientFrame::Typing { target }) => self.typing(target).await,
             Err(error) => Some(protocol::error(&error)),
         };
         match answer {
@@ -431,6 +442,48 @@ impl Reader<'_> {
             system: false,
         };
         Queued::Send(Box::new(PendingSend { request, client_msg_id, _permit: permit }))
+    }
+
+    /// A typing indicator: passed on at most once a second per
+    /// conversation until a message is sent there (more are dropped without
+    /// an answer: the indicator is already showing), and counted against the user's message rate when
+    /// it names another conversation than the last one. Refusals (a group
+    /// the user is not in, an unknown user) are answered with a type 3
+    /// frame.
+    async fn typing(&self, target: SendTarget) -> Option<String> {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.last_typing.lock().expect("typing slot poisoned");
+            match *last {
+                Some((t, at)) if t == target && now.duration_since(at) < TYPING_EVERY => {
+                    return None;
+                }
+                Some((t, _)) if t == target => {}
+                _ if !self.state.limits.message(self.user) => return None,
+                _ => {}
+            }
+            *last = Some((target, now));
+        }
+        let request = TypingRequest {
+            sender_id: self.user,
+            target: Some(match target {
+                SendTarget::User(u) => TypingTarget::ToUserId(u),
+                SendTarget::Group(g) => TypingTarget::GroupId(g),
+            }),
+        };
+        match self.state.services.message.clone().typing(request).await {
+            Ok(_) => None,
+            Err(status) => Some(protocol::error(&status_frame(&status, None))),
+        }
+    }
+
+    /// A message ends the typing it follows where it arrives, so the next
+    /// indicator for that conversation is passed on at once.
+    fn typing_ended(&self, target: SendTarget) {
+        let mut last = self.last_typing.lock().expect("typing slot poisoned");
+        if last.is_some_and(|(t, _)| t == target) {
+            *last = None;
+        }
     }
 
     /// A delivery ack. One that covers only what this session was sent is

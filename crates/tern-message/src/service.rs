@@ -11,13 +11,15 @@ use tern_proto::{
     conversation,
     pb::{
         auth::GetUsersRequest,
+        bus::Typing,
         group::IsMemberRequest,
         message::{
             ConversationState, GetConversationStatesRequest, GetConversationStatesResponse,
             ListMessagesRequest, ListMessagesResponse, Message, SendAck, SendBatchRequest,
-            SendBatchResponse, SendError, SendRequest, SendResponse, SendResult,
-            message::Target as StoredTarget, message_service_server::MessageService,
-            send_request::Target, send_result::Outcome,
+            SendBatchResponse, SendError, SendRequest, SendResponse, SendResult, TypingRequest,
+            TypingResponse, message::Target as StoredTarget,
+            message_service_server::MessageService, send_request::Target, send_result::Outcome,
+            typing_request::Target as TypingTarget,
         },
         offline::InitCursorsRequest,
     },
@@ -124,6 +126,60 @@ impl Messages {
         Ok(())
     }
 
+    /// Checks that `to` is another user who exists; the id of their 1:1
+    /// conversation with `sender_id`.
+    async fn require_peer(&self, sender_id: u64, to: u64) -> Result<String, MessageError> {
+        if to == sender_id {
+            return Err(MessageError::Invalid("a 1:1 conversation needs another user"));
+        }
+        if i64::try_from(to).is_err() {
+            return Err(MessageError::UnknownUser);
+        }
+        self.require_user(to).await?;
+        Ok(conversation::direct(sender_id, to))
+    }
+
+    /// Checks that `user` is a member of `group_id`; the member list
+    /// version the check saw.
+    async fn require_member(&self, group_id: u64, user_id: u64) -> Result<u64, MessageError> {
+        let answer =
+            self.peers.group.clone().is_member(IsMemberRequest { group_id, user_id }).await;
+        match answer {
+            Ok(r) if r.get_ref().is_member => Ok(r.get_ref().members_version),
+            Ok(_) => Err(MessageError::NotMember),
+            Err(s) if s.code() == tonic::Code::NotFound => Err(MessageError::UnknownGroup),
+            Err(s) => Err(s.into()),
+        }
+    }
+
+    /// Tells the other online members of a conversation that `sender_id`
+    /// is typing in it, after the same checks as a send (but without
+    /// creating the conversation: an indicator leaves nothing behind).
+    async fn typing(&self, request: TypingRequest) -> Result<TypingResponse, MessageError> {
+        let TypingRequest { sender_id, target } = request;
+        if sender_id == 0 {
+            return Err(MessageError::Invalid("sender_id is required"));
+        }
+        let target = target
+            .ok_or(MessageError::Invalid("a recipient (to_user_id or group_id) is required"))?;
+        let (conversation_id, group_id, recipients) = match target {
+            TypingTarget::ToUserId(to) => (self.require_peer(sender_id, to).await?, 0, vec![to]),
+            TypingTarget::GroupId(group_id) => {
+                if i64::try_from(group_id).is_err() {
+                    return Err(MessageError::UnknownGroup);
+                }
+                let version = self.require_member(group_id, sender_id).await?;
+                let (_, members) = self.router.members(group_id, Some(version)).await?;
+                let others = members.iter().copied().filter(|&m| m != sender_id).collect();
+                (conversation::group(group_id), group_id, others)
+            }
+        };
+        let response = TypingResponse { conversation_id: conversation_id.clone() };
+        let typing = Typing { from: sender_id, conversation_id, group_id, recipients };
+        self.router.typing(typing).await?;
+        Ok(response)
+    }
+
     /// Checks that `sender` may send to `target` and makes sure the
     /// conversation exists: its id, the stored target, and (for groups)
     /// the member list version the check saw.
@@ -138,14 +194,7 @@ impl Messages {
         let mut members_version = None;
         let (conversation_id, stored_target) = match target {
             Target::ToUserId(to) => {
-                if to == sender_id {
-                    return Err(MessageError::Invalid("cannot send a 1:1 message to yourself"));
-                }
-                if i64::try_from(to).is_err() {
-                    return Err(MessageError::UnknownUser);
-                }
-                self.require_user(to).await?;
-                let id = conversation::direct(sender_id, to);
+                let id = self.require_peer(sender_id, to).await?;
                 self.ensure_direct(&id, sender_id, to).await?;
                 (id, StoredTarget::ToUserId(to))
             }
@@ -154,22 +203,7 @@ impl Messages {
                     return Err(MessageError::UnknownGroup);
                 }
                 if !system {
-                    let answer = self
-                        .peers
-                        .group
-                        .clone()
-                        .is_member(IsMemberRequest { group_id, user_id: sender_id })
-                        .await;
-                    match answer {
-                        Ok(r) if r.get_ref().is_member => {
-                            members_version = Some(r.get_ref().members_version)
-                        }
-                        Ok(_) => return Err(MessageError::NotMember),
-                        Err(s) if s.code() == tonic::Code::NotFound => {
-                            return Err(MessageError::UnknownGroup);
-                        }
-                        Err(s) => return Err(s.into()),
-                    }
+                    members_version = Some(self.require_member(group_id, sender_id).await?);
                 } else {
                     let (version, _) =
                         self.router.members(group_id, None).await.map_err(|s| match s.code() {
@@ -360,5 +394,12 @@ impl MessageService for Messages {
             })
             .collect();
         Ok(Response::new(GetConversationStatesResponse { states }))
+    }
+
+    async fn typing(
+        &self,
+        request: Request<TypingRequest>,
+    ) -> Result<Response<TypingResponse>, Status> {
+        Ok(Response::new(Messages::typing(self, request.into_inner()).await?))
     }
 }

@@ -130,6 +130,7 @@ client! {
     send_batch(message::SendBatchRequest) -> message::SendBatchResponse;
     list_messages(message::ListMessagesRequest) -> message::ListMessagesResponse;
     get_conversation_states(message::GetConversationStatesRequest) -> message::GetConversationStatesResponse;
+    typing(message::TypingRequest) -> message::TypingResponse;
 }
 
 client! {

@@ -350,3 +350,65 @@ async fn a_user_who_reconnects_while_the_old_session_winds_down_stays_reachable(
     .await
     .expect("the live message reached the new session");
 }
+
+#[tokio::test]
+async fn typing_reaches_online_members_only_and_leaves_nothing_behind() {
+    let s = Server::start().await;
+    let (a, b, c, d) = (s.user("a").await, s.user("b").await, s.user("c").await, s.user("d").await);
+    let g = s.group(&a, &[&b, &c]).await;
+    let (mut ca, mut cb, mut cc, mut cd) =
+        (s.connect(&a).await, s.connect(&b).await, s.connect(&c).await, s.connect(&d).await);
+
+    // 1:1: the peer is told who types where; nothing is answered.
+    ca.send(json!({ "type": 40, "to": b.id })).await;
+    let dm = format!("dm:{}:{}", a.id.min(b.id), a.id.max(b.id));
+    assert_eq!(cb.recv().await, json!({ "type": 40, "conversation_id": dm, "from": a.id }));
+    // Again within a second: dropped, not repeated.
+    ca.send(json!({ "type": 40, "to": b.id })).await;
+    cb.quiet(300).await;
+
+    // A group: every other member, not the typist, not a stranger.
+    ca.send(json!({ "type": 40, "group_id": g })).await;
+    let told =
+        json!({ "type": 40, "conversation_id": format!("group:{g}"), "from": a.id, "group_id": g });
+    assert_eq!(cb.recv().await, told);
+    assert_eq!(cc.recv().await, told);
+
+    // Refusals, each a type 3 frame: a group one is not in, a user who
+    // does not exist, no target.
+    cd.send(json!({ "type": 40, "group_id": g })).await;
+    assert_eq!(cd.recv().await["code"], "not_member");
+    cd.send(json!({ "type": 40, "to": 999_999_999 })).await;
+    assert_eq!(cd.recv().await["code"], "unknown_user");
+    cd.send(json!({ "type": 40 })).await;
+    assert_eq!(cd.recv().await["code"], "missing_field");
+
+    // Never stored: the 1:1 conversation has no message and no unread
+    // count, and a message sent now takes seq 1.
+    let (status, body) = s.get("/api/conversations", Some(&b.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["conversation_id"] != dm.as_str()),
+        "{body}"
+    );
+    assert_eq!(ca.send_to(b.id, "now for real", "t1").await["seq"], 1);
+    assert_eq!(cb.deliveries(1).await[0]["seq"], 1);
+
+    // A message ends the indicator where it arrives, so the next one is
+    // passed on at once, not a second later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let typing = json!({ "type": 40, "conversation_id": dm, "from": a.id });
+    ca.send(json!({ "type": 40, "to": b.id })).await;
+    assert_eq!(cb.recv().await, typing);
+    assert_eq!(ca.send_to(b.id, "and more", "t2").await["seq"], 2);
+    assert_eq!(cb.deliveries(1).await[0]["seq"], 2);
+    ca.send(json!({ "type": 40, "to": b.id })).await;
+    assert_eq!(cb.recv().await, typing);
+    for client in [&mut ca, &mut cb, &mut cc, &mut cd] {
+        client.quiet(200).await;
+    }
+}

@@ -8,7 +8,10 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use tern_proto::pb::{
     group::{CreateGroupRequest, group_service_client::GroupServiceClient},
-    message::{SendRequest, message_service_client::MessageServiceClient, send_request::Target},
+    message::{
+        SendRequest, TypingRequest, message_service_client::MessageServiceClient,
+        send_request::Target, typing_request::Target as TypingTarget,
+    },
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -59,6 +62,21 @@ async fn users_on_different_gateways_chat_and_groups_fan_out_once_per_node() {
         .unwrap();
     let history: serde_json::Value = r.json().await.unwrap();
     assert_eq!(history["messages"].as_array().unwrap().len(), 1, "{history}");
+
+    // Typing indicators cross nodes the same way, and are never stored.
+    cx.send(json!({ "type": 40, "group_id": g })).await;
+    let told =
+        json!({ "type": 40, "conversation_id": format!("group:{g}"), "from": x.id, "group_id": g });
+    for client in [&mut ca, &mut cb, &mut cy] {
+        assert_eq!(client.recv().await, told);
+    }
+    ca.send(json!({ "type": 40, "to": y.id })).await;
+    let dm = format!("dm:{}:{}", a.id.min(y.id), a.id.max(y.id));
+    assert_eq!(cy.recv().await, json!({ "type": 40, "conversation_id": dm, "from": a.id }));
+    assert_eq!(ca.send_group(g, "still one more", "g2").await["seq"], 2);
+    for client in [&mut cb, &mut cx, &mut cy] {
+        assert_eq!(client.recv().await["seq"], 2);
+    }
     for client in [&mut ca, &mut cb, &mut cx, &mut cy] {
         client.quiet(200).await;
     }
@@ -207,6 +225,19 @@ async fn a_backend_drives_the_services_directly() {
             (Some(0), Some("deploy at 5"))
         );
     }
+    // Typing over gRPC: a member's indicator reaches the other member; a
+    // stranger's is refused with PERMISSION_DENIED.
+    let typing = |sender_id| TypingRequest {
+        sender_id,
+        target: Some(TypingTarget::GroupId(group.group_id)),
+    };
+    let answer = messages.typing(typing(a.id)).await.unwrap().into_inner();
+    assert_eq!(answer.conversation_id, format!("group:{}", group.group_id));
+    assert_eq!(cb.recv().await["type"], 40);
+    let stranger = c.user("stranger").await;
+    let refused = messages.typing(typing(stranger.id)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    ca.quiet(200).await;
 }
 
 #[tokio::test]
