@@ -2,7 +2,7 @@
 
 use crate::{
     AuthError, Settings,
-    store::{Store, now_secs, users},
+    store::{Store, users},
     tokens::{TokenKeys, hash_refresh_token, new_refresh_token},
 };
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use tern_proto::pb::auth::{
     LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair, User,
     VerifyTokenRequest, VerifyTokenResponse, auth_service_server::AuthService,
 };
+use tern_runtime::clock::now_secs;
 use tonic::{Request, Response, Status};
 
 /// Most ids one `GetUsers` call may ask for.

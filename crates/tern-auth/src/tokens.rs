@@ -1,13 +1,11 @@
 //! Access tokens (HS256 JWT) and refresh tokens (random, stored hashed).
 
-use crate::{
-    JwtSettings,
-    store::{now_ms, now_secs},
-};
+use crate::JwtSettings;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tern_runtime::access::{Access, AccessVerifier, Claims};
+use tern_runtime::clock::{now_ms, now_secs};
 
 /// Signs and checks access tokens.
 pub struct TokenKeys {

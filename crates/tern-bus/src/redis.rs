@@ -14,6 +14,7 @@ use prost::Message;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use std::{collections::HashMap, time::Duration};
 use tern_proto::pb::bus::Resync;
+use tern_runtime::clock::now_ms;
 
 /// How long a presence entry lives without a heartbeat. Clients beat every
 /// 30 s and are dropped after 90 s of silence; entries outlive that a bit.
@@ -23,13 +24,6 @@ const NODE_TTL: Duration = Duration::from_secs(15);
 
 fn err(e: redis::RedisError) -> BusError {
     BusError(e.to_string())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// Every key and channel name starts with a prefix (empty by default), so

@@ -160,14 +160,6 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 #[derive(Serialize)]
 struct TypingFrame<'a> {
     #[serde(rename = "type")]
@@ -269,7 +261,8 @@ pub fn error(error: &FrameError) -> String {
 
 /// The heartbeat answer (type 99).
 pub fn heartbeat() -> String {
-    serde_json::json!({ "type": kind::HEARTBEAT, "timestamp": now_ms() }).to_string()
+    serde_json::json!({ "type": kind::HEARTBEAT, "timestamp": tern_runtime::clock::now_ms() })
+        .to_string()
 }
 
 /// The kick notice (type 100).

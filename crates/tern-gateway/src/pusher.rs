@@ -342,7 +342,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         self.stats.messages_out.fetch_add(1, Relaxed);
         self.pushed_count += 1;
         self.stats.per_message.messages_out.increment(1);
-        let age = (protocol::now_ms() - created_at_ms).max(0) as f64 / 1000.0;
+        let age = (tern_runtime::clock::now_ms() - created_at_ms).max(0) as f64 / 1000.0;
         self.stats.per_message.ack_deliver_seconds.record(age);
     }
 

@@ -27,6 +27,7 @@ use std::{
     },
 };
 use tern_proto::{ErrorCode, clients::AuthClient, pb::auth::VerifyTokenRequest};
+use tern_runtime::clock::now_ms;
 use tern_runtime::{
     access::{AccessVerifier, TokenKey},
     grpc::GrpcChannel,
@@ -129,7 +130,7 @@ impl Tokens {
     /// The node's bus subscription is up: from now on it hears every
     /// logout.
     pub fn listening(&self) {
-        self.listening_since_ms.store(crate::protocol::now_ms(), SeqCst);
+        self.listening_since_ms.store(now_ms(), SeqCst);
     }
 
     /// A logout (from the bus): the user's tokens issued before
@@ -210,7 +211,7 @@ mod tests {
     /// An access token for `user` issued at `iat_ms`.
     fn token(user: u64, iat_ms: i64) -> String {
         let key = TokenKey::default();
-        let now = crate::protocol::now_ms() / 1000;
+        let now = tern_runtime::clock::now_secs();
         let claims = Claims {
             sub: user.to_string(),
             iss: key.issuer,
@@ -235,7 +236,7 @@ mod tests {
     #[tokio::test]
     async fn tokens_issued_while_listening_need_no_call_until_revoked() {
         let t = tokens();
-        let now = crate::protocol::now_ms();
+        let now = now_ms();
         let (old, new) = (token(7, now - 60_000), token(7, now + CLOCK_SKEW_MS + 1));
         // Not listening yet: every first check asks the auth service.
         let asked = t.verify(&no_auth(), &new).await.unwrap_err();

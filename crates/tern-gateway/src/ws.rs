@@ -41,6 +41,7 @@ use tern_proto::{
         offline::AckRequest,
     },
 };
+use tern_runtime::clock::now_secs;
 use tokio::{
     io::AsyncRead,
     sync::{OwnedSemaphorePermit, mpsc},
@@ -180,7 +181,7 @@ where
     // never a moved-from copy of one of them.
     let mut writer = Box::pin(pusher.run(rx, handle.cancel.clone(), done.clone()));
     // The token's expiry is a deadline of the session, not a task of its own.
-    let left = (expires_at - protocol::now_ms() / 1000).max(0) as u64;
+    let left = (expires_at - now_secs()).max(0) as u64;
     let expired = tokio::time::sleep(Duration::from_secs(left));
     let (sends, queued) = mpsc::channel(settings.send_window.max(1));
     let pipeline = Box::pin(send_pipeline(&state, queued, tx.clone()));

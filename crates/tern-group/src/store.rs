@@ -7,6 +7,7 @@ use sea_orm::{
     TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
+use tern_runtime::clock::now_secs;
 
 pub mod groups {
     use sea_orm::entity::prelude::*;
@@ -51,13 +52,6 @@ pub mod members {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 impl Store {

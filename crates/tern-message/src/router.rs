@@ -9,7 +9,7 @@
 //! each one without reading storage.
 
 use crate::{Peers, store::Committed};
-use dashmap::DashMap;
+use quick_cache::{OptionsBuilder, Weighter, sync::Cache};
 use std::{collections::HashMap, sync::Arc};
 use tern_bus::{BusEvent, Deliver, Deliveries, Event, Typing};
 use tern_proto::pb::{group::GetGroupRequest, message::message::Target};
@@ -18,16 +18,45 @@ use tokio::sync::mpsc;
 /// Most stored messages routed in one pass.
 const MAX_PASS: usize = 512;
 
+/// Member ids the cached member lists hold in all (8 bytes each: 32 MiB).
+/// A list that falls out is read again from the group service when next
+/// needed. Few shards, so that one shard (an eighth of this) still holds
+/// the largest group.
+const MEMBER_IDS: u64 = 4_000_000;
+const MEMBER_SHARDS: usize = 8;
+
+/// A group's member list with the `members_version` it was read at.
+type Members = (u64, Arc<Vec<u64>>);
+
+/// Weighs a cached member list by its length.
+#[derive(Clone)]
+struct ByLength;
+
+impl Weighter<u64, Members> for ByLength {
+    fn weight(&self, _group: &u64, members: &Members) -> u64 {
+        members.1.len() as u64 + 1
+    }
+}
+
 /// Routes stored messages to gateway nodes.
 pub struct Router {
     peers: Peers,
-    /// Group member lists with the `members_version` they were read at.
-    members: DashMap<u64, (u64, Arc<Vec<u64>>)>,
+    /// Group member lists with the `members_version` they were read at,
+    /// bounded by [`MEMBER_IDS`].
+    members: Cache<u64, Members, ByLength>,
 }
 
 impl Router {
     pub fn new(peers: Peers) -> Self {
-        Self { peers, members: DashMap::new() }
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(10_000)
+            .weight_capacity(MEMBER_IDS)
+            .shards(MEMBER_SHARDS)
+            .build()
+            .expect("cache options are complete");
+        let members =
+            Cache::with_options(options, ByLength, Default::default(), Default::default());
+        Self { peers, members }
     }
 
     /// A group's members. The cached list is used when it is known to be
@@ -37,11 +66,11 @@ impl Router {
         &self,
         group_id: u64,
         version: Option<u64>,
-    ) -> Result<(u64, Arc<Vec<u64>>), tonic::Status> {
+    ) -> Result<Members, tonic::Status> {
         if let Some(entry) = self.members.get(&group_id)
             && Some(entry.0) == version
         {
-            return Ok(entry.clone());
+            return Ok(entry);
         }
         let group =
             self.peers.group.clone().get_group(GetGroupRequest { group_id }).await?.into_inner();

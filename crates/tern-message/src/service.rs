@@ -5,7 +5,7 @@ use crate::{
     router::Router,
     store::{Draft, Queued, Store, Stored},
 };
-use dashmap::DashSet;
+use quick_cache::sync::Cache;
 use std::sync::Arc;
 use tern_proto::{
     conversation,
@@ -31,6 +31,10 @@ const DEFAULT_PAGE: u32 = 200;
 const MAX_PAGE: u32 = 1_000;
 const MAX_STATES: usize = 10_000;
 const MAX_SEND_BATCH: usize = 256;
+/// Users, and conversations, the caches below remember (about 30 and 100
+/// bytes each). One that falls out costs a lookup at its next send.
+const KNOWN_USERS: usize = 200_000;
+const KNOWN_CONVERSATIONS: usize = 200_000;
 
 /// Where a send stands once it is checked.
 enum Prepared {
@@ -49,9 +53,9 @@ pub struct Messages {
     router: Arc<Router>,
     /// Users known to exist. Users are never deleted, so a positive answer
     /// can be kept and saves a call to auth on every 1:1 send.
-    known_users: Arc<DashSet<u64>>,
+    known_users: Arc<Cache<u64, ()>>,
     /// Conversations whose row (and cursors) are known to exist.
-    known_conversations: Arc<DashSet<String>>,
+    known_conversations: Arc<Cache<String, ()>>,
     max_content_bytes: usize,
 }
 
@@ -70,20 +74,20 @@ impl Messages {
             store: Store::new(db, writer, committed),
             router,
             peers,
-            known_users: Arc::default(),
-            known_conversations: Arc::default(),
+            known_users: Arc::new(Cache::new(KNOWN_USERS)),
+            known_conversations: Arc::new(Cache::new(KNOWN_CONVERSATIONS)),
             max_content_bytes: settings.max_content_bytes,
         }
     }
 
     async fn require_user(&self, user: u64) -> Result<(), MessageError> {
-        if self.known_users.contains(&user) {
+        if self.known_users.contains_key(&user) {
             return Ok(());
         }
         let found =
             self.peers.auth.clone().get_users(GetUsersRequest { user_ids: vec![user] }).await?;
         if found.into_inner().users.iter().any(|u| u.user_id == user) {
-            self.known_users.insert(user);
+            self.known_users.insert(user, ());
             Ok(())
         } else {
             Err(MessageError::UnknownUser)
@@ -99,7 +103,7 @@ impl Messages {
         a: u64,
         b: u64,
     ) -> Result<(), MessageError> {
-        if self.known_conversations.contains(conversation_id) {
+        if self.known_conversations.contains_key(conversation_id) {
             return Ok(());
         }
         if !self.store.conversation_exists(conversation_id).await? {
@@ -114,14 +118,14 @@ impl Messages {
                 .await?;
             self.store.ensure_conversation(conversation_id).await?;
         }
-        self.known_conversations.insert(conversation_id.to_string());
+        self.known_conversations.insert(conversation_id.to_string(), ());
         Ok(())
     }
 
     async fn ensure_group(&self, conversation_id: &str) -> Result<(), MessageError> {
-        if !self.known_conversations.contains(conversation_id) {
+        if !self.known_conversations.contains_key(conversation_id) {
             self.store.ensure_conversation(conversation_id).await?;
-            self.known_conversations.insert(conversation_id.to_string());
+            self.known_conversations.insert(conversation_id.to_string(), ());
         }
         Ok(())
     }

@@ -29,6 +29,7 @@ use std::{
     },
 };
 use tern_proto::pb::message::{Message, message::Target};
+use tern_runtime::clock::{now_ms, now_secs};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most messages committed in one transaction.
@@ -145,13 +146,6 @@ fn writer_stopped() -> DbErr {
     DbErr::Custom("the store's writer stopped".into())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 pub fn to_pb(row: messages::Model) -> Message {
     let target = match (row.to_user_id, row.group_id) {
         (_, Some(group)) => Some(Target::GroupId(group as u64)),
@@ -203,7 +197,7 @@ impl Store {
         conversations::Entity::insert(conversations::ActiveModel {
             id: Set(id.to_string()),
             last_seq: Set(0),
-            created_at: Set(now_ms() / 1000),
+            created_at: Set(now_secs()),
         })
         .on_conflict_do_nothing_on([conversations::Column::Id])
         .exec(&self.db)

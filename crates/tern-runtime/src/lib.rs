@@ -7,6 +7,7 @@
 //! domain type. Services depend on it, never the other way round.
 
 pub mod access;
+pub mod clock;
 pub mod credential;
 pub mod db;
 pub mod grpc;
