@@ -8,7 +8,7 @@
 //!   target node carrying the message once and that node's recipients.
 //!   Events every node needs (a logout) are broadcast on one more channel.
 //!
-//! Delivery over the bus is best effort by design (DESIGN.md §4): a lost
+//! Delivery over the bus is best effort by design (docs/protocol.md, *Delivery guarantees*): a lost
 //! event is repaired by the client's sync, never by retrying here.
 //!
 //! **Architecture Invariant:** the bus knows nothing of WebSockets, JSON or

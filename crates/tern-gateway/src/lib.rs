@@ -1,5 +1,5 @@
 //! The gateway: Tern's stateless edge. It terminates WebSockets (protocol
-//! v1, DESIGN.md §3), serves the HTTP API (§5), and turns client frames into
+//! v1, docs/protocol.md), serves the HTTP API (same document), and turns client frames into
 //! gRPC calls to the auth, group, message and offline services. Messages for
 //! its users arrive on its own bus channel.
 //!
@@ -23,7 +23,7 @@ mod ws;
 
 use axum::{
     Router,
-    routing::{get, post},
+    routing::{MethodRouter, delete, get, post},
 };
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
@@ -230,36 +230,60 @@ impl AppState {
     }
 }
 
+/// Every route of the gateway, listed once: [`app`] is built from this
+/// table, and a test checks that docs/protocol.md documents each path.
+fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/", get(web::index)),
+        ("/ws", get(ws::upgrade)),
+        ("/ws/echo", get(echo::echo)),
+        ("/health", get(api::health)),
+        ("/ready", get(api::ready)),
+        ("/stats", get(api::stats)),
+        ("/metrics", get(|| async { tern_runtime::telemetry::metrics() })),
+        ("/api/register", post(api::register)),
+        ("/api/login", post(api::login)),
+        ("/api/refresh", post(api::refresh)),
+        ("/api/logout", post(api::logout)),
+        ("/api/users", get(api::users)),
+        ("/api/users/{username}", get(api::find_user)),
+        ("/api/groups", post(api::create_group).get(api::list_groups)),
+        ("/api/groups/{group_id}/join", post(api::join_group)),
+        ("/api/groups/{group_id}/leave", post(api::leave_group)),
+        ("/api/groups/{group_id}/members", get(api::group_members).post(api::add_members)),
+        ("/api/groups/{group_id}/members/{user_id}", delete(api::remove_member)),
+        ("/api/conversations", get(api::conversations)),
+        ("/api/conversations/{conversation_id}/messages", get(api::history)),
+    ]
+}
+
 /// The gateway's routes.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(web::index))
-        .route("/ws", get(ws::upgrade))
-        .route("/ws/echo", get(echo::echo))
-        .route("/health", get(api::health))
-        .route("/ready", get(api::ready))
-        .route("/stats", get(api::stats))
-        .route("/metrics", get(|| async { tern_runtime::telemetry::metrics() }))
-        .route("/api/register", post(api::register))
-        .route("/api/login", post(api::login))
-        .route("/api/refresh", post(api::refresh))
-        .route("/api/logout", post(api::logout))
-        .route("/api/users", get(api::users))
-        .route("/api/users/{username}", get(api::find_user))
-        .route("/api/groups", post(api::create_group).get(api::list_groups))
-        .route("/api/groups/{group_id}/join", post(api::join_group))
-        .route("/api/groups/{group_id}/leave", post(api::leave_group))
-        .route("/api/groups/{group_id}/members", get(api::group_members).post(api::add_members))
-        .route(
-            "/api/groups/{group_id}/members/{user_id}",
-            axum::routing::delete(api::remove_member),
-        )
-        .route("/api/conversations", get(api::conversations))
-        .route("/api/conversations/{conversation_id}/messages", get(api::history))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, route)| router.route(path, route))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), api::client_ip_and_rate))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod route_docs {
+    /// docs/protocol.md names every route as `METHOD /path` (followed by a
+    /// backtick, or by `?` and its query).
+    #[test]
+    fn every_route_is_documented() {
+        let docs = include_str!("../../../docs/protocol.md");
+        let missing: Vec<&str> = super::routes()
+            .into_iter()
+            .map(|(path, _)| path)
+            .filter(|path| {
+                !docs.contains(&format!(" {path}`")) && !docs.contains(&format!(" {path}?"))
+            })
+            .collect();
+        assert!(missing.is_empty(), "routes missing from docs/protocol.md: {missing:?}");
+    }
 }
 
 /// Entry points for the fuzz targets in `fuzz/`: the parsers of untrusted

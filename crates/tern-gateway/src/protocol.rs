@@ -1,4 +1,4 @@
-//! Protocol v1 as the gateway speaks it (DESIGN.md §3): the frame types,
+//! Protocol v1 as the gateway speaks it (docs/protocol.md): the frame types,
 //! parsing what clients send, writing what the server sends, and the close
 //! codes. Only this module knows the JSON shapes.
 

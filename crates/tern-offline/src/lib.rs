@@ -2,7 +2,7 @@
 //!
 //! A cursor is the highest seq a member has acknowledged; only client acks
 //! move it. "Offline messages" are not a queue: they are the messages beyond
-//! the cursor, read from the message service on demand (DESIGN.md §4). The
+//! the cursor, read from the message service on demand (docs/protocol.md, *Delivery guarantees*). The
 //! cursor rows double as the index of which conversations a user is in.
 //!
 //! **Architecture Invariant:** offline never copies messages; it owns the

@@ -1,4 +1,4 @@
-//! The HTTP API (DESIGN.md §5), one module per resource: `accounts`
+//! The HTTP API (docs/protocol.md, *HTTP API*), one module per resource: `accounts`
 //! (register, login, refresh, logout), `users`, `groups`, `conversations`
 //! (list with unread counts, history) and `node` (health, readiness,
 //! stats). Handlers translate JSON to gRPC calls and back; every answer is

@@ -1,6 +1,6 @@
 //! The total-queue checker: judges a whole recorded history (every send
 //! attempt, every delivery per member) against what storage holds at the
-//! end, after every member resynced. DESIGN.md §4's promises, as counts
+//! end, after every member resynced. docs/protocol.md's delivery guarantees, as counts
 //! that must all be zero:
 //!
 //! - **lost**: acked but not stored, or stored but never delivered to some
