@@ -7,7 +7,8 @@
 use std::convert::Infallible;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{body::Body, server::NamedService, transport::Server};
+use tonic::{body::Body, server::NamedService, service::Routes, transport::Server};
+use tonic_health::ServingStatus;
 use tower::{BoxError, Service, ServiceExt, util::BoxCloneSyncService};
 
 /// What every generated gRPC client in Tern is built on.
@@ -51,11 +52,7 @@ pub async fn serve_metrics(
 }
 
 /// Serves `service` with `grpc.health.v1` and server reflection on
-/// `listener` until `shutdown` fires. Every call but health checks must
-/// carry the service `token`. Then health turns NOT_SERVING at once,
-/// the server keeps answering for `drain` (so load balancers and Kubernetes
-/// take it out of rotation without failing calls), and finally it stops
-/// accepting and lets in-flight calls finish.
+/// `listener` until `shutdown` fires: [`serve_all`] with one service.
 pub async fn serve<S>(
     service: S,
     descriptor_set: &'static [u8],
@@ -73,8 +70,29 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let routes = Routes::new(service);
+    serve_all(routes, &[S::NAME], descriptor_set, listener, shutdown, drain, token).await
+}
+
+/// Serves `routes`, the services named `names`, with `grpc.health.v1` and
+/// server reflection on `listener` until `shutdown` fires. Every call but
+/// health checks must carry the service `token`. Then health turns
+/// NOT_SERVING at once, the server keeps answering for `drain` (so load
+/// balancers and Kubernetes take it out of rotation without failing
+/// calls), and finally it stops accepting and lets in-flight calls finish.
+pub async fn serve_all(
+    routes: Routes,
+    names: &[&'static str],
+    descriptor_set: &'static [u8],
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    drain: std::time::Duration,
+    token: &crate::Secret,
+) -> Result<(), tonic::transport::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<S>().await;
+    for &name in names {
+        reporter.set_service_status(name, ServingStatus::Serving).await;
+    }
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(descriptor_set)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -82,17 +100,18 @@ where
         .expect("the descriptor set is compiled into the binary and valid");
     // Small gRPC frames must not wait for the peer's delayed ACK.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tracing::info!(service = S::NAME, "gRPC serving");
+    tracing::info!(services = ?names, "gRPC serving");
+    let names = names.to_vec();
     Server::builder()
         .layer(crate::credential::RequireToken::new(token))
         .trace_fn(crate::telemetry::server_span)
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(service)
+        .add_routes(routes.add_service(health).add_service(reflection))
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.cancelled().await;
-            reporter.set_not_serving::<S>().await;
-            tracing::info!(service = S::NAME, ?drain, "draining");
+            for &name in &names {
+                reporter.set_service_status(name, ServingStatus::NotServing).await;
+            }
+            tracing::info!(services = ?names, ?drain, "draining");
             tokio::time::sleep(drain).await;
         })
         .await

@@ -24,6 +24,7 @@ use tern_proto::{
 use tern_runtime::Secret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::{server::NamedService, service::Routes};
 
 /// Settings of the all-in-one server (`TERN__*`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,31 +181,32 @@ pub async fn run(
         })?;
         let listener = TcpListener::bind(addr).await?;
         tracing::info!(addr = %listener.local_addr()?, "gRPC API for internal backends");
-        let (reporter, health) = tonic_health::server::health_reporter();
-        reporter.set_serving::<AuthServiceServer<tern_auth::Auth>>().await;
-        reporter.set_serving::<GroupServiceServer<tern_group::Groups>>().await;
-        reporter.set_serving::<MessageServiceServer<tern_message::Messages>>().await;
-        reporter.set_serving::<OfflineServiceServer<tern_offline::Offline>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tern_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let router = tonic::transport::Server::builder()
-            .layer(tern_runtime::credential::RequireToken::new(&settings.service_token))
-            .add_service(health)
-            .add_service(reflection)
-            .add_service(AuthServiceServer::new(auth))
+        let routes = Routes::new(AuthServiceServer::new(auth))
             .add_service(GroupServiceServer::new(group))
             .add_service(tern_message::server(message, &settings.message))
             .add_service(OfflineServiceServer::new(offline));
-        let stop = shutdown.clone();
+        let names = [
+            <AuthServiceServer<tern_auth::Auth> as NamedService>::NAME,
+            <GroupServiceServer<tern_group::Groups> as NamedService>::NAME,
+            <MessageServiceServer<tern_message::Messages> as NamedService>::NAME,
+            <OfflineServiceServer<tern_offline::Offline> as NamedService>::NAME,
+        ];
+        let (stop, token) = (shutdown.clone(), settings.service_token.clone());
+        // While the gateway closes its sockets, backends are told through
+        // health that this process is going away, as by a service's drain.
+        let drain = std::time::Duration::from_secs(settings.gateway.shutdown_grace_secs);
+        let descriptors = tern_proto::FILE_DESCRIPTOR_SET;
         tokio::spawn(async move {
-            // Small gRPC frames must not wait for the peer's delayed ACK.
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            if let Err(error) =
-                router.serve_with_incoming_shutdown(incoming, stop.cancelled_owned()).await
-            {
+            let serving = tern_runtime::grpc::serve_all(
+                routes,
+                &names,
+                descriptors,
+                listener,
+                stop,
+                drain,
+                &token,
+            );
+            if let Err(error) = serving.await {
                 tracing::error!(%error, "gRPC server failed");
             }
         });
