@@ -1,4 +1,5 @@
-//! The one place errors become HTTP responses.
+//! The one place errors become HTTP responses, and the one place a
+//! service's error becomes what a client reads (on HTTP and on sockets).
 
 use axum::{
     Json,
@@ -24,19 +25,32 @@ impl ApiError {
     }
 }
 
+/// What a client is told of a service's error with `code`: the service's
+/// own `message` for a refusal; for an internal error (whose text may carry
+/// transport details) and an unavailable service, the code's generic text.
+pub fn client_message(code: ErrorCode, message: &str) -> String {
+    match code {
+        ErrorCode::Internal => "internal error".to_string(),
+        ErrorCode::Unavailable => {
+            "a service is unavailable; retry (a send with the same client_msg_id)".to_string()
+        }
+        _ => message.to_string(),
+    }
+}
+
+/// A service's error status as its code and the text a client reads;
+/// internal errors are logged here.
+pub fn from_status(status: &tonic::Status) -> (ErrorCode, String) {
+    let code = error_code_of(status);
+    if code == ErrorCode::Internal {
+        tracing::error!(grpc_code = ?status.code(), "internal error from a service");
+    }
+    (code, client_message(code, status.message()))
+}
+
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let code = error_code_of(&status);
-        let message = match code {
-            // Statuses that did not come from a Tern service may carry
-            // transport details; show the code's generic text instead.
-            ErrorCode::Internal => "internal error".to_string(),
-            ErrorCode::Unavailable => "a service is unavailable, retry".to_string(),
-            _ => status.message().to_string(),
-        };
-        if code == ErrorCode::Internal {
-            tracing::error!(grpc_code = ?status.code(), "internal error from a service");
-        }
+        let (code, message) = from_status(&status);
         Self { code, message }
     }
 }

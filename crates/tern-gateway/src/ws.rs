@@ -13,7 +13,7 @@
 use crate::{
     AppState, Outbound, SendAnswer,
     batch_writer::BatchWriter,
-    error::ApiError,
+    error::{ApiError, client_message, from_status},
     protocol::{self, ClientFrame, FrameError, SendTarget},
     pusher::{Pusher, Written},
     reader::{self, FrameLimits},
@@ -32,7 +32,7 @@ use std::{
 };
 use tern_bus::{BusEvent, Event, Kick};
 use tern_proto::{
-    ErrorCode, error_code_of,
+    ErrorCode,
     pb::{
         message::{
             SendBatchRequest, SendRequest, TypingRequest, send_request::Target,
@@ -315,13 +315,7 @@ fn answer_frame(
         })),
         Some(Outcome::Error(error)) => {
             let code = ErrorCode::parse(&error.code).unwrap_or(ErrorCode::Internal);
-            let message = match code {
-                ErrorCode::Internal => "internal error".to_string(),
-                ErrorCode::Unavailable => {
-                    "a service is unavailable; retry with the same client_msg_id".to_string()
-                }
-                _ => error.message,
-            };
+            let message = client_message(code, &error.message);
             Outbound::Text(protocol::error(&FrameError { code, message, client_msg_id }))
         }
         None => Outbound::Text(protocol::error(&FrameError {
@@ -507,13 +501,6 @@ impl Reader<'_> {
 
 /// A service error as a type 3 frame; internal details stay in the log.
 fn status_frame(status: &tonic::Status, client_msg_id: Option<String>) -> FrameError {
-    let code = error_code_of(status);
-    let message = match code {
-        ErrorCode::Internal => "internal error".to_string(),
-        ErrorCode::Unavailable => {
-            "a service is unavailable; retry with the same client_msg_id".to_string()
-        }
-        _ => status.message().to_string(),
-    };
+    let (code, message) = from_status(status);
     FrameError { code, message, client_msg_id }
 }
