@@ -1,6 +1,6 @@
 //! Auth errors and their one mapping to `tonic::Status`.
 
-use tern_proto::ErrorCode;
+use tern_proto::{ErrorCode, Failure, ServiceError};
 
 /// Everything that can go wrong in the auth service.
 #[derive(Debug, thiserror::Error)]
@@ -28,26 +28,24 @@ pub enum AuthError {
     Worker(String),
 }
 
+impl ServiceError for AuthError {
+    const SERVICE: &'static str = "auth";
+
+    fn failure(&self) -> Failure<'_> {
+        match self {
+            AuthError::Invalid(_) => Failure::Refused(ErrorCode::BadRequest),
+            AuthError::UsernameTaken => Failure::Refused(ErrorCode::Conflict),
+            AuthError::BadCredentials => Failure::Refused(ErrorCode::Unauthenticated),
+            AuthError::UnknownUser => Failure::Refused(ErrorCode::UnknownUser),
+            AuthError::Db(error) => Failure::Storage(error),
+            AuthError::Unavailable(error) => Failure::Unavailable("bus", error),
+            AuthError::Worker(error) => Failure::Internal(error),
+        }
+    }
+}
+
 impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
-        match error {
-            AuthError::Invalid(why) => ErrorCode::BadRequest.status(why),
-            AuthError::UsernameTaken => ErrorCode::Conflict.status("username already taken"),
-            AuthError::BadCredentials => ErrorCode::Unauthenticated.status("invalid credentials"),
-            AuthError::UnknownUser => ErrorCode::UnknownUser.status("no such user"),
-            AuthError::Db(error) => {
-                metrics::counter!("tern_db_errors_total", "service" => "auth").increment(1);
-                tracing::error!(%error, "auth database error");
-                ErrorCode::Unavailable.status("storage unavailable, retry")
-            }
-            AuthError::Unavailable(error) => {
-                tracing::warn!(%error, "logout not announced");
-                ErrorCode::Unavailable.status("bus unavailable, retry")
-            }
-            AuthError::Worker(error) => {
-                tracing::error!(%error, "auth worker failed");
-                ErrorCode::Internal.status("internal error")
-            }
-        }
+        error.into_status()
     }
 }

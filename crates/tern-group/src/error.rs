@@ -1,6 +1,6 @@
 //! Group errors and their one mapping to `tonic::Status`.
 
-use tern_proto::ErrorCode;
+use tern_proto::{ErrorCode, Failure, ServiceError};
 
 /// Everything that can go wrong in the group service.
 #[derive(Debug, thiserror::Error)]
@@ -28,29 +28,25 @@ pub enum GroupError {
     Peer(#[from] tonic::Status),
 }
 
+impl ServiceError for GroupError {
+    const SERVICE: &'static str = "group";
+
+    fn failure(&self) -> Failure<'_> {
+        match self {
+            GroupError::Invalid(_) => Failure::Refused(ErrorCode::BadRequest),
+            GroupError::UnknownGroup => Failure::Refused(ErrorCode::UnknownGroup),
+            GroupError::UnknownUsers(_) => Failure::Refused(ErrorCode::UnknownUser),
+            GroupError::NotOwner | GroupError::OwnerCannotLeave => {
+                Failure::Refused(ErrorCode::Forbidden)
+            }
+            GroupError::Db(error) => Failure::Storage(error),
+            GroupError::Peer(status) => Failure::Dependency(status),
+        }
+    }
+}
+
 impl From<GroupError> for tonic::Status {
     fn from(error: GroupError) -> Self {
-        match error {
-            GroupError::Invalid(why) => ErrorCode::BadRequest.status(why),
-            GroupError::UnknownGroup => ErrorCode::UnknownGroup.status("no such group"),
-            GroupError::UnknownUsers(ids) => {
-                ErrorCode::UnknownUser.status(format!("unknown user ids: {ids:?}"))
-            }
-            GroupError::NotOwner => {
-                ErrorCode::Forbidden.status("only the group's owner can manage its members")
-            }
-            GroupError::OwnerCannotLeave => {
-                ErrorCode::Forbidden.status("the owner cannot leave the group")
-            }
-            GroupError::Db(error) => {
-                metrics::counter!("tern_db_errors_total", "service" => "group").increment(1);
-                tracing::error!(%error, "group database error");
-                ErrorCode::Unavailable.status("storage unavailable, retry")
-            }
-            GroupError::Peer(status) => {
-                tracing::warn!(grpc_code = ?status.code(), "group: a dependency answered with an error");
-                tern_proto::relay(&status)
-            }
-        }
+        error.into_status()
     }
 }

@@ -1,6 +1,6 @@
 //! Message errors and their one mapping to `tonic::Status`.
 
-use tern_proto::ErrorCode;
+use tern_proto::{ErrorCode, Failure, ServiceError};
 
 /// Everything that can go wrong in the message service.
 #[derive(Debug, thiserror::Error)]
@@ -35,23 +35,24 @@ impl MessageError {
     }
 }
 
+impl ServiceError for MessageError {
+    const SERVICE: &'static str = "message";
+
+    fn failure(&self) -> Failure<'_> {
+        match self {
+            MessageError::Invalid(_) => Failure::Refused(ErrorCode::BadRequest),
+            MessageError::TooLarge => Failure::Refused(ErrorCode::TooLarge),
+            MessageError::UnknownUser => Failure::Refused(ErrorCode::UnknownUser),
+            MessageError::UnknownGroup => Failure::Refused(ErrorCode::UnknownGroup),
+            MessageError::NotMember => Failure::Refused(ErrorCode::NotMember),
+            MessageError::Db(error) => Failure::Storage(error),
+            MessageError::Peer(status) => Failure::Dependency(status),
+        }
+    }
+}
+
 impl From<MessageError> for tonic::Status {
     fn from(error: MessageError) -> Self {
-        match error {
-            MessageError::Invalid(why) => ErrorCode::BadRequest.status(why),
-            MessageError::TooLarge => ErrorCode::TooLarge.status("content is over the size limit"),
-            MessageError::UnknownUser => ErrorCode::UnknownUser.status("no such user"),
-            MessageError::UnknownGroup => ErrorCode::UnknownGroup.status("no such group"),
-            MessageError::NotMember => ErrorCode::NotMember.status("not a member of this group"),
-            MessageError::Db(error) => {
-                metrics::counter!("tern_db_errors_total", "service" => "message").increment(1);
-                tracing::error!(%error, "message database error");
-                ErrorCode::Unavailable.status("storage unavailable, message not stored; retry")
-            }
-            MessageError::Peer(status) => {
-                tracing::warn!(grpc_code = ?status.code(), "message: a dependency answered with an error");
-                tern_proto::relay(&status)
-            }
-        }
+        error.into_status()
     }
 }

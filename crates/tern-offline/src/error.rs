@@ -1,6 +1,6 @@
 //! Offline errors and their one mapping to `tonic::Status`.
 
-use tern_proto::ErrorCode;
+use tern_proto::{ErrorCode, Failure, ServiceError};
 
 /// Everything that can go wrong in the offline service.
 #[derive(Debug, thiserror::Error)]
@@ -19,22 +19,21 @@ pub enum OfflineError {
     Peer(#[from] tonic::Status),
 }
 
+impl ServiceError for OfflineError {
+    const SERVICE: &'static str = "offline";
+
+    fn failure(&self) -> Failure<'_> {
+        match self {
+            OfflineError::Invalid(_) => Failure::Refused(ErrorCode::BadRequest),
+            OfflineError::NotMember => Failure::Refused(ErrorCode::Forbidden),
+            OfflineError::Db(error) => Failure::Storage(error),
+            OfflineError::Peer(status) => Failure::Dependency(status),
+        }
+    }
+}
+
 impl From<OfflineError> for tonic::Status {
     fn from(error: OfflineError) -> Self {
-        match error {
-            OfflineError::Invalid(why) => ErrorCode::BadRequest.status(why),
-            OfflineError::NotMember => {
-                ErrorCode::Forbidden.status("not a member of this conversation")
-            }
-            OfflineError::Db(error) => {
-                metrics::counter!("tern_db_errors_total", "service" => "offline").increment(1);
-                tracing::error!(%error, "offline database error");
-                ErrorCode::Unavailable.status("storage unavailable, retry")
-            }
-            OfflineError::Peer(status) => {
-                tracing::warn!(grpc_code = ?status.code(), "offline: a dependency answered with an error");
-                tern_proto::relay(&status)
-            }
-        }
+        error.into_status()
     }
 }

@@ -189,9 +189,113 @@ pub fn relay(status: &Status) -> Status {
     }
 }
 
+/// How a service's error type classifies one of its errors for
+/// [`ServiceError::into_status`].
+pub enum Failure<'a> {
+    /// A final "no" to the request, with this code; the client reads the
+    /// error's own text (its `Display`).
+    Refused(ErrorCode),
+    /// The service's database failed.
+    Storage(&'a dyn std::fmt::Display),
+    /// A service this one called answered with this error.
+    Dependency(&'a Status),
+    /// Something else the service needs is down (`what`, e.g. "bus").
+    Unavailable(&'static str, &'a dyn std::fmt::Display),
+    /// A fault of the service itself (a worker died).
+    Internal(&'a dyn std::fmt::Display),
+}
+
+/// A service's error. Every service maps its errors to statuses through
+/// [`ServiceError::into_status`], so a refusal's text is written once (in
+/// the error's `Display`), and storage and dependency failures are
+/// answered, logged and counted alike in every service.
+pub trait ServiceError: std::fmt::Display + Sized {
+    /// The service's name in logs and in `tern_db_errors_total{service}`.
+    const SERVICE: &'static str;
+
+    fn failure(&self) -> Failure<'_>;
+
+    fn into_status(self) -> Status {
+        let service = Self::SERVICE;
+        match self.failure() {
+            Failure::Refused(code) => code.status(self.to_string()),
+            Failure::Storage(error) => {
+                metrics::counter!("tern_db_errors_total", "service" => service).increment(1);
+                tracing::error!(service, %error, "database error");
+                ErrorCode::Unavailable.status("storage unavailable, retry")
+            }
+            Failure::Dependency(status) => {
+                tracing::warn!(service, grpc_code = ?status.code(), "a dependency answered with an error");
+                relay(status)
+            }
+            Failure::Unavailable(what, error) => {
+                tracing::warn!(service, %error, "{what} unavailable");
+                ErrorCode::Unavailable.status(format!("{what} unavailable, retry"))
+            }
+            Failure::Internal(error) => {
+                tracing::error!(service, %error, "internal error");
+                ErrorCode::Internal.status("internal error")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A service's errors, each kind once.
+    #[derive(Debug)]
+    enum Sample {
+        Refused,
+        Storage,
+        Dependency(Status),
+        Down,
+        Broken,
+    }
+
+    impl std::fmt::Display for Sample {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(match self {
+                Sample::Refused => "no such thing",
+                _ => "secret detail",
+            })
+        }
+    }
+
+    impl ServiceError for Sample {
+        const SERVICE: &'static str = "sample";
+
+        fn failure(&self) -> Failure<'_> {
+            match self {
+                Sample::Refused => Failure::Refused(ErrorCode::NotFound),
+                Sample::Storage => Failure::Storage(self),
+                Sample::Dependency(status) => Failure::Dependency(status),
+                Sample::Down => Failure::Unavailable("bus", self),
+                Sample::Broken => Failure::Internal(self),
+            }
+        }
+    }
+
+    #[test]
+    fn service_errors_become_statuses_alike_and_hide_details() {
+        let answer = |error: Sample| {
+            let status = error.into_status();
+            (error_code_of(&status), status.message().to_string())
+        };
+        assert_eq!(answer(Sample::Refused), (ErrorCode::NotFound, "no such thing".into()));
+        assert_eq!(
+            answer(Sample::Storage),
+            (ErrorCode::Unavailable, "storage unavailable, retry".into())
+        );
+        assert_eq!(answer(Sample::Down), (ErrorCode::Unavailable, "bus unavailable, retry".into()));
+        assert_eq!(answer(Sample::Broken), (ErrorCode::Internal, "internal error".into()));
+        // A dependency's refusal passes through; its failure does not.
+        let refused = Sample::Dependency(ErrorCode::UnknownUser.status("no such user"));
+        assert_eq!(answer(refused), (ErrorCode::UnknownUser, "no such user".into()));
+        let failed = Sample::Dependency(Status::internal("stack trace"));
+        assert_eq!(answer(failed).0, ErrorCode::Unavailable);
+    }
 
     #[test]
     fn codes_survive_a_status_round_trip() {

@@ -8,7 +8,7 @@
 pub mod clients;
 mod error;
 
-pub use error::{ErrorCode, error_code_of, relay};
+pub use error::{ErrorCode, Failure, ServiceError, error_code_of, relay};
 
 /// Generated code, nested as the proto packages are (`tern.message.v1`) so
 /// cross-package references resolve; lints on generated items stay quiet.
