@@ -4,7 +4,7 @@
 Run by deploy/validate-deploy.sh (which installs PyYAML with the
 validators); not meant to be run alone:
 
-  check-deploy.py settings                        the derived settings table
+  check-deploy.py settings                        the settings table (deploy/settings/)
   check-deploy.py k8s OVERLAY=RENDERED.yaml ...   kustomize output
   check-deploy.py compose docker-compose.yml deploy/nginx.conf
   check-deploy.py dockerfile deploy/Dockerfile METADATA.json YAML...
@@ -16,7 +16,6 @@ Prints one line per finding and exits 1 if anything failed.
 """
 
 import base64
-import glob
 import json
 import os
 import re
@@ -26,97 +25,37 @@ from urllib.parse import urlsplit
 import yaml
 
 # ---------------------------------------------------------------------------
-# What each binary reads: derived from the `Settings` structs in
-# crates/*/src (fields, nested settings structs), so it follows the code.
-# `settings::load` maps field `a.b_c` to `TERN__A__B_C`.
+# What each binary reads, with the defaults: deploy/settings/<binary>.env,
+# one `TERN__KEY=default` line per setting, as `<binary> --print-settings`
+# prints it (a test of crates/tern fails when a list and its binary differ).
 
 BINARIES = ("tern", "tern-auth", "tern-group", "tern-message", "tern-offline", "tern-gateway")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STRUCT = re.compile(r"^(?:pub(?:\([^)]*\))?\s+)?struct\s+(\w+)\s*\{(.*?)^\}", re.S | re.M)
-FIELD = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?(\w+)\s*:\s*([\w:<>, ]+?)\s*,\s*$", re.M)
 
 
-def _structs(crate, main):
-    """Structs of a crate: those of src/main.rs (`main`) or of the library."""
+def read_settings(binary):
+    """{TERN__KEY: default} of one binary."""
     out = {}
-    src = os.path.join(ROOT, "crates", crate, "src")
-    for path in sorted(glob.glob(os.path.join(src, "**", "*.rs"), recursive=True)):
-        if (os.path.basename(path) == "main.rs") != main:
-            continue
-        for m in STRUCT.finditer(open(path).read()):
-            out[m.group(1)] = (path, m.group(2))
+    with open(os.path.join(ROOT, "deploy", "settings", f"{binary}.env")) as f:
+        for line in f:
+            key, _, default = line.rstrip("\n").partition("=")
+            if key:
+                out[key] = default
     return out
 
 
-def _fields(body):
-    """(field, type, flattened) for each field of a struct body."""
-    fields, flatten = [], False
-    for line in body.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#["):
-            flatten = flatten or "serde(flatten)" in stripped
-            continue
-        if stripped.startswith("//") or not stripped:
-            continue
-        m = FIELD.match(line)
-        if m:
-            fields.append((m.group(1), m.group(2), flatten))
-        flatten = False
-    return fields
+SETTINGS = {b: read_settings(b) for b in BINARIES}
+READS = {b: set(settings) for b, settings in SETTINGS.items()}
 
 
-def _resolve(crate, typ):
-    """The (crate, struct) a field type names, when it is a settings struct."""
-    *path_parts, last = typ.replace(" ", "").split("::")
-    if path_parts and path_parts[0] == "tern_runtime":
-        target = "tern-runtime"
-    else:
-        target = path_parts[0].replace("_", "-") if path_parts else crate
-    if os.path.isdir(os.path.join(ROOT, "crates", target)) and last in _structs(target, False):
-        return target, last
-    return None
-
-
-def _walk(crate, name, main, prefix, out, seen):
-    structs = _structs(crate, main)
-    if name not in structs and main:
-        structs = _structs(crate, False)
-    path, body = structs[name]
-    if re.search(r"serde\((rename|alias)", body):
-        raise ValueError(f"{path}: struct {name} renames fields; derive its variables by hand")
-    for field, typ, flattened in _fields(body):
-        nested = _resolve(crate, typ)
-        if nested is None and flattened:
-            # A flattened type imported by a `use`: look it up by name in the
-            # crates the binary depends on.
-            last = typ.replace(" ", "").split("::")[-1]
-            for candidate in ("tern-runtime",):
-                if last in _structs(candidate, False):
-                    nested = (candidate, last)
-        if nested and nested not in seen:
-            inner = prefix if flattened else f"{prefix}{field.upper()}__"
-            _walk(nested[0], nested[1], False, inner, out, seen | {nested})
-        elif nested is None:
-            out.add(f"TERN__{prefix}{field.upper()}")
-
-
-def derive_reads():
-    reads = {}
-    for b in BINARIES:
-        out = set()
-        main = "Settings" in _structs(b, True)
-        _walk(b, "Settings", main, "", out, set())
-        reads[b] = out
-    return reads
+def default_of(var):
+    """A setting's default, from whichever binary reads it."""
+    return next(SETTINGS[b][var] for b in BINARIES if var in SETTINGS[b])
 
 
 def default_grpc_port(binary):
-    src = open(os.path.join(ROOT, "crates", binary, "src", "main.rs")).read()
-    m = re.search(r'grpc_addr:\s*"[^"]*:(\d+)"', src) or re.search(r"ServiceBase::on_port\((\d+)\)", src)
-    return int(m.group(1)) if m else None
-
-
-READS = derive_reads()
+    addr = SETTINGS[binary].get("TERN__GRPC_ADDR", "")
+    return int(addr.rsplit(":", 1)[1]) if ":" in addr else None
 # Without these a binary exits at start (secrets) or silently uses a
 # default that is wrong in a deployment (127.0.0.1 peers, SQLite files).
 REQUIRED = {
@@ -154,7 +93,10 @@ DB_URL = {
 HTTP_DEFAULT_PORT = 8080
 # What a service may need after SIGTERM + drain to finish in-flight calls.
 IN_FLIGHT_SECS = 10
-DEFAULTS = {"TERN__DRAIN_SECS": 5, "TERN__GATEWAY__DRAIN_SECS": 0, "TERN__GATEWAY__SHUTDOWN_GRACE_SECS": 10}
+DEFAULTS = {
+    var: int(default_of(var))
+    for var in ("TERN__DRAIN_SECS", "TERN__GATEWAY__DRAIN_SECS", "TERN__GATEWAY__SHUTDOWN_GRACE_SECS")
+}
 TERN_UID = 10001
 
 failures = 0
@@ -171,7 +113,7 @@ def check_settings_table():
         check(default_grpc_port(b) == port, f"settings of {b}", f"default gRPC port is no longer {port}")
     summary(
         before,
-        "settings derived from crates/*/src: "
+        "settings from deploy/settings/: "
         + ", ".join(f"{b} reads {len(READS[b])} TERN__ variables" for b in BINARIES),
     )
 

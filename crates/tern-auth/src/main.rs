@@ -29,8 +29,8 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = tern_runtime::telemetry::init("tern-auth");
     let settings: Settings = tern_runtime::settings::load_or_exit("auth");
+    let _telemetry = tern_runtime::telemetry::init("tern-auth");
     if settings.auth.jwt.key.secret.expose().len() < 32 {
         eprintln!("TERN__AUTH__JWT__SECRET must be set to at least 32 bytes");
         std::process::exit(EXIT_BAD_CONFIG);

@@ -51,8 +51,8 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = tern_runtime::telemetry::init("tern-gateway");
     let mut settings: Settings = tern_runtime::settings::load_or_exit("gateway");
+    let _telemetry = tern_runtime::telemetry::init("tern-gateway");
     if let Err(why) = tern_runtime::credential::validate(&settings.service_token) {
         eprintln!("TERN__SERVICE_TOKEN: {why}");
         std::process::exit(EXIT_BAD_CONFIG);

@@ -28,8 +28,8 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = tern_runtime::telemetry::init("tern-group");
     let settings: Settings = tern_runtime::settings::load_or_exit("group");
+    let _telemetry = tern_runtime::telemetry::init("tern-group");
     let started = settings.base.start().await?;
     let token = &settings.base.service_token;
     let peers = tern_group::Peers {

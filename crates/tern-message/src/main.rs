@@ -45,8 +45,8 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = tern_runtime::telemetry::init("tern-message");
     let settings: Settings = tern_runtime::settings::load_or_exit("message");
+    let _telemetry = tern_runtime::telemetry::init("tern-message");
     let started = settings.base.start().await?;
     let token = &settings.base.service_token;
     let (client, conn) = tern_bus::connect_redis(&settings.redis_url).await?;

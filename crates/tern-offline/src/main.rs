@@ -25,8 +25,8 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = tern_runtime::telemetry::init("tern-offline");
     let settings: Settings = tern_runtime::settings::load_or_exit("offline");
+    let _telemetry = tern_runtime::telemetry::init("tern-offline");
     let started = settings.base.start().await?;
     let channel = remote(&settings.message_url, &settings.base.service_token)?;
     let peers = tern_offline::Peers { message: MessageClient::remote(channel) };

@@ -20,12 +20,48 @@ where
     load_from(name, std::env::vars())
 }
 
+/// The command-line flag that makes a binary print every setting it reads
+/// with its default, one `TERN__KEY=default` line each, and exit. The
+/// deployment checks compare these lists with the manifests and with the
+/// lists committed in `deploy/settings/`.
+pub const PRINT_SETTINGS: &str = "--print-settings";
+
+/// Every setting of `T` as its environment variable and its default,
+/// sorted by name: field `a.b_c` is `TERN__A__B_C`, as
+/// [`load`] reads it. Nested settings structs become sections; a
+/// flattened one adds its fields to the enclosing section.
+pub fn keys<T: Serialize>(defaults: &T) -> Vec<(String, String)> {
+    fn walk(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(fields) => {
+                for (name, value) in fields {
+                    walk(&format!("{prefix}__{}", name.to_uppercase()), value, out);
+                }
+            }
+            serde_json::Value::String(s) => out.push((prefix.to_string(), s.clone())),
+            serde_json::Value::Null => out.push((prefix.to_string(), String::new())),
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    let value = serde_json::to_value(defaults).expect("settings serialise to JSON");
+    walk("TERN", &value, &mut out);
+    out
+}
+
 /// Like [`load`], but prints the error and exits with [`EXIT_BAD_CONFIG`]
-/// (before anything is bound) when the settings are invalid.
+/// (before anything is bound) when the settings are invalid. Given
+/// [`PRINT_SETTINGS`] as its first argument, prints [`keys`] and exits.
 pub fn load_or_exit<T>(name: &str) -> T
 where
     T: Default + Serialize + DeserializeOwned,
 {
+    if std::env::args().nth(1).as_deref() == Some(PRINT_SETTINGS) {
+        for (key, default) in keys(&T::default()) {
+            println!("{key}={default}");
+        }
+        std::process::exit(0);
+    }
     load(name).unwrap_or_else(|error| {
         eprintln!("{error}");
         std::process::exit(EXIT_BAD_CONFIG)
@@ -60,6 +96,22 @@ where
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn keys_name_each_setting_as_load_reads_it() {
+        let keys = keys(&Demo::default());
+        assert_eq!(
+            keys,
+            [
+                ("TERN__HTTP__ADDR".to_string(), "0.0.0.0:8080".to_string()),
+                ("TERN__HTTP__MAX_FRAME".to_string(), "10".to_string()),
+            ]
+        );
+        // Each key, set in the environment, is read back.
+        let vars = [("TERN__HTTP__MAX_FRAME".to_string(), "99".to_string())];
+        let demo: Demo = load_from("none", vars).unwrap();
+        assert_eq!(demo.http.max_frame, 99);
+    }
 
     #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
     struct Demo {

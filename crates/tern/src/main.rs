@@ -8,8 +8,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _telemetry = tern_runtime::telemetry::init("tern");
     let settings: tern::Settings = tern_runtime::settings::load_or_exit("tern");
+    let _telemetry = tern_runtime::telemetry::init("tern");
     let listener = tern_runtime::net::listen(&settings.http_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "Tern is up: open http://localhost:{}/", listener.local_addr()?.port());
     tern::run(settings, listener, tern_runtime::shutdown::on_signal()).await

@@ -49,3 +49,31 @@ fn a_weak_bcrypt_cost_is_refused_outside_tests() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bcrypt_cost 4 is below 10"), "{stderr}");
 }
+
+/// Each binary's settings as it prints them (`--print-settings`: every
+/// `TERN__*` variable it reads, with its default) are the lists committed
+/// in deploy/settings/, which the deployment checks compare with the
+/// manifests. A setting added, renamed or given a new default fails here
+/// until the list (and so the manifests' checks) follows.
+#[test]
+fn every_binary_reads_the_settings_committed_in_deploy() {
+    let binaries =
+        ["tern", "tern-auth", "tern-group", "tern-message", "tern-offline", "tern-gateway"];
+    for name in binaries {
+        let out = std::process::Command::new(common::cluster::bin(name))
+            .arg("--print-settings")
+            .env("TERN__SERVICE_TOKEN", "not printed")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let path = format!("{}/../../deploy/settings/{name}.env", env!("CARGO_MANIFEST_DIR"));
+        let committed = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            printed, committed,
+            "{path} is out of date: run `target/debug/{name} --print-settings > deploy/settings/{name}.env`"
+        );
+        assert!(printed.contains("TERN__SERVICE_TOKEN=\n") || name == "tern", "{printed}");
+        assert!(!printed.contains("not printed"), "the environment leaked into {name}'s defaults");
+    }
+}

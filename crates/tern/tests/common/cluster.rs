@@ -76,7 +76,7 @@ pub struct Cluster {
     http: reqwest::Client,
 }
 
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_BIN_EXE_tern")).with_file_name(name);
     assert!(
         path.exists(),
