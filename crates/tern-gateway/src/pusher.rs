@@ -339,11 +339,10 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
 
     /// Counts a message about to be written.
     fn counted(&mut self, created_at_ms: i64) {
-        self.stats.messages_out.fetch_add(1, Relaxed);
+        self.stats.messages_out.add(1);
         self.pushed_count += 1;
-        self.stats.per_message.messages_out.increment(1);
         let age = (tern_runtime::clock::now_ms() - created_at_ms).max(0) as f64 / 1000.0;
-        self.stats.per_message.ack_deliver_seconds.record(age);
+        self.stats.ack_deliver_seconds.record(age);
     }
 
     async fn text(&mut self, bytes: Vec<u8>) -> Result<(), Stop> {
@@ -369,8 +368,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// The client stopped reading: the session ends (it resyncs on
     /// reconnect) rather than buffering for it without bound.
     fn stalled(&self) -> Stop {
-        self.stats.slow_disconnects.fetch_add(1, Relaxed);
-        metrics::counter!("tern_gateway_slow_disconnects_total").increment(1);
+        self.stats.slow_disconnects.add(1);
         tracing::debug!(user_id = self.user, "client stopped reading; closing its session");
         Stop::Socket("write timed out".into())
     }

@@ -74,7 +74,7 @@ impl Registry {
             && !session.needs_resync.swap(true, Relaxed)
         {
             tracing::debug!(user_id = user, "outbound queue full; session will resync");
-            stats.queue_overflows.fetch_add(1, Relaxed);
+            stats.queue_overflows.add(1);
         }
     }
 
@@ -111,7 +111,7 @@ pub fn dispatcher(
     node: String,
 ) -> Handler {
     Arc::new(move |BusEvent { event }| {
-        stats.bus_events.fetch_add(1, Relaxed);
+        stats.bus_events.add(1);
         match event {
             Some(Event::Deliver(deliver)) => hand_out(&registry, deliver, &stats),
             Some(Event::Deliveries(deliveries)) => {

@@ -26,10 +26,7 @@ use axum::{
 };
 use fastwebsockets::{WebSocketRead, upgrade::IncomingUpgrade};
 use serde::Deserialize;
-use std::{
-    sync::{Arc, atomic::Ordering::Relaxed},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 use tern_bus::{BusEvent, Event, Kick};
 use tern_proto::{
     ErrorCode,
@@ -155,10 +152,8 @@ where
             tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session")
         }
     }
-    state.stats.connections_live.fetch_add(1, Relaxed);
-    state.stats.connections_total.fetch_add(1, Relaxed);
-    metrics::gauge!("tern_gateway_connections").increment(1.0);
-    metrics::counter!("tern_gateway_connections_total").increment(1);
+    state.stats.connections.up();
+    state.stats.connections_total.add(1);
     tracing::debug!(user_id = user, session_id, "session open");
 
     let done = CancellationToken::new();
@@ -227,8 +222,7 @@ where
             tracing::warn!(user_id = user, %error, "presence not restored after a reconnect");
         }
     }
-    state.stats.connections_live.fetch_sub(1, Relaxed);
-    metrics::gauge!("tern_gateway_connections").decrement(1.0);
+    state.stats.connections.down();
     tracing::debug!(user_id = user, session_id, "session closed");
 }
 
@@ -412,14 +406,12 @@ impl Reader<'_> {
             };
             return Queued::Refused(protocol::error(&error));
         }
-        self.state.stats.messages_in.fetch_add(1, Relaxed);
-        self.state.stats.per_message.messages_in.increment(1);
+        self.state.stats.messages_in.add(1);
         // Bounded in-flight sends: when the message service (or its
         // database) is saturated, clients are told to retry now instead of
         // piling up here.
         let Ok(permit) = self.state.sends.clone().try_acquire_owned() else {
-            self.state.stats.sends_shed.fetch_add(1, Relaxed);
-            metrics::counter!("tern_gateway_sends_shed_total").increment(1);
+            self.state.stats.sends_shed.add(1);
             return Queued::Refused(protocol::error(&FrameError {
                 code: ErrorCode::Unavailable,
                 message: "server busy; retry with the same client_msg_id".into(),

@@ -38,6 +38,19 @@ async fn metrics_expose_the_named_series_after_traffic() {
     ] {
         assert!(text.contains(series), "missing {series:?} in:\n{text}");
     }
+    // `/stats` shows the same counts: each is bumped once, for both.
+    let (status, stats) = s.get("/stats", None).await;
+    assert_eq!(status, 200, "{stats}");
+    for (field, series) in [
+        ("connections", "tern_gateway_connections"),
+        ("connections_total", "tern_gateway_connections_total"),
+        ("messages_in", "tern_gateway_messages_in_total"),
+        ("messages_out", "tern_gateway_messages_out_total"),
+        ("bus_events", "tern_gateway_bus_events_total"),
+    ] {
+        let line = format!("{series} {}\n", stats[field]);
+        assert!(text.contains(&line), "/stats {field} = {} but /metrics:\n{text}", stats[field]);
+    }
 }
 
 /// A received span: service name, trace id, span id, parent span id, name.
