@@ -188,108 +188,339 @@ def selects(selector, labels):
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-def check_k8s(overlay, path):
-    docs = [d for d in yaml.safe_load_all(open(path)) if d]
-    by_kind = {}
-    for d in docs:
-        by_kind.setdefault(d["kind"], []).append(d)
-    configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in by_kind.get("ConfigMap", [])}
-    secrets = {}
-    for d in by_kind.get("Secret", []):
-        data = {k: base64.b64decode(v).decode() for k, v in d.get("data", {}).items()}
-        data.update(d.get("stringData", {}))
-        secrets[d["metadata"]["name"]] = data
-    services = {d["metadata"]["name"]: d for d in by_kind.get("Service", [])}
-    workloads = by_kind.get("Deployment", []) + by_kind.get("StatefulSet", [])
-    hpas = {d["spec"]["scaleTargetRef"]["name"]: d for d in by_kind.get("HorizontalPodAutoscaler", [])}
-    pdbs = by_kind.get("PodDisruptionBudget", [])
-    before, failed_before = checked, failures
+class Rendered:
+    """The objects of one rendered overlay, indexed the ways the checks need."""
 
-    def value_of(where, env, name):
+    def __init__(self, docs):
+        by_kind = {}
+        for d in docs:
+            by_kind.setdefault(d["kind"], []).append(d)
+        self.configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in by_kind.get("ConfigMap", [])}
+        self.secrets = {}
+        for d in by_kind.get("Secret", []):
+            data = {k: base64.b64decode(v).decode() for k, v in d.get("data", {}).items()}
+            data.update(d.get("stringData", {}))
+            self.secrets[d["metadata"]["name"]] = data
+        self.services = {d["metadata"]["name"]: d for d in by_kind.get("Service", [])}
+        self.workloads = by_kind.get("Deployment", []) + by_kind.get("StatefulSet", [])
+        self.hpas = {d["spec"]["scaleTargetRef"]["name"]: d for d in by_kind.get("HorizontalPodAutoscaler", [])}
+        self.pdbs = by_kind.get("PodDisruptionBudget", [])
+        # Where each Tern binary listens, and which pods run it.
+        self.listeners = {}  # binary → (pod labels, container port)
+        for w in self.workloads:
+            pod = w["spec"]["template"]
+            for c in pod["spec"]["containers"]:
+                b = container_binary(c)
+                if b in GRPC:
+                    _, addr = self.value_of(c, "TERN__GRPC_ADDR")
+                    self.listeners[b] = (pod["metadata"].get("labels", {}), port_of(addr, GRPC[b][0]))
+                elif b in ("tern-gateway", "tern"):
+                    _, addr = self.value_of(c, "TERN__HTTP_ADDR")
+                    self.listeners[b] = (pod["metadata"].get("labels", {}), port_of(addr, HTTP_DEFAULT_PORT))
+        self.mysql = None  # (user, password, name) of an in-cluster MySQL, if any
+        for w in self.workloads:
+            for c in w["spec"]["template"]["spec"]["containers"]:
+                if c["image"].split("/")[-1].startswith("mysql:"):
+                    found_u, user = self.value_of(c, "MYSQL_USER")
+                    found_p, password = self.value_of(c, "MYSQL_PASSWORD")
+                    if found_u and found_p:
+                        self.mysql = (user, password, w["metadata"]["name"])
+
+    def value_of(self, container, name):
         """Value of `name` in a container's env: (found, value)."""
-        for e in env.get("env", []):
+        for e in container.get("env", []):
             if e["name"] != name:
                 continue
             if "value" in e:
                 return True, e["value"]
             ref = e.get("valueFrom", {}).get("secretKeyRef")
             if ref:
-                return True, secrets.get(ref["name"], {}).get(ref["key"])
+                return True, self.secrets.get(ref["name"], {}).get(ref["key"])
             return True, None
-        for src in env.get("envFrom", []):
+        for src in container.get("envFrom", []):
             ref = src.get("configMapRef") or src.get("secretRef")
-            data = configmaps.get(ref["name"]) if "configMapRef" in src else secrets.get(ref["name"])
+            data = self.configmaps.get(ref["name"]) if "configMapRef" in src else self.secrets.get(ref["name"])
             if data and name in data:
                 return True, data[name]
         return False, None
 
-    # Where each gRPC binary listens, and which pods run it.
-    listeners = {}  # binary → (pod labels, container port)
+
+def is_tern_image(container):
+    return container["image"].split("/")[-1].startswith("tern")
+
+
+def container_binary(container):
+    """The Tern binary a container runs, if any."""
+    b = binary_of(container.get("command") or container.get("args"))
+    if b is None and is_tern_image(container) and not container.get("command"):
+        b = "tern"  # the image's default command
+    return b
+
+
+def check_resources(where, spec):
+    """Every container: memory requests and limits, a CPU request."""
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        res = c.get("resources", {})
+        check(
+            res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory"),
+            where,
+            f"container {c['name']} needs memory requests and limits",
+        )
+        check(res.get("requests", {}).get("cpu"), where, f"container {c['name']} needs a CPU request")
+
+
+def check_security(where, spec, tern_containers):
+    """Tern containers run unprivileged, read-only, as the image's user."""
+    psc = spec.get("securityContext", {})
+    for c in tern_containers:
+        csc = c.get("securityContext", {})
+        cwhere = f"{where} container {c['name']}"
+        check(csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, cwhere, "runAsNonRoot must be true")
+        check(
+            csc.get("runAsUser", psc.get("runAsUser")) == TERN_UID,
+            cwhere,
+            f"runAsUser must be the image's uid {TERN_UID}",
+        )
+        check(csc.get("readOnlyRootFilesystem") is True, cwhere, "readOnlyRootFilesystem must be true")
+        check(csc.get("allowPrivilegeEscalation") is False, cwhere, "allowPrivilegeEscalation must be false")
+        check(csc.get("capabilities", {}).get("drop") == ["ALL"], cwhere, "capabilities must drop ALL")
+        seccomp = csc.get("seccompProfile", psc.get("seccompProfile", {}))
+        check(seccomp.get("type") == "RuntimeDefault", cwhere, "seccompProfile must be RuntimeDefault")
+
+
+def check_env(cwhere, c, b, r):
+    """Variables the binary reads and needs, references that resolve, secrets that are real."""
+    names, explicit = set(), set()
+    for e in c.get("env", []):
+        names.add(e["name"])
+        explicit.add(e["name"])
+        ref = e.get("valueFrom", {}).get("secretKeyRef") or e.get("valueFrom", {}).get("configMapKeyRef")
+        if ref:
+            store = r.secrets if "secretKeyRef" in e["valueFrom"] else r.configmaps
+            check(
+                ref["name"] in store and ref["key"] in store[ref["name"]],
+                cwhere,
+                f"{e['name']} refers to {ref['name']}/{ref['key']}, which is not rendered",
+            )
+    for src in c.get("envFrom", []):
+        if "configMapRef" in src:
+            ref = src["configMapRef"]["name"]
+            check(ref in r.configmaps, cwhere, f"envFrom ConfigMap {ref} is not rendered")
+            names |= set(r.configmaps.get(ref, {}))
+        if "secretRef" in src:
+            ref = src["secretRef"]["name"]
+            check(ref in r.secrets, cwhere, f"envFrom Secret {ref} is not rendered")
+            names |= set(r.secrets.get(ref, {}))
+    check_env_names(cwhere, b, names, explicit)
+    secret_vars = ("TERN__SERVICE_TOKEN", "TERN__AUTH__JWT__SECRET")
+    check_secret_values(cwhere, {v: r.value_of(c, v)[1] for v in secret_vars if r.value_of(c, v)[0]})
+
+
+def check_service_urls(cwhere, c, b, r):
+    """Each service URL names a Service that leads to that service's pods and port."""
+    for var, target in URL_TARGET.items():
+        found, url = r.value_of(c, var)
+        if not found or var not in READS[b]:
+            continue
+        u = urlsplit(url or "")
+        svc = r.services.get(u.hostname or "")
+        if not check(svc is not None, cwhere, f"{var}={url}: no Service named {u.hostname}"):
+            continue
+        labels, cport = r.listeners.get(target, ({}, None))
+        check(
+            selects(svc["spec"].get("selector"), labels),
+            cwhere,
+            f"{var}: Service {u.hostname} does not select the {target} pods",
+        )
+        sport = next((p for p in svc["spec"]["ports"] if p["port"] == u.port), None)
+        if check(sport is not None, cwhere, f"{var}: Service {u.hostname} has no port {u.port}"):
+            tp = sport.get("targetPort", sport["port"])
+            if isinstance(tp, str):
+                tp = next(
+                    (
+                        p["containerPort"]
+                        for w2 in r.workloads
+                        if selects(svc["spec"].get("selector"), w2["spec"]["template"]["metadata"]["labels"])
+                        for c2 in w2["spec"]["template"]["spec"]["containers"]
+                        for p in c2.get("ports", [])
+                        if p.get("name") == tp
+                    ),
+                    None,
+                )
+            check(tp == cport, cwhere, f"{var}: Service port {u.port} leads to {tp}, {target} listens on {cport}")
+    for var in ("TERN__REDIS_URL",):
+        found, url = r.value_of(c, var)
+        if found and var in READS[b]:
+            host = urlsplit(url or "").hostname or ""
+            check(
+                host in r.services or "." in host,
+                cwhere,
+                f"{var}={url}: {host} is neither a Service here nor a fully qualified host",
+            )
+
+
+def check_database(cwhere, c, b, r):
+    """A service's database is a server every replica shares, reachable, with its credentials."""
+    if b not in DB_URL:
+        return
+    found, url = r.value_of(c, DB_URL[b])
+    u = urlsplit(url or "")
+    check(
+        u.scheme in ("mysql", "postgres", "postgresql"),
+        cwhere,
+        f"{DB_URL[b]} must be a MySQL or PostgreSQL URL shared by every replica, not {u.scheme or 'unset'}",
+    )
+    check(
+        u.hostname in r.services or "." in (u.hostname or ""),
+        cwhere,
+        f"{DB_URL[b]}: {u.hostname} is neither a Service here nor a fully qualified host",
+    )
+    if r.mysql and u.hostname == r.mysql[2]:
+        check(
+            (u.username, u.password) == (r.mysql[0], r.mysql[1]),
+            cwhere,
+            f"{DB_URL[b]} does not carry the user and password of StatefulSet {r.mysql[2]}",
+        )
+
+
+def check_probes(cwhere, c, b, r):
+    """gRPC services: native gRPC probes on their port; gateways: /health and /ready."""
+    if b in GRPC:
+        _, addr = r.value_of(c, "TERN__GRPC_ADDR")
+        port = port_of(addr, GRPC[b][0])
+        rp = c.get("readinessProbe", {}).get("grpc", {})
+        check(
+            rp.get("port") == port and rp.get("service") == GRPC[b][1],
+            cwhere,
+            f"readinessProbe must be grpc on {port} for service {GRPC[b][1]}",
+        )
+        lp = c.get("livenessProbe", {}).get("grpc", {})
+        check(
+            lp.get("port") == port and lp.get("service", "") == "",
+            cwhere,
+            f'livenessProbe must be grpc on {port} for the server as a whole ("")',
+        )
+        check(
+            any(p["containerPort"] == port and p.get("name") == "grpc" for p in c.get("ports", [])),
+            cwhere,
+            f"needs a container port named grpc = {port}",
+        )
+        found, maddr = r.value_of(c, "TERN__METRICS_ADDR")
+        if found:
+            mport = port_of(maddr, None)
+            check(
+                any(p["containerPort"] == mport for p in c.get("ports", [])),
+                cwhere,
+                f"TERN__METRICS_ADDR port {mport} is not a container port",
+            )
+    elif b == "tern-gateway":
+        check(
+            c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/health",
+            cwhere,
+            "livenessProbe must GET /health",
+        )
+        check(
+            c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/ready",
+            cwhere,
+            "readinessProbe must GET /ready",
+        )
+        check(
+            c.get("readinessProbe", {}).get("timeoutSeconds", 1) > 2,
+            cwhere,
+            "readinessProbe timeout must exceed /ready's 2 s dependency checks",
+        )
+
+
+def check_shutdown(cwhere, c, b, spec, r):
+    """preStop sleep, drain and grace fit in terminationGracePeriodSeconds."""
+    if not (b in GRPC or b == "tern-gateway"):
+        return
+    stop = c.get("lifecycle", {}).get("preStop", {})
+    sleep = 0
+    if "exec" in stop:
+        cmd = stop["exec"]["command"]
+        if cmd[0].endswith("sleep"):
+            sleep = int(cmd[1])
+    elif "sleep" in stop:
+        sleep = int(stop["sleep"]["seconds"])
+    check(sleep > 0, cwhere, "needs a preStop sleep, so endpoints drop the pod before SIGTERM")
+
+    def setting(var):
+        found, v = r.value_of(c, var)
+        return int(v) if found else DEFAULTS[var]
+
+    if b in GRPC:
+        parts = {"preStop": sleep, "TERN__DRAIN_SECS": setting("TERN__DRAIN_SECS"), "in-flight": IN_FLIGHT_SECS}
+    else:
+        parts = {
+            "preStop": sleep,
+            "TERN__GATEWAY__DRAIN_SECS": setting("TERN__GATEWAY__DRAIN_SECS"),
+            "TERN__GATEWAY__SHUTDOWN_GRACE_SECS": setting("TERN__GATEWAY__SHUTDOWN_GRACE_SECS"),
+        }
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    total = sum(parts.values())
+    check(
+        total < grace,
+        cwhere,
+        f"shutdown needs {' + '.join(f'{k} {v}' for k, v in parts.items())} = {total} s,"
+        f" not under terminationGracePeriodSeconds {grace}",
+    )
+
+
+def check_availability(where, w, binaries, r):
+    """Tern's own workloads: a PodDisruptionBudget, and no replicas an HPA owns."""
+    if not any(b for b in binaries if b and b != "tern"):
+        return
+    labels = w["spec"]["template"]["metadata"].get("labels", {})
+    check(
+        any(selects(p["spec"]["selector"].get("matchLabels"), labels) for p in r.pdbs),
+        where,
+        "no PodDisruptionBudget selects its pods",
+    )
+    if w["metadata"]["name"] in r.hpas:
+        check("replicas" not in w["spec"], where, "sets replicas while a HorizontalPodAutoscaler owns the count")
+
+
+def check_services(overlay, r):
+    """Every Service selects pods, names real ports, and marks gRPC ones."""
+    for target in r.hpas:
+        check(
+            any(w["metadata"]["name"] == target for w in r.workloads),
+            f"{overlay}: HorizontalPodAutoscaler {target}",
+            "targets no rendered Deployment",
+        )
+    for sname, svc in r.services.items():
+        sel = svc["spec"].get("selector")
+        pods = [w for w in r.workloads if selects(sel, w["spec"]["template"]["metadata"].get("labels", {}))]
+        if not check(pods, f"{overlay}: Service {sname}", "selects no pod"):
+            continue
+        names = {p.get("name") for w in pods for c in w["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        for p in svc["spec"]["ports"]:
+            if isinstance(p.get("targetPort"), str):
+                check(p["targetPort"] in names, f"{overlay}: Service {sname}", f"targetPort {p['targetPort']} is no container port")
+            if p.get("name") == "grpc":
+                check(p.get("appProtocol") == "grpc", f"{overlay}: Service {sname}", "gRPC port needs appProtocol: grpc")
+
+
+def check_k8s(overlay, path):
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    r = Rendered(docs)
+    before, failed_before = checked, failures
     tern_images = set()
-    for w in workloads:
-        pod = w["spec"]["template"]
-        for c in pod["spec"]["containers"]:
-            b = binary_of(c.get("command") or c.get("args"))
-            if b is None and c["image"].split("/")[-1].startswith("tern") and not c.get("command"):
-                b = "tern"  # the image's default command
-            if b in GRPC:
-                _, addr = value_of("", c, "TERN__GRPC_ADDR")
-                listeners[b] = (pod["metadata"].get("labels", {}), port_of(addr, GRPC[b][0]))
-            elif b in ("tern-gateway", "tern"):
-                _, addr = value_of("", c, "TERN__HTTP_ADDR")
-                listeners[b] = (pod["metadata"].get("labels", {}), port_of(addr, HTTP_DEFAULT_PORT))
-
-    mysql = None  # (user, password) of an in-cluster MySQL, if any
-    for w in workloads:
-        for c in w["spec"]["template"]["spec"]["containers"]:
-            if c["image"].split("/")[-1].startswith("mysql:"):
-                found_u, user = value_of("", c, "MYSQL_USER")
-                found_p, password = value_of("", c, "MYSQL_PASSWORD")
-                if found_u and found_p:
-                    mysql = (user, password, w["metadata"]["name"])
-
-    for w in workloads:
-        name = w["metadata"]["name"]
-        pod = w["spec"]["template"]
-        spec = pod["spec"]
+    for w in r.workloads:
+        spec = w["spec"]["template"]["spec"]
         containers = spec["containers"]
         binaries = [binary_of(c.get("command") or c.get("args")) for c in containers]
-        tern_containers = [
-            c for c in spec.get("initContainers", []) + containers if c["image"].split("/")[-1].startswith("tern")
-        ]
-        where = f"{overlay}: {w['kind']} {name}"
-        # Every container: resources.
-        for c in spec.get("initContainers", []) + containers:
-            res = c.get("resources", {})
-            check(
-                res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory"),
-                where,
-                f"container {c['name']} needs memory requests and limits",
-            )
-            check(res.get("requests", {}).get("cpu"), where, f"container {c['name']} needs a CPU request")
+        tern_containers = [c for c in spec.get("initContainers", []) + containers if is_tern_image(c)]
+        where = f"{overlay}: {w['kind']} {w['metadata']['name']}"
+        check_resources(where, spec)
         if not tern_containers:
             continue
-        # Tern containers: security context.
-        psc = spec.get("securityContext", {})
-        for c in tern_containers:
-            tern_images.add(c["image"])
-            csc = c.get("securityContext", {})
-            cwhere = f"{where} container {c['name']}"
-            check(csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True, cwhere, "runAsNonRoot must be true")
-            check(
-                csc.get("runAsUser", psc.get("runAsUser")) == TERN_UID,
-                cwhere,
-                f"runAsUser must be the image's uid {TERN_UID}",
-            )
-            check(csc.get("readOnlyRootFilesystem") is True, cwhere, "readOnlyRootFilesystem must be true")
-            check(csc.get("allowPrivilegeEscalation") is False, cwhere, "allowPrivilegeEscalation must be false")
-            check(csc.get("capabilities", {}).get("drop") == ["ALL"], cwhere, "capabilities must drop ALL")
-            seccomp = csc.get("seccompProfile", psc.get("seccompProfile", {}))
-            check(seccomp.get("type") == "RuntimeDefault", cwhere, "seccompProfile must be RuntimeDefault")
+        tern_images |= {c["image"] for c in tern_containers}
+        check_security(where, spec, tern_containers)
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
-        for c, b in zip(containers, binaries):
-            if b is None and c["image"].split("/")[-1].startswith("tern") and not c.get("command"):
-                b = "tern"
+        for c in containers:
+            b = container_binary(c)
             if b is None:
                 continue
             cwhere = f"{where} container {c['name']} ({b})"
@@ -299,199 +530,13 @@ def check_k8s(overlay, path):
                 cwhere,
                 "needs an emptyDir on /tmp (the root filesystem is read-only)",
             )
-            # Environment: names, required settings, references.
-            names, explicit = set(), set()
-            for e in c.get("env", []):
-                names.add(e["name"])
-                explicit.add(e["name"])
-                ref = e.get("valueFrom", {}).get("secretKeyRef") or e.get("valueFrom", {}).get("configMapKeyRef")
-                if ref:
-                    store = secrets if "secretKeyRef" in e["valueFrom"] else configmaps
-                    check(
-                        ref["name"] in store and ref["key"] in store[ref["name"]],
-                        cwhere,
-                        f"{e['name']} refers to {ref['name']}/{ref['key']}, which is not rendered",
-                    )
-            for src in c.get("envFrom", []):
-                if "configMapRef" in src:
-                    ref = src["configMapRef"]["name"]
-                    check(ref in configmaps, cwhere, f"envFrom ConfigMap {ref} is not rendered")
-                    names |= set(configmaps.get(ref, {}))
-                if "secretRef" in src:
-                    ref = src["secretRef"]["name"]
-                    check(ref in secrets, cwhere, f"envFrom Secret {ref} is not rendered")
-                    names |= set(secrets.get(ref, {}))
-            check_env_names(cwhere, b, names, explicit)
-            check_secret_values(
-                cwhere,
-                {v: value_of(cwhere, c, v)[1] for v in ("TERN__SERVICE_TOKEN", "TERN__AUTH__JWT__SECRET") if value_of(cwhere, c, v)[0]},
-            )
-            for var, target in URL_TARGET.items():
-                found, url = value_of(cwhere, c, var)
-                if not found or var not in READS[b]:
-                    continue
-                u = urlsplit(url or "")
-                svc = services.get(u.hostname or "")
-                if not check(svc is not None, cwhere, f"{var}={url}: no Service named {u.hostname}"):
-                    continue
-                labels, cport = listeners.get(target, ({}, None))
-                check(
-                    selects(svc["spec"].get("selector"), labels),
-                    cwhere,
-                    f"{var}: Service {u.hostname} does not select the {target} pods",
-                )
-                sport = next((p for p in svc["spec"]["ports"] if p["port"] == u.port), None)
-                if check(sport is not None, cwhere, f"{var}: Service {u.hostname} has no port {u.port}"):
-                    tp = sport.get("targetPort", sport["port"])
-                    if isinstance(tp, str):
-                        tp = next(
-                            (
-                                p["containerPort"]
-                                for w2 in workloads
-                                if selects(svc["spec"].get("selector"), w2["spec"]["template"]["metadata"]["labels"])
-                                for c2 in w2["spec"]["template"]["spec"]["containers"]
-                                for p in c2.get("ports", [])
-                                if p.get("name") == tp
-                            ),
-                            None,
-                        )
-                    check(tp == cport, cwhere, f"{var}: Service port {u.port} leads to {tp}, {target} listens on {cport}")
-            for var in ("TERN__REDIS_URL",):
-                found, url = value_of(cwhere, c, var)
-                if found and var in READS[b]:
-                    host = urlsplit(url or "").hostname or ""
-                    check(
-                        host in services or "." in host,
-                        cwhere,
-                        f"{var}={url}: {host} is neither a Service here nor a fully qualified host",
-                    )
-            if b in DB_URL:
-                found, url = value_of(cwhere, c, DB_URL[b])
-                u = urlsplit(url or "")
-                check(
-                    u.scheme in ("mysql", "postgres", "postgresql"),
-                    cwhere,
-                    f"{DB_URL[b]} must be a MySQL or PostgreSQL URL shared by every replica, not {u.scheme or 'unset'}",
-                )
-                check(
-                    u.hostname in services or "." in (u.hostname or ""),
-                    cwhere,
-                    f"{DB_URL[b]}: {u.hostname} is neither a Service here nor a fully qualified host",
-                )
-                if mysql and u.hostname == mysql[2]:
-                    check(
-                        (u.username, u.password) == (mysql[0], mysql[1]),
-                        cwhere,
-                        f"{DB_URL[b]} does not carry the user and password of StatefulSet {mysql[2]}",
-                    )
-            # Probes.
-            if b in GRPC:
-                _, addr = value_of(cwhere, c, "TERN__GRPC_ADDR")
-                port = port_of(addr, GRPC[b][0])
-                rp = c.get("readinessProbe", {}).get("grpc", {})
-                check(
-                    rp.get("port") == port and rp.get("service") == GRPC[b][1],
-                    cwhere,
-                    f"readinessProbe must be grpc on {port} for service {GRPC[b][1]}",
-                )
-                lp = c.get("livenessProbe", {}).get("grpc", {})
-                check(
-                    lp.get("port") == port and lp.get("service", "") == "",
-                    cwhere,
-                    f'livenessProbe must be grpc on {port} for the server as a whole ("")',
-                )
-                check(
-                    any(p["containerPort"] == port and p.get("name") == "grpc" for p in c.get("ports", [])),
-                    cwhere,
-                    f"needs a container port named grpc = {port}",
-                )
-                found, maddr = value_of(cwhere, c, "TERN__METRICS_ADDR")
-                if found:
-                    mport = port_of(maddr, None)
-                    check(
-                        any(p["containerPort"] == mport for p in c.get("ports", [])),
-                        cwhere,
-                        f"TERN__METRICS_ADDR port {mport} is not a container port",
-                    )
-            elif b == "tern-gateway":
-                check(
-                    c.get("livenessProbe", {}).get("httpGet", {}).get("path") == "/health",
-                    cwhere,
-                    "livenessProbe must GET /health",
-                )
-                check(
-                    c.get("readinessProbe", {}).get("httpGet", {}).get("path") == "/ready",
-                    cwhere,
-                    "readinessProbe must GET /ready",
-                )
-                check(
-                    c.get("readinessProbe", {}).get("timeoutSeconds", 1) > 2,
-                    cwhere,
-                    "readinessProbe timeout must exceed /ready's 2 s dependency checks",
-                )
-            # Shutdown budget.
-            if b in GRPC or b == "tern-gateway":
-                stop = c.get("lifecycle", {}).get("preStop", {})
-                sleep = 0
-                if "exec" in stop:
-                    cmd = stop["exec"]["command"]
-                    if cmd[0].endswith("sleep"):
-                        sleep = int(cmd[1])
-                elif "sleep" in stop:
-                    sleep = int(stop["sleep"]["seconds"])
-                check(sleep > 0, cwhere, "needs a preStop sleep, so endpoints drop the pod before SIGTERM")
-
-                def setting(var):
-                    found, v = value_of(cwhere, c, var)
-                    return int(v) if found else DEFAULTS[var]
-
-                if b in GRPC:
-                    parts = {"preStop": sleep, "TERN__DRAIN_SECS": setting("TERN__DRAIN_SECS"), "in-flight": IN_FLIGHT_SECS}
-                else:
-                    parts = {
-                        "preStop": sleep,
-                        "TERN__GATEWAY__DRAIN_SECS": setting("TERN__GATEWAY__DRAIN_SECS"),
-                        "TERN__GATEWAY__SHUTDOWN_GRACE_SECS": setting("TERN__GATEWAY__SHUTDOWN_GRACE_SECS"),
-                    }
-                grace = spec.get("terminationGracePeriodSeconds", 30)
-                total = sum(parts.values())
-                check(
-                    total < grace,
-                    cwhere,
-                    f"shutdown needs {' + '.join(f'{k} {v}' for k, v in parts.items())} = {total} s,"
-                    f" not under terminationGracePeriodSeconds {grace}",
-                )
-        # Autoscaling and disruption budgets for Tern's own workloads.
-        if any(b for b in binaries if b and b != "tern"):
-            labels = pod["metadata"].get("labels", {})
-            check(
-                any(selects(p["spec"]["selector"].get("matchLabels"), labels) for p in pdbs),
-                where,
-                "no PodDisruptionBudget selects its pods",
-            )
-            if name in hpas:
-                check(
-                    "replicas" not in w["spec"],
-                    where,
-                    "sets replicas while a HorizontalPodAutoscaler owns the count",
-                )
-    for target in hpas:
-        check(
-            any(w["metadata"]["name"] == target for w in workloads),
-            f"{overlay}: HorizontalPodAutoscaler {target}",
-            "targets no rendered Deployment",
-        )
-    for sname, svc in services.items():
-        sel = svc["spec"].get("selector")
-        pods = [w for w in workloads if selects(sel, w["spec"]["template"]["metadata"].get("labels", {}))]
-        if not check(pods, f"{overlay}: Service {sname}", "selects no pod"):
-            continue
-        names = {p.get("name") for w in pods for c in w["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
-        for p in svc["spec"]["ports"]:
-            if isinstance(p.get("targetPort"), str):
-                check(p["targetPort"] in names, f"{overlay}: Service {sname}", f"targetPort {p['targetPort']} is no container port")
-            if p.get("name") == "grpc":
-                check(p.get("appProtocol") == "grpc", f"{overlay}: Service {sname}", "gRPC port needs appProtocol: grpc")
+            check_env(cwhere, c, b, r)
+            check_service_urls(cwhere, c, b, r)
+            check_database(cwhere, c, b, r)
+            check_probes(cwhere, c, b, r)
+            check_shutdown(cwhere, c, b, spec, r)
+        check_availability(where, w, binaries, r)
+    check_services(overlay, r)
     check(len(tern_images) <= 1, overlay, f"Tern containers use different images: {sorted(tern_images)}")
     summary(failed_before, f"{overlay}: {len(docs)} objects, {checked - before} consistency checks")
 
