@@ -76,7 +76,7 @@ py=$venv/bin/python
 mkdir -p "$out"
 
 # --- 0. What each binary reads ------------------------------------------------
-step "Settings: the TERN__* variables each binary reads, from crates/*/src"
+step "Settings: the TERN__* variables each binary reads (deploy/settings/, as the binaries print them)"
 "$py" deploy/check-deploy.py settings || die "deploy/check-deploy.py is out of step with the binaries' settings"
 
 # --- 1. Kubernetes ----------------------------------------------------------
