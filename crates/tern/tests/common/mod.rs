@@ -140,8 +140,20 @@ impl Databases {
     }
 }
 
+/// A port no process listens on, never handed out twice in this test
+/// process: tests run in parallel, and the kernel may offer a port again as
+/// soon as its probe is closed, which once gave two clusters' services the
+/// same port (one then answered the other's calls with `unimplemented`).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Server {
