@@ -164,6 +164,17 @@ export class ChatUser {
     );
   }
 
+  /** For each of one's own stored messages, how many others have read it. */
+  async readBy() {
+    return this.page.$$eval("#messages .msg.own[data-read-by]", (els) => els.map((el) => Number(el.dataset.readBy)));
+  }
+
+  /** The receipt under the last of one's own messages ("✓ Sent", "✓✓ Read", …). */
+  async receipt() {
+    const all = await this.page.$$eval("#messages .msg.own .receipt", (els) => els.map((el) => el.textContent));
+    return all.at(-1) ?? null;
+  }
+
   async texts() {
     return (await this.messages()).map((m) => m.text);
   }

@@ -27,11 +27,16 @@ test("two browsers chat 1:1", { timeout: 180000 }, (t) =>
     await alice.send("Hi Bob, ça va ?");
     await alice.expectMessages(["Hi Bob, ça va ?"]);
 
-    // Bob was not looking at the conversation: one unread, with a preview.
+    // Bob was not looking at the conversation: one unread, with a preview,
+    // and Alice's message is sent, not read.
     await eventually(() => bob.conversations(), [{ name: "alice", unread: 1, preview: "Hi Bob, ça va ?" }]);
+    await eventually(() => alice.receipt(), "✓ Sent");
     await bob.open("alice");
     await bob.expectMessages(["Hi Bob, ça va ?"]);
     await eventually(() => bob.unread("alice"), 0);
+    // Bob read it: Alice is told at once.
+    await eventually(() => alice.receipt(), "✓✓ Read");
+    assert.deepEqual(await alice.readBy(), [1]);
 
     // Enter sends; Shift+Enter adds a line.
     await bob.page.click("#composer-input");

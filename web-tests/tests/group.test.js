@@ -73,6 +73,9 @@ test("three browsers form a group", { timeout: 180000 }, (t) =>
 
     const all = ["Who is in for Saturday?", "Leaving at 9", "Me!", "Count me in", "Great, see you both"];
     for (const u of [alice, bob, carol]) await u.expectMessages(all);
+    // Bob and Carol have the group open: Alice's latest is read by both.
+    await eventually(() => alice.receipt(), "✓✓ Read by 2");
+    assert.deepEqual(await alice.readBy(), [2, 2, 2]);
     // Others' runs carry the sender's name.
     assert.deepEqual(await bob.page.$$eval("#messages .sender", (els) => els.map((e) => e.textContent)), ["alice", "carol", "alice"]);
     await alice.screenshot("group-members");

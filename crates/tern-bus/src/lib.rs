@@ -22,7 +22,7 @@ use std::{collections::HashMap, sync::Arc};
 pub use in_process::{InProcessBus, InProcessPresence};
 pub use redis::{Names, RedisBus, RedisPresence, connect as connect_redis};
 pub use tern_proto::pb::bus::{
-    BusEvent, Deliver, Deliveries, Kick, Resync, Revoked, Typing, bus_event::Event,
+    BusEvent, Deliver, Deliveries, Kick, Read, Resync, Revoked, Typing, bus_event::Event,
 };
 
 /// A gateway node's id, e.g. `gw-1` (or `local` when embedded).

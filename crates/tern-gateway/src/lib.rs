@@ -254,6 +254,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/groups/{group_id}/members/{user_id}", delete(api::remove_member)),
         ("/api/conversations", get(api::conversations)),
         ("/api/conversations/{conversation_id}/messages", get(api::history)),
+        ("/api/conversations/{conversation_id}/reads", get(api::reads)),
     ]
 }
 

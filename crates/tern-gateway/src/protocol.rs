@@ -15,6 +15,7 @@ pub mod kind {
     pub const GROUP: i64 = 2;
     pub const ERROR: i64 = 3;
     pub const ACK: i64 = 30;
+    pub const READ: i64 = 31;
     pub const TYPING: i64 = 40;
     pub const HEARTBEAT: i64 = 99;
     pub const KICKED: i64 = 100;
@@ -39,6 +40,8 @@ pub enum ClientFrame {
     Send { target: SendTarget, content: String, client_msg_id: Option<String> },
     /// Type 30: everything up to `seq` in the conversation was delivered.
     Ack { conversation_id: String, seq: u64 },
+    /// Type 31: everything up to `seq` in the conversation was read.
+    Read { conversation_id: String, seq: u64 },
     /// Type 40: the user is typing to `to` or in `group_id`.
     Typing { target: SendTarget },
     /// Type 99.
@@ -134,14 +137,18 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
                 .ok_or_else(|| missing("'content' is required"))?;
             Ok(ClientFrame::Send { target, content: content.get().to_string(), client_msg_id })
         }
-        kind::ACK => {
+        kind::ACK | kind::READ => {
             let conversation_id = match raw.conversation_id {
                 Some(serde_json::Value::String(s)) => s,
                 _ => return Err(missing("'conversation_id' is required")),
             };
             let seq =
                 id_of(raw.seq).ok_or_else(|| missing("'seq' must be a non-negative integer"))?;
-            Ok(ClientFrame::Ack { conversation_id, seq })
+            Ok(if kind == kind::ACK {
+                ClientFrame::Ack { conversation_id, seq }
+            } else {
+                ClientFrame::Read { conversation_id, seq }
+            })
         }
         kind::TYPING => {
             let target = match (id_of(raw.group_id), id_of(raw.to)) {
@@ -175,6 +182,22 @@ struct TypingFrame<'a> {
 pub fn typing(from: u64, conversation_id: &str, group_id: u64) -> String {
     let group_id = (group_id != 0).then_some(group_id);
     serde_json::to_string(&TypingFrame { kind: kind::TYPING, conversation_id, from, group_id })
+        .expect("serialising plain fields cannot fail")
+}
+
+#[derive(Serialize)]
+struct ReadFrame<'a> {
+    #[serde(rename = "type")]
+    kind: i64,
+    conversation_id: &'a str,
+    user_id: u64,
+    seq: u64,
+}
+
+/// A read marker moved (type 31): `user_id` has read the conversation up
+/// to `seq` (the 1:1 peer, or the user's own other session).
+pub fn read(user_id: u64, conversation_id: &str, seq: u64) -> String {
+    serde_json::to_string(&ReadFrame { kind: kind::READ, conversation_id, user_id, seq })
         .expect("serialising plain fields cannot fail")
 }
 
@@ -339,6 +362,20 @@ mod tests {
         );
         let frame: serde_json::Value = serde_json::from_str(&typing(1, "dm:1:2", 0)).unwrap();
         assert_eq!(frame, serde_json::json!({"type":40,"conversation_id":"dm:1:2","from":1}));
+    }
+
+    #[test]
+    fn read_frames_carry_a_conversation_and_a_seq() {
+        assert_eq!(
+            parse(r#"{"type":31,"conversation_id":"dm:1:2","seq":"4"}"#).unwrap(),
+            ClientFrame::Read { conversation_id: "dm:1:2".into(), seq: 4 }
+        );
+        assert_eq!(parse(r#"{"type":31,"seq":1}"#).unwrap_err().code, ErrorCode::MissingField);
+        let frame: serde_json::Value = serde_json::from_str(&read(2, "dm:1:2", 4)).unwrap();
+        assert_eq!(
+            frame,
+            serde_json::json!({"type":31,"conversation_id":"dm:1:2","user_id":2,"seq":4})
+        );
     }
 
     #[test]

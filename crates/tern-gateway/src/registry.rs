@@ -78,10 +78,14 @@ impl Registry {
         }
     }
 
-    /// Queues an ephemeral frame (a typing indicator) for `user` if there
-    /// is room; when the queue is full it is simply dropped, with no resync.
-    pub fn offer_ephemeral(&self, user: u64, frame: &str) {
-        if let Some(session) = self.sessions.get(&user) {
+    /// Queues an ephemeral frame (a typing indicator, a read marker) for
+    /// `user` if there is room, except to the session `except` (the one it
+    /// came from); when the queue is full it is simply dropped, with no
+    /// resync.
+    pub fn offer_ephemeral(&self, user: u64, frame: &str, except: &str) {
+        if let Some(session) = self.sessions.get(&user)
+            && session.id != except
+        {
             let _ = session.tx.try_send(Outbound::Text(frame.to_string()));
         }
     }
@@ -137,7 +141,13 @@ pub fn dispatcher(
             Some(Event::Typing(typing)) => {
                 let frame = protocol::typing(typing.from, &typing.conversation_id, typing.group_id);
                 for user in typing.recipients {
-                    registry.offer_ephemeral(user, &frame);
+                    registry.offer_ephemeral(user, &frame, "");
+                }
+            }
+            Some(Event::Read(read)) => {
+                let frame = protocol::read(read.reader, &read.conversation_id, read.seq);
+                for user in read.recipients {
+                    registry.offer_ephemeral(user, &frame, &read.origin_session_id);
                 }
             }
             Some(Event::Resync(_)) => {

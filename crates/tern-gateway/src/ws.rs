@@ -32,7 +32,7 @@ use tern_proto::{
     ErrorCode,
     pb::{
         message::{
-            SendBatchRequest, SendRequest, TypingRequest, send_request::Target,
+            MarkReadRequest, SendBatchRequest, SendRequest, TypingRequest, send_request::Target,
             send_result::Outcome, typing_request::Target as TypingTarget,
         },
         offline::AckRequest,
@@ -180,8 +180,15 @@ where
     let expired = tokio::time::sleep(Duration::from_secs(left));
     let (sends, queued) = mpsc::channel(settings.send_window.max(1));
     let pipeline = Box::pin(send_pipeline(&state, queued, tx.clone()));
-    let reader =
-        Reader { state: &state, user, tx, sends, written, last_typing: Default::default() };
+    let reader = Reader {
+        state: &state,
+        user,
+        session_id: &session_id,
+        tx,
+        sends,
+        written,
+        last_typing: Default::default(),
+    };
     let reading = Box::pin(reader.run(read));
     let reading = async {
         tokio::select! {
@@ -324,6 +331,7 @@ fn answer_frame(
 struct Reader<'a> {
     state: &'a AppState,
     user: u64,
+    session_id: &'a str,
     tx: mpsc::Sender<Outbound>,
     /// The session's send window.
     sends: mpsc::Sender<Queued>,
@@ -386,6 +394,7 @@ impl Reader<'_> {
                 return self.sends.send(queued).await.is_ok();
             }
             Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
+            Ok(ClientFrame::Read { conversation_id, seq }) => self.read(conversation_id, seq).await,
             Ok(ClientFrame::Typing { target }) => self.typing(target).await,
             Err(error) => Some(protocol::error(&error)),
         };
@@ -470,6 +479,29 @@ impl Reader<'_> {
         let mut last = self.last_typing.lock().expect("typing slot poisoned");
         if last.is_some_and(|(t, _)| t == target) {
             *last = None;
+        }
+    }
+
+    /// A read marker: written at once by the offline service (through the
+    /// message service, which tells the peer), and counted against the
+    /// user's message rate, since each one is a write.
+    async fn read(&self, conversation_id: String, seq: u64) -> Option<String> {
+        if !self.state.limits.message(self.user) {
+            return Some(protocol::error(&FrameError {
+                code: ErrorCode::RateLimited,
+                message: "marking read too fast".into(),
+                client_msg_id: None,
+            }));
+        }
+        let request = MarkReadRequest {
+            user_id: self.user,
+            conversation_id,
+            seq,
+            origin_session_id: self.session_id.to_string(),
+        };
+        match self.state.services.message.clone().mark_read(request).await {
+            Ok(_) => None,
+            Err(status) => Some(protocol::error(&status_frame(&status, None))),
         }
     }
 

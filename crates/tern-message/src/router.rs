@@ -11,7 +11,7 @@
 use crate::{Peers, store::Committed};
 use quick_cache::{OptionsBuilder, Weighter, sync::Cache};
 use std::{collections::HashMap, sync::Arc};
-use tern_bus::{BusEvent, Deliver, Deliveries, Event, Typing};
+use tern_bus::{BusEvent, Deliver, Deliveries, Event};
 use tern_proto::pb::{group::GetGroupRequest, message::message::Target};
 use tokio::sync::mpsc;
 
@@ -79,23 +79,24 @@ impl Router {
         Ok((group.members_version, members))
     }
 
-    /// Publishes a typing indicator to every node holding one of its
-    /// recipients, each event naming only that node's recipients. Only a
-    /// presence failure is an error; a failed publish loses an indicator,
-    /// which the sender repeats while typing anyway.
-    pub async fn typing(&self, typing: Typing) -> Result<(), tonic::Status> {
-        let Typing { from, conversation_id, group_id, recipients } = typing;
-        let by_node = self.peers.presence.locate(&recipients).await.map_err(|error| {
+    /// Publishes an ephemeral event (a typing indicator, a read marker) to
+    /// every node holding one of `recipients`, each event naming only that
+    /// node's recipients. Only a presence failure is an error; a failed
+    /// publish loses one indicator, which the next one replaces.
+    pub async fn notify(
+        &self,
+        recipients: &[u64],
+        event: impl Fn(Vec<u64>) -> Event,
+    ) -> Result<(), tonic::Status> {
+        let by_node = self.peers.presence.locate(recipients).await.map_err(|error| {
             metrics::counter!("tern_bus_errors_total", "op" => "locate").increment(1);
             tonic::Status::unavailable(format!("presence unavailable: {error}"))
         })?;
         for (node, recipients) in by_node {
-            let conversation_id = conversation_id.clone();
-            let event = Event::Typing(Typing { from, conversation_id, group_id, recipients });
-            if let Err(error) = self.peers.bus.publish(&node, BusEvent { event: Some(event) }).await
-            {
+            let event = BusEvent { event: Some(event(recipients)) };
+            if let Err(error) = self.peers.bus.publish(&node, event).await {
                 metrics::counter!("tern_bus_errors_total", "op" => "publish").increment(1);
-                tracing::debug!(node, %error, "typing indicator not published");
+                tracing::debug!(node, %error, "ephemeral event not published");
             }
         }
         Ok(())

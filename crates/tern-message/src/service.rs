@@ -11,17 +11,18 @@ use tern_proto::{
     conversation,
     pb::{
         auth::GetUsersRequest,
-        bus::Typing,
+        bus::{Read, Typing, bus_event::Event},
         group::IsMemberRequest,
         message::{
             ConversationState, GetConversationStatesRequest, GetConversationStatesResponse,
-            ListMessagesRequest, ListMessagesResponse, Message, SendAck, SendBatchRequest,
-            SendBatchResponse, SendError, SendRequest, SendResponse, SendResult, TypingRequest,
-            TypingResponse, message::Target as StoredTarget,
+            ListMessagesRequest, ListMessagesResponse, MarkReadRequest, MarkReadResponse, Message,
+            SendAck, SendBatchRequest, SendBatchResponse, SendError, SendRequest, SendResponse,
+            SendResult, TypingRequest, TypingResponse, message::Target as StoredTarget,
             message_service_server::MessageService, send_request::Target, send_result::Outcome,
             typing_request::Target as TypingTarget,
         },
         offline::InitCursorsRequest,
+        offline::MarkReadRequest as OfflineMarkRead,
     },
 };
 use tonic::{Request, Response, Status};
@@ -178,10 +179,46 @@ impl Messages {
                 (conversation::group(group_id), group_id, others)
             }
         };
-        let response = TypingResponse { conversation_id: conversation_id.clone() };
-        let typing = Typing { from: sender_id, conversation_id, group_id, recipients };
-        self.router.typing(typing).await?;
-        Ok(response)
+        self.router
+            .notify(&recipients, |recipients| {
+                let conversation_id = conversation_id.clone();
+                Event::Typing(Typing { from: sender_id, conversation_id, group_id, recipients })
+            })
+            .await?;
+        Ok(TypingResponse { conversation_id })
+    }
+
+    /// Moves the reader's read marker and, when it moved, tells the
+    /// reader's other sessions and the peer of a 1:1 conversation.
+    async fn mark_read(&self, request: MarkReadRequest) -> Result<MarkReadResponse, MessageError> {
+        let MarkReadRequest { user_id, conversation_id, seq, origin_session_id } = request;
+        let kind = conversation::parse(&conversation_id)
+            .ok_or(MessageError::Invalid("malformed conversation_id"))?;
+        let marked = self
+            .peers
+            .offline
+            .clone()
+            .mark_read(OfflineMarkRead { user_id, conversation_id: conversation_id.clone(), seq })
+            .await?
+            .into_inner();
+        if marked.advanced {
+            let mut recipients = vec![user_id];
+            if let conversation::Kind::Direct(a, b) = kind {
+                recipients.push(if a == user_id { b } else { a });
+            }
+            self.router
+                .notify(&recipients, |recipients| {
+                    Event::Read(Read {
+                        reader: user_id,
+                        conversation_id: conversation_id.clone(),
+                        seq: marked.read_seq,
+                        recipients,
+                        origin_session_id: origin_session_id.clone(),
+                    })
+                })
+                .await?;
+        }
+        Ok(MarkReadResponse { read_seq: marked.read_seq })
     }
 
     /// Checks that `sender` may send to `target` and makes sure the
@@ -405,5 +442,12 @@ impl MessageService for Messages {
         request: Request<TypingRequest>,
     ) -> Result<Response<TypingResponse>, Status> {
         Ok(Response::new(Messages::typing(self, request.into_inner()).await?))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<MarkReadRequest>,
+    ) -> Result<Response<MarkReadResponse>, Status> {
+        Ok(Response::new(Messages::mark_read(self, request.into_inner()).await?))
     }
 }

@@ -6,7 +6,7 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateCursors)]
+        vec![Box::new(CreateCursors), Box::new(AddReadMarkers)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -26,6 +26,7 @@ enum Cursors {
     ConversationId,
     StartSeq,
     AckedSeq,
+    ReadSeq,
 }
 
 struct CreateCursors;
@@ -51,6 +52,45 @@ impl MigrationTrait for CreateCursors {
                     .col(big_integer(Cursors::StartSeq))
                     .col(big_integer(Cursors::AckedSeq))
                     .primary_key(Index::create().col(Cursors::UserId).col(Cursors::ConversationId))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Read markers: a column beside the delivery cursor, starting where the
+/// cursor is (unread counts used to come from the cursor), and an index
+/// by conversation for `ReadPositions`.
+struct AddReadMarkers;
+
+impl MigrationName for AddReadMarkers {
+    fn name(&self) -> &str {
+        "m0002_add_read_markers"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddReadMarkers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Cursors::Table)
+                    .add_column(big_integer(Cursors::ReadSeq).default(0))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .get_connection()
+            .execute_unprepared("UPDATE cursors SET read_seq = acked_seq")
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_cursors_conversation_read")
+                    .table(Cursors::Table)
+                    .col(Cursors::ConversationId)
+                    .col(Cursors::ReadSeq)
                     .to_owned(),
             )
             .await

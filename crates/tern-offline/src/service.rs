@@ -9,7 +9,8 @@ use tern_proto::{
         offline::{
             AckBatchRequest, AckBatchResponse, AckRequest, AckResponse, Backlog,
             DropCursorsRequest, DropCursorsResponse, InitCursorsRequest, InitCursorsResponse,
-            ListBacklogRequest, ListBacklogResponse, PullRequest, PullResponse,
+            ListBacklogRequest, ListBacklogResponse, MarkReadRequest, MarkReadResponse,
+            PullRequest, PullResponse, ReadPosition, ReadPositionsRequest, ReadPositionsResponse,
             offline_service_server::OfflineService,
         },
     },
@@ -37,6 +38,25 @@ fn valid_conversation(id: &str) -> Result<(), OfflineError> {
 impl Offline {
     pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers) -> Self {
         Self { store: Store::new(db), peers }
+    }
+
+    /// The user's cursor in a conversation; `NotMember` without one.
+    async fn cursor(
+        &self,
+        user: i64,
+        conversation_id: &str,
+    ) -> Result<crate::store::cursors::Model, OfflineError> {
+        self.store.get(user, conversation_id).await?.ok_or(OfflineError::NotMember)
+    }
+
+    /// Refuses a seq beyond the conversation's latest message: acking or
+    /// reading it would hide messages not yet sent.
+    async fn require_sent(&self, conversation_id: &str, seq: u64) -> Result<(), OfflineError> {
+        let heads = self.heads(vec![conversation_id.to_string()]).await?;
+        if seq > heads.get(conversation_id).copied().unwrap_or(0) {
+            return Err(OfflineError::Invalid("seq is beyond the latest message"));
+        }
+        Ok(())
     }
 
     /// Latest seq of each conversation, from the message service.
@@ -111,6 +131,7 @@ impl OfflineService for Offline {
                     conversation_id: c.conversation_id,
                     acked_seq: acked,
                     latest_seq: latest,
+                    read_seq: c.read_seq as u64,
                 })
             })
             .collect();
@@ -120,12 +141,7 @@ impl OfflineService for Offline {
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
         let PullRequest { user_id: user, conversation_id, after_seq, limit } = request.into_inner();
         let user = user_id(user)?;
-        let cursor = self
-            .store
-            .get(user, &conversation_id)
-            .await
-            .map_err(OfflineError::from)?
-            .ok_or(OfflineError::NotMember)?;
+        let cursor = self.cursor(user, &conversation_id).await?;
         let acked = cursor.acked_seq as u64;
         let page = self
             .peers
@@ -172,27 +188,51 @@ impl OfflineService for Offline {
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
         let AckRequest { user_id: user, conversation_id, seq } = request.into_inner();
         let user = user_id(user)?;
-        let cursor = self
-            .store
-            .get(user, &conversation_id)
-            .await
-            .map_err(OfflineError::from)?
-            .ok_or(OfflineError::NotMember)?;
+        let cursor = self.cursor(user, &conversation_id).await?;
         let acked = cursor.acked_seq as u64;
         if seq <= acked {
             return Ok(Response::new(AckResponse { acked_seq: acked }));
         }
         // An ack beyond the head would hide messages not yet sent.
-        let latest = self
-            .heads(vec![conversation_id.clone()])
-            .await?
-            .get(&conversation_id)
-            .copied()
-            .unwrap_or(0);
-        if seq > latest {
-            return Err(OfflineError::Invalid("seq is beyond the latest message").into());
-        }
+        self.require_sent(&conversation_id, seq).await?;
         self.store.advance(user, &conversation_id, seq as i64).await.map_err(OfflineError::from)?;
         Ok(Response::new(AckResponse { acked_seq: seq }))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<MarkReadRequest>,
+    ) -> Result<Response<MarkReadResponse>, Status> {
+        let MarkReadRequest { user_id: user, conversation_id, seq } = request.into_inner();
+        let user = user_id(user)?;
+        let cursor = self.cursor(user, &conversation_id).await?;
+        let read = cursor.read_seq as u64;
+        if seq <= read {
+            return Ok(Response::new(MarkReadResponse { read_seq: read, advanced: false }));
+        }
+        self.require_sent(&conversation_id, seq).await?;
+        let advanced = self
+            .store
+            .advance_read(user, &conversation_id, seq as i64)
+            .await
+            .map_err(OfflineError::from)?;
+        // Not moved here means another call moved it at least as far.
+        Ok(Response::new(MarkReadResponse { read_seq: seq, advanced }))
+    }
+
+    async fn read_positions(
+        &self,
+        request: Request<ReadPositionsRequest>,
+    ) -> Result<Response<ReadPositionsResponse>, Status> {
+        let ReadPositionsRequest { user_id: user, conversation_id } = request.into_inner();
+        let user = user_id(user)?;
+        self.cursor(user, &conversation_id).await?;
+        let rows =
+            self.store.read_positions(&conversation_id, user).await.map_err(OfflineError::from)?;
+        let positions = rows
+            .into_iter()
+            .map(|(seq, members)| ReadPosition { seq: seq as u64, members: members as u32 })
+            .collect();
+        Ok(Response::new(ReadPositionsResponse { positions }))
     }
 }

@@ -2,7 +2,7 @@
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, TransactionTrait, sea_query::Expr,
+    QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
 };
 
 pub mod cursors {
@@ -18,6 +18,8 @@ pub mod cursors {
         /// Where the member came in; nothing before it is theirs to read.
         pub start_seq: i64,
         pub acked_seq: i64,
+        /// The read marker, shared by the user's devices.
+        pub read_seq: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -45,6 +47,7 @@ impl Store {
                 conversation_id: Set(conversation.to_string()),
                 start_seq: Set(start),
                 acked_seq: Set(start),
+                read_seq: Set(start),
             });
             cursors::Entity::insert_many(rows)
                 .on_conflict_do_nothing_on([
@@ -86,8 +89,40 @@ impl Store {
     /// Moves the cursor forward to `seq`; never backwards, even when two
     /// acks race.
     pub async fn advance(&self, user: i64, conversation: &str, seq: i64) -> Result<(), DbErr> {
-        advance(&self.db, user, conversation, seq).await?;
+        advance(&self.db, cursors::Column::AckedSeq, user, conversation, seq).await?;
         Ok(())
+    }
+
+    /// Moves the read marker forward to `seq`; whether it moved.
+    pub async fn advance_read(
+        &self,
+        user: i64,
+        conversation: &str,
+        seq: i64,
+    ) -> Result<bool, DbErr> {
+        let moved = advance(&self.db, cursors::Column::ReadSeq, user, conversation, seq).await?;
+        Ok(moved > 0)
+    }
+
+    /// The distinct read markers of a conversation's members other than
+    /// `except`, each with how many members are at it, highest first: one
+    /// scan of the `(conversation_id, read_seq)` index.
+    pub async fn read_positions(
+        &self,
+        conversation: &str,
+        except: i64,
+    ) -> Result<Vec<(i64, i64)>, DbErr> {
+        cursors::Entity::find()
+            .select_only()
+            .column(cursors::Column::ReadSeq)
+            .column_as(cursors::Column::UserId.count(), "members")
+            .filter(cursors::Column::ConversationId.eq(conversation))
+            .filter(cursors::Column::UserId.ne(except))
+            .group_by(cursors::Column::ReadSeq)
+            .order_by_desc(cursors::Column::ReadSeq)
+            .into_tuple()
+            .all(&self.db)
+            .await
     }
 
     /// Moves many cursors forward in one transaction (one commit); returns
@@ -96,24 +131,28 @@ impl Store {
         let txn = self.db.begin().await?;
         let mut moved = 0;
         for (user, conversation, seq) in acks {
-            moved += advance(&txn, *user, conversation, *seq).await?;
+            moved += advance(&txn, cursors::Column::AckedSeq, *user, conversation, *seq).await?;
         }
         txn.commit().await?;
         Ok(moved)
     }
 }
 
+/// Moves `column` (the delivery cursor or the read marker) of one row
+/// forward to `seq`, never backwards, even when two calls race; how many
+/// rows moved.
 async fn advance(
     db: &impl ConnectionTrait,
+    column: cursors::Column,
     user: i64,
     conversation: &str,
     seq: i64,
 ) -> Result<u64, DbErr> {
     let moved = cursors::Entity::update_many()
-        .col_expr(cursors::Column::AckedSeq, Expr::value(seq))
+        .col_expr(column, Expr::value(seq))
         .filter(cursors::Column::UserId.eq(user))
         .filter(cursors::Column::ConversationId.eq(conversation))
-        .filter(cursors::Column::AckedSeq.lt(seq))
+        .filter(column.lt(seq))
         .exec(db)
         .await?;
     Ok(moved.rows_affected)

@@ -131,6 +131,7 @@ client! {
     list_messages(message::ListMessagesRequest) -> message::ListMessagesResponse;
     get_conversation_states(message::GetConversationStatesRequest) -> message::GetConversationStatesResponse;
     typing(message::TypingRequest) -> message::TypingResponse;
+    mark_read(message::MarkReadRequest) -> message::MarkReadResponse;
 }
 
 client! {
@@ -142,6 +143,8 @@ client! {
     pull(offline::PullRequest) -> offline::PullResponse;
     ack(offline::AckRequest) -> offline::AckResponse;
     ack_batch(offline::AckBatchRequest) -> offline::AckBatchResponse;
+    mark_read(offline::MarkReadRequest) -> offline::MarkReadResponse;
+    read_positions(offline::ReadPositionsRequest) -> offline::ReadPositionsResponse;
 }
 
 #[cfg(test)]

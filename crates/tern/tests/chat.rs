@@ -412,3 +412,89 @@ async fn typing_reaches_online_members_only_and_leaves_nothing_behind() {
         client.quiet(200).await;
     }
 }
+
+#[tokio::test]
+async fn read_markers_are_shared_told_to_the_peer_and_counted_in_groups() {
+    let mut s = Server::start().await;
+    let (a, b, c, d) = (s.user("a").await, s.user("b").await, s.user("c").await, s.user("d").await);
+    let g = s.group(&a, &[&b, &c]).await;
+    let (mut ca, mut cb, mut cc, mut cd) =
+        (s.connect(&a).await, s.connect(&b).await, s.connect(&c).await, s.connect(&d).await);
+    let dm = format!("dm:{}:{}", a.id.min(b.id), a.id.max(b.id));
+    for (i, text) in ["one", "two", "three"].iter().enumerate() {
+        assert_eq!(ca.send_to(b.id, text, &format!("m{i}")).await["seq"], i as u64 + 1);
+    }
+    let got = cb.deliveries(3).await;
+    cb.ack(&dm, 3).await;
+    assert_eq!(seqs(&got), [1, 2, 3]);
+    let view = |body: &serde_json::Value, id: &str| {
+        body["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["conversation_id"] == id)
+            .cloned()
+    };
+
+    // Delivered is not read: all three are unread.
+    let (_, body) = s.get("/api/conversations", Some(&b.token)).await;
+    let listed = view(&body, &dm).expect("listed");
+    assert_eq!((listed["unread"].as_u64(), listed["read_seq"].as_u64()), (Some(3), Some(0)));
+
+    // b reads up to 2: the peer is told, b's own session is not.
+    cb.send(json!({ "type": 31, "conversation_id": dm, "seq": 2 })).await;
+    assert_eq!(
+        ca.recv().await,
+        json!({ "type": 31, "conversation_id": dm, "user_id": b.id, "seq": 2 })
+    );
+    cb.quiet(200).await;
+    let (_, body) = s.get("/api/conversations", Some(&b.token)).await;
+    let listed = view(&body, &dm).expect("listed");
+    assert_eq!((listed["unread"].as_u64(), listed["read_seq"].as_u64()), (Some(1), Some(2)));
+
+    // Backwards is silent and tells nobody; beyond the head, a stranger,
+    // a malformed id and a missing seq are refused.
+    cb.send(json!({ "type": 31, "conversation_id": dm, "seq": 1 })).await;
+    ca.quiet(200).await;
+    cb.send(json!({ "type": 31, "conversation_id": dm, "seq": 9 })).await;
+    assert_eq!(cb.recv().await["code"], "bad_request");
+    cd.send(json!({ "type": 31, "conversation_id": dm, "seq": 1 })).await;
+    assert_eq!(cd.recv().await["code"], "forbidden");
+    cd.send(json!({ "type": 31, "conversation_id": "nope", "seq": 1 })).await;
+    assert_eq!(cd.recv().await["code"], "bad_request");
+    cd.send(json!({ "type": 31, "conversation_id": dm })).await;
+    assert_eq!(cd.recv().await["code"], "missing_field");
+    let (status, _) = s.get(&format!("/api/conversations/{dm}/reads"), Some(&d.token)).await;
+    assert_eq!(status, 403);
+    ca.quiet(100).await;
+
+    // A group: members are not told of each other's reads; the counts
+    // are one call away.
+    let gc = format!("group:{g}");
+    for i in 0..2 {
+        ca.send_group(g, "hi all", &format!("g{i}")).await;
+    }
+    for client in [&mut cb, &mut cc] {
+        assert_eq!(seqs(&client.deliveries(2).await), [1, 2]);
+    }
+    cb.send(json!({ "type": 31, "conversation_id": gc, "seq": 2 })).await;
+    cc.send(json!({ "type": 31, "conversation_id": gc, "seq": 1 })).await;
+    for client in [&mut ca, &mut cb, &mut cc] {
+        client.quiet(300).await;
+    }
+    let (status, body) = s.get(&format!("/api/conversations/{gc}/reads"), Some(&a.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["reads"],
+        json!([{ "seq": 2, "members": 1 }, { "seq": 1, "members": 1 }]),
+        "a's own marker is not counted"
+    );
+
+    // Stored: a restart keeps every marker.
+    s.restart().await;
+    let (_, body) = s.get("/api/conversations", Some(&b.token)).await;
+    assert_eq!(view(&body, &dm).expect("listed")["read_seq"], 2);
+    assert_eq!(view(&body, &gc).expect("listed")["unread"], 0);
+    let (_, body) = s.get(&format!("/api/conversations/{gc}/reads"), Some(&b.token)).await;
+    assert_eq!(body["reads"], json!([{ "seq": 1, "members": 1 }, { "seq": 0, "members": 1 }]));
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tern_proto::pb::{
     group::{CreateGroupRequest, group_service_client::GroupServiceClient},
     message::{
-        SendRequest, TypingRequest, message_service_client::MessageServiceClient,
+        MarkReadRequest, SendRequest, TypingRequest, message_service_client::MessageServiceClient,
         send_request::Target, typing_request::Target as TypingTarget,
     },
 };
@@ -73,6 +73,21 @@ async fn users_on_different_gateways_chat_and_groups_fan_out_once_per_node() {
     ca.send(json!({ "type": 40, "to": y.id })).await;
     let dm = format!("dm:{}:{}", a.id.min(y.id), a.id.max(y.id));
     assert_eq!(cy.recv().await, json!({ "type": 40, "conversation_id": dm, "from": a.id }));
+
+    // Read markers too: x on gw-2 reads the group message, nobody is told
+    // (a group), and a on gw-1 sees the count.
+    cx.send(json!({ "type": 31, "conversation_id": format!("group:{g}"), "seq": 1 })).await;
+    cx.quiet(200).await;
+    let reads: serde_json::Value = reqwest::Client::new()
+        .get(c.url(0, &format!("/api/conversations/group:{g}/reads")))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reads["reads"][0], json!({ "seq": 1, "members": 1 }), "{reads}");
     assert_eq!(ca.send_group(g, "still one more", "g2").await["seq"], 2);
     for client in [&mut cb, &mut cx, &mut cy] {
         assert_eq!(client.recv().await["seq"], 2);
@@ -236,6 +251,32 @@ async fn a_backend_drives_the_services_directly() {
     assert_eq!(cb.recv().await["type"], 40);
     let stranger = c.user("stranger").await;
     let refused = messages.typing(typing(stranger.id)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // Read markers over gRPC: b's (on gw-2) reaches a on gw-1 for a 1:1
+    // conversation; a stranger's is refused.
+    let dm = cb_conversation(a.id, b.id);
+    messages
+        .send(SendRequest {
+            sender_id: a.id,
+            client_msg_id: "dm-1".into(),
+            target: Some(Target::ToUserId(b.id)),
+            content_json: r#"{"text":"read me"}"#.into(),
+            system: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(cb.recv().await["conversation_id"], dm.as_str());
+    let read = |user_id| MarkReadRequest {
+        user_id,
+        conversation_id: dm.clone(),
+        seq: 1,
+        origin_session_id: String::new(),
+    };
+    assert_eq!(messages.mark_read(read(b.id)).await.unwrap().into_inner().read_seq, 1);
+    let told = ca.recv().await;
+    assert_eq!(told, json!({ "type": 31, "conversation_id": dm, "user_id": b.id, "seq": 1 }));
+    let refused = messages.mark_read(read(stranger.id)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     ca.quiet(200).await;
 }

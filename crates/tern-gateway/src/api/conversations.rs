@@ -1,5 +1,6 @@
-//! `/api/conversations` (the caller's conversations with unread counts)
-//! and `/api/conversations/{id}/messages` (history, members only).
+//! `/api/conversations` (the caller's conversations with unread counts),
+//! `/api/conversations/{id}/messages` (history, members only) and
+//! `/api/conversations/{id}/reads` (how far the other members have read).
 
 use super::Caller;
 use crate::{AppState, error::ApiError, protocol};
@@ -13,7 +14,7 @@ use tern_proto::{
     conversation,
     pb::{
         message::Message,
-        offline::{ListBacklogRequest, PullRequest},
+        offline::{ListBacklogRequest, PullRequest, ReadPositionsRequest},
     },
 };
 
@@ -30,7 +31,10 @@ pub struct ConversationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     group_id: Option<u64>,
     acked_seq: u64,
+    /// The caller's read marker, shared by the caller's devices.
+    read_seq: u64,
     latest_seq: u64,
+    /// Messages after the read marker.
     unread: u64,
     /// The latest message, as a delivery frame, for the preview line.
     last_message: Option<Box<RawValue>>,
@@ -100,8 +104,9 @@ pub async fn conversations(
             user_id,
             group_id,
             acked_seq: acked,
+            read_seq: b.read_seq,
             latest_seq: b.latest_seq,
-            unread: b.latest_seq.saturating_sub(acked),
+            unread: b.latest_seq.saturating_sub(b.read_seq),
             last_message: last.as_ref().map(frame),
             last_at_ms: last.as_ref().map_or(0, |m| m.created_at_ms),
             conversation_id: b.conversation_id,
@@ -145,4 +150,37 @@ pub async fn history(
         acked_seq: page.acked_seq,
         latest_seq: page.latest_seq,
     }))
+}
+
+/// How far the other members of a conversation have read.
+#[derive(Serialize)]
+pub struct Reads {
+    conversation_id: String,
+    /// Highest seq first; a message `s` has been read by the sum of
+    /// `members` over the entries with `seq >= s`.
+    reads: Vec<ReadView>,
+}
+
+#[derive(Serialize)]
+pub struct ReadView {
+    seq: u64,
+    members: u32,
+}
+
+/// `GET /api/conversations/{id}/reads`: the other members' read markers,
+/// counted per position (members only).
+pub async fn reads(
+    State(state): State<AppState>,
+    Caller(user_id): Caller,
+    Path(conversation_id): Path<String>,
+) -> Result<Json<Reads>, ApiError> {
+    if conversation::parse(&conversation_id).is_none() {
+        return Err(ApiError::bad_request("malformed conversation id"));
+    }
+    let request = ReadPositionsRequest { user_id, conversation_id: conversation_id.clone() };
+    let positions =
+        state.services.offline.clone().read_positions(request).await?.into_inner().positions;
+    let reads =
+        positions.into_iter().map(|p| ReadView { seq: p.seq, members: p.members }).collect();
+    Ok(Json(Reads { conversation_id, reads }))
 }

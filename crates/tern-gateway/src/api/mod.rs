@@ -12,7 +12,7 @@ mod node;
 mod users;
 
 pub use accounts::{login, logout, refresh, register};
-pub use conversations::{conversations, history};
+pub use conversations::{conversations, history, reads};
 pub use groups::{
     add_members, create_group, group_members, join_group, leave_group, list_groups, remove_member,
 };
