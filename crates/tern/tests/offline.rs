@@ -99,10 +99,16 @@ async fn unread_counts_and_history_are_per_member() {
     );
     assert_eq!(first["last_message"]["content"]["text"], "two", "{body}");
 
-    // Once read, the conversation stays in the list with nothing unread.
+    // Delivered is not read: acked, both are still unread.
     let mut b = s.connect(&bob).await;
     assert_eq!(b.deliveries(2).await.len(), 2);
     b.ack(&conversation, 2).await;
+    b.send(json!({ "type": 99 })).await;
+    assert_eq!(b.recv().await["type"], 99);
+    let (_, body) = s.get("/api/conversations", Some(&bob.token)).await;
+    assert_eq!(body["conversations"][0]["unread"], 2, "{body}");
+    // Once read, the conversation stays in the list with nothing unread.
+    b.send(json!({ "type": 31, "conversation_id": conversation, "seq": 2 })).await;
     b.send(json!({ "type": 99 })).await;
     assert_eq!(b.recv().await["type"], 99);
     let (_, body) = s.get("/api/conversations", Some(&bob.token)).await;
