@@ -37,6 +37,9 @@ test("two browsers chat 1:1", { timeout: 180000 }, (t) =>
     // Bob read it: Alice is told at once.
     await eventually(() => alice.receipt(), "✓✓ Read");
     assert.deepEqual(await alice.readBy(), [1]);
+    // Each sees the other online, in the header and as a dot in the list.
+    await eventually(async () => (await alice.page.textContent("#chat-sub")).startsWith("Online ·"), true);
+    await eventually(() => bob.page.locator(".conv .avatar.online").count(), 1);
 
     // Enter sends; Shift+Enter adds a line.
     await bob.page.click("#composer-input");
@@ -62,7 +65,7 @@ test("two browsers chat 1:1", { timeout: 180000 }, (t) =>
     await eventually(() => bob.page.textContent("#chat-sub"), "typing…");
     await bob.screenshot("typing");
     await alice.page.fill("#composer-input", "");
-    await eventually(async () => (await bob.page.textContent("#chat-sub")).startsWith("Direct message"), true);
+    await eventually(async () => (await bob.page.textContent("#chat-sub")).startsWith("Online"), true);
     await alice.expectMessages(all);
 
     for (let i = 1; i <= 3; i++) await alice.send(`Quick message ${i}`);
@@ -110,4 +113,10 @@ test("two browsers chat 1:1", { timeout: 180000 }, (t) =>
     await bob.waitOnline();
     await eventually(() => bob2.connState(), "kicked");
     await bob.expectMessages([...more, "Are you on your phone?", "Yes!"]);
+
+    // Bob closes every window: Alice sees when he was last seen.
+    await bob.page.close();
+    await bob2.page.close();
+    await eventually(async () => /^Last seen today at /.test(await alice.page.textContent("#chat-sub")), true);
+    assert.equal(await alice.page.locator(".conv .avatar.online").count(), 0);
   }));

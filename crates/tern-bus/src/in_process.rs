@@ -50,6 +50,8 @@ impl Bus for InProcessBus {
 #[derive(Default)]
 pub struct InProcessPresence {
     users: DashMap<u64, Vec<NodeId>>,
+    /// When each user was last online; kept only as long as the process.
+    last_seen: DashMap<u64, i64>,
 }
 
 impl InProcessPresence {
@@ -62,6 +64,7 @@ impl InProcessPresence {
 #[async_trait::async_trait]
 impl Presence for InProcessPresence {
     async fn connect(&self, user: u64, node: &str) -> Result<Vec<NodeId>, BusError> {
+        self.last_seen.insert(user, tern_runtime::clock::now_ms());
         let mut nodes = self.users.entry(user).or_default();
         let others = nodes.iter().filter(|n| *n != node).cloned().collect();
         if !nodes.iter().any(|n| n == node) {
@@ -77,6 +80,7 @@ impl Presence for InProcessPresence {
     }
 
     async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError> {
+        self.last_seen.insert(user, tern_runtime::clock::now_ms());
         self.users.remove_if_mut(&user, |_, nodes| {
             nodes.retain(|n| n != node);
             nodes.is_empty()
@@ -94,6 +98,10 @@ impl Presence for InProcessPresence {
             }
         }
         Ok(by_node)
+    }
+
+    async fn last_seen(&self, users: &[u64]) -> Result<HashMap<u64, i64>, BusError> {
+        Ok(users.iter().filter_map(|u| Some((*u, *self.last_seen.get(u)?))).collect())
     }
 }
 

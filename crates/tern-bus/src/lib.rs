@@ -22,7 +22,8 @@ use std::{collections::HashMap, sync::Arc};
 pub use in_process::{InProcessBus, InProcessPresence};
 pub use redis::{Names, RedisBus, RedisPresence, connect as connect_redis};
 pub use tern_proto::pb::bus::{
-    BusEvent, Deliver, Deliveries, Kick, Read, Resync, Revoked, Typing, bus_event::Event,
+    BusEvent, Deliver, Deliveries, Kick, PresenceChanged, Read, Resync, Revoked, Typing,
+    bus_event::Event,
 };
 
 /// A gateway node's id, e.g. `gw-1` (or `local` when embedded).
@@ -96,6 +97,11 @@ pub trait Presence: Send + Sync + 'static {
     /// Offline users, and users on nodes that stopped renewing their
     /// liveness, are left out.
     async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError>;
+
+    /// When each of `users` was last known online (Unix milliseconds):
+    /// their last connect, heartbeat or disconnect. Users never seen are
+    /// left out.
+    async fn last_seen(&self, users: &[u64]) -> Result<HashMap<u64, i64>, BusError>;
 
     /// Declares `node` alive for a short while; a running node calls this
     /// every few seconds.

@@ -42,6 +42,10 @@ impl Names {
         format!("{}online:{user}", self.prefix)
     }
 
+    fn last_seen(&self, user: u64) -> String {
+        format!("{}seen:{user}", self.prefix)
+    }
+
     fn alive(&self, node: &str) -> String {
         format!("{}node:{node}:alive", self.prefix)
     }
@@ -83,10 +87,15 @@ impl RedisPresence {
 
     async fn mark(&self, user: u64, node: &str) -> Result<HashMap<String, i64>, BusError> {
         let key = self.names.presence(user);
-        let expiry = now_ms() + PRESENCE_TTL.as_millis() as i64;
-        let (_, _, entries): ((), (), HashMap<String, i64>) = redis::pipe()
+        let now = now_ms();
+        let expiry = now + PRESENCE_TTL.as_millis() as i64;
+        // "Last seen" moves with every heartbeat, so a node that dies
+        // without clearing its users leaves them last seen at their last
+        // heartbeat, not at their last connect.
+        let (_, _, _, entries): ((), (), (), HashMap<String, i64>) = redis::pipe()
             .hset(&key, node, expiry)
             .pexpire(&key, PRESENCE_TTL.as_millis() as i64)
+            .set(self.names.last_seen(user), now)
             .hgetall(&key)
             .query_async(&mut self.conn.clone())
             .await
@@ -108,8 +117,22 @@ impl Presence for RedisPresence {
     }
 
     async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError> {
-        let _: () = self.conn.clone().hdel(self.names.presence(user), node).await.map_err(err)?;
+        let _: ((), ()) = redis::pipe()
+            .hdel(self.names.presence(user), node)
+            .set(self.names.last_seen(user), now_ms())
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(err)?;
         Ok(())
+    }
+
+    async fn last_seen(&self, users: &[u64]) -> Result<HashMap<u64, i64>, BusError> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let keys: Vec<String> = users.iter().map(|&u| self.names.last_seen(u)).collect();
+        let seen: Vec<Option<i64>> = self.conn.clone().mget(&keys).await.map_err(err)?;
+        Ok(users.iter().zip(seen).filter_map(|(&u, s)| Some((u, s?))).collect())
     }
 
     async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError> {

@@ -10,6 +10,7 @@
 mod acks;
 mod api;
 mod batch_writer;
+mod contacts;
 mod echo;
 mod error;
 mod limits;
@@ -252,6 +253,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/groups/{group_id}/leave", post(api::leave_group)),
         ("/api/groups/{group_id}/members", get(api::group_members).post(api::add_members)),
         ("/api/groups/{group_id}/members/{user_id}", delete(api::remove_member)),
+        ("/api/presence", get(api::presence)),
         ("/api/conversations", get(api::conversations)),
         ("/api/conversations/{conversation_id}/messages", get(api::history)),
         ("/api/conversations/{conversation_id}/reads", get(api::reads)),

@@ -17,6 +17,7 @@ pub mod kind {
     pub const ACK: i64 = 30;
     pub const READ: i64 = 31;
     pub const TYPING: i64 = 40;
+    pub const PRESENCE: i64 = 50;
     pub const HEARTBEAT: i64 = 99;
     pub const KICKED: i64 = 100;
 }
@@ -202,6 +203,24 @@ pub fn read(user_id: u64, conversation_id: &str, seq: u64) -> String {
 }
 
 #[derive(Serialize)]
+struct PresenceFrame {
+    #[serde(rename = "type")]
+    kind: i64,
+    user_id: u64,
+    online: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_seen: Option<i64>,
+}
+
+/// A contact came online, or went offline (type 50; `last_seen` in Unix
+/// milliseconds when offline).
+pub fn presence(user_id: u64, online: bool, last_seen_ms: i64) -> String {
+    let last_seen = (!online && last_seen_ms > 0).then_some(last_seen_ms);
+    serde_json::to_string(&PresenceFrame { kind: kind::PRESENCE, user_id, online, last_seen })
+        .expect("serialising plain fields cannot fail")
+}
+
+#[derive(Serialize)]
 struct Delivered<'a> {
     #[serde(rename = "type")]
     kind: i64,
@@ -376,6 +395,14 @@ mod tests {
             frame,
             serde_json::json!({"type":31,"conversation_id":"dm:1:2","user_id":2,"seq":4})
         );
+    }
+
+    #[test]
+    fn presence_frames_say_last_seen_only_when_offline() {
+        let frame: serde_json::Value = serde_json::from_str(&presence(2, true, 0)).unwrap();
+        assert_eq!(frame, serde_json::json!({"type":50,"user_id":2,"online":true}));
+        let frame: serde_json::Value = serde_json::from_str(&presence(2, false, 9)).unwrap();
+        assert_eq!(frame, serde_json::json!({"type":50,"user_id":2,"online":false,"last_seen":9}));
     }
 
     #[test]

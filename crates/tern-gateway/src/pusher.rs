@@ -22,14 +22,17 @@ use std::{
 use tern_proto::{
     ErrorCode,
     clients::OfflineClient,
-    error_code_of,
+    conversation, error_code_of,
     pb::{
         message::Message,
         offline::{ListBacklogRequest, PullRequest},
     },
 };
 use tern_runtime::grpc::GrpcChannel;
-use tokio::{io::AsyncWrite, sync::mpsc};
+use tokio::{
+    io::AsyncWrite,
+    sync::{mpsc, oneshot},
+};
 use tokio_util::sync::CancellationToken;
 
 /// Retries of a failed sync read: a service restarting (or a moment of
@@ -85,13 +88,30 @@ impl Written {
     }
 
     /// Moves `conversation` to `seq` if that is the next seq after what
-    /// was written (the sender's own message, which it is not sent).
+    /// was written (the sender's own message, which it is not sent). A
+    /// conversation this session has not seen whose first message this is
+    /// (one the user just started) starts at it.
     fn follow(&self, conversation: &str, seq: u64) {
-        if let Some(last) = self.0.lock().expect("written map poisoned").get_mut(conversation)
-            && *last + 1 == seq
-        {
-            *last = seq;
+        let mut map = self.0.lock().expect("written map poisoned");
+        match map.get_mut(conversation) {
+            Some(last) if *last + 1 == seq => *last = seq,
+            None if seq == 1 => {
+                map.insert(conversation.to_string(), seq);
+            }
+            _ => {}
         }
+    }
+
+    /// The other users of the 1:1 conversations written so far (after the
+    /// first sync: every 1:1 conversation of `user`).
+    pub fn direct_peers(&self, user: u64) -> Vec<u64> {
+        let map = self.0.lock().expect("written map poisoned");
+        map.keys()
+            .filter_map(|id| match conversation::parse(id)? {
+                conversation::Kind::Direct(a, b) => Some(if a == user { b } else { a }),
+                conversation::Kind::Group(_) => None,
+            })
+            .collect()
     }
 
     /// Whether everything up to `seq` of `conversation` was written.
@@ -118,6 +138,9 @@ pub struct Pusher<W> {
     needs_resync: Arc<AtomicBool>,
     /// A write slower than this means the client stopped reading.
     write_timeout: Duration,
+    /// Told once the first sync is done (`pushed` then lists every
+    /// conversation of the user).
+    synced: Option<oneshot::Sender<()>>,
 }
 
 impl<W: AsyncWrite + Unpin> Pusher<W> {
@@ -144,7 +167,14 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             pushed_count: 0,
             needs_resync,
             write_timeout,
+            synced: None,
         }
+    }
+
+    /// Has `synced` told once the first sync is done.
+    pub fn tell_when_synced(mut self, synced: oneshot::Sender<()>) -> Self {
+        self.synced = Some(synced);
+        self
     }
 
     /// Sends the backlog, then serves the queue until it closes, `cancel`
@@ -168,6 +198,9 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             tracing::warn!(user_id = self.user, %error, "initial sync failed");
             let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
             return;
+        }
+        if let Some(synced) = self.synced.take() {
+            let _ = synced.send(());
         }
         loop {
             let item = tokio::select! {

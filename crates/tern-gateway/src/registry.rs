@@ -144,6 +144,12 @@ pub fn dispatcher(
                     registry.offer_ephemeral(user, &frame, "");
                 }
             }
+            Some(Event::Presence(news)) => {
+                let frame = protocol::presence(news.user_id, news.online, news.last_seen_ms);
+                for user in news.recipients {
+                    registry.offer_ephemeral(user, &frame, "");
+                }
+            }
             Some(Event::Read(read)) => {
                 let frame = protocol::read(read.reader, &read.conversation_id, read.seq);
                 for user in read.recipients {

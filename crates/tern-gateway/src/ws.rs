@@ -13,6 +13,7 @@
 use crate::{
     AppState, Outbound, SendAnswer,
     batch_writer::BatchWriter,
+    contacts,
     error::{ApiError, client_message, from_status},
     protocol::{self, ClientFrame, FrameError, SendTarget},
     pusher::{Pusher, Written},
@@ -131,13 +132,17 @@ where
         cancel: CancellationToken::new(),
         needs_resync: Arc::default(),
     };
+    // The user's first session anywhere: contacts hear they came online.
+    let mut first_session = true;
     if let Some(old) = state.registry.insert(user, handle.clone()) {
         old.kick("another session took over".into());
+        first_session = false;
     }
     // Calls made once per session are boxed: inline, the largest of them
     // would size the state this future keeps while the session is idle.
     match Box::pin(state.services.presence.connect(user, &settings.node_id)).await {
         Ok(others) => {
+            first_session &= others.is_empty();
             for node in others {
                 let kick = Kick {
                     user_id: user,
@@ -149,6 +154,7 @@ where
             }
         }
         Err(error) => {
+            first_session = false;
             tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session")
         }
     }
@@ -158,6 +164,7 @@ where
 
     let done = CancellationToken::new();
     let written = Written::default();
+    let (synced, first_sync) = tokio::sync::oneshot::channel();
     let pusher = Pusher::new(
         write,
         user,
@@ -168,7 +175,16 @@ where
         state.stats.clone(),
         handle.needs_resync.clone(),
         Duration::from_secs(settings.write_timeout_secs),
-    );
+    )
+    .tell_when_synced(synced);
+    // Once the first sync has listed every conversation, the 1:1 contacts
+    // are known; a session that ends before then announced nothing.
+    let known = written.clone();
+    let online_news = Box::pin(async {
+        if first_session && first_sync.await.is_ok() {
+            contacts::announce(&state, user, known.direct_peers(user), true).await;
+        }
+    });
     // Writer, reader and send pipeline are futures of this one task: an
     // answer the pipeline queues, or a frame the reader answers itself, is
     // written without waking another task (or another thread). Each is
@@ -193,7 +209,7 @@ where
     let reading = async {
         tokio::select! {
             // The pipeline ends once the reader is done and its queue drained.
-            _ = async { tokio::join!(reading, pipeline) } => {}
+            _ = async { tokio::join!(reading, pipeline, online_news) } => {}
             _ = done.cancelled() => {}
             _ = expired => handle.kick("token expired".into()),
         }
@@ -227,6 +243,10 @@ where
             && let Err(error) = Box::pin(presence.connect(user, &settings.node_id)).await
         {
             tracing::warn!(user_id = user, %error, "presence not restored after a reconnect");
+        }
+        if !Box::pin(contacts::still_online(&state, user)).await {
+            let news = contacts::announce(&state, user, known.direct_peers(user), false);
+            Box::pin(news).await;
         }
     }
     state.stats.connections.down();

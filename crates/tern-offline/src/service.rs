@@ -11,11 +11,14 @@ use tern_proto::{
             DropCursorsRequest, DropCursorsResponse, InitCursorsRequest, InitCursorsResponse,
             ListBacklogRequest, ListBacklogResponse, MarkReadRequest, MarkReadResponse,
             PullRequest, PullResponse, ReadPosition, ReadPositionsRequest, ReadPositionsResponse,
-            offline_service_server::OfflineService,
+            SharedWithRequest, SharedWithResponse, offline_service_server::OfflineService,
         },
     },
 };
 use tonic::{Request, Response, Status};
+
+/// Most candidates one `SharedWith` call may name.
+const MAX_CANDIDATES: usize = 1_000;
 
 /// Most acks one `AckBatch` call may carry.
 const MAX_ACK_BATCH: usize = 10_000;
@@ -234,5 +237,37 @@ impl OfflineService for Offline {
             .map(|(seq, members)| ReadPosition { seq: seq as u64, members: members as u32 })
             .collect();
         Ok(Response::new(ReadPositionsResponse { positions }))
+    }
+
+    async fn shared_with(
+        &self,
+        request: Request<SharedWithRequest>,
+    ) -> Result<Response<SharedWithResponse>, Status> {
+        let SharedWithRequest { user_id: user, candidates } = request.into_inner();
+        if candidates.len() > MAX_CANDIDATES {
+            return Err(OfflineError::Invalid("at most 1000 candidates").into());
+        }
+        let me = user_id(user)?;
+        let candidates: Vec<i64> =
+            candidates.into_iter().filter_map(|c| i64::try_from(c).ok()).collect();
+        let conversations: Vec<String> = self
+            .store
+            .of_user(me)
+            .await
+            .map_err(OfflineError::from)?
+            .into_iter()
+            .map(|c| c.conversation_id)
+            .collect();
+        let mut shared = self
+            .store
+            .members_among(&conversations, &candidates)
+            .await
+            .map_err(OfflineError::from)?;
+        if candidates.contains(&me) && !shared.contains(&me) {
+            shared.push(me);
+        }
+        Ok(Response::new(SharedWithResponse {
+            user_ids: shared.into_iter().map(|u| u as u64).collect(),
+        }))
     }
 }

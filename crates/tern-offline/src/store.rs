@@ -125,6 +125,30 @@ impl Store {
             .await
     }
 
+    /// Which of `candidates` have a cursor in one of `conversations`.
+    pub async fn members_among(
+        &self,
+        conversations: &[String],
+        candidates: &[i64],
+    ) -> Result<Vec<i64>, DbErr> {
+        let mut found = Vec::new();
+        for chunk in conversations.chunks(500) {
+            let rows: Vec<i64> = cursors::Entity::find()
+                .select_only()
+                .column(cursors::Column::UserId)
+                .distinct()
+                .filter(cursors::Column::ConversationId.is_in(chunk.iter().cloned()))
+                .filter(cursors::Column::UserId.is_in(candidates.iter().copied()))
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            found.extend(rows);
+        }
+        found.sort_unstable();
+        found.dedup();
+        Ok(found)
+    }
+
     /// Moves many cursors forward in one transaction (one commit); returns
     /// how many moved.
     pub async fn advance_many(&self, acks: &[(i64, String, i64)]) -> Result<u64, DbErr> {

@@ -145,6 +145,7 @@ client! {
     ack_batch(offline::AckBatchRequest) -> offline::AckBatchResponse;
     mark_read(offline::MarkReadRequest) -> offline::MarkReadResponse;
     read_positions(offline::ReadPositionsRequest) -> offline::ReadPositionsResponse;
+    shared_with(offline::SharedWithRequest) -> offline::SharedWithResponse;
 }
 
 #[cfg(test)]

@@ -498,3 +498,66 @@ async fn read_markers_are_shared_told_to_the_peer_and_counted_in_groups() {
     let (_, body) = s.get(&format!("/api/conversations/{gc}/reads"), Some(&b.token)).await;
     assert_eq!(body["reads"], json!([{ "seq": 1, "members": 1 }, { "seq": 0, "members": 1 }]));
 }
+
+#[tokio::test]
+async fn presence_reaches_contacts_and_only_those_who_share_a_conversation() {
+    let s = Server::start().await;
+    let (a, b, c, d) = (s.user("a").await, s.user("b").await, s.user("c").await, s.user("d").await);
+    let mut ca = s.connect(&a).await;
+    let mut cb = s.connect(&b).await;
+    // a and b become 1:1 contacts; a and c share only a group.
+    ca.send_to(b.id, "hello", "p1").await;
+    assert_eq!(cb.deliveries(1).await.len(), 1);
+    s.group(&a, &[&c]).await;
+    let presence = |ids: String, token: String| {
+        let s = &s;
+        async move { s.get(&format!("/api/presence?ids={ids}"), Some(&token)).await }
+    };
+
+    // b goes offline: a, its contact, is told when.
+    let before = now_ms();
+    drop(cb);
+    let news = ca.recv().await;
+    assert_eq!((news["type"].as_i64(), news["user_id"].as_u64()), (Some(50), Some(b.id)), "{news}");
+    assert_eq!(news["online"], false);
+    let seen = news["last_seen"].as_i64().expect("last_seen");
+    assert!(seen >= before - 1_000, "{news}");
+
+    // b comes back: told again. c, who shares only a group, comes online
+    // silently (group members are not pushed each other's presence).
+    let mut cb = s.connect(&b).await;
+    assert_eq!(ca.recv().await, json!({ "type": 50, "user_id": b.id, "online": true }));
+    assert_eq!(cb.deliveries(1).await.len(), 1, "not acked: sent again");
+    let cc = s.connect(&c).await;
+    ca.quiet(300).await;
+
+    // One call for a contact list: the contact and the group member are
+    // visible, the stranger is hidden; a stranger sees nothing of a.
+    let ids = format!("{},{},{},{}", a.id, b.id, c.id, d.id);
+    let (status, body) = presence(ids, a.token.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let mut shown: Vec<(u64, bool)> = body["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["user_id"].as_u64().unwrap(), p["online"].as_bool().unwrap()))
+        .collect();
+    shown.sort();
+    assert_eq!(shown, [(a.id, true), (b.id, true), (c.id, true)], "{body}");
+    assert_eq!(body["hidden"], json!([d.id]));
+    let (status, body) = presence(a.id.to_string(), d.token.clone()).await;
+    assert_eq!((status, &body["presence"], &body["hidden"]), (200, &json!([]), &json!([a.id])));
+    let (status, body) = presence("x".into(), a.token.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("bad_request")));
+
+    // c goes offline: a is not pushed it, but sees it (and when) on asking.
+    drop(cc);
+    ca.quiet(300).await;
+    let (_, body) = presence(c.id.to_string(), a.token.clone()).await;
+    assert_eq!(body["presence"][0]["online"], false, "{body}");
+    assert!(body["presence"][0]["last_seen"].as_i64().unwrap() >= before, "{body}");
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}

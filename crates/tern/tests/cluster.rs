@@ -95,6 +95,27 @@ async fn users_on_different_gateways_chat_and_groups_fan_out_once_per_node() {
     for client in [&mut ca, &mut cb, &mut cx, &mut cy] {
         client.quiet(200).await;
     }
+
+    // Presence crosses nodes: a on gw-1 sees y on gw-2 online, and when x
+    // (gw-2) leaves, a, its 1:1 contact, is told; b and y, who share only
+    // the group with x, are not.
+    let presence: serde_json::Value = reqwest::Client::new()
+        .get(c.url(0, &format!("/api/presence?ids={}", y.id)))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(presence["presence"], json!([{ "user_id": y.id, "online": true }]));
+    drop(cx);
+    let news = ca.recv().await;
+    assert_eq!((news["type"].as_i64(), news["user_id"].as_u64()), (Some(50), Some(x.id)), "{news}");
+    assert_eq!(news["online"], false);
+    for client in [&mut cb, &mut cy] {
+        client.quiet(200).await;
+    }
 }
 
 #[tokio::test]
@@ -113,6 +134,8 @@ async fn a_user_moving_between_gateways_is_kicked_on_the_old_node_and_loses_noth
     let kicked = old.recv().await;
     assert_eq!(kicked["type"], 100, "{kicked}");
     assert_eq!(old.closed().await.code, 4001);
+    // b never went offline: a, b's 1:1 contact, hears nothing of the move.
+    ca.quiet(300).await;
     ca.send_to(b.id, "two", "2").await;
     // The new session gets the unacked "one" by sync and "two" live;
     // deduplicated by message id, nothing is missing or doubled.

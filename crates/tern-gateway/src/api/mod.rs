@@ -17,7 +17,7 @@ pub use groups::{
     add_members, create_group, group_members, join_group, leave_group, list_groups, remove_member,
 };
 pub use node::{health, ready, stats};
-pub use users::{find_user, users};
+pub use users::{find_user, presence, users};
 
 use crate::{AppState, error::ApiError, ws::bearer};
 use axum::{
