@@ -78,15 +78,7 @@ async fn users_on_different_gateways_chat_and_groups_fan_out_once_per_node() {
     // (a group), and a on gw-1 sees the count.
     cx.send(json!({ "type": 31, "conversation_id": format!("group:{g}"), "seq": 1 })).await;
     cx.quiet(200).await;
-    let reads: serde_json::Value = reqwest::Client::new()
-        .get(c.url(0, &format!("/api/conversations/group:{g}/reads")))
-        .bearer_auth(&a.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, reads) = c.get_as(0, &format!("/api/conversations/group:{g}/reads"), &a.token).await;
     assert_eq!(reads["reads"][0], json!({ "seq": 1, "members": 1 }), "{reads}");
     assert_eq!(ca.send_group(g, "still one more", "g2").await["seq"], 2);
     for client in [&mut cb, &mut cx, &mut cy] {
@@ -99,15 +91,7 @@ async fn users_on_different_gateways_chat_and_groups_fan_out_once_per_node() {
     // Presence crosses nodes: a on gw-1 sees y on gw-2 online, and when x
     // (gw-2) leaves, a, its 1:1 contact, is told; b and y, who share only
     // the group with x, are not.
-    let presence: serde_json::Value = reqwest::Client::new()
-        .get(c.url(0, &format!("/api/presence?ids={}", y.id)))
-        .bearer_auth(&a.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, presence) = c.get_as(0, &format!("/api/presence?ids={}", y.id), &a.token).await;
     assert_eq!(presence["presence"], json!([{ "user_id": y.id, "online": true }]));
     drop(cx);
     let news = ca.recv().await;
