@@ -114,6 +114,25 @@ test("two browsers chat 1:1", { timeout: 180000 }, (t) =>
     await eventually(() => bob2.connState(), "kicked");
     await bob.expectMessages([...more, "Are you on your phone?", "Yes!"]);
 
+    // Alice edits one message and recalls another: both windows show it,
+    // and the recalled text is gone.
+    const question = alice.page.locator("#messages .msg.own", { hasText: "Are you on your phone?" });
+    await question.hover();
+    await question.locator("button.edit").click();
+    assert.equal(await alice.page.inputValue("#composer-input"), "Are you on your phone?");
+    await alice.page.fill("#composer-input", "Are you on your phone now?");
+    await alice.page.press("#composer-input", "Enter");
+    const quick = alice.page.locator("#messages .msg.own", { hasText: "Quick message 1" });
+    await quick.hover();
+    await quick.locator("button.recall").click();
+    const changed = ["Hi Bob, ça va ?", "Hey Alice", "Line one\nLine two", "This message was recalled", "Quick message 2",
+      "Quick message 3", "Are you on your phone now?", "Yes!"];
+    await bob.expectMessages(changed);
+    await alice.expectMessages(changed);
+    assert.equal(await bob.page.locator("#messages .msg[data-edited] .edited").count(), 1);
+    assert.equal(await bob.page.locator("#messages .msg.recalled").count(), 1);
+    await alice.screenshot("edited-and-recalled");
+
     // Bob closes every window: Alice sees when he was last seen.
     await bob.page.close();
     await bob2.page.close();

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tern_proto::{
     ErrorCode,
-    pb::message::{Message, SendAck, message::Target},
+    pb::message::{Message, MessageKind, SendAck, message::Target},
 };
 
 /// Frame type codes, kept from the original guide.
@@ -18,6 +18,8 @@ pub mod kind {
     pub const READ: i64 = 31;
     pub const TYPING: i64 = 40;
     pub const PRESENCE: i64 = 50;
+    pub const RECALL: i64 = 60;
+    pub const EDIT: i64 = 61;
     pub const HEARTBEAT: i64 = 99;
     pub const KICKED: i64 = 100;
 }
@@ -43,6 +45,10 @@ pub enum ClientFrame {
     Ack { conversation_id: String, seq: u64 },
     /// Type 31: everything up to `seq` in the conversation was read.
     Read { conversation_id: String, seq: u64 },
+    /// Type 60: take back the message at `seq`.
+    Recall { conversation_id: String, seq: u64, client_msg_id: Option<String> },
+    /// Type 61: replace the content of the message at `seq`.
+    Edit { conversation_id: String, seq: u64, content: String, client_msg_id: Option<String> },
     /// Type 40: the user is typing to `to` or in `group_id`.
     Typing { target: SendTarget },
     /// Type 99.
@@ -159,6 +165,22 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             };
             Ok(ClientFrame::Typing { target })
         }
+        kind::RECALL | kind::EDIT => {
+            let conversation_id = match raw.conversation_id {
+                Some(serde_json::Value::String(s)) => s,
+                _ => return Err(missing("'conversation_id' is required")),
+            };
+            let seq = id_of(raw.seq).ok_or_else(|| missing("'seq' must be a message's seq"))?;
+            if kind == kind::RECALL {
+                return Ok(ClientFrame::Recall { conversation_id, seq, client_msg_id });
+            }
+            let content = raw
+                .content
+                .filter(|c| c.get() != "null")
+                .ok_or_else(|| missing("'content' is required"))?;
+            let content = content.get().to_string();
+            Ok(ClientFrame::Edit { conversation_id, seq, content, client_msg_id })
+        }
         kind::HEARTBEAT => Ok(ClientFrame::Heartbeat),
         other => Err(FrameError::new(
             ErrorCode::UnknownType,
@@ -223,7 +245,7 @@ pub fn presence(user_id: u64, online: bool, last_seen_ms: i64) -> String {
 #[derive(Serialize)]
 struct Delivered<'a> {
     #[serde(rename = "type")]
-    kind: i64,
+    frame_type: i64,
     message_id: &'a str,
     conversation_id: &'a str,
     seq: u64,
@@ -234,11 +256,22 @@ struct Delivered<'a> {
     group_id: Option<u64>,
     content: &'a RawValue,
     timestamp: i64,
+    /// `edit` or `recall` for an event about the message at `ref_seq`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ref_seq: Option<u64>,
+    /// When the message was edited (history of an edited message).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    edited_at: Option<i64>,
+    /// When the message was recalled; its content is `null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recalled_at: Option<i64>,
 }
 
 /// A delivered message (type 1 or 2).
 pub fn delivered(message: &Message) -> String {
-    let (kind, to, group_id) = match message.target {
+    let (frame_type, to, group_id) = match message.target {
         Some(Target::GroupId(g)) => (kind::GROUP, None, Some(g)),
         Some(Target::ToUserId(u)) => (kind::SINGLE, Some(u), None),
         None => (kind::SINGLE, None, None),
@@ -247,8 +280,14 @@ pub fn delivered(message: &Message) -> String {
     // than fail the whole delivery if a row was edited by hand.
     let null = RawValue::from_string("null".into()).expect("null is JSON");
     let content = serde_json::from_str::<&RawValue>(&message.content_json).unwrap_or(&null);
+    let event = match MessageKind::try_from(message.kind) {
+        Ok(MessageKind::Edit) => Some("edit"),
+        Ok(MessageKind::Recall) => Some("recall"),
+        _ => None,
+    };
+    let set = |t: i64| (t != 0).then_some(t);
     serde_json::to_string(&Delivered {
-        kind,
+        frame_type,
         message_id: &message.message_id,
         conversation_id: &message.conversation_id,
         seq: message.seq,
@@ -257,6 +296,10 @@ pub fn delivered(message: &Message) -> String {
         group_id,
         content,
         timestamp: message.created_at_ms,
+        kind: event,
+        ref_seq: event.map(|_| message.ref_seq),
+        edited_at: set(message.edited_at_ms),
+        recalled_at: set(message.recalled_at_ms),
     })
     .expect("serialising plain fields cannot fail")
 }
@@ -426,11 +469,47 @@ mod tests {
             content_json: r#"{"text":"hé"}"#.into(),
             created_at_ms: 10,
             client_msg_id: "c".into(),
+            ..Default::default()
         };
         let v: serde_json::Value = serde_json::from_str(&delivered(&m)).unwrap();
         assert_eq!(v["type"], 2);
         assert_eq!(v["group_id"], 9);
         assert_eq!(v["from"], 5);
         assert_eq!(v["content"]["text"], "hé");
+        assert!(v.get("kind").is_none() && v.get("edited_at").is_none(), "{v}");
+        // An edit names the message it changes; a recalled message says when.
+        let edit = Message { kind: MessageKind::Edit as i32, ref_seq: 2, ..m.clone() };
+        let v: serde_json::Value = serde_json::from_str(&delivered(&edit)).unwrap();
+        assert_eq!((v["kind"].as_str(), v["ref_seq"].as_u64()), (Some("edit"), Some(2)));
+        let recalled = Message { content_json: "null".into(), recalled_at_ms: 11, ..m };
+        let v: serde_json::Value = serde_json::from_str(&delivered(&recalled)).unwrap();
+        assert_eq!((v["content"].is_null(), v["recalled_at"].as_i64()), (true, Some(11)));
+    }
+
+    #[test]
+    fn recall_and_edit_frames_name_a_message() {
+        assert_eq!(
+            parse(r#"{"type":60,"conversation_id":"dm:1:2","seq":3,"client_msg_id":"r"}"#).unwrap(),
+            ClientFrame::Recall {
+                conversation_id: "dm:1:2".into(),
+                seq: 3,
+                client_msg_id: Some("r".into())
+            }
+        );
+        assert_eq!(
+            parse(r#"{"type":61,"conversation_id":"dm:1:2","seq":3,"content":{"t":1}}"#).unwrap(),
+            ClientFrame::Edit {
+                conversation_id: "dm:1:2".into(),
+                seq: 3,
+                content: r#"{"t":1}"#.into(),
+                client_msg_id: None
+            }
+        );
+        let code = |text: &str| parse(text).unwrap_err().code;
+        assert_eq!(
+            code(r#"{"type":61,"conversation_id":"dm:1:2","seq":3}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(code(r#"{"type":60,"seq":3}"#), ErrorCode::MissingField);
     }
 }

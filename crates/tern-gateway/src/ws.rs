@@ -33,8 +33,9 @@ use tern_proto::{
     ErrorCode,
     pb::{
         message::{
-            MarkReadRequest, SendBatchRequest, SendRequest, TypingRequest, send_request::Target,
-            send_result::Outcome, typing_request::Target as TypingTarget,
+            EditRequest, MarkReadRequest, RecallRequest, SendAck, SendBatchRequest, SendRequest,
+            SendResult, TypingRequest, send_request::Target, send_result::Outcome,
+            typing_request::Target as TypingTarget,
         },
         offline::AckRequest,
     },
@@ -415,6 +416,27 @@ impl Reader<'_> {
             }
             Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
             Ok(ClientFrame::Read { conversation_id, seq }) => self.read(conversation_id, seq).await,
+            Ok(ClientFrame::Recall { conversation_id, seq, client_msg_id }) => {
+                let request = RecallRequest {
+                    user_id: self.user,
+                    conversation_id,
+                    seq,
+                    client_msg_id: client_msg_id.clone().unwrap_or_default(),
+                };
+                let mut message = self.state.services.message.clone();
+                return self.change(client_msg_id, message.recall(request)).await;
+            }
+            Ok(ClientFrame::Edit { conversation_id, seq, content, client_msg_id }) => {
+                let request = EditRequest {
+                    user_id: self.user,
+                    conversation_id,
+                    seq,
+                    content_json: content,
+                    client_msg_id: client_msg_id.clone().unwrap_or_default(),
+                };
+                let mut message = self.state.services.message.clone();
+                return self.change(client_msg_id, message.edit(request)).await;
+            }
             Ok(ClientFrame::Typing { target }) => self.typing(target).await,
             Err(error) => Some(protocol::error(&error)),
         };
@@ -500,6 +522,32 @@ impl Reader<'_> {
         if last.is_some_and(|(t, _)| t == target) {
             *last = None;
         }
+    }
+
+    /// A recall or an edit: counted against the user's message rate like a
+    /// send, and answered like one (a type 30 ack naming the event's seq,
+    /// or a type 3 error), except that it does not wait in the send window.
+    async fn change(
+        &self,
+        client_msg_id: Option<String>,
+        call: impl Future<Output = Result<tonic::Response<SendAck>, tonic::Status>>,
+    ) -> bool {
+        if !self.state.limits.message(self.user) {
+            let error = FrameError {
+                code: ErrorCode::RateLimited,
+                message: "sending too fast; retry with the same client_msg_id".into(),
+                client_msg_id,
+            };
+            return self.reply(protocol::error(&error)).await;
+        }
+        let out = match call.await {
+            Ok(ack) => {
+                let outcome = Some(Outcome::Ack(ack.into_inner()));
+                answer_frame(Some(SendResult { outcome }), client_msg_id)
+            }
+            Err(status) => Outbound::Text(protocol::error(&status_frame(&status, client_msg_id))),
+        };
+        self.tx.send(out).await.is_ok()
     }
 
     /// A read marker: written at once by the offline service (through the

@@ -20,6 +20,15 @@ pub enum MessageError {
     /// The sender is not in the group.
     #[error("not a member of this group")]
     NotMember,
+    /// No message at that seq.
+    #[error("no such message")]
+    NoSuchMessage,
+    /// Not the user's message to change, or too late.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The message was recalled: there is nothing left to change.
+    #[error("the message was recalled")]
+    Recalled,
     /// The database failed; nothing was stored.
     #[error("database: {0}")]
     Db(#[from] sea_orm::DbErr),
@@ -45,6 +54,9 @@ impl ServiceError for MessageError {
             MessageError::UnknownUser => Failure::Refused(ErrorCode::UnknownUser),
             MessageError::UnknownGroup => Failure::Refused(ErrorCode::UnknownGroup),
             MessageError::NotMember => Failure::Refused(ErrorCode::NotMember),
+            MessageError::NoSuchMessage => Failure::Refused(ErrorCode::NotFound),
+            MessageError::Forbidden(_) => Failure::Refused(ErrorCode::Forbidden),
+            MessageError::Recalled => Failure::Refused(ErrorCode::Conflict),
             MessageError::Db(error) => Failure::Storage(error),
             MessageError::Peer(status) => Failure::Dependency(status),
         }

@@ -35,6 +35,11 @@ pub struct Settings {
     /// Database connections. SQLite serialises writers anyway; a few
     /// connections let reads proceed beside the writer.
     pub max_connections: u32,
+    /// How long after sending a sender may recall a message (a group's
+    /// owner may recall any message of the group at any time).
+    pub recall_window_secs: u64,
+    /// How long after sending a sender may edit a message.
+    pub edit_window_secs: u64,
 }
 
 impl Default for Settings {
@@ -43,6 +48,8 @@ impl Default for Settings {
             database_url: "sqlite://data/message.db".into(),
             max_content_bytes: 64 * 1024,
             max_connections: 8,
+            recall_window_secs: 120,
+            edit_window_secs: 900,
         }
     }
 }

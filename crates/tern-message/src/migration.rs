@@ -6,7 +6,7 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateMessages)]
+        vec![Box::new(CreateMessages), Box::new(AddMessageKinds)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -38,6 +38,10 @@ enum Messages {
     GroupId,
     ContentJson,
     ClientMsgId,
+    Kind,
+    RefSeq,
+    EditedAtMs,
+    RecalledAtMs,
     CreatedAtMs,
 }
 
@@ -96,5 +100,36 @@ impl MigrationTrait for CreateMessages {
                     .to_owned(),
             )
             .await
+    }
+}
+
+/// Edits and recalls: a message row may be an event about an earlier one
+/// (`kind`, `ref_seq`), and a message remembers being edited or recalled.
+struct AddMessageKinds;
+
+impl MigrationName for AddMessageKinds {
+    fn name(&self) -> &str {
+        "m0002_add_message_kinds"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddMessageKinds {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        // One column per statement: SQLite adds one at a time.
+        for column in [
+            integer(Messages::Kind).default(0).to_owned(),
+            big_integer_null(Messages::RefSeq),
+            big_integer_null(Messages::EditedAtMs),
+            big_integer_null(Messages::RecalledAtMs),
+        ] {
+            let mut column = column;
+            manager
+                .alter_table(
+                    Table::alter().table(Messages::Table).add_column(&mut column).to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -12,12 +12,13 @@ use tern_proto::{
     pb::{
         auth::GetUsersRequest,
         bus::{Read, Typing, bus_event::Event},
-        group::IsMemberRequest,
+        group::{GetGroupRequest, IsMemberRequest},
         message::{
-            ConversationState, GetConversationStatesRequest, GetConversationStatesResponse,
-            ListMessagesRequest, ListMessagesResponse, MarkReadRequest, MarkReadResponse, Message,
-            SendAck, SendBatchRequest, SendBatchResponse, SendError, SendRequest, SendResponse,
-            SendResult, TypingRequest, TypingResponse, message::Target as StoredTarget,
+            ConversationState, EditRequest, GetConversationStatesRequest,
+            GetConversationStatesResponse, ListMessagesRequest, ListMessagesResponse,
+            MarkReadRequest, MarkReadResponse, Message, MessageKind, RecallRequest, SendAck,
+            SendBatchRequest, SendBatchResponse, SendError, SendRequest, SendResponse, SendResult,
+            TypingRequest, TypingResponse, message::Target as StoredTarget,
             message_service_server::MessageService, send_request::Target, send_result::Outcome,
             typing_request::Target as TypingTarget,
         },
@@ -25,6 +26,7 @@ use tern_proto::{
         offline::MarkReadRequest as OfflineMarkRead,
     },
 };
+use tern_runtime::clock::now_ms;
 use tonic::{Request, Response, Status};
 
 const MAX_CLIENT_MSG_ID: usize = 64;
@@ -58,6 +60,9 @@ pub struct Messages {
     /// Conversations whose row (and cursors) are known to exist.
     known_conversations: Arc<Cache<String, ()>>,
     max_content_bytes: usize,
+    /// Milliseconds after sending within which a sender may recall, and edit.
+    recall_window_ms: i64,
+    edit_window_ms: i64,
 }
 
 impl Messages {
@@ -78,6 +83,8 @@ impl Messages {
             known_users: Arc::new(Cache::new(KNOWN_USERS)),
             known_conversations: Arc::new(Cache::new(KNOWN_CONVERSATIONS)),
             max_content_bytes: settings.max_content_bytes,
+            recall_window_ms: settings.recall_window_secs.saturating_mul(1000) as i64,
+            edit_window_ms: settings.edit_window_secs.saturating_mul(1000) as i64,
         }
     }
 
@@ -221,6 +228,116 @@ impl Messages {
         Ok(MarkReadResponse { read_seq: marked.read_seq })
     }
 
+    /// The rules every stored body and `client_msg_id` follow.
+    fn check_body(&self, content_json: &str, client_msg_id: &str) -> Result<(), MessageError> {
+        if content_json.len() > self.max_content_bytes {
+            return Err(MessageError::TooLarge);
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(content_json).is_err() {
+            return Err(MessageError::Invalid("content_json must be valid JSON"));
+        }
+        if client_msg_id.len() > MAX_CLIENT_MSG_ID {
+            return Err(MessageError::Invalid("client_msg_id must be at most 64 bytes"));
+        }
+        Ok(())
+    }
+
+    /// Recalls (`edit` is `None`) or edits a message: checks who may, changes
+    /// the stored message, then stores the event that tells the
+    /// conversation, which takes the next seq and is routed like a message.
+    /// The change comes first: if storing the event fails, the message is
+    /// already changed for anyone who reads it, and a retry with the same
+    /// `client_msg_id` stores the event.
+    async fn change(
+        &self,
+        user_id: u64,
+        conversation_id: String,
+        seq: u64,
+        client_msg_id: String,
+        edit: Option<String>,
+    ) -> Result<SendAck, MessageError> {
+        self.check_body(edit.as_deref().unwrap_or("null"), &client_msg_id)?;
+        let user = i64::try_from(user_id).map_err(|_| MessageError::NotMember)?;
+        let at = i64::try_from(seq).map_err(|_| MessageError::NoSuchMessage)?;
+        let kind = conversation::parse(&conversation_id)
+            .ok_or(MessageError::Invalid("malformed conversation_id"))?;
+        if !client_msg_id.is_empty()
+            && let Some(event) = self.store.find_sent(user, &client_msg_id).await?
+        {
+            return Ok(slim(event, true));
+        }
+        let (target, members_version, group) = match kind {
+            conversation::Kind::Direct(a, b) if user_id == a || user_id == b => {
+                (StoredTarget::ToUserId(if user_id == a { b } else { a }), None, None)
+            }
+            conversation::Kind::Direct(..) => return Err(MessageError::NotMember),
+            conversation::Kind::Group(g) => {
+                let version = self.require_member(g, user_id).await?;
+                (StoredTarget::GroupId(g), Some(version), Some(g))
+            }
+        };
+        let original =
+            self.store.get(&conversation_id, at).await?.ok_or(MessageError::NoSuchMessage)?;
+        if original.kind != MessageKind::Message as i32 {
+            return Err(MessageError::Invalid("only a message can be recalled or edited"));
+        }
+        let mine = original.sender_id == user;
+        let in_time = |window: i64| now_ms() - original.created_at_ms <= window;
+        let recalled = original.recalled_at_ms.is_some();
+        match &edit {
+            Some(_) if !mine => {
+                return Err(MessageError::Forbidden("only the sender may edit a message"));
+            }
+            Some(_) if recalled => return Err(MessageError::Recalled),
+            Some(_) if !in_time(self.edit_window_ms) => {
+                return Err(MessageError::Forbidden("the edit window has passed"));
+            }
+            Some(_) => {}
+            // A recall stored whole is not repeated; one whose event was
+            // lost (see above) is completed.
+            None if recalled && self.store.recall_stored(&conversation_id, at).await? => {
+                return Err(MessageError::Recalled);
+            }
+            None if mine && in_time(self.recall_window_ms) => {}
+            None if self.is_owner(group, user_id).await? => {}
+            None if mine => return Err(MessageError::Forbidden("the recall window has passed")),
+            None => {
+                return Err(MessageError::Forbidden(
+                    "only the sender, or the group's owner, may recall a message",
+                ));
+            }
+        }
+        if !self.store.change(&conversation_id, at, edit.as_deref()).await? && edit.is_some() {
+            return Err(MessageError::Recalled);
+        }
+        let draft = Draft {
+            conversation_id,
+            sender_id: user,
+            target,
+            kind: if edit.is_some() { MessageKind::Edit } else { MessageKind::Recall },
+            content_json: edit.unwrap_or_else(|| "null".into()),
+            client_msg_id: if client_msg_id.is_empty() {
+                uuid::Uuid::now_v7().to_string()
+            } else {
+                client_msg_id
+            },
+            ref_seq: Some(at),
+            members_version,
+        };
+        Ok(match self.store.submit(draft).await?.stored().await? {
+            Stored::New(event) => slim(event, false),
+            Stored::Duplicate(event) => slim(event, true),
+        })
+    }
+
+    /// Whether `user_id` owns the group (if it is one).
+    async fn is_owner(&self, group_id: Option<u64>, user_id: u64) -> Result<bool, MessageError> {
+        let Some(group_id) = group_id else { return Ok(false) };
+        let group =
+            self.peers.group.clone().get_group(GetGroupRequest { group_id }).await?.into_inner();
+        Ok(group.owner_id == user_id)
+    }
+
     /// Checks that `sender` may send to `target` and makes sure the
     /// conversation exists: its id, the stored target, and (for groups)
     /// the member list version the check saw.
@@ -268,15 +385,7 @@ impl Messages {
         if sender_id == 0 && !system {
             return Err(MessageError::Invalid("sender_id is required"));
         }
-        if content_json.len() > self.max_content_bytes {
-            return Err(MessageError::TooLarge);
-        }
-        if serde_json::from_str::<serde::de::IgnoredAny>(&content_json).is_err() {
-            return Err(MessageError::Invalid("content_json must be valid JSON"));
-        }
-        if client_msg_id.len() > MAX_CLIENT_MSG_ID {
-            return Err(MessageError::Invalid("client_msg_id must be at most 64 bytes"));
-        }
+        self.check_body(&content_json, &client_msg_id)?;
         let sender = i64::try_from(sender_id)
             .map_err(|_| MessageError::Invalid("sender_id out of range"))?;
         // Without a client_msg_id the send is simply not idempotent.
@@ -310,6 +419,8 @@ impl Messages {
             target: stored_target,
             content_json,
             client_msg_id,
+            kind: MessageKind::Message,
+            ref_seq: None,
             members_version,
         };
         Ok(Prepared::Queued(self.store.submit(draft).await?))
@@ -449,5 +560,17 @@ impl MessageService for Messages {
         request: Request<MarkReadRequest>,
     ) -> Result<Response<MarkReadResponse>, Status> {
         Ok(Response::new(Messages::mark_read(self, request.into_inner()).await?))
+    }
+
+    async fn recall(&self, request: Request<RecallRequest>) -> Result<Response<SendAck>, Status> {
+        let RecallRequest { user_id, conversation_id, seq, client_msg_id } = request.into_inner();
+        Ok(Response::new(self.change(user_id, conversation_id, seq, client_msg_id, None).await?))
+    }
+
+    async fn edit(&self, request: Request<EditRequest>) -> Result<Response<SendAck>, Status> {
+        let EditRequest { user_id, conversation_id, seq, content_json, client_msg_id } =
+            request.into_inner();
+        let edit = Some(content_json);
+        Ok(Response::new(self.change(user_id, conversation_id, seq, client_msg_id, edit).await?))
     }
 }

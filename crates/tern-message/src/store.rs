@@ -28,7 +28,7 @@ use std::{
         atomic::{AtomicU64, Ordering::Relaxed},
     },
 };
-use tern_proto::pb::message::{Message, message::Target};
+use tern_proto::pb::message::{Message, MessageKind, message::Target};
 use tern_runtime::clock::{now_ms, now_secs};
 use tokio::sync::{mpsc, oneshot};
 
@@ -71,6 +71,11 @@ pub mod messages {
         pub content_json: String,
         pub client_msg_id: String,
         pub created_at_ms: i64,
+        /// `MessageKind`: a message, or an event about `ref_seq`.
+        pub kind: i32,
+        pub ref_seq: Option<i64>,
+        pub edited_at_ms: Option<i64>,
+        pub recalled_at_ms: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -86,6 +91,9 @@ pub struct Draft {
     pub target: Target,
     pub content_json: String,
     pub client_msg_id: String,
+    /// A message, or an event about the message at `ref_seq`.
+    pub kind: MessageKind,
+    pub ref_seq: Option<i64>,
     /// The group's member list version the send's check saw, handed to the
     /// router with the stored message (see [`Committed`]).
     pub members_version: Option<u64>,
@@ -161,6 +169,10 @@ pub fn to_pb(row: messages::Model) -> Message {
         content_json: row.content_json,
         created_at_ms: row.created_at_ms,
         client_msg_id: row.client_msg_id,
+        kind: row.kind,
+        ref_seq: row.ref_seq.unwrap_or(0) as u64,
+        edited_at_ms: row.edited_at_ms.unwrap_or(0),
+        recalled_at_ms: row.recalled_at_ms.unwrap_or(0),
     }
 }
 
@@ -230,6 +242,51 @@ impl Store {
     #[tracing::instrument(name = "store.append", skip_all, fields(conversation = %draft.conversation_id))]
     pub async fn append(&self, draft: Draft) -> Result<Stored, DbErr> {
         self.submit(draft).await?.stored().await
+    }
+
+    /// The entry at `seq` of a conversation.
+    pub async fn get(
+        &self,
+        conversation: &str,
+        seq: i64,
+    ) -> Result<Option<messages::Model>, DbErr> {
+        messages::Entity::find_by_id((conversation.to_string(), seq)).one(&self.db).await
+    }
+
+    /// Changes a message that was not recalled: new content (`Some`, an
+    /// edit) or none at all (a recall, which erases it for good). False when
+    /// it was recalled already.
+    pub async fn change(
+        &self,
+        conversation: &str,
+        seq: i64,
+        edit: Option<&str>,
+    ) -> Result<bool, DbErr> {
+        let now = now_ms();
+        let update = messages::Entity::update_many()
+            .filter(messages::Column::ConversationId.eq(conversation))
+            .filter(messages::Column::Seq.eq(seq))
+            .filter(messages::Column::RecalledAtMs.is_null());
+        let update = match edit {
+            Some(content) => update
+                .col_expr(messages::Column::ContentJson, Expr::value(content))
+                .col_expr(messages::Column::EditedAtMs, Expr::value(now)),
+            None => update
+                .col_expr(messages::Column::ContentJson, Expr::value("null"))
+                .col_expr(messages::Column::RecalledAtMs, Expr::value(now)),
+        };
+        Ok(update.exec(&self.db).await?.rows_affected > 0)
+    }
+
+    /// Whether a recall event for the message at `seq` is stored.
+    pub async fn recall_stored(&self, conversation: &str, seq: i64) -> Result<bool, DbErr> {
+        let found = messages::Entity::find()
+            .filter(messages::Column::ConversationId.eq(conversation))
+            .filter(messages::Column::Kind.eq(MessageKind::Recall as i32))
+            .filter(messages::Column::RefSeq.eq(seq))
+            .one(&self.db)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Messages with seq > `after`, in order, and the conversation's head.
@@ -456,16 +513,18 @@ impl SqliteWriter {
             .or_insert_with(|| {
                 let pairs = vec!["WHEN ? THEN ?"; conversations].join(" ");
                 let ids = vec!["?"; conversations].join(",");
-                let values = vec!["(?,?,?,?,?,?,?,?,?)"; rows].join(",");
+                let values = vec!["(?,?,?,?,?,?,?,?,?,?,?)"; rows].join(",");
                 format!(
                     "BEGIN IMMEDIATE;\
                      UPDATE OR ROLLBACK conversations SET last_seq = last_seq + \
                      CASE id {pairs} ELSE 0 END WHERE id IN ({ids}) RETURNING id, last_seq;\
                      INSERT OR ROLLBACK INTO messages (conversation_id, seq, message_id, \
-                     sender_id, to_user_id, group_id, content_json, client_msg_id, created_at_ms) \
+                     sender_id, to_user_id, group_id, content_json, client_msg_id, created_at_ms, \
+                     kind, ref_seq) \
                      SELECT v.column1, \
                      (SELECT last_seq FROM conversations WHERE id = v.column1) - v.column2, \
-                     v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9 \
+                     v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
+                     v.column10, v.column11 \
                      FROM (VALUES {values}) AS v WHERE v.column1 IS NOT NULL;\
                      COMMIT;"
                 )
@@ -516,9 +575,11 @@ impl SqliteWriter {
             bind(args.add(row.content_json.as_str()))?;
             bind(args.add(row.client_msg_id.as_str()))?;
             bind(args.add(row.created_at_ms))?;
+            bind(args.add(row.kind))?;
+            bind(args.add(row.ref_seq))?;
             stored.push(row);
         }
-        for _ in 0..(rows - jobs.len()) * 9 {
+        for _ in 0..(rows - jobs.len()) * 11 {
             bind(args.add(none))?;
         }
         let query = sqlx::query_with::<Sqlite, _>(sqlx::AssertSqlSafe(script), args);
@@ -585,6 +646,10 @@ fn new_row(draft: &Draft, seq: i64, now: i64) -> messages::Model {
         content_json: draft.content_json.clone(),
         client_msg_id: draft.client_msg_id.clone(),
         created_at_ms: now,
+        kind: draft.kind as i32,
+        ref_seq: draft.ref_seq,
+        edited_at_ms: None,
+        recalled_at_ms: None,
     }
 }
 
@@ -684,6 +749,8 @@ mod tests {
             target: Target::GroupId(1),
             content_json: format!("{{\"c\":\"{client_msg_id}\"}}"),
             client_msg_id: client_msg_id.into(),
+            kind: MessageKind::Message,
+            ref_seq: None,
             members_version: None,
         }
     }

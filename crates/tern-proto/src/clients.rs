@@ -132,6 +132,8 @@ client! {
     get_conversation_states(message::GetConversationStatesRequest) -> message::GetConversationStatesResponse;
     typing(message::TypingRequest) -> message::TypingResponse;
     mark_read(message::MarkReadRequest) -> message::MarkReadResponse;
+    recall(message::RecallRequest) -> message::SendAck;
+    edit(message::EditRequest) -> message::SendAck;
 }
 
 client! {

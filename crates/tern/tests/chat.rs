@@ -561,3 +561,138 @@ async fn presence_reaches_contacts_and_only_those_who_share_a_conversation() {
 fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
+
+#[tokio::test]
+async fn recalls_and_edits_reach_everyone_in_order_and_keep_their_rules() {
+    let s = Server::start_with(&[("TERN__MESSAGE__RECALL_WINDOW_SECS", "2")]).await;
+    let (a, b, c, d) = (s.user("a").await, s.user("b").await, s.user("c").await, s.user("d").await);
+    let g = s.group(&a, &[&b, &c]).await;
+    let (mut ca, mut cb, mut cd) = (s.connect(&a).await, s.connect(&b).await, s.connect(&d).await);
+    let dm = format!("dm:{}:{}", a.id.min(b.id), a.id.max(b.id));
+    ca.send_to(b.id, "hello", "m1").await;
+    ca.send_to(b.id, "tpyo", "m2").await;
+    assert_eq!(seqs(&cb.deliveries(2).await), [1, 2]);
+    let ask = async |client: &mut common::Client, frame: serde_json::Value| {
+        client.send(frame).await;
+        client.recv().await
+    };
+
+    // An edit and a recall are answered like sends and reach the peer as
+    // entries with their own seqs, naming the message they change.
+    let edit = json!({ "type": 61, "conversation_id": dm, "seq": 2, "content": { "text": "typo" }, "client_msg_id": "e1" });
+    let ack = ask(&mut ca, edit).await;
+    assert_eq!((ack["type"].as_i64(), ack["seq"].as_u64()), (Some(30), Some(3)), "{ack}");
+    let got = cb.recv().await;
+    assert_eq!(
+        (got["kind"].as_str(), got["ref_seq"].as_u64(), got["seq"].as_u64()),
+        (Some("edit"), Some(2), Some(3)),
+        "{got}"
+    );
+    assert_eq!(got["content"]["text"], "typo");
+    let recall = json!({ "type": 60, "conversation_id": dm, "seq": 1, "client_msg_id": "r1" });
+    assert_eq!(ask(&mut ca, recall.clone()).await["seq"], 4);
+    let got = cb.recv().await;
+    assert_eq!((got["kind"].as_str(), got["ref_seq"].as_u64()), (Some("recall"), Some(1)), "{got}");
+    assert_eq!(got["content"], serde_json::Value::Null);
+    // A retry answers the stored event.
+    let again = ask(&mut ca, recall).await;
+    assert_eq!((again["seq"].as_u64(), again["duplicate"].as_bool()), (Some(4), Some(true)));
+
+    // History never returns the recalled content again, and shows the edit.
+    let (_, history) = s.get(&format!("/api/conversations/{dm}/messages"), Some(&b.token)).await;
+    let entries = history["messages"].as_array().unwrap();
+    assert_eq!(seqs(entries), [1, 2, 3, 4]);
+    assert_eq!(entries[0]["content"], serde_json::Value::Null, "{history}");
+    assert!(entries[0]["recalled_at"].as_i64().is_some(), "{history}");
+    assert!(!history.to_string().contains("hello"), "{history}");
+    assert_eq!(entries[1]["content"]["text"], "typo");
+    assert!(entries[1]["edited_at"].as_i64().is_some(), "{history}");
+
+    // Refusals, each a type 3 frame echoing the client_msg_id.
+    let refused = [
+        (
+            'b',
+            json!({ "type": 60, "conversation_id": dm, "seq": 2, "client_msg_id": "x1" }),
+            "forbidden",
+        ),
+        (
+            'b',
+            json!({ "type": 61, "conversation_id": dm, "seq": 2, "content": 1, "client_msg_id": "x2" }),
+            "forbidden",
+        ),
+        (
+            'a',
+            json!({ "type": 61, "conversation_id": dm, "seq": 1, "content": 1, "client_msg_id": "x3" }),
+            "conflict",
+        ),
+        (
+            'a',
+            json!({ "type": 60, "conversation_id": dm, "seq": 1, "client_msg_id": "x4" }),
+            "conflict",
+        ),
+        (
+            'a',
+            json!({ "type": 60, "conversation_id": dm, "seq": 3, "client_msg_id": "x5" }),
+            "bad_request",
+        ),
+        (
+            'a',
+            json!({ "type": 60, "conversation_id": dm, "seq": 99, "client_msg_id": "x6" }),
+            "not_found",
+        ),
+        (
+            'd',
+            json!({ "type": 60, "conversation_id": dm, "seq": 2, "client_msg_id": "x7" }),
+            "not_member",
+        ),
+        (
+            'a',
+            json!({ "type": 61, "conversation_id": dm, "seq": 2, "client_msg_id": "x8" }),
+            "missing_field",
+        ),
+    ];
+    for (who, frame, code) in refused {
+        let client = match who {
+            'a' => &mut ca,
+            'b' => &mut cb,
+            _ => &mut cd,
+        };
+        let id = frame["client_msg_id"].clone();
+        let answer = ask(client, frame).await;
+        assert_eq!(
+            (answer["code"].as_str(), &answer["client_msg_id"]),
+            (Some(code), &id),
+            "{answer}"
+        );
+    }
+    // Past the recall window the sender may not recall any more.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let late = json!({ "type": 60, "conversation_id": dm, "seq": 2, "client_msg_id": "r2" });
+    assert_eq!(ask(&mut ca, late).await["code"], "forbidden");
+
+    // In a group the owner may recall anyone's message at any time; a
+    // member who was offline finds the recall, and no content, on return.
+    let gc = format!("group:{g}");
+    assert_eq!(cb.send_group(g, "secret", "g1").await["seq"], 1);
+    assert_eq!(ca.recv().await["seq"], 1);
+    let owner = json!({ "type": 60, "conversation_id": gc, "seq": 1, "client_msg_id": "r3" });
+    assert_eq!(ask(&mut ca, owner).await["seq"], 2);
+    assert_eq!(cb.recv().await["kind"], "recall");
+    let mut cc = s.connect(&c).await;
+    let got = cc.deliveries(2).await;
+    assert_eq!(seqs(&got), [1, 2]);
+    assert_eq!((got[0]["content"].clone(), got[1]["kind"].clone()), (json!(null), json!("recall")));
+    assert!(!serde_json::Value::Array(got).to_string().contains("secret"));
+    // Recalled already: a conflict. A member who is neither the owner nor
+    // the sender: forbidden.
+    let again = json!({ "type": 60, "conversation_id": gc, "seq": 1, "client_msg_id": "r4" });
+    assert_eq!(ask(&mut cc, again).await["code"], "conflict");
+    assert_eq!(cb.send_group(g, "mine", "g2").await["seq"], 3);
+    assert_eq!(ca.recv().await["seq"], 3);
+    assert_eq!(cc.recv().await["seq"], 3);
+    let theirs = json!({ "type": 60, "conversation_id": gc, "seq": 3, "client_msg_id": "r5" });
+    assert_eq!(ask(&mut cc, theirs).await["code"], "forbidden");
+    for client in [&mut ca, &mut cb, &mut cc, &mut cd] {
+        client.quiet(200).await;
+    }
+}

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use tern_proto::pb::{
     group::{CreateGroupRequest, group_service_client::GroupServiceClient},
     message::{
-        MarkReadRequest, SendRequest, TypingRequest, message_service_client::MessageServiceClient,
-        send_request::Target, typing_request::Target as TypingTarget,
+        EditRequest, MarkReadRequest, RecallRequest, SendRequest, TypingRequest,
+        message_service_client::MessageServiceClient, send_request::Target,
+        typing_request::Target as TypingTarget,
     },
 };
 use tonic_health::pb::{
@@ -283,8 +284,41 @@ async fn a_backend_drives_the_services_directly() {
     assert_eq!(messages.mark_read(read(b.id)).await.unwrap().into_inner().read_seq, 1);
     let told = ca.recv().await;
     assert_eq!(told, json!({ "type": 31, "conversation_id": dm, "user_id": b.id, "seq": 1 }));
+    // The call came from no session of b's, so b's session is told too.
+    assert_eq!(cb.recv().await, told);
     let refused = messages.mark_read(read(stranger.id)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // Edits and recalls over gRPC: b on gw-2 gets each as an entry of its
+    // own; a stranger's recall and b's recall of a's message are refused.
+    let edited = messages
+        .edit(EditRequest {
+            user_id: a.id,
+            conversation_id: dm.clone(),
+            seq: 1,
+            content_json: r#"{"text":"read this"}"#.into(),
+            client_msg_id: "edit-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(edited.seq, 2);
+    let got = cb.recv().await;
+    assert_eq!((got["kind"].as_str(), got["ref_seq"].as_u64()), (Some("edit"), Some(1)), "{got}");
+    let recall = |user_id| RecallRequest {
+        user_id,
+        conversation_id: dm.clone(),
+        seq: 1,
+        client_msg_id: format!("recall-{user_id}"),
+    };
+    for (user, code) in
+        [(stranger.id, tonic::Code::PermissionDenied), (b.id, tonic::Code::PermissionDenied)]
+    {
+        let refused = messages.recall(recall(user)).await.unwrap_err();
+        assert_eq!(refused.code(), code, "{refused:?}");
+    }
+    assert_eq!(messages.recall(recall(a.id)).await.unwrap().into_inner().seq, 3);
+    assert_eq!(cb.recv().await["kind"], "recall");
     ca.quiet(200).await;
 }
 
