@@ -60,7 +60,8 @@ def default_grpc_port(binary):
 # default that is wrong in a deployment (127.0.0.1 peers, SQLite files).
 REQUIRED = {
     "tern-auth": {"TERN__SERVICE_TOKEN", "TERN__AUTH__DATABASE_URL", "TERN__AUTH__JWT__SECRET"},
-    "tern-group": {"TERN__SERVICE_TOKEN", "TERN__GROUP__DATABASE_URL", "TERN__AUTH_URL", "TERN__OFFLINE_URL"},
+    "tern-group": {"TERN__SERVICE_TOKEN", "TERN__GROUP__DATABASE_URL", "TERN__AUTH_URL", "TERN__OFFLINE_URL"}
+    | {"TERN__MESSAGE_URL"},
     "tern-message": {"TERN__SERVICE_TOKEN", "TERN__MESSAGE__DATABASE_URL", "TERN__REDIS_URL"}
     | {"TERN__AUTH_URL", "TERN__GROUP_URL", "TERN__OFFLINE_URL"},
     "tern-offline": {"TERN__SERVICE_TOKEN", "TERN__OFFLINE__DATABASE_URL", "TERN__MESSAGE_URL"},

@@ -71,8 +71,11 @@ test("three browsers form a group", { timeout: 180000 }, (t) =>
     await carol.send("Count me in");
     await alice.send("Great, see you both");
 
-    const all = ["Who is in for Saturday?", "Leaving at 9", "Me!", "Count me in", "Great, see you both"];
-    for (const u of [alice, bob, carol]) await u.expectMessages(all);
+    // Carol's joining is the group's first entry, a line of its own.
+    const chat = ["Who is in for Saturday?", "Leaving at 9", "Me!", "Count me in", "Great, see you both"];
+    const all = ["carol joined", ...chat];
+    for (const u of [alice, bob]) await u.expectMessages(all);
+    await carol.expectMessages(["You joined", ...chat]);
     // Bob and Carol have the group open: Alice's latest is read by both.
     await eventually(() => alice.receipt(), "✓✓ Read by 2");
     assert.deepEqual(await alice.readBy(), [2, 2, 2]);
@@ -91,15 +94,16 @@ test("three browsers form a group", { timeout: 180000 }, (t) =>
     await carol.page.locator("#notice", { hasText: "You are not a member of this group any more." }).waitFor();
     assert.equal(await carol.page.isVisible("#composer"), false);
     await carol.screenshot("group-not-member");
-    for (const u of [alice, bob]) await u.expectMessages(all);
+    for (const u of [alice, bob]) await u.expectMessages([...all, "carol left"]);
 
     // Joining again brings the composer back, and the failed message can be
     // retried.
     await carol.page.click("#rejoin-btn");
     await carol.page.locator("#composer").waitFor();
     await carol.page.click("#messages .msg.failed button:has-text('Retry')");
-    const again = [...all, "Still here?"];
-    for (const u of [alice, bob, carol]) await u.expectMessages(again);
+    for (const u of [alice, bob]) await u.expectMessages([...all, "carol left", "carol joined", "Still here?"]);
+    // Carol was not in the group for its entry 7.
+    await eventually(() => carol.texts(), ["You joined", ...chat, "You joined", "Still here?"]);
 
     // Bob leaves with the button; the group disappears from his list.
     bob.page.once("dialog", (d) => d.accept());
@@ -109,5 +113,6 @@ test("three browsers form a group", { timeout: 180000 }, (t) =>
     await alice.page.click("#info-close");
     await alice.page.click("#info-btn");
     await eventually(() => members(alice), [["alice", ["Owner", "You"]], ["carol", []]]);
+    await alice.expectMessages([...all, "carol left", "carol joined", "Still here?", "bob left"]);
     await eventually(() => alice.page.textContent("#chat-sub"), `Group · ID ${groupId} · 2 members`);
   }));

@@ -283,6 +283,7 @@ pub fn delivered(message: &Message) -> String {
     let event = match MessageKind::try_from(message.kind) {
         Ok(MessageKind::Edit) => Some("edit"),
         Ok(MessageKind::Recall) => Some("recall"),
+        Ok(MessageKind::Membership) => Some("membership"),
         _ => None,
     };
     let set = |t: i64| (t != 0).then_some(t);
@@ -297,7 +298,7 @@ pub fn delivered(message: &Message) -> String {
         content,
         timestamp: message.created_at_ms,
         kind: event,
-        ref_seq: event.map(|_| message.ref_seq),
+        ref_seq: (message.ref_seq != 0).then_some(message.ref_seq),
         edited_at: set(message.edited_at_ms),
         recalled_at: set(message.recalled_at_ms),
     })

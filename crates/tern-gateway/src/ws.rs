@@ -33,8 +33,8 @@ use tern_proto::{
     ErrorCode,
     pb::{
         message::{
-            EditRequest, MarkReadRequest, RecallRequest, SendAck, SendBatchRequest, SendRequest,
-            SendResult, TypingRequest, send_request::Target, send_result::Outcome,
+            EditRequest, MarkReadRequest, MessageKind, RecallRequest, SendAck, SendBatchRequest,
+            SendRequest, SendResult, TypingRequest, send_request::Target, send_result::Outcome,
             typing_request::Target as TypingTarget,
         },
         offline::AckRequest,
@@ -478,6 +478,7 @@ impl Reader<'_> {
             }),
             content_json: content,
             system: false,
+            kind: MessageKind::Message as i32,
         };
         Queued::Send(Box::new(PendingSend { request, client_msg_id, _permit: permit }))
     }

@@ -4,8 +4,13 @@
 //! cursors (a new member's cursor starts at the group's latest message), so
 //! every call that adds or removes members also calls offline.
 //!
-//! **Architecture Invariant:** group knows nothing about messages or
-//! sockets; it reaches auth and offline only through their gRPC clients.
+//! Every change of membership is also posted into the group's conversation
+//! as a system entry (`MessageKind::Membership`), through the message
+//! service, after the change is stored.
+//!
+//! **Architecture Invariant:** group knows nothing about how messages are
+//! stored or delivered, nor about sockets; it reaches auth, offline and
+//! message only through their gRPC clients.
 
 mod error;
 mod migration;
@@ -14,7 +19,7 @@ mod store;
 
 use serde::{Deserialize, Serialize};
 use tern_proto::{
-    clients::{AuthClient, OfflineClient},
+    clients::{AuthClient, MessageClient, OfflineClient},
     pb::group::group_service_server::GroupServiceServer,
 };
 use tern_runtime::grpc::GrpcChannel;
@@ -45,6 +50,8 @@ pub struct Peers {
     pub auth: AuthClient<GrpcChannel>,
     /// To start and drop delivery cursors.
     pub offline: OfflineClient<GrpcChannel>,
+    /// To post membership changes into the group's conversation.
+    pub message: MessageClient<GrpcChannel>,
 }
 
 /// Connects the database, applies migrations and builds the service.

@@ -1,6 +1,6 @@
 //! `tern-group`: the group service as its own process.
 
-use tern_proto::clients::{AuthClient, OfflineClient};
+use tern_proto::clients::{AuthClient, MessageClient, OfflineClient};
 use tern_runtime::{grpc::remote, service::ServiceBase};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -12,6 +12,8 @@ struct Settings {
     auth_url: String,
     /// Where the offline service answers.
     offline_url: String,
+    /// Where the message service answers.
+    message_url: String,
     group: tern_group::Settings,
 }
 
@@ -21,6 +23,7 @@ impl Default for Settings {
             base: ServiceBase::on_port(50052),
             auth_url: "http://127.0.0.1:50051".into(),
             offline_url: "http://127.0.0.1:50054".into(),
+            message_url: "http://127.0.0.1:50053".into(),
             group: Default::default(),
         }
     }
@@ -35,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let peers = tern_group::Peers {
         auth: AuthClient::remote(remote(&settings.auth_url, token)?),
         offline: OfflineClient::remote(remote(&settings.offline_url, token)?),
+        message: MessageClient::remote(remote(&settings.message_url, token)?),
     };
     tern_group::run(settings.group, peers, started).await
 }

@@ -1,6 +1,7 @@
 //! The `tern.group.v1.GroupService` implementation.
 
 use crate::{GroupError, Peers, store::Store};
+use backon::{ExponentialBuilder, Retryable};
 use std::collections::BTreeSet;
 use tern_proto::{
     conversation,
@@ -11,6 +12,7 @@ use tern_proto::{
             IsMemberResponse, JoinGroupRequest, LeaveGroupRequest, ListUserGroupsRequest,
             ListUserGroupsResponse, RemoveMemberRequest, group_service_server::GroupService,
         },
+        message::{MessageKind, SendRequest, send_request::Target},
         offline::{DropCursorsRequest, InitCursorsRequest},
     },
 };
@@ -118,11 +120,19 @@ impl Groups {
             )));
         }
         self.init_cursors(gid, &new, None).await?;
-        if let Err(error) = self.store.add_members(gid, &new).await {
-            self.drop_cursors(group_id, new.iter().map(|&u| u as u64).collect()).await.ok();
+        let new: Vec<u64> = new.into_iter().map(|u| u as u64).collect();
+        if let Err(error) = self.store.add_members(gid, &to_i64(new.iter().copied())?).await {
+            self.drop_cursors(group_id, new).await.ok();
             return Err(error);
         }
-        self.describe(gid).await
+        let group = self.describe(gid).await?;
+        let (change, by) = match actor {
+            Some(owner) => ("added", owner),
+            None if new.len() == 1 => ("joined", new[0]),
+            None => ("added", 0),
+        };
+        self.announce(&group, change, &new, by).await;
+        Ok(group)
     }
 
     /// Removes `user_id`: by themselves (`actor` None) or by the owner.
@@ -145,8 +155,48 @@ impl Groups {
         // of the group, even if removing the membership then fails (a retry
         // of this idempotent call finishes the job).
         self.drop_cursors(group_id, vec![user_id]).await?;
-        self.store.remove_members(gid, &uid).await?;
-        self.describe(gid).await
+        let removed = self.store.remove_members(gid, &uid).await? > 0;
+        let group = self.describe(gid).await?;
+        if removed {
+            let (change, by) = match actor {
+                Some(owner) => ("removed", owner),
+                None => ("left", user_id),
+            };
+            self.announce(&group, change, &[user_id], by).await;
+        }
+        Ok(group)
+    }
+
+    /// Posts a membership change into the group's conversation: a system
+    /// entry with its own seq, which every member (the new ones too, the
+    /// departed no longer) receives in order, so member lists stay current
+    /// without polling. The change itself is done by now; the entry is
+    /// retried for a few seconds, then only logged. Its `client_msg_id`
+    /// names the group and the member list version the change produced, so
+    /// a retry is stored once.
+    async fn announce(&self, group: &Group, change: &str, user_ids: &[u64], by: u64) {
+        let content = serde_json::json!({ "change": change, "user_ids": user_ids, "by": by });
+        let request = SendRequest {
+            sender_id: 0,
+            client_msg_id: format!("members:{}:{}", group.group_id, group.members_version),
+            target: Some(Target::GroupId(group.group_id)),
+            content_json: content.to_string(),
+            system: true,
+            kind: MessageKind::Membership as i32,
+        };
+        let post = || {
+            let mut message = self.peers.message.clone();
+            let request = request.clone();
+            async move { message.send(request).await }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(100))
+            .with_max_times(5);
+        if let Err(error) = post.retry(backoff).when(|s| s.code() == tonic::Code::Unavailable).await
+        {
+            metrics::counter!("tern_group_membership_events_lost_total").increment(1);
+            tracing::warn!(group_id = group.group_id, change, %error, "membership change not posted");
+        }
     }
 
     async fn drop_cursors(&self, group_id: u64, user_ids: Vec<u64>) -> Result<(), GroupError> {

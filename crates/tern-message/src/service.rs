@@ -381,10 +381,19 @@ impl Messages {
     /// Checks a send and queues it for the writer; the writer stores it,
     /// hands it to the router and answers through the returned [`Queued`].
     async fn prepare(&self, request: SendRequest) -> Result<Prepared, MessageError> {
-        let SendRequest { sender_id, client_msg_id, target, content_json, system } = request;
+        let SendRequest { sender_id, client_msg_id, target, content_json, system, kind } = request;
         if sender_id == 0 && !system {
             return Err(MessageError::Invalid("sender_id is required"));
         }
+        let kind = match MessageKind::try_from(kind) {
+            Ok(MessageKind::Message) => MessageKind::Message,
+            Ok(MessageKind::Membership) if system => MessageKind::Membership,
+            _ => {
+                return Err(MessageError::Invalid(
+                    "kind must be MESSAGE (or MEMBERSHIP, system only)",
+                ));
+            }
+        };
         self.check_body(&content_json, &client_msg_id)?;
         let sender = i64::try_from(sender_id)
             .map_err(|_| MessageError::Invalid("sender_id out of range"))?;
@@ -419,7 +428,7 @@ impl Messages {
             target: stored_target,
             content_json,
             client_msg_id,
-            kind: MessageKind::Message,
+            kind,
             ref_seq: None,
             members_version,
         };

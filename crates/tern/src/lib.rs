@@ -138,7 +138,7 @@ pub async fn run(
     let presence = Arc::new(InProcessPresence::new());
 
     // Services call each other's code directly. They call each other in a
-    // cycle (message → group → offline → message), so every caller gets
+    // cycle (message → group → offline → message → …), so every caller gets
     // its handle first and the handles are bound once the services exist.
     let auth_local = Local::<dyn AuthService>::unbound();
     let group_local = Local::<dyn GroupService>::unbound();
@@ -151,6 +151,7 @@ pub async fn run(
         tern_group::Peers {
             auth: AuthClient::Local(auth_local.clone()),
             offline: OfflineClient::Local(offline_local.clone()),
+            message: MessageClient::Local(message_local.clone()),
         },
     )
     .await?;

@@ -50,7 +50,7 @@ async fn small_window_client(s: &Server, user: &User) -> Client {
     let stream = socket.connect(([127, 0, 0, 1], s.port).into()).await.unwrap();
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
     let (ws, _) = tokio_tungstenite::client_async(s.ws_url(&user.token), stream).await.unwrap();
-    let mut client = Client { ws };
+    let mut client = Client::over(ws);
     client.send(json!({ "type": 99 })).await;
     assert_eq!(client.recv().await["type"], 99);
     client

@@ -107,17 +107,23 @@ async fn group_chat_reaches_members_only_and_seq_has_no_gaps() {
         .await;
     assert_eq!(cb.recv().await["seq"], 2);
 
-    // d joins later, can send, and the sequence continues without a gap.
+    // d joins later (an entry of the group, seq 3, which d receives too),
+    // can send, and the sequence continues without a gap.
     let (status, _) = s.post(&format!("/api/groups/{g}/join"), Some(&d.token), json!({})).await;
     assert_eq!(status, 200);
+    assert_eq!(cd.recv().await["kind"], "membership");
     let ack = cd.send_group(g, "hi all", "d2").await;
-    assert_eq!((ack["type"].as_i64(), ack["seq"].as_u64()), (Some(30), Some(3)), "{ack}");
+    assert_eq!((ack["type"].as_i64(), ack["seq"].as_u64()), (Some(30), Some(4)), "{ack}");
 
-    let at_a = ca.deliveries(2).await;
-    assert_eq!(texts(&at_a), ["from b", "hi all"]);
-    assert_eq!(seqs(&at_a), [2, 3]);
-    assert_eq!(seqs(&cc.deliveries(2).await), [2, 3]);
-    assert_eq!(seqs(&cb.deliveries(1).await), [3]);
+    let at_a = ca.deliveries(3).await;
+    assert_eq!(seqs(&at_a), [2, 3, 4]);
+    assert_eq!(
+        (at_a[0]["content"]["text"].as_str(), at_a[1]["kind"].as_str()),
+        (Some("from b"), Some("membership"))
+    );
+    assert_eq!(at_a[2]["content"]["text"], "hi all");
+    assert_eq!(seqs(&cc.deliveries(3).await), [2, 3, 4]);
+    assert_eq!(seqs(&cb.deliveries(2).await), [3, 4]);
     // The refused message never reached anyone, and d got nothing from
     // before it joined.
     for client in [&mut ca, &mut cb, &mut cc, &mut cd] {
@@ -286,15 +292,18 @@ async fn a_member_who_joins_receives_live_messages_at_once_but_no_earlier_histor
     let mut cb = s.connect(&b).await;
     let (status, _) = s.post(&format!("/api/groups/{g}/join"), Some(&b.token), json!({})).await;
     assert_eq!(status, 200);
-    assert_eq!(ca.send_group(g, "welcome", "2").await["seq"], 2);
+    // The join is the group's entry 2, for a and for b.
+    assert_eq!(ca.recv().await["kind"], "membership");
+    assert_eq!(cb.recv().await["seq"], 2);
+    assert_eq!(ca.send_group(g, "welcome", "2").await["seq"], 3);
     let got = cb.recv().await;
-    assert_eq!((got["seq"].as_u64(), got["content"]["text"].as_str()), (Some(2), Some("welcome")));
+    assert_eq!((got["seq"].as_u64(), got["content"]["text"].as_str()), (Some(3), Some("welcome")));
     cb.quiet(200).await;
     // History starts where b came in, even when asked for everything.
     let (status, body) =
         s.get(&format!("/api/conversations/group:{g}/messages?after_seq=0"), Some(&b.token)).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(seqs(body["messages"].as_array().unwrap()), [2]);
+    assert_eq!(seqs(body["messages"].as_array().unwrap()), [2, 3]);
 }
 
 #[tokio::test]
@@ -504,6 +513,7 @@ async fn presence_reaches_contacts_and_only_those_who_share_a_conversation() {
     let s = Server::start().await;
     let (a, b, c, d) = (s.user("a").await, s.user("b").await, s.user("c").await, s.user("d").await);
     let mut ca = s.connect(&a).await;
+    ca.watch_presence();
     let mut cb = s.connect(&b).await;
     // a and b become 1:1 contacts; a and c share only a group.
     ca.send_to(b.id, "hello", "p1").await;
@@ -694,5 +704,56 @@ async fn recalls_and_edits_reach_everyone_in_order_and_keep_their_rules() {
     assert_eq!(ask(&mut cc, theirs).await["code"], "forbidden");
     for client in [&mut ca, &mut cb, &mut cc, &mut cd] {
         client.quiet(200).await;
+    }
+}
+
+#[tokio::test]
+async fn membership_changes_are_entries_of_the_group_that_members_receive_in_order() {
+    let s = Server::start().await;
+    let (a, b, c, d) = (s.user("a").await, s.user("b").await, s.user("c").await, s.user("d").await);
+    let g = s.group(&a, &[&b]).await;
+    let (mut ca, mut cb, mut cc, mut cd) =
+        (s.connect(&a).await, s.connect(&b).await, s.connect(&c).await, s.connect(&d).await);
+    let entry = |seq: u64, change: &str, user: u64, by: u64| {
+        json!({ "seq": seq, "from": 0, "kind": "membership",
+                "content": { "change": change, "user_ids": [user], "by": by } })
+    };
+    let shape = |got: serde_json::Value| json!({ "seq": got["seq"], "from": got["from"], "kind": got["kind"], "content": got["content"] });
+
+    // c joins: everyone, c included, gets the entry.
+    let (status, _) = s.post(&format!("/api/groups/{g}/join"), Some(&c.token), json!({})).await;
+    assert_eq!(status, 200);
+    for client in [&mut ca, &mut cb, &mut cc] {
+        assert_eq!(shape(client.recv().await), entry(1, "joined", c.id, c.id));
+    }
+    // The owner adds d.
+    let body = json!({ "member_ids": [d.id] });
+    let (status, _) = s.post(&format!("/api/groups/{g}/members"), Some(&a.token), body).await;
+    assert_eq!(status, 200);
+    for client in [&mut ca, &mut cb, &mut cc, &mut cd] {
+        assert_eq!(shape(client.recv().await), entry(2, "added", d.id, a.id));
+    }
+    // d leaves, and is not told any more.
+    let (status, _) = s.post(&format!("/api/groups/{g}/leave"), Some(&d.token), json!({})).await;
+    assert_eq!(status, 200);
+    for client in [&mut ca, &mut cb, &mut cc] {
+        assert_eq!(shape(client.recv().await), entry(3, "left", d.id, d.id));
+    }
+    // The owner removes c while c is offline; c hears nothing more, b reads
+    // it on return.
+    drop(cc);
+    drop(cb);
+    let (status, _) = s.delete(&format!("/api/groups/{g}/members/{}", c.id), Some(&a.token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(shape(ca.recv().await), entry(4, "removed", c.id, a.id));
+    let mut cb = s.connect(&b).await;
+    let got = cb.deliveries(4).await;
+    assert_eq!(seqs(&got), [1, 2, 3, 4], "never acked: all sent again, in order");
+    assert_eq!(shape(got[3].clone()), entry(4, "removed", c.id, a.id));
+    // A change that changes nothing (joining twice) posts nothing.
+    let (status, _) = s.post(&format!("/api/groups/{g}/join"), Some(&b.token), json!({})).await;
+    assert_eq!(status, 200);
+    for client in [&mut ca, &mut cb, &mut cd] {
+        client.quiet(300).await;
     }
 }

@@ -94,6 +94,9 @@ async fn users_on_different_gateways_chat_and_groups_fan_out_once_per_node() {
     // the group with x, are not.
     let (_, presence) = c.get_as(0, &format!("/api/presence?ids={}", y.id), &a.token).await;
     assert_eq!(presence["presence"], json!([{ "user_id": y.id, "online": true }]));
+    for client in [&mut ca, &mut cb, &mut cy] {
+        client.watch_presence();
+    }
     drop(cx);
     let news = ca.recv().await;
     assert_eq!((news["type"].as_i64(), news["user_id"].as_u64()), (Some(50), Some(x.id)), "{news}");
@@ -120,6 +123,7 @@ async fn a_user_moving_between_gateways_is_kicked_on_the_old_node_and_loses_noth
     assert_eq!(kicked["type"], 100, "{kicked}");
     assert_eq!(old.closed().await.code, 4001);
     // b never went offline: a, b's 1:1 contact, hears nothing of the move.
+    ca.watch_presence();
     ca.quiet(300).await;
     ca.send_to(b.id, "two", "2").await;
     // The new session gets the unacked "one" by sync and "two" live;
@@ -238,6 +242,7 @@ async fn a_backend_drives_the_services_directly() {
             target: Some(Target::GroupId(group.group_id)),
             content_json: r#"{"text":"deploy at 5"}"#.into(),
             system: true,
+            kind: 0,
         })
         .await
         .unwrap();
@@ -271,6 +276,7 @@ async fn a_backend_drives_the_services_directly() {
             target: Some(Target::ToUserId(b.id)),
             content_json: r#"{"text":"read me"}"#.into(),
             system: false,
+            kind: 0,
         })
         .await
         .unwrap();

@@ -10,7 +10,8 @@ use tern_proto::{
         auth::{VerifyTokenRequest, auth_service_client::AuthServiceClient},
         group::{CreateGroupRequest, group_service_client::GroupServiceClient},
         message::{
-            SendRequest, message_service_client::MessageServiceClient, send_request::Target,
+            MessageKind, SendRequest, message_service_client::MessageServiceClient,
+            send_request::Target,
         },
     },
 };
@@ -86,6 +87,7 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
         target: Some(Target::GroupId(group.group_id)),
         content_json: r#"{"text":"maintenance at noon"}"#.into(),
         system: true,
+        kind: 0,
     };
     let sent = messages.send(system.clone()).await.unwrap().into_inner();
     assert!(!sent.duplicate);
@@ -105,10 +107,22 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
             target: Some(Target::GroupId(group.group_id)),
             content_json: "1".into(),
             system: false,
+            kind: 0,
         })
         .await
         .unwrap_err();
     assert_eq!(error_code_of(&refused), ErrorCode::NotMember);
+    // Membership entries are the group service's: no one else writes them.
+    let forged = SendRequest {
+        sender_id: alice.id,
+        client_msg_id: "forged".into(),
+        target: Some(Target::GroupId(group.group_id)),
+        content_json: r#"{"change":"left","user_ids":[2],"by":2}"#.into(),
+        system: false,
+        kind: MessageKind::Membership as i32,
+    };
+    let refused = messages.send(forged).await.unwrap_err();
+    assert_eq!(error_code_of(&refused), ErrorCode::BadRequest, "{refused:?}");
     let mut auth =
         AuthServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
     let refused =

@@ -255,14 +255,8 @@ async fn only_the_owner_manages_members() {
         let (status, body) =
             s.post(&members, Some(&who.token), json!({ "member_ids": [newcomer.id] })).await;
         assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
-        let r = s
-            .http
-            .delete(s.url(&format!("{members}/{}", member.id)))
-            .bearer_auth(&who.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 403);
+        let (status, _) = s.delete(&format!("{members}/{}", member.id), Some(&who.token)).await;
+        assert_eq!(status, 403);
     }
     // The owner may.
     let (status, body) =
@@ -270,26 +264,25 @@ async fn only_the_owner_manages_members() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["member_ids"], json!([owner.id, member.id, newcomer.id]));
     let mut removed = s.connect(&member).await;
-    let r = s
-        .http
-        .delete(s.url(&format!("{members}/{}", member.id)))
-        .bearer_auth(&owner.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    // The removed member neither receives nor may send.
+    // The addition is the group's first entry, which the member is sent.
+    let added = removed.recv().await;
+    assert_eq!(
+        (added["kind"].as_str(), added["content"]["change"].as_str()),
+        (Some("membership"), Some("added"))
+    );
+    let (status, _) = s.delete(&format!("{members}/{}", member.id), Some(&owner.token)).await;
+    assert_eq!(status, 200);
+    // The removed member neither receives nor may send; the owner finds
+    // both changes in the group.
     let mut o = s.connect(&owner).await;
-    assert_eq!(o.send_group(g, "after removal", "1").await["type"], 30);
+    let changes = o.deliveries(2).await;
+    assert_eq!(
+        changes[1]["content"],
+        json!({ "change": "removed", "user_ids": [member.id], "by": owner.id })
+    );
+    assert_eq!(o.send_group(g, "after removal", "1").await["seq"], 3);
     removed.quiet(300).await;
     assert_eq!(removed.send_group(g, "still here?", "2").await["code"], "not_member");
     // Nobody removes the owner.
-    let r = s
-        .http
-        .delete(s.url(&format!("{members}/{}", owner.id)))
-        .bearer_auth(&owner.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(s.delete(&format!("{members}/{}", owner.id), Some(&owner.token)).await.0, 403);
 }

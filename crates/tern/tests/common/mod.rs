@@ -271,17 +271,18 @@ impl Server {
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        let mut req = self.http.post(self.url(path)).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        Self::call(self.http.post(self.url(path)).json(&body), token).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut req = self.http.get(self.url(path));
+        Self::call(self.http.get(self.url(path)), token).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        Self::call(self.http.delete(self.url(path)), token).await
+    }
+
+    async fn call(mut req: reqwest::RequestBuilder, token: Option<&str>) -> (u16, Value) {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -346,6 +347,9 @@ pub struct User {
 /// A WebSocket client speaking protocol v1.
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+    /// Whether presence news (type 50) is returned; by default it is
+    /// skipped, since any test's users come and go as contacts.
+    presence: bool,
 }
 
 /// How a socket ended.
@@ -359,7 +363,7 @@ impl Client {
     pub async fn connect(url: &str) -> Client {
         let (ws, _) =
             connect_async(url.into_client_request().unwrap()).await.expect("upgrade succeeds");
-        Client { ws }
+        Client::over(ws)
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -378,12 +382,29 @@ impl Client {
         }
     }
 
+    /// A client over a socket opened elsewhere.
+    pub fn over(ws: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>) -> Client {
+        Client { ws, presence: false }
+    }
+
+    /// Returns presence news (type 50) from now on, instead of skipping it.
+    pub fn watch_presence(&mut self) {
+        self.presence = true;
+    }
+
+    /// Whether `text` is a frame this client skips.
+    fn skipped(&self, text: &str) -> bool {
+        !self.presence
+            && serde_json::from_str::<Value>(text).is_ok_and(|v| v["type"] == protocol::PRESENCE)
+    }
+
     /// The next JSON frame, or how the socket closed.
     pub async fn next(&mut self) -> Result<Value, Closed> {
         loop {
             let msg =
                 tokio::time::timeout(WAIT, self.ws.next()).await.expect("a frame within the wait");
             match msg {
+                Some(Ok(Message::Text(t))) if self.skipped(&t) => continue,
                 Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(frame))) => {
                     let (code, reason) = frame
@@ -411,12 +432,14 @@ impl Client {
         }
     }
 
-    /// Asserts nothing arrives for `ms` milliseconds.
+    /// Asserts nothing (but skipped presence news) arrives for `ms`
+    /// milliseconds.
     pub async fn quiet(&mut self, ms: u64) {
-        if let Ok(Some(Ok(msg))) =
-            tokio::time::timeout(Duration::from_millis(ms), self.ws.next()).await
-        {
-            panic!("expected silence, got {msg:?}");
+        let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, self.ws.next()).await {
+            if !matches!(&msg, Message::Text(t) if self.skipped(t)) {
+                panic!("expected silence, got {msg:?}");
+            }
         }
     }
 
@@ -451,6 +474,12 @@ impl Client {
         }
         out
     }
+}
+
+/// Frame types the tests name.
+pub mod protocol {
+    /// Presence news.
+    pub const PRESENCE: i64 = 50;
 }
 
 /// Texts of delivered frames, in order.
