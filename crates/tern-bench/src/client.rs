@@ -59,6 +59,8 @@ pub const GROUP: i64 = 2;
 pub const ERROR: i64 = 3;
 pub const ACK: i64 = 30;
 pub const HEARTBEAT: i64 = 99;
+/// Ephemeral news a client may ignore: read markers, typing, presence.
+pub const NEWS: [i64; 3] = [31, 40, 50];
 
 /// Opens a WebSocket to `url`, from source address `from` (127.0.0.x, to
 /// spread many connections over more address pairs).
@@ -272,6 +274,8 @@ pub async fn handshake(tx: &mut Tx, rx: &mut Rx) -> anyhow::Result<()> {
     loop {
         match next_frame(rx, Duration::from_secs(30)).await? {
             Some(f) if f.kind == HEARTBEAT => return Ok(()),
+            // A contact's presence, a read marker, typing: news to ignore.
+            Some(f) if NEWS.contains(&f.kind) => {}
             Some(f) if f.kind == SINGLE || f.kind == GROUP => {
                 tx.send(ack(f.conversation_id.as_deref().unwrap_or_default(), f.seq)).await?;
             }

@@ -104,7 +104,7 @@ pub async fn run(
                     break;
                 };
                 if f.kind != SINGLE {
-                    if f.kind != client::HEARTBEAT {
+                    if f.kind != client::HEARTBEAT && !client::NEWS.contains(&f.kind) {
                         eprintln!(
                             "receiver of user {}: unexpected frame type {} ({:?})",
                             to.id, f.kind, f.code
