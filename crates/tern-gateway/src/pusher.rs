@@ -106,12 +106,7 @@ impl Written {
     /// first sync: every 1:1 conversation of `user`).
     pub fn direct_peers(&self, user: u64) -> Vec<u64> {
         let map = self.0.lock().expect("written map poisoned");
-        map.keys()
-            .filter_map(|id| match conversation::parse(id)? {
-                conversation::Kind::Direct(a, b) => Some(if a == user { b } else { a }),
-                conversation::Kind::Group(_) => None,
-            })
-            .collect()
+        map.keys().filter_map(|id| conversation::parse(id)?.peer_of(user)).collect()
     }
 
     /// Whether everything up to `seq` of `conversation` was written.

@@ -78,15 +78,17 @@ impl Registry {
         }
     }
 
-    /// Queues an ephemeral frame (a typing indicator, a read marker) for
-    /// `user` if there is room, except to the session `except` (the one it
-    /// came from); when the queue is full it is simply dropped, with no
-    /// resync.
-    pub fn offer_ephemeral(&self, user: u64, frame: &str, except: &str) {
-        if let Some(session) = self.sessions.get(&user)
-            && session.id != except
-        {
-            let _ = session.tx.try_send(Outbound::Text(frame.to_string()));
+    /// Queues an ephemeral frame (a typing indicator, a read marker,
+    /// presence news) for each of `users` if there is room, except to the
+    /// session `except` (the one it came from); when a queue is full it is
+    /// simply dropped, with no resync.
+    pub fn offer_ephemeral(&self, users: Vec<u64>, frame: &str, except: &str) {
+        for user in users {
+            if let Some(session) = self.sessions.get(&user)
+                && session.id != except
+            {
+                let _ = session.tx.try_send(Outbound::Text(frame.to_string()));
+            }
         }
     }
 
@@ -140,21 +142,15 @@ pub fn dispatcher(
             }
             Some(Event::Typing(typing)) => {
                 let frame = protocol::typing(typing.from, &typing.conversation_id, typing.group_id);
-                for user in typing.recipients {
-                    registry.offer_ephemeral(user, &frame, "");
-                }
+                registry.offer_ephemeral(typing.recipients, &frame, "");
             }
             Some(Event::Presence(news)) => {
                 let frame = protocol::presence(news.user_id, news.online, news.last_seen_ms);
-                for user in news.recipients {
-                    registry.offer_ephemeral(user, &frame, "");
-                }
+                registry.offer_ephemeral(news.recipients, &frame, "");
             }
             Some(Event::Read(read)) => {
                 let frame = protocol::read(read.reader, &read.conversation_id, read.seq);
-                for user in read.recipients {
-                    registry.offer_ephemeral(user, &frame, &read.origin_session_id);
-                }
+                registry.offer_ephemeral(read.recipients, &frame, &read.origin_session_id);
             }
             Some(Event::Resync(_)) => {
                 // A logout may have been missed with the rest.

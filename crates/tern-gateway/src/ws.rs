@@ -450,12 +450,7 @@ impl Reader<'_> {
     /// limit, and makes it ready for the pipeline.
     fn send(&self, target: SendTarget, content: String, client_msg_id: Option<String>) -> Queued {
         if !self.state.limits.message(self.user) {
-            let error = FrameError {
-                code: ErrorCode::RateLimited,
-                message: "sending too fast; retry with the same client_msg_id".into(),
-                client_msg_id,
-            };
-            return Queued::Refused(protocol::error(&error));
+            return Queued::Refused(too_fast(client_msg_id));
         }
         self.state.stats.messages_in.add(1);
         // Bounded in-flight sends: when the message service (or its
@@ -534,12 +529,7 @@ impl Reader<'_> {
         call: impl Future<Output = Result<tonic::Response<SendAck>, tonic::Status>>,
     ) -> bool {
         if !self.state.limits.message(self.user) {
-            let error = FrameError {
-                code: ErrorCode::RateLimited,
-                message: "sending too fast; retry with the same client_msg_id".into(),
-                client_msg_id,
-            };
-            return self.reply(protocol::error(&error)).await;
+            return self.reply(too_fast(client_msg_id)).await;
         }
         let out = match call.await {
             Ok(ack) => {
@@ -590,6 +580,16 @@ impl Reader<'_> {
             Err(status) => Some(protocol::error(&status_frame(&status, None))),
         }
     }
+}
+
+/// A send (or recall, or edit) over the user's message rate, as a type 3
+/// frame.
+fn too_fast(client_msg_id: Option<String>) -> String {
+    protocol::error(&FrameError {
+        code: ErrorCode::RateLimited,
+        message: "sending too fast; retry with the same client_msg_id".into(),
+        client_msg_id,
+    })
 }
 
 /// A service error as a type 3 frame; internal details stay in the log.

@@ -209,10 +209,8 @@ impl Messages {
             .await?
             .into_inner();
         if marked.advanced {
-            let mut recipients = vec![user_id];
-            if let conversation::Kind::Direct(a, b) = kind {
-                recipients.push(if a == user_id { b } else { a });
-            }
+            let recipients: Vec<u64> =
+                [Some(user_id), kind.peer_of(user_id)].into_iter().flatten().collect();
             self.router
                 .notify(&recipients, |recipients| {
                     Event::Read(Read {
@@ -267,10 +265,10 @@ impl Messages {
             return Ok(slim(event, true));
         }
         let (target, members_version, group) = match kind {
-            conversation::Kind::Direct(a, b) if user_id == a || user_id == b => {
-                (StoredTarget::ToUserId(if user_id == a { b } else { a }), None, None)
+            conversation::Kind::Direct(..) => {
+                let peer = kind.peer_of(user_id).ok_or(MessageError::NotMember)?;
+                (StoredTarget::ToUserId(peer), None, None)
             }
-            conversation::Kind::Direct(..) => return Err(MessageError::NotMember),
             conversation::Kind::Group(g) => {
                 let version = self.require_member(g, user_id).await?;
                 (StoredTarget::GroupId(g), Some(version), Some(g))
@@ -316,18 +314,11 @@ impl Messages {
             target,
             kind: if edit.is_some() { MessageKind::Edit } else { MessageKind::Recall },
             content_json: edit.unwrap_or_else(|| "null".into()),
-            client_msg_id: if client_msg_id.is_empty() {
-                uuid::Uuid::now_v7().to_string()
-            } else {
-                client_msg_id
-            },
+            client_msg_id: own_or_new(client_msg_id).0,
             ref_seq: Some(at),
             members_version,
         };
-        Ok(match self.store.submit(draft).await?.stored().await? {
-            Stored::New(event) => slim(event, false),
-            Stored::Duplicate(event) => slim(event, true),
-        })
+        Ok(acked(self.store.submit(draft).await?.stored().await?))
     }
 
     /// Whether `user_id` owns the group (if it is one).
@@ -397,12 +388,7 @@ impl Messages {
         self.check_body(&content_json, &client_msg_id)?;
         let sender = i64::try_from(sender_id)
             .map_err(|_| MessageError::Invalid("sender_id out of range"))?;
-        // Without a client_msg_id the send is simply not idempotent.
-        let (client_msg_id, retryable) = if client_msg_id.is_empty() {
-            (uuid::Uuid::now_v7().to_string(), false)
-        } else {
-            (client_msg_id, true)
-        };
+        let (client_msg_id, retryable) = own_or_new(client_msg_id);
         let (conversation_id, stored_target, members_version) =
             match self.authorise(sender_id, target, system).await {
                 Ok(authorised) => authorised,
@@ -460,8 +446,7 @@ impl Messages {
         for step in prepared {
             let outcome = match step {
                 Ok(Prepared::Queued(queued)) => match queued.stored().await {
-                    Ok(Stored::New(m)) => Ok(slim(m, false)),
-                    Ok(Stored::Duplicate(m)) => Ok(slim(m, true)),
+                    Ok(stored) => Ok(acked(stored)),
                     Err(error) => Err(MessageError::from(error)),
                 },
                 Ok(Prepared::Answered(response)) => {
@@ -487,6 +472,24 @@ impl Messages {
 }
 
 /// What a send's acknowledgement needs of a stored message.
+/// The sender's `client_msg_id`, or a new one when none was given (the
+/// send is then simply not idempotent); whether it was the sender's.
+fn own_or_new(client_msg_id: String) -> (String, bool) {
+    if client_msg_id.is_empty() {
+        (uuid::Uuid::now_v7().to_string(), false)
+    } else {
+        (client_msg_id, true)
+    }
+}
+
+/// The ack of a stored entry, new or a duplicate.
+fn acked(stored: Stored) -> SendAck {
+    match stored {
+        Stored::New(m) => slim(m, false),
+        Stored::Duplicate(m) => slim(m, true),
+    }
+}
+
 fn slim(message: Message, duplicate: bool) -> SendAck {
     SendAck {
         message_id: message.message_id,

@@ -77,6 +77,18 @@ pub mod conversation {
         Group(u64),
     }
 
+    impl Kind {
+        /// The other user of a 1:1 conversation `user` is in; `None` for a
+        /// group, or a pair `user` is not part of.
+        pub fn peer_of(self, user: u64) -> Option<u64> {
+            match self {
+                Kind::Direct(a, b) if a == user => Some(b),
+                Kind::Direct(a, b) if b == user => Some(a),
+                _ => None,
+            }
+        }
+    }
+
     /// Parses a conversation id; `None` when it is not one Tern makes.
     pub fn parse(id: &str) -> Option<Kind> {
         if let Some(rest) = id.strip_prefix("dm:") {
@@ -97,6 +109,9 @@ pub mod conversation {
         fn direct_ids_do_not_depend_on_order() {
             assert_eq!(direct(7, 3), "dm:3:7");
             assert_eq!(parse(&direct(7, 3)), Some(Kind::Direct(3, 7)));
+            assert_eq!(Kind::Direct(3, 7).peer_of(7), Some(3));
+            assert_eq!(Kind::Direct(3, 7).peer_of(5), None);
+            assert_eq!(Kind::Group(3).peer_of(3), None);
         }
 
         #[test]

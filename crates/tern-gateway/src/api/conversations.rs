@@ -91,8 +91,8 @@ pub async fn conversations(
             state.services.offline.clone().pull(request).await?.into_inner().messages.pop()
         };
         let (kind, user_id, group_id) = match conversation::parse(&b.conversation_id) {
-            Some(conversation::Kind::Direct(x, y)) => {
-                ("direct", Some(if x == user_id { y } else { x }), None)
+            Some(direct @ conversation::Kind::Direct(..)) => {
+                ("direct", direct.peer_of(user_id), None)
             }
             Some(conversation::Kind::Group(g)) => ("group", None, Some(g)),
             None => continue,
