@@ -1,6 +1,6 @@
 //! The embedded adapters: presence in a map, the bus as channels.
 
-use crate::{Bus, BusError, BusEvent, Handler, NodeId, Presence, Subscription};
+use crate::{Bus, BusError, BusEvent, Handler, NodeId, Presence, SessionAt, Subscription};
 use dashmap::DashMap;
 use std::{collections::HashMap, sync::Arc};
 
@@ -49,7 +49,8 @@ impl Bus for InProcessBus {
 /// Presence of a single process.
 #[derive(Default)]
 pub struct InProcessPresence {
-    users: DashMap<u64, Vec<NodeId>>,
+    /// Each online user's sessions, oldest first.
+    users: DashMap<u64, Vec<SessionAt>>,
     /// When each user was last online; kept only as long as the process.
     last_seen: DashMap<u64, i64>,
 }
@@ -63,13 +64,16 @@ impl InProcessPresence {
 
 #[async_trait::async_trait]
 impl Presence for InProcessPresence {
-    async fn connect(&self, user: u64, node: &str) -> Result<Vec<NodeId>, BusError> {
+    async fn connect(
+        &self,
+        user: u64,
+        node: &str,
+        session: &str,
+    ) -> Result<Vec<SessionAt>, BusError> {
         self.last_seen.insert(user, tern_runtime::clock::now_ms());
-        let mut nodes = self.users.entry(user).or_default();
-        let others = nodes.iter().filter(|n| *n != node).cloned().collect();
-        if !nodes.iter().any(|n| n == node) {
-            nodes.push(node.to_string());
-        }
+        let mut sessions = self.users.entry(user).or_default();
+        let others = sessions.clone();
+        sessions.push(SessionAt { node: node.to_string(), session: session.to_string() });
         Ok(others)
     }
 
@@ -79,11 +83,17 @@ impl Presence for InProcessPresence {
         Ok(())
     }
 
-    async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError> {
+    async fn disconnect(
+        &self,
+        user: u64,
+        node: &str,
+        session: &str,
+        last_here: bool,
+    ) -> Result<(), BusError> {
         self.last_seen.insert(user, tern_runtime::clock::now_ms());
-        self.users.remove_if_mut(&user, |_, nodes| {
-            nodes.retain(|n| n != node);
-            nodes.is_empty()
+        self.users.remove_if_mut(&user, |_, sessions| {
+            sessions.retain(|s| s.session != session && !(last_here && s.node == node));
+            sessions.is_empty()
         });
         Ok(())
     }
@@ -91,8 +101,11 @@ impl Presence for InProcessPresence {
     async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError> {
         let mut by_node: HashMap<NodeId, Vec<u64>> = HashMap::new();
         for &user in users {
-            if let Some(nodes) = self.users.get(&user) {
-                for node in nodes.iter() {
+            if let Some(sessions) = self.users.get(&user) {
+                let mut nodes: Vec<&NodeId> = sessions.iter().map(|s| &s.node).collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                for node in nodes {
                     by_node.entry(node.clone()).or_default().push(user);
                 }
             }
@@ -113,14 +126,19 @@ mod tests {
     #[tokio::test]
     async fn presence_groups_users_by_node() {
         let p = InProcessPresence::new();
-        assert!(p.connect(1, "a").await.unwrap().is_empty());
-        p.connect(2, "b").await.unwrap();
-        assert_eq!(p.connect(1, "b").await.unwrap(), vec!["a".to_string()]);
+        assert!(p.connect(1, "a", "s1").await.unwrap().is_empty());
+        p.connect(2, "b", "s2").await.unwrap();
+        let at = |node: &str, session: &str| SessionAt { node: node.into(), session: session.into() };
+        assert_eq!(p.connect(1, "b", "s3").await.unwrap(), vec![at("a", "s1")]);
+        // A second session on the same node: the node is listed once.
+        assert_eq!(p.connect(1, "b", "s4").await.unwrap(), vec![at("a", "s1"), at("b", "s3")]);
         let located = p.locate(&[1, 2, 3]).await.unwrap();
         assert_eq!(located["a"], vec![1]);
         assert_eq!(located["b"], vec![1, 2]);
-        p.disconnect(1, "a").await.unwrap();
-        p.disconnect(1, "b").await.unwrap();
+        p.disconnect(1, "a", "s1", true).await.unwrap();
+        p.disconnect(1, "b", "s3", false).await.unwrap();
+        assert_eq!(p.locate(&[1]).await.unwrap()["b"], vec![1]);
+        p.disconnect(1, "b", "s4", true).await.unwrap();
         let located = p.locate(&[1]).await.unwrap();
         assert!(located.is_empty(), "{located:?}");
     }

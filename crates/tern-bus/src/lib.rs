@@ -80,18 +80,36 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe(&self, node: &str, handler: Handler) -> Result<Subscription, BusError>;
 }
 
-/// Knows which node(s) hold each online user.
+/// One session of a user, somewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionAt {
+    /// The node that holds it.
+    pub node: NodeId,
+    /// The session's id (unique across nodes).
+    pub session: String,
+}
+
+/// Knows which node(s) hold each online user, and which sessions.
 #[async_trait::async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Marks `user` online at `node` and returns the other nodes that still
-    /// hold sessions of the user (so the caller can kick them).
-    async fn connect(&self, user: u64, node: &str) -> Result<Vec<NodeId>, BusError>;
+    /// Records `session` of `user` at `node` and returns the user's other
+    /// live sessions, on any node, oldest first (so the caller can enforce
+    /// a session limit).
+    async fn connect(&self, user: u64, node: &str, session: &str)
+    -> Result<Vec<SessionAt>, BusError>;
 
     /// Keeps `user` online at `node` (heartbeat).
     async fn refresh(&self, user: u64, node: &str) -> Result<(), BusError>;
 
-    /// Marks `user` offline at `node` (their last session there ended).
-    async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError>;
+    /// Forgets `session` of `user`; with `last_here`, `user` is offline at
+    /// `node` too (it was their last session there).
+    async fn disconnect(
+        &self,
+        user: u64,
+        node: &str,
+        session: &str,
+        last_here: bool,
+    ) -> Result<(), BusError>;
 
     /// Groups the online users among `users` by the node that holds them.
     /// Offline users, and users on nodes that stopped renewing their

@@ -4,11 +4,14 @@
 //!   refreshed by heartbeats; the key itself expires too. Each node also
 //!   keeps `node:{node_id}:alive` fresh while it runs, so a node that died
 //!   (SIGKILL, lost host) stops receiving routes within seconds instead of
-//!   when its users' entries expire.
+//!   when its users' entries expire. A sorted set `sessions:{user_id}`
+//!   lists the user's sessions as `{node_id} {session_id}`, scored by when
+//!   each connected, for the session limit; entries of nodes no longer in
+//!   the hash are stale and ignored.
 //! - Bus: Pub/Sub channel `im:node:{node_id}` carrying protobuf `BusEvent`s.
 //!   Subscriptions reconnect on their own and report a `Resync` after a gap.
 
-use crate::{Bus, BusError, BusEvent, Event, Handler, NodeId, Presence, Subscription};
+use crate::{Bus, BusError, BusEvent, Event, Handler, NodeId, Presence, SessionAt, Subscription};
 use futures::StreamExt;
 use prost::Message;
 use redis::{AsyncCommands, aio::ConnectionManager};
@@ -44,6 +47,10 @@ impl Names {
 
     fn last_seen(&self, user: u64) -> String {
         format!("{}seen:{user}", self.prefix)
+    }
+
+    fn sessions(&self, user: u64) -> String {
+        format!("{}sessions:{user}", self.prefix)
     }
 
     fn alive(&self, node: &str) -> String {
@@ -85,44 +92,82 @@ impl RedisPresence {
         Self { conn, names }
     }
 
-    async fn mark(&self, user: u64, node: &str) -> Result<HashMap<String, i64>, BusError> {
-        let key = self.names.presence(user);
+    /// Records `user` at `node` (and `session`, when connecting); returns
+    /// the presence hash and the user's sessions, oldest first.
+    async fn mark(
+        &self,
+        user: u64,
+        node: &str,
+        session: Option<&str>,
+    ) -> Result<(HashMap<String, i64>, Vec<String>), BusError> {
+        let (key, sessions) = (self.names.presence(user), self.names.sessions(user));
         let now = now_ms();
-        let expiry = now + PRESENCE_TTL.as_millis() as i64;
+        let ttl = PRESENCE_TTL.as_millis() as i64;
+        let mut pipe = redis::pipe();
         // "Last seen" moves with every heartbeat, so a node that dies
         // without clearing its users leaves them last seen at their last
         // heartbeat, not at their last connect.
-        let (_, _, _, entries): ((), (), (), HashMap<String, i64>) = redis::pipe()
-            .hset(&key, node, expiry)
-            .pexpire(&key, PRESENCE_TTL.as_millis() as i64)
+        pipe.hset(&key, node, now + ttl)
+            .ignore()
+            .pexpire(&key, ttl)
+            .ignore()
             .set(self.names.last_seen(user), now)
-            .hgetall(&key)
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(err)?;
-        Ok(entries)
+            .ignore();
+        if let Some(session) = session {
+            pipe.zadd(&sessions, format!("{node} {session}"), now).ignore();
+        }
+        pipe.pexpire(&sessions, ttl).ignore().hgetall(&key).zrange(&sessions, 0, -1);
+        pipe.query_async(&mut self.conn.clone()).await.map_err(err)
     }
 }
 
 #[async_trait::async_trait]
 impl Presence for RedisPresence {
-    async fn connect(&self, user: u64, node: &str) -> Result<Vec<NodeId>, BusError> {
+    async fn connect(
+        &self,
+        user: u64,
+        node: &str,
+        session: &str,
+    ) -> Result<Vec<SessionAt>, BusError> {
         let now = now_ms();
-        let entries = self.mark(user, node).await?;
-        Ok(entries.into_iter().filter(|(n, exp)| n != node && *exp > now).map(|(n, _)| n).collect())
+        let (nodes, sessions) = self.mark(user, node, Some(session)).await?;
+        // A session counts while its node holds the user; the entries a
+        // dead node left behind are dropped as they are met.
+        let (mut live, mut stale) = (Vec::new(), Vec::new());
+        for entry in sessions {
+            let Some((at, id)) = entry.split_once(' ') else { continue };
+            if nodes.get(at).is_some_and(|&expiry| expiry > now) {
+                if id != session {
+                    live.push(SessionAt { node: at.to_string(), session: id.to_string() });
+                }
+            } else {
+                stale.push(entry);
+            }
+        }
+        if !stale.is_empty() {
+            let _: Result<(), _> = self.conn.clone().zrem(self.names.sessions(user), stale).await;
+        }
+        Ok(live)
     }
 
     async fn refresh(&self, user: u64, node: &str) -> Result<(), BusError> {
-        self.mark(user, node).await.map(|_| ())
+        self.mark(user, node, None).await.map(|_| ())
     }
 
-    async fn disconnect(&self, user: u64, node: &str) -> Result<(), BusError> {
-        let _: ((), ()) = redis::pipe()
-            .hdel(self.names.presence(user), node)
-            .set(self.names.last_seen(user), now_ms())
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(err)?;
+    async fn disconnect(
+        &self,
+        user: u64,
+        node: &str,
+        session: &str,
+        last_here: bool,
+    ) -> Result<(), BusError> {
+        let mut pipe = redis::pipe();
+        pipe.zrem(self.names.sessions(user), format!("{node} {session}")).ignore();
+        if last_here {
+            pipe.hdel(self.names.presence(user), node).ignore();
+        }
+        pipe.set(self.names.last_seen(user), now_ms()).ignore();
+        let _: () = pipe.query_async(&mut self.conn.clone()).await.map_err(err)?;
         Ok(())
     }
 

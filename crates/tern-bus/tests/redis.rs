@@ -2,7 +2,7 @@
 //! the local one).
 
 use std::time::Duration;
-use tern_bus::{Bus, BusEvent, Event, Kick, Names, Presence, RedisBus, RedisPresence};
+use tern_bus::{Bus, BusEvent, Event, Kick, Names, Presence, RedisBus, RedisPresence, SessionAt};
 
 fn url() -> String {
     std::env::var("TERN_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -19,6 +19,7 @@ fn kick(user: u64) -> BusEvent {
             user_id: user,
             keep_session_id: "s".into(),
             reason: "r".into(),
+            ..Default::default()
         })),
     }
 }
@@ -26,18 +27,26 @@ fn kick(user: u64) -> BusEvent {
 #[tokio::test]
 async fn presence_routes_to_live_nodes_only() {
     let (_, conn) = tern_bus::connect_redis(&url()).await.unwrap();
-    let p = RedisPresence::new(conn, names());
+    let prefix = format!("test-{}:", uuid::Uuid::now_v7());
+    let p = RedisPresence::new(conn.clone(), Names::new(prefix.clone()));
     p.ping().await.unwrap();
     p.keep_node_alive("a").await.unwrap();
     p.keep_node_alive("b").await.unwrap();
-    assert!(p.connect(1, "a").await.unwrap().is_empty());
-    p.connect(2, "b").await.unwrap();
-    assert_eq!(p.connect(1, "b").await.unwrap(), vec!["a".to_string()], "the other node, to kick");
+    let at = |node: &str, session: &str| SessionAt { node: node.into(), session: session.into() };
+    assert!(p.connect(1, "a", "s1").await.unwrap().is_empty());
+    p.connect(2, "b", "s2").await.unwrap();
+    assert_eq!(p.connect(1, "b", "s3").await.unwrap(), vec![at("a", "s1")], "the other session");
+    // Two sessions on one node: both listed, oldest first; the node once.
+    assert_eq!(p.connect(1, "b", "s4").await.unwrap(), vec![at("a", "s1"), at("b", "s3")]);
     let mut located = p.locate(&[1, 2, 3]).await.unwrap();
     located.values_mut().for_each(|users| users.sort());
     assert_eq!(located["a"], vec![1]);
     assert_eq!(located["b"], vec![1, 2]);
     assert_eq!(located.len(), 2, "user 3 is offline");
+
+    // One of two sessions on b ends: the user is still at b.
+    p.disconnect(1, "b", "s3", false).await.unwrap();
+    assert_eq!(p.locate(&[1]).await.unwrap()["b"], vec![1]);
 
     // A node that is gone (or stopped renewing) gets no routes, even though
     // its users' entries have not expired yet.
@@ -45,13 +54,23 @@ async fn presence_routes_to_live_nodes_only() {
     let located = p.locate(&[1, 2]).await.unwrap();
     assert!(!located.contains_key("a"), "{located:?}");
     // A node that never announced itself is not routed to either.
-    p.connect(4, "never-alive").await.unwrap();
+    p.connect(4, "never-alive", "s5").await.unwrap();
     assert!(p.locate(&[4]).await.unwrap().is_empty());
 
-    p.disconnect(2, "b").await.unwrap();
+    p.disconnect(2, "b", "s2", true).await.unwrap();
     assert_eq!(p.locate(&[2]).await.unwrap().len(), 0);
     p.refresh(1, "b").await.unwrap();
     assert_eq!(p.locate(&[1]).await.unwrap()["b"], vec![1]);
+    // A session whose node no longer holds the user does not count.
+    p.disconnect(1, "a", "s1", true).await.unwrap();
+    p.connect(1, "a", "s6").await.unwrap();
+    let _: () = redis::cmd("HDEL")
+        .arg(format!("{prefix}online:1"))
+        .arg("a")
+        .query_async(&mut conn.clone())
+        .await
+        .unwrap();
+    assert_eq!(p.connect(1, "b", "s7").await.unwrap(), vec![at("b", "s4")]);
 }
 
 #[tokio::test]

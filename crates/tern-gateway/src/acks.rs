@@ -1,7 +1,7 @@
 //! Delivery acks written behind.
 //!
 //! Cursors are cumulative, so a node keeps only the highest acked seq per
-//! (user, conversation) in memory and writes them to the offline service
+//! (user, device, conversation) in memory and writes them to the offline service
 //! in one `AckBatch` call (one transaction) every `ack_flush_ms`, or at once
 //! when `ack_buffer_max` entries wait. A crash of the node loses at most
 //! that window of cursor movement: the client is then sent those messages
@@ -28,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 /// Most acks in one `AckBatch` call (the offline service's limit).
 const MAX_CALL: usize = 10_000;
 
-type Key = (u64, String);
+/// (user, device, conversation).
+type Key = (u64, Arc<str>, String);
 
 /// Acks not written yet. One lock over both maps, so a reader never sees
 /// an ack between the two (taken from `pending`, not yet in `writing`).
@@ -54,33 +55,34 @@ impl AckBuffer {
         Self { maps: Mutex::default(), wake: Notify::new(), max: max.max(1) }
     }
 
-    /// Records that `user` received everything up to `seq`.
-    pub fn record(&self, user: u64, conversation: String, seq: u64) {
+    /// Records that `user`'s `device` received everything up to `seq`.
+    pub fn record(&self, user: u64, device: &Arc<str>, conversation: String, seq: u64) {
         let mut maps = self.maps.lock().expect("ack buffer poisoned");
-        let entry = maps.pending.entry((user, conversation)).or_default();
+        let entry = maps.pending.entry((user, device.clone(), conversation)).or_default();
         *entry = (*entry).max(seq);
         if maps.pending.len() >= self.max {
             self.wake.notify_one();
         }
     }
 
-    /// The highest ack of `user` in `conversation` this node holds but
-    /// may not have written yet.
-    pub fn latest(&self, user: u64, conversation: &str) -> Option<u64> {
-        let key = (user, conversation.to_string());
+    /// The highest ack of `user`'s `device` in `conversation` this node
+    /// holds but may not have written yet.
+    pub fn latest(&self, user: u64, device: &Arc<str>, conversation: &str) -> Option<u64> {
+        let key = (user, device.clone(), conversation.to_string());
         let maps = self.maps.lock().expect("ack buffer poisoned");
         maps.pending.get(&key).copied().max(maps.writing.get(&key).copied())
     }
 
-    /// Every ack of `user` this node holds but may not have written yet,
-    /// by conversation. Taken *before* reading cursors from storage, it
-    /// misses nothing: an ack that leaves the buffer after this call was
-    /// written before it left, so the storage read that follows sees it.
-    pub fn of_user(&self, user: u64) -> HashMap<String, u64> {
+    /// Every ack of `user`'s `device` this node holds but may not have
+    /// written yet, by conversation. Taken *before* reading cursors from
+    /// storage, it misses nothing: an ack that leaves the buffer after this
+    /// call was written before it left, so the storage read that follows
+    /// sees it.
+    pub fn of_device(&self, user: u64, device: &str) -> HashMap<String, u64> {
         let maps = self.maps.lock().expect("ack buffer poisoned");
         let mut acks = HashMap::new();
-        for ((u, conversation), &seq) in maps.pending.iter().chain(&maps.writing) {
-            if *u == user {
+        for ((u, d, conversation), &seq) in maps.pending.iter().chain(&maps.writing) {
+            if *u == user && **d == *device {
                 let entry = acks.entry(conversation.clone()).or_default();
                 *entry = seq.max(*entry);
             }
@@ -108,10 +110,11 @@ impl AckBuffer {
         }
         let acks: Vec<AckRequest> = batch
             .iter()
-            .map(|((user_id, conversation_id), &seq)| AckRequest {
+            .map(|((user_id, device, conversation_id), &seq)| AckRequest {
                 user_id: *user_id,
                 conversation_id: conversation_id.clone(),
                 seq,
+                device: device.to_string(),
             })
             .collect();
         let mut failed = None;

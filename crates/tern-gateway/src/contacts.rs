@@ -36,7 +36,7 @@ pub async fn announce(state: &AppState, user: u64, contacts: Vec<u64>, online: b
 
 /// Whether `user` still has a session on any node.
 pub async fn still_online(state: &AppState, user: u64) -> bool {
-    if state.registry.get(user).is_some() {
+    if state.registry.holds(user) {
         return true;
     }
     // When presence cannot be read, say nothing rather than "offline".

@@ -91,6 +91,12 @@ pub struct Settings {
     /// `https://chat.example.com`. Empty allows any (development). Clients
     /// that send no `Origin` (native apps) are always allowed.
     pub allowed_origins: String,
+    /// Sessions one user may hold at once, across all nodes (one per
+    /// device or tab); past it the oldest is closed with 4001.
+    pub max_sessions: usize,
+    /// One session per user: a new one closes every other (the limit is
+    /// then 1 whatever `max_sessions` says).
+    pub single_session: bool,
     /// Abuse limits.
     pub limits: LimitSettings,
     /// Serve `/ws/echo`, an unauthenticated echo over the gateway's own
@@ -121,6 +127,8 @@ impl Default for Settings {
             shutdown_grace_secs: 10,
             drain_secs: 0,
             allowed_origins: String::new(),
+            max_sessions: 5,
+            single_session: false,
             limits: LimitSettings::default(),
             echo_endpoint: false,
             jwt: Default::default(),
@@ -144,8 +152,8 @@ pub enum Outbound {
     /// A ready JSON frame (ack, error, heartbeat answer).
     Text(String),
     /// The answer to the client's own send. The seq is noted so the next
-    /// message of the conversation does not look like a gap: senders never
-    /// receive their own messages as deliveries.
+    /// message of the conversation does not look like a gap: a device never
+    /// receives its own messages as deliveries.
     /// Boxed: every session's outbound queue allocates slots for this enum.
     SendAck(Box<SendAnswer>),
     /// A live message from the bus; the writer orders and deduplicates it.
@@ -176,6 +184,8 @@ pub struct Delivery {
     pub conversation_id: String,
     pub seq: u64,
     pub sender_id: u64,
+    /// The sender's device, which is not sent its own message.
+    pub sender_device: String,
     pub created_at_ms: i64,
     /// The type 1 or 2 frame.
     pub frame: Box<[u8]>,
@@ -187,6 +197,7 @@ impl Delivery {
             conversation_id: message.conversation_id.clone(),
             seq: message.seq,
             sender_id: message.sender_id,
+            sender_device: message.sender_device.clone(),
             created_at_ms: message.created_at_ms,
             frame: protocol::delivered(message).into_bytes().into_boxed_slice(),
         }

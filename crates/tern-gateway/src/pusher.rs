@@ -88,7 +88,7 @@ impl Written {
     }
 
     /// Moves `conversation` to `seq` if that is the next seq after what
-    /// was written (the sender's own message, which it is not sent). A
+    /// was written (the device's own message, which it is not sent). A
     /// conversation this session has not seen whose first message this is
     /// (one the user just started) starts at it.
     fn follow(&self, conversation: &str, seq: u64) {
@@ -119,6 +119,9 @@ impl Written {
 pub struct Pusher<W> {
     ws: WebSocketWrite<W>,
     user: u64,
+    /// The session's device: it has its own cursors, and is not sent the
+    /// messages it sent itself.
+    device: Arc<str>,
     offline: OfflineClient<GrpcChannel>,
     /// Highest seq written to this client, per conversation.
     pushed: Written,
@@ -143,6 +146,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     pub fn new(
         ws: WebSocketWrite<W>,
         user: u64,
+        device: Arc<str>,
         offline: OfflineClient<GrpcChannel>,
         pushed: Written,
         acks: Arc<AckBuffer>,
@@ -154,6 +158,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         Self {
             ws,
             user,
+            device,
             offline,
             pushed,
             acks,
@@ -272,11 +277,15 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// starts at its cursor and a live message that follows it is written
     /// without a storage read.
     async fn sync_backlog(&mut self, first: bool) -> Result<(), Stop> {
-        let request = ListBacklogRequest { user_id: self.user, include_read: first };
-        // Before the read: see `AckBuffer::of_user`.
-        let buffered = self.acks.of_user(self.user);
+        let request = ListBacklogRequest {
+            user_id: self.user,
+            include_read: first,
+            device: self.device.to_string(),
+        };
+        // Before the read: see `AckBuffer::of_device`.
+        let buffered = self.acks.of_device(self.user, &self.device);
         let backlog = read_retrying(|| {
-            let mut offline = self.offline.clone();
+            let (mut offline, request) = (self.offline.clone(), request.clone());
             async move { offline.list_backlog(request).await }
         })
         .await?
@@ -327,7 +336,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             let after = self
                 .pushed
                 .get(conversation_id)
-                .or_else(|| self.acks.latest(self.user, conversation_id));
+                .or_else(|| self.acks.latest(self.user, &self.device, conversation_id));
             if after.is_some_and(|a| a >= target) {
                 return Ok(());
             }
@@ -336,6 +345,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 conversation_id: conversation_id.to_string(),
                 after_seq: after,
                 limit: self.page,
+                device: self.device.to_string(),
             };
             let page = read_retrying(|| {
                 let (mut offline, request) = (self.offline.clone(), request.clone());
@@ -345,8 +355,8 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             let mut last = after.unwrap_or(page.acked_seq);
             for message in &page.messages {
                 if message.seq > last {
-                    // The sender's own messages count as delivered to it.
-                    if message.sender_id != self.user {
+                    // A device's own messages count as delivered to it.
+                    if message.sender_id != self.user || *message.sender_device != *self.device {
                         self.push(message).await?;
                     }
                     last = message.seq;

@@ -13,8 +13,11 @@ use tokio_util::sync::CancellationToken;
 /// A live session as others see it.
 #[derive(Clone)]
 pub struct SessionHandle {
-    /// Unique across nodes, so a kick can spare the session that caused it.
+    /// Unique across nodes, so a kick can name or spare one session.
     pub id: String,
+    /// The client's device (empty for the default one): its messages are
+    /// not echoed back to it.
+    pub device: Arc<str>,
     /// The session's bounded outbound queue.
     pub tx: mpsc::Sender<Outbound>,
     /// Cancelled to drop the session at once (a kick it cannot queue).
@@ -33,60 +36,101 @@ impl SessionHandle {
             self.cancel.cancel();
         }
     }
-}
 
-/// User id → the user's session on this node (one per user).
-#[derive(Default)]
-pub struct Registry {
-    sessions: DashMap<u64, SessionHandle>,
-}
-
-impl Registry {
-    /// Registers `session` for `user`, returning the session it replaces.
-    pub fn insert(&self, user: u64, session: SessionHandle) -> Option<SessionHandle> {
-        self.sessions.insert(user, session)
-    }
-
-    /// Removes `user`'s session if it is still `session_id`. True when it was.
-    pub fn remove(&self, user: u64, session_id: &str) -> bool {
-        self.sessions.remove_if(&user, |_, s| s.id == session_id).is_some()
-    }
-
-    pub fn get(&self, user: u64) -> Option<SessionHandle> {
-        self.sessions.get(&user).map(|s| s.clone())
-    }
-
-    /// Every session, for shutdown.
-    pub fn all(&self) -> Vec<SessionHandle> {
-        self.sessions.iter().map(|s| s.value().clone()).collect()
-    }
-
-    /// Queues `item` for `user` without waiting. When the queue is full
-    /// (the client reads slower than messages arrive) the item is dropped
-    /// and the session marked for a resync, which reads what it missed from
-    /// storage; the queue, and so the node's memory, stays bounded. A client
-    /// that stops reading altogether hits the writer's timeout and is
-    /// disconnected.
-    pub fn offer(&self, user: u64, item: Outbound, stats: &Stats) {
-        // Borrowed, not cloned: this runs once per recipient of every message.
-        let Some(session) = self.sessions.get(&user) else { return };
-        if let Err(mpsc::error::TrySendError::Full(_)) = session.tx.try_send(item)
-            && !session.needs_resync.swap(true, Relaxed)
+    /// Queues a live message; when the queue is full it is dropped and the
+    /// session marked for a resync.
+    fn offer(&self, item: Outbound, user: u64, stats: &Stats) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(item)
+            && !self.needs_resync.swap(true, Relaxed)
         {
             tracing::debug!(user_id = user, "outbound queue full; session will resync");
             stats.queue_overflows.add(1);
         }
     }
+}
+
+/// User id → the user's sessions on this node, oldest first.
+#[derive(Default)]
+pub struct Registry {
+    sessions: DashMap<u64, Vec<SessionHandle>>,
+}
+
+impl Registry {
+    /// Registers `session` for `user`, returning the user's other sessions
+    /// on this node, oldest first.
+    pub fn insert(&self, user: u64, session: SessionHandle) -> Vec<SessionHandle> {
+        let mut sessions = self.sessions.entry(user).or_default();
+        let others = sessions.clone();
+        sessions.push(session);
+        others
+    }
+
+    /// Removes `user`'s session `session_id`; how many sessions of the user
+    /// are left here, or `None` when it was not registered (any more).
+    pub fn remove(&self, user: u64, session_id: &str) -> Option<usize> {
+        let mut left = None;
+        self.sessions.remove_if_mut(&user, |_, sessions| {
+            let before = sessions.len();
+            sessions.retain(|s| s.id != session_id);
+            if sessions.len() < before {
+                left = Some(sessions.len());
+            }
+            sessions.is_empty()
+        });
+        left
+    }
+
+    /// Whether `user` has a session here.
+    pub fn holds(&self, user: u64) -> bool {
+        self.sessions.contains_key(&user)
+    }
+
+    /// Asks `user`'s sessions here to close: only `session_id` when given,
+    /// else all but `keep`.
+    pub fn kick(&self, user: u64, session_id: Option<&str>, keep: &str, reason: &str) {
+        let Some(sessions) = self.sessions.get(&user) else { return };
+        for session in sessions.iter() {
+            let chosen = match session_id {
+                Some(id) => session.id == id,
+                None => session.id != keep,
+            };
+            if chosen {
+                session.kick(reason.to_string());
+            }
+        }
+    }
+
+    /// Every session, for shutdown.
+    pub fn all(&self) -> Vec<SessionHandle> {
+        self.sessions.iter().flat_map(|s| s.value().clone()).collect()
+    }
+
+    /// Queues a live message for each of `user`'s sessions without waiting,
+    /// except the device that sent it. When a queue is full (the client
+    /// reads slower than messages arrive) the message is dropped and the
+    /// session marked for a resync, which reads what it missed from
+    /// storage; the queue, and so the node's memory, stays bounded. A client
+    /// that stops reading altogether hits the writer's timeout and is
+    /// disconnected.
+    pub fn offer(&self, user: u64, delivery: &Arc<Delivery>, stats: &Stats) {
+        // Borrowed, not cloned: this runs once per recipient of every message.
+        let Some(sessions) = self.sessions.get(&user) else { return };
+        for session in sessions.iter() {
+            if user == delivery.sender_id && *session.device == *delivery.sender_device {
+                continue;
+            }
+            session.offer(Outbound::Deliver(delivery.clone()), user, stats);
+        }
+    }
 
     /// Queues an ephemeral frame (a typing indicator, a read marker,
-    /// presence news) for each of `users` if there is room, except to the
-    /// session `except` (the one it came from); when a queue is full it is
-    /// simply dropped, with no resync.
+    /// presence news) for each session of `users` if there is room, except
+    /// to the session `except` (the one it came from); when a queue is
+    /// full it is simply dropped, with no resync.
     pub fn offer_ephemeral(&self, users: Vec<u64>, frame: &str, except: &str) {
         for user in users {
-            if let Some(session) = self.sessions.get(&user)
-                && session.id != except
-            {
+            let Some(sessions) = self.sessions.get(&user) else { continue };
+            for session in sessions.iter().filter(|s| s.id != except) {
                 let _ = session.tx.try_send(Outbound::Text(frame.to_string()));
             }
         }
@@ -99,9 +143,11 @@ impl Registry {
 
     /// Marks every session for a resync (the bus lost events).
     pub fn resync_all(&self) {
-        for session in self.sessions.iter() {
-            session.needs_resync.store(true, Relaxed);
-            let _ = session.tx.try_send(Outbound::Resync);
+        for sessions in self.sessions.iter() {
+            for session in sessions.iter() {
+                session.needs_resync.store(true, Relaxed);
+                let _ = session.tx.try_send(Outbound::Resync);
+            }
         }
     }
 }
@@ -126,19 +172,14 @@ pub fn dispatcher(
                 }
             }
             Some(Event::Kick(kick)) => {
-                if let Some(session) = registry.get(kick.user_id)
-                    && session.id != kick.keep_session_id
-                {
-                    session.kick(kick.reason);
-                }
+                let only = Some(kick.session_id.as_str()).filter(|id| !id.is_empty());
+                registry.kick(kick.user_id, only, &kick.keep_session_id, &kick.reason);
             }
             // A logout, broadcast by the auth service however it was asked:
-            // old tokens are refused and the user's socket here is closed.
+            // old tokens are refused and the user's sockets here are closed.
             Some(Event::Revoked(revoked)) => {
                 tokens.revoked(revoked.user_id, revoked.valid_after_ms);
-                if let Some(session) = registry.get(revoked.user_id) {
-                    session.kick("logged out".into());
-                }
+                registry.kick(revoked.user_id, None, "", "logged out");
             }
             Some(Event::Typing(typing)) => {
                 let frame = protocol::typing(typing.from, &typing.conversation_id, typing.group_id);
@@ -173,7 +214,7 @@ fn hand_out(registry: &Registry, deliver: Deliver, stats: &Stats) {
     let Some(message) = deliver.message else { return };
     let delivery = Arc::new(Delivery::new(&message));
     for user in deliver.recipients {
-        registry.offer(user, Outbound::Deliver(delivery.clone()), stats);
+        registry.offer(user, &delivery, stats);
     }
 }
 

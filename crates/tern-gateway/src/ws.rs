@@ -27,8 +27,8 @@ use axum::{
 };
 use fastwebsockets::{WebSocketRead, upgrade::IncomingUpgrade};
 use serde::Deserialize;
-use std::{sync::Arc, time::Duration};
-use tern_bus::{BusEvent, Event, Kick};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tern_bus::{BusEvent, Event, Kick, SessionAt};
 use tern_proto::{
     ErrorCode,
     pb::{
@@ -51,6 +51,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Deserialize)]
 pub struct WsQuery {
     token: Option<String>,
+    /// The client's device (or tab), which keeps its own delivery cursors.
+    device: Option<String>,
 }
 
 /// The bearer token from `Authorization`, if any.
@@ -72,6 +74,11 @@ pub async fn upgrade(
     if !origin_allowed(&state.settings.allowed_origins, &headers) {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
+    let device = query.device.unwrap_or_default();
+    if !tern_proto::device::is_valid(&device) {
+        return ApiError::bad_request("device must be at most 64 letters, digits, - or _")
+            .into_response();
+    }
     let Some(token) = query.token.as_deref().or_else(|| bearer(&headers)) else {
         return ApiError::new(ErrorCode::Unauthenticated, "missing token").into_response();
     };
@@ -92,7 +99,7 @@ pub async fn upgrade(
     let tracked = state.clone();
     state.tracker.spawn(async move {
         match socket.await {
-            Ok(ws) => serve(tracked, ws, identity.user_id, identity.expires_at).await,
+            Ok(ws) => serve(tracked, ws, identity.user_id, device.into(), identity.expires_at).await,
             Err(error) => tracing::debug!(%error, "upgrade did not complete"),
         }
     });
@@ -110,8 +117,13 @@ fn origin_allowed(allowed: &str, headers: &HeaderMap) -> bool {
 }
 
 /// Runs one session from upgrade to close.
-async fn serve<S>(state: AppState, mut ws: fastwebsockets::WebSocket<S>, user: u64, expires_at: i64)
-where
+async fn serve<S>(
+    state: AppState,
+    mut ws: fastwebsockets::WebSocket<S>,
+    user: u64,
+    device: Arc<str>,
+    expires_at: i64,
+) where
     S: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &state.settings;
@@ -129,36 +141,27 @@ where
     let (tx, rx) = mpsc::channel(settings.outbound_queue);
     let handle = SessionHandle {
         id: session_id.clone(),
+        device: device.clone(),
         tx: tx.clone(),
         cancel: CancellationToken::new(),
         needs_resync: Arc::default(),
     };
-    // The user's first session anywhere: contacts hear they came online.
-    let mut first_session = true;
-    if let Some(old) = state.registry.insert(user, handle.clone()) {
-        old.kick("another session took over".into());
-        first_session = false;
-    }
+    let here = state.registry.insert(user, handle.clone());
     // Calls made once per session are boxed: inline, the largest of them
     // would size the state this future keeps while the session is idle.
-    match Box::pin(state.services.presence.connect(user, &settings.node_id)).await {
-        Ok(others) => {
-            first_session &= others.is_empty();
-            for node in others {
-                let kick = Kick {
-                    user_id: user,
-                    keep_session_id: session_id.clone(),
-                    reason: "another session took over".into(),
-                };
-                let event = BusEvent { event: Some(Event::Kick(kick)) };
-                let _ = Box::pin(state.services.bus.publish(&node, event)).await;
-            }
-        }
+    let presence = Box::pin(state.services.presence.connect(user, &settings.node_id, &session_id));
+    let others = match presence.await {
+        Ok(others) => others,
         Err(error) => {
-            first_session = false;
-            tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session")
+            tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session");
+            // Only this node's sessions are known.
+            let node = &settings.node_id;
+            here.iter().map(|s| SessionAt { node: node.clone(), session: s.id.clone() }).collect()
         }
-    }
+    };
+    // The user's first session anywhere: contacts hear they came online.
+    let first_session = others.is_empty();
+    Box::pin(enforce_session_limit(&state, user, &session_id, others)).await;
     state.stats.connections.up();
     state.stats.connections_total.add(1);
     tracing::debug!(user_id = user, session_id, "session open");
@@ -169,6 +172,7 @@ where
     let pusher = Pusher::new(
         write,
         user,
+        device.clone(),
         state.services.offline.clone(),
         written.clone(),
         state.acks.clone(),
@@ -200,6 +204,7 @@ where
     let reader = Reader {
         state: &state,
         user,
+        device: &device,
         session_id: &session_id,
         tx,
         sends,
@@ -225,23 +230,26 @@ where
     // Unregister first, so nothing new is routed here, then drop every
     // sender: the writer drains what is queued (a close frame, say) and
     // ends. A writer stuck on a dead socket is cut off.
-    let registered = state.registry.remove(user, &session_id);
+    let left_here = state.registry.remove(user, &session_id);
     drop(handle);
     if !writer_ended {
         let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
     }
-    if registered {
+    if let Some(left_here) = left_here {
         let presence = &state.services.presence;
-        if let Err(error) = Box::pin(presence.disconnect(user, &settings.node_id)).await {
+        let node = &settings.node_id;
+        let gone = Box::pin(presence.disconnect(user, node, &session_id, left_here == 0));
+        if let Err(error) = gone.await {
             tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
         }
         // Presence is per (user, node): a new session of the same user on
         // this node may have recorded itself just before the removal above.
         // It is in the registry by then (it registers before recording
-        // presence), so record it again; whichever order the two ran in,
-        // the user stays reachable.
-        if state.registry.get(user).is_some()
-            && let Err(error) = Box::pin(presence.connect(user, &settings.node_id)).await
+        // presence), so record the node again; whichever order the two ran
+        // in, the user stays reachable.
+        if left_here == 0
+            && state.registry.holds(user)
+            && let Err(error) = Box::pin(presence.refresh(user, node)).await
         {
             tracing::warn!(user_id = user, %error, "presence not restored after a reconnect");
         }
@@ -252,6 +260,43 @@ where
     }
     state.stats.connections.down();
     tracing::debug!(user_id = user, session_id, "session closed");
+}
+
+/// Closes the user's sessions beyond the limit, oldest first (`others`
+/// lists them oldest first, on every node), or all of them under the
+/// single-session policy. Kicks on other nodes go over the bus.
+async fn enforce_session_limit(
+    state: &AppState,
+    user: u64,
+    session_id: &str,
+    others: Vec<SessionAt>,
+) {
+    let settings = &state.settings;
+    let limit = if settings.single_session { 1 } else { settings.max_sessions.max(1) };
+    let excess = (others.len() + 1).saturating_sub(limit);
+    let reason = "another session took over";
+    let mut remote: HashMap<&str, Vec<&str>> = HashMap::new();
+    for other in &others[..excess] {
+        if other.node == settings.node_id {
+            state.registry.kick(user, Some(&other.session), "", reason);
+        } else {
+            remote.entry(&other.node).or_default().push(&other.session);
+        }
+    }
+    for (node, sessions) in remote {
+        for session in sessions {
+            let kick = Kick {
+                user_id: user,
+                keep_session_id: session_id.to_string(),
+                reason: reason.into(),
+                session_id: session.to_string(),
+            };
+            let event = BusEvent { event: Some(Event::Kick(kick)) };
+            if let Err(error) = state.services.bus.publish(node, event).await {
+                tracing::warn!(node, %error, "kick not published; the session stays open");
+            }
+        }
+    }
 }
 
 /// A send in the session's window, waiting for its turn. Small (the send
@@ -352,6 +397,7 @@ fn answer_frame(
 struct Reader<'a> {
     state: &'a AppState,
     user: u64,
+    device: &'a Arc<str>,
     session_id: &'a str,
     tx: mpsc::Sender<Outbound>,
     /// The session's send window.
@@ -422,6 +468,7 @@ impl Reader<'_> {
                     conversation_id,
                     seq,
                     client_msg_id: client_msg_id.clone().unwrap_or_default(),
+                    device: self.device.to_string(),
                 };
                 let mut message = self.state.services.message.clone();
                 return self.change(client_msg_id, message.recall(request)).await;
@@ -433,6 +480,7 @@ impl Reader<'_> {
                     seq,
                     content_json: content,
                     client_msg_id: client_msg_id.clone().unwrap_or_default(),
+                    device: self.device.to_string(),
                 };
                 let mut message = self.state.services.message.clone();
                 return self.change(client_msg_id, message.edit(request)).await;
@@ -474,6 +522,7 @@ impl Reader<'_> {
             content_json: content,
             system: false,
             kind: MessageKind::Message as i32,
+            device: self.device.to_string(),
         };
         Queued::Send(Box::new(PendingSend { request, client_msg_id, _permit: permit }))
     }
@@ -571,10 +620,11 @@ impl Reader<'_> {
     /// at once, and refused there when it must be.
     async fn ack(&self, conversation_id: String, seq: u64) -> Option<String> {
         if self.written.covers(&conversation_id, seq) {
-            self.state.acks.record(self.user, conversation_id, seq);
+            self.state.acks.record(self.user, self.device, conversation_id, seq);
             return None;
         }
-        let request = AckRequest { user_id: self.user, conversation_id, seq };
+        let device = self.device.to_string();
+        let request = AckRequest { user_id: self.user, conversation_id, seq, device };
         match self.state.services.offline.clone().ack(request).await {
             Ok(_) => None,
             Err(status) => Some(protocol::error(&status_frame(&status, None))),

@@ -183,6 +183,7 @@ impl Groups {
             content_json: content.to_string(),
             system: true,
             kind: MessageKind::Membership as i32,
+            device: String::new(),
         };
         let post = || {
             let mut message = self.peers.message.clone();

@@ -6,7 +6,7 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateMessages), Box::new(AddMessageKinds)]
+        vec![Box::new(CreateMessages), Box::new(AddMessageKinds), Box::new(AddSenderDevice)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -42,6 +42,7 @@ enum Messages {
     RefSeq,
     EditedAtMs,
     RecalledAtMs,
+    SenderDevice,
     CreatedAtMs,
 }
 
@@ -131,5 +132,25 @@ impl MigrationTrait for AddMessageKinds {
                 .await?;
         }
         Ok(())
+    }
+}
+
+/// Several devices per user: a message remembers the device it came from,
+/// so it reaches the sender's other devices and never echoes back.
+struct AddSenderDevice;
+
+impl MigrationName for AddSenderDevice {
+    fn name(&self) -> &str {
+        "m0003_add_sender_device"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddSenderDevice {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let mut column = string_len(Messages::SenderDevice, 64).default("").to_owned();
+        manager
+            .alter_table(Table::alter().table(Messages::Table).add_column(&mut column).to_owned())
+            .await
     }
 }

@@ -116,12 +116,13 @@ impl Router {
     async fn route(&self, pass: Vec<Committed>) {
         let mut routed = Vec::with_capacity(pass.len());
         for Committed { message, members_version } in pass {
+            // The sender is a recipient too: their other devices receive
+            // the message (the gateway skips the device that sent it).
             let recipients: Vec<u64> = match message.target {
-                Some(Target::ToUserId(to)) => vec![to],
+                Some(Target::ToUserId(to)) if message.sender_id == 0 => vec![to],
+                Some(Target::ToUserId(to)) => vec![to, message.sender_id],
                 Some(Target::GroupId(group)) => match self.members(group, members_version).await {
-                    Ok((_, members)) => {
-                        members.iter().copied().filter(|&m| m != message.sender_id).collect()
-                    }
+                    Ok((_, members)) => members.to_vec(),
                     Err(error) => {
                         tracing::warn!(group_id = group, %error, "fan-out skipped: members unavailable");
                         continue;

@@ -240,7 +240,7 @@ impl Messages {
         Ok(())
     }
 
-    /// Recalls (`edit` is `None`) or edits a message: checks who may, changes
+    /// Recalls (`edit` is `None`) or edits a message from `device`: checks who may, changes
     /// the stored message, then stores the event that tells the
     /// conversation, which takes the next seq and is routed like a message.
     /// The change comes first: if storing the event fails, the message is
@@ -253,8 +253,10 @@ impl Messages {
         seq: u64,
         client_msg_id: String,
         edit: Option<String>,
+        device: String,
     ) -> Result<SendAck, MessageError> {
         self.check_body(edit.as_deref().unwrap_or("null"), &client_msg_id)?;
+        check_device(&device)?;
         let user = i64::try_from(user_id).map_err(|_| MessageError::NotMember)?;
         let at = i64::try_from(seq).map_err(|_| MessageError::NoSuchMessage)?;
         let kind = conversation::parse(&conversation_id)
@@ -317,6 +319,7 @@ impl Messages {
             client_msg_id: own_or_new(client_msg_id).0,
             ref_seq: Some(at),
             members_version,
+            sender_device: device,
         };
         Ok(acked(self.store.submit(draft).await?.stored().await?))
     }
@@ -372,7 +375,8 @@ impl Messages {
     /// Checks a send and queues it for the writer; the writer stores it,
     /// hands it to the router and answers through the returned [`Queued`].
     async fn prepare(&self, request: SendRequest) -> Result<Prepared, MessageError> {
-        let SendRequest { sender_id, client_msg_id, target, content_json, system, kind } = request;
+        let SendRequest { sender_id, client_msg_id, target, content_json, system, kind, device } =
+            request;
         if sender_id == 0 && !system {
             return Err(MessageError::Invalid("sender_id is required"));
         }
@@ -386,6 +390,7 @@ impl Messages {
             }
         };
         self.check_body(&content_json, &client_msg_id)?;
+        check_device(&device)?;
         let sender = i64::try_from(sender_id)
             .map_err(|_| MessageError::Invalid("sender_id out of range"))?;
         let (client_msg_id, retryable) = own_or_new(client_msg_id);
@@ -417,6 +422,7 @@ impl Messages {
             kind,
             ref_seq: None,
             members_version,
+            sender_device: device,
         };
         Ok(Prepared::Queued(self.store.submit(draft).await?))
     }
@@ -474,6 +480,12 @@ impl Messages {
 /// What a send's acknowledgement needs of a stored message.
 /// The sender's `client_msg_id`, or a new one when none was given (the
 /// send is then simply not idempotent); whether it was the sender's.
+/// Refuses a malformed device id (see `tern_proto::device`).
+fn check_device(device: &str) -> Result<(), MessageError> {
+    let valid = tern_proto::device::is_valid(device);
+    valid.then_some(()).ok_or(MessageError::Invalid("device must be at most 64 letters, digits, - or _"))
+}
+
 fn own_or_new(client_msg_id: String) -> (String, bool) {
     if client_msg_id.is_empty() {
         (uuid::Uuid::now_v7().to_string(), false)
@@ -575,14 +587,16 @@ impl MessageService for Messages {
     }
 
     async fn recall(&self, request: Request<RecallRequest>) -> Result<Response<SendAck>, Status> {
-        let RecallRequest { user_id, conversation_id, seq, client_msg_id } = request.into_inner();
-        Ok(Response::new(self.change(user_id, conversation_id, seq, client_msg_id, None).await?))
+        let RecallRequest { user_id, conversation_id, seq, client_msg_id, device } =
+            request.into_inner();
+        let recall = self.change(user_id, conversation_id, seq, client_msg_id, None, device);
+        Ok(Response::new(recall.await?))
     }
 
     async fn edit(&self, request: Request<EditRequest>) -> Result<Response<SendAck>, Status> {
-        let EditRequest { user_id, conversation_id, seq, content_json, client_msg_id } =
+        let EditRequest { user_id, conversation_id, seq, content_json, client_msg_id, device } =
             request.into_inner();
-        let edit = Some(content_json);
-        Ok(Response::new(self.change(user_id, conversation_id, seq, client_msg_id, edit).await?))
+        let edit = self.change(user_id, conversation_id, seq, client_msg_id, Some(content_json), device);
+        Ok(Response::new(edit.await?))
     }
 }

@@ -76,6 +76,8 @@ pub mod messages {
         pub ref_seq: Option<i64>,
         pub edited_at_ms: Option<i64>,
         pub recalled_at_ms: Option<i64>,
+        /// The device it was sent from; empty for the default device.
+        pub sender_device: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -97,6 +99,8 @@ pub struct Draft {
     /// The group's member list version the send's check saw, handed to the
     /// router with the stored message (see [`Committed`]).
     pub members_version: Option<u64>,
+    /// The sender's device, so the message reaches their other devices.
+    pub sender_device: String,
 }
 
 /// A newly stored message on its way to the router, in commit order.
@@ -173,6 +177,7 @@ pub fn to_pb(row: messages::Model) -> Message {
         ref_seq: row.ref_seq.unwrap_or(0) as u64,
         edited_at_ms: row.edited_at_ms.unwrap_or(0),
         recalled_at_ms: row.recalled_at_ms.unwrap_or(0),
+        sender_device: row.sender_device,
     }
 }
 
@@ -513,18 +518,18 @@ impl SqliteWriter {
             .or_insert_with(|| {
                 let pairs = vec!["WHEN ? THEN ?"; conversations].join(" ");
                 let ids = vec!["?"; conversations].join(",");
-                let values = vec!["(?,?,?,?,?,?,?,?,?,?,?)"; rows].join(",");
+                let values = vec!["(?,?,?,?,?,?,?,?,?,?,?,?)"; rows].join(",");
                 format!(
                     "BEGIN IMMEDIATE;\
                      UPDATE OR ROLLBACK conversations SET last_seq = last_seq + \
                      CASE id {pairs} ELSE 0 END WHERE id IN ({ids}) RETURNING id, last_seq;\
                      INSERT OR ROLLBACK INTO messages (conversation_id, seq, message_id, \
                      sender_id, to_user_id, group_id, content_json, client_msg_id, created_at_ms, \
-                     kind, ref_seq) \
+                     kind, ref_seq, sender_device) \
                      SELECT v.column1, \
                      (SELECT last_seq FROM conversations WHERE id = v.column1) - v.column2, \
                      v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
-                     v.column10, v.column11 \
+                     v.column10, v.column11, v.column12 \
                      FROM (VALUES {values}) AS v WHERE v.column1 IS NOT NULL;\
                      COMMIT;"
                 )
@@ -577,9 +582,10 @@ impl SqliteWriter {
             bind(args.add(row.created_at_ms))?;
             bind(args.add(row.kind))?;
             bind(args.add(row.ref_seq))?;
+            bind(args.add(row.sender_device.as_str()))?;
             stored.push(row);
         }
-        for _ in 0..(rows - jobs.len()) * 11 {
+        for _ in 0..(rows - jobs.len()) * 12 {
             bind(args.add(none))?;
         }
         let query = sqlx::query_with::<Sqlite, _>(sqlx::AssertSqlSafe(script), args);
@@ -650,6 +656,7 @@ fn new_row(draft: &Draft, seq: i64, now: i64) -> messages::Model {
         ref_seq: draft.ref_seq,
         edited_at_ms: None,
         recalled_at_ms: None,
+        sender_device: draft.sender_device.clone(),
     }
 }
 
@@ -752,6 +759,7 @@ mod tests {
             kind: MessageKind::Message,
             ref_seq: None,
             members_version: None,
+            sender_device: String::new(),
         }
     }
 

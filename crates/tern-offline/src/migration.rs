@@ -6,7 +6,7 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateCursors), Box::new(AddReadMarkers)]
+        vec![Box::new(CreateCursors), Box::new(AddReadMarkers), Box::new(CreateDeviceCursors)]
     }
 
     fn migration_table_name() -> DynIden {
@@ -91,6 +91,49 @@ impl MigrationTrait for AddReadMarkers {
                     .table(Cursors::Table)
                     .col(Cursors::ConversationId)
                     .col(Cursors::ReadSeq)
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum DeviceCursors {
+    Table,
+    UserId,
+    Device,
+    ConversationId,
+    AckedSeq,
+}
+
+/// Delivery cursors of a user's devices other than the default one (whose
+/// cursor is `cursors.acked_seq`).
+struct CreateDeviceCursors;
+
+impl MigrationName for CreateDeviceCursors {
+    fn name(&self) -> &str {
+        "m0003_create_device_cursors"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateDeviceCursors {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(DeviceCursors::Table)
+                    .if_not_exists()
+                    .col(big_integer(DeviceCursors::UserId))
+                    .col(string_len(DeviceCursors::Device, 64))
+                    .col(string_len(DeviceCursors::ConversationId, 64))
+                    .col(big_integer(DeviceCursors::AckedSeq))
+                    .primary_key(
+                        Index::create()
+                            .col(DeviceCursors::UserId)
+                            .col(DeviceCursors::Device)
+                            .col(DeviceCursors::ConversationId),
+                    )
                     .to_owned(),
             )
             .await

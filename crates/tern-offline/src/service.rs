@@ -34,6 +34,11 @@ fn user_id(id: u64) -> Result<i64, OfflineError> {
     i64::try_from(id).map_err(|_| OfflineError::NotMember)
 }
 
+fn valid_device(device: &str) -> Result<(), OfflineError> {
+    let valid = tern_proto::device::is_valid(device);
+    valid.then_some(()).ok_or(OfflineError::Invalid("malformed device"))
+}
+
 fn valid_conversation(id: &str) -> Result<(), OfflineError> {
     conversation::parse(id).map(|_| ()).ok_or(OfflineError::Invalid("malformed conversation_id"))
 }
@@ -50,6 +55,21 @@ impl Offline {
         conversation_id: &str,
     ) -> Result<crate::store::cursors::Model, OfflineError> {
         self.store.get(user, conversation_id).await?.ok_or(OfflineError::NotMember)
+    }
+
+    /// Where `device`'s delivery cursor is in the conversation of `cursor`:
+    /// the default device's is the member's row; another device's, until
+    /// it has its own row, starts at the read marker.
+    async fn acked(
+        &self,
+        cursor: &crate::store::cursors::Model,
+        device: &str,
+    ) -> Result<u64, OfflineError> {
+        if device.is_empty() {
+            return Ok(cursor.acked_seq as u64);
+        }
+        let own = self.store.device_get(cursor.user_id, device, &cursor.conversation_id).await?;
+        Ok(own.unwrap_or(cursor.read_seq) as u64)
     }
 
     /// Refuses a seq beyond the conversation's latest message: acking or
@@ -121,15 +141,32 @@ impl OfflineService for Offline {
         &self,
         request: Request<ListBacklogRequest>,
     ) -> Result<Response<ListBacklogResponse>, Status> {
-        let ListBacklogRequest { user_id: user, include_read } = request.into_inner();
+        let ListBacklogRequest { user_id: user, include_read, device } = request.into_inner();
         let user = user_id(user)?;
+        valid_device(&device)?;
         let cursors = self.store.of_user(user).await.map_err(OfflineError::from)?;
         let heads = self.heads(cursors.iter().map(|c| c.conversation_id.clone()).collect()).await?;
+        // A device's first listing pins its cursors at the read marker, so
+        // from then on it is sent everything it has not acked itself.
+        let mut devices = HashMap::new();
+        if !device.is_empty() {
+            devices = self.store.of_device(user, &device).await.map_err(OfflineError::from)?;
+            let missing: Vec<(String, i64)> = cursors
+                .iter()
+                .filter(|c| !devices.contains_key(&c.conversation_id))
+                .map(|c| (c.conversation_id.clone(), c.read_seq))
+                .collect();
+            self.store.pin_device(user, &device, &missing).await.map_err(OfflineError::from)?;
+            devices.extend(missing);
+        }
         let conversations = cursors
             .into_iter()
             .filter_map(|c| {
                 let latest = heads.get(&c.conversation_id).copied().unwrap_or(0);
-                let acked = c.acked_seq as u64;
+                let acked = match device.is_empty() {
+                    true => c.acked_seq as u64,
+                    false => devices.get(&c.conversation_id).copied().unwrap_or(c.read_seq) as u64,
+                };
                 (include_read || latest > acked).then_some(Backlog {
                     conversation_id: c.conversation_id,
                     acked_seq: acked,
@@ -142,10 +179,12 @@ impl OfflineService for Offline {
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {
-        let PullRequest { user_id: user, conversation_id, after_seq, limit } = request.into_inner();
+        let PullRequest { user_id: user, conversation_id, after_seq, limit, device } =
+            request.into_inner();
         let user = user_id(user)?;
+        valid_device(&device)?;
         let cursor = self.cursor(user, &conversation_id).await?;
-        let acked = cursor.acked_seq as u64;
+        let acked = self.acked(&cursor, &device).await?;
         let page = self
             .peers
             .message
@@ -174,11 +213,15 @@ impl OfflineService for Offline {
         if acks.len() > MAX_ACK_BATCH {
             return Err(OfflineError::Invalid("at most 10000 acks per batch").into());
         }
-        let acks: Vec<(i64, String, i64)> = acks
+        if let Some(bad) = acks.iter().find(|a| valid_device(&a.device).is_err()) {
+            valid_device(&bad.device)?;
+        }
+        let acks: Vec<crate::store::Ack> = acks
             .into_iter()
             .filter_map(|a| {
                 Some((
                     i64::try_from(a.user_id).ok()?,
+                    a.device,
                     a.conversation_id,
                     i64::try_from(a.seq).ok()?,
                 ))
@@ -189,16 +232,20 @@ impl OfflineService for Offline {
     }
 
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckResponse>, Status> {
-        let AckRequest { user_id: user, conversation_id, seq } = request.into_inner();
+        let AckRequest { user_id: user, conversation_id, seq, device } = request.into_inner();
         let user = user_id(user)?;
+        valid_device(&device)?;
         let cursor = self.cursor(user, &conversation_id).await?;
-        let acked = cursor.acked_seq as u64;
+        let acked = self.acked(&cursor, &device).await?;
         if seq <= acked {
             return Ok(Response::new(AckResponse { acked_seq: acked }));
         }
         // An ack beyond the head would hide messages not yet sent.
         self.require_sent(&conversation_id, seq).await?;
-        self.store.advance(user, &conversation_id, seq as i64).await.map_err(OfflineError::from)?;
+        self.store
+            .advance(user, &device, &conversation_id, seq as i64)
+            .await
+            .map_err(OfflineError::from)?;
         Ok(Response::new(AckResponse { acked_seq: seq }))
     }
 

@@ -1,4 +1,6 @@
-//! The `cursors` table and the queries on it.
+//! The `cursors` and `device_cursors` tables and the queries on them.
+
+use std::collections::HashMap;
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
@@ -27,6 +29,32 @@ pub mod cursors {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod device_cursors {
+    use sea_orm::entity::prelude::*;
+
+    /// The delivery cursor of one of a user's devices other than the
+    /// default one, whose cursor is `cursors.acked_seq`.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "device_cursors")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub device: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub conversation_id: String,
+        pub acked_seq: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// One cumulative ack: (user, device, conversation, seq).
+pub type Ack = (i64, String, String, i64);
 
 /// Typed access to cursors.
 #[derive(Clone)]
@@ -61,11 +89,56 @@ impl Store {
     }
 
     pub async fn drop(&self, conversation: &str, users: &[i64]) -> Result<(), DbErr> {
+        let txn = self.db.begin().await?;
+        device_cursors::Entity::delete_many()
+            .filter(device_cursors::Column::ConversationId.eq(conversation))
+            .filter(device_cursors::Column::UserId.is_in(users.iter().copied()))
+            .exec(&txn)
+            .await?;
         cursors::Entity::delete_many()
             .filter(cursors::Column::ConversationId.eq(conversation))
             .filter(cursors::Column::UserId.is_in(users.iter().copied()))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
+        txn.commit().await
+    }
+
+    /// Every cursor of one of a user's devices, by conversation.
+    pub async fn of_device(&self, user: i64, device: &str) -> Result<HashMap<String, i64>, DbErr> {
+        let rows: Vec<(String, i64)> = device_cursors::Entity::find()
+            .select_only()
+            .column(device_cursors::Column::ConversationId)
+            .column(device_cursors::Column::AckedSeq)
+            .filter(device_cursors::Column::UserId.eq(user))
+            .filter(device_cursors::Column::Device.eq(device))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// A device's cursor in one conversation, if it has one yet.
+    pub async fn device_get(
+        &self,
+        user: i64,
+        device: &str,
+        conversation: &str,
+    ) -> Result<Option<i64>, DbErr> {
+        let key = (user, device.to_string(), conversation.to_string());
+        Ok(device_cursors::Entity::find_by_id(key).one(&self.db).await?.map(|c| c.acked_seq))
+    }
+
+    /// Starts a device's missing cursors where `starts` says; existing
+    /// ones are kept.
+    pub async fn pin_device(
+        &self,
+        user: i64,
+        device: &str,
+        starts: &[(String, i64)],
+    ) -> Result<(), DbErr> {
+        for chunk in starts.chunks(500) {
+            insert_device_cursors(&self.db, user, device, chunk).await?;
+        }
         Ok(())
     }
 
@@ -86,10 +159,17 @@ impl Store {
         cursors::Entity::find_by_id((user, conversation.to_string())).one(&self.db).await
     }
 
-    /// Moves the cursor forward to `seq`; never backwards, even when two
-    /// acks race.
-    pub async fn advance(&self, user: i64, conversation: &str, seq: i64) -> Result<(), DbErr> {
-        advance(&self.db, cursors::Column::AckedSeq, user, conversation, seq).await?;
+    /// Moves a device's cursor forward to `seq`; never backwards, even when
+    /// two acks race.
+    pub async fn advance(
+        &self,
+        user: i64,
+        device: &str,
+        conversation: &str,
+        seq: i64,
+    ) -> Result<(), DbErr> {
+        advance_delivery(&self.db, &(user, device.to_string(), conversation.to_string(), seq))
+            .await?;
         Ok(())
     }
 
@@ -151,15 +231,77 @@ impl Store {
 
     /// Moves many cursors forward in one transaction (one commit); returns
     /// how many moved.
-    pub async fn advance_many(&self, acks: &[(i64, String, i64)]) -> Result<u64, DbErr> {
+    pub async fn advance_many(&self, acks: &[Ack]) -> Result<u64, DbErr> {
         let txn = self.db.begin().await?;
         let mut moved = 0;
-        for (user, conversation, seq) in acks {
-            moved += advance(&txn, cursors::Column::AckedSeq, *user, conversation, *seq).await?;
+        for ack in acks {
+            moved += advance_delivery(&txn, ack).await?;
         }
         txn.commit().await?;
         Ok(moved)
     }
+}
+
+async fn insert_device_cursors(
+    db: &impl ConnectionTrait,
+    user: i64,
+    device: &str,
+    starts: &[(String, i64)],
+) -> Result<(), DbErr> {
+    if starts.is_empty() {
+        return Ok(());
+    }
+    let rows = starts.iter().map(|(conversation, seq)| device_cursors::ActiveModel {
+        user_id: Set(user),
+        device: Set(device.to_string()),
+        conversation_id: Set(conversation.clone()),
+        acked_seq: Set(*seq),
+    });
+    device_cursors::Entity::insert_many(rows)
+        .on_conflict_do_nothing_on([
+            device_cursors::Column::UserId,
+            device_cursors::Column::Device,
+            device_cursors::Column::ConversationId,
+        ])
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Moves one delivery cursor forward: the default device's column of
+/// `cursors`, or a row of `device_cursors`, made on a device's first ack in
+/// a conversation (only for a member: acks of a conversation the user left
+/// are skipped). How many cursors moved.
+async fn advance_delivery(db: &impl ConnectionTrait, ack: &Ack) -> Result<u64, DbErr> {
+    let (user, device, conversation, seq) = ack;
+    if device.is_empty() {
+        return advance(db, cursors::Column::AckedSeq, *user, conversation, *seq).await;
+    }
+    let moved = advance_device(db, ack).await?;
+    if moved > 0 {
+        return Ok(moved);
+    }
+    let member =
+        cursors::Entity::find_by_id((*user, conversation.clone())).one(db).await?.is_some();
+    if !member {
+        return Ok(0);
+    }
+    insert_device_cursors(db, *user, device, &[(conversation.clone(), *seq)]).await?;
+    // Inserted, or another ack made the row first: then move it.
+    Ok(advance_device(db, ack).await?.max(1))
+}
+
+async fn advance_device(db: &impl ConnectionTrait, ack: &Ack) -> Result<u64, DbErr> {
+    let (user, device, conversation, seq) = ack;
+    let moved = device_cursors::Entity::update_many()
+        .col_expr(device_cursors::Column::AckedSeq, Expr::value(*seq))
+        .filter(device_cursors::Column::UserId.eq(*user))
+        .filter(device_cursors::Column::Device.eq(device))
+        .filter(device_cursors::Column::ConversationId.eq(conversation))
+        .filter(device_cursors::Column::AckedSeq.lt(*seq))
+        .exec(db)
+        .await?;
+    Ok(moved.rows_affected)
 }
 
 /// Moves `column` (the delivery cursor or the read marker) of one row

@@ -56,6 +56,19 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tern_descriptor.bin"));
 
 /// Conversation ids, shared by every service so they agree on the format.
+/// A client device's id, which keeps a delivery cursor of its own.
+pub mod device {
+    /// Longest device id, in bytes.
+    pub const MAX_LEN: usize = 64;
+
+    /// At most [`MAX_LEN`] ASCII letters, digits, `-` or `_`; empty is the
+    /// user's default device.
+    pub fn is_valid(device: &str) -> bool {
+        device.len() <= MAX_LEN
+            && device.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+}
+
 pub mod conversation {
     /// The conversation of two users: `dm:{low}:{high}`.
     pub fn direct(a: u64, b: u64) -> String {

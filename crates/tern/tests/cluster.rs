@@ -243,6 +243,7 @@ async fn a_backend_drives_the_services_directly() {
             content_json: r#"{"text":"deploy at 5"}"#.into(),
             system: true,
             kind: 0,
+            device: String::new(),
         })
         .await
         .unwrap();
@@ -277,6 +278,7 @@ async fn a_backend_drives_the_services_directly() {
             content_json: r#"{"text":"read me"}"#.into(),
             system: false,
             kind: 0,
+            device: String::new(),
         })
         .await
         .unwrap();
@@ -304,6 +306,7 @@ async fn a_backend_drives_the_services_directly() {
             seq: 1,
             content_json: r#"{"text":"read this"}"#.into(),
             client_msg_id: "edit-1".into(),
+            device: String::new(),
         })
         .await
         .unwrap()
@@ -316,6 +319,7 @@ async fn a_backend_drives_the_services_directly() {
         conversation_id: dm.clone(),
         seq: 1,
         client_msg_id: format!("recall-{user_id}"),
+        device: String::new(),
     };
     for (user, code) in
         [(stranger.id, tonic::Code::PermissionDenied), (b.id, tonic::Code::PermissionDenied)]

@@ -88,6 +88,7 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
         content_json: r#"{"text":"maintenance at noon"}"#.into(),
         system: true,
         kind: 0,
+        device: String::new(),
     };
     let sent = messages.send(system.clone()).await.unwrap().into_inner();
     assert!(!sent.duplicate);
@@ -108,6 +109,7 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
             content_json: "1".into(),
             system: false,
             kind: 0,
+            device: String::new(),
         })
         .await
         .unwrap_err();
@@ -120,6 +122,7 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
         content_json: r#"{"change":"left","user_ids":[2],"by":2}"#.into(),
         system: false,
         kind: MessageKind::Membership as i32,
+        device: String::new(),
     };
     let refused = messages.send(forged).await.unwrap_err();
     assert_eq!(error_code_of(&refused), ErrorCode::BadRequest, "{refused:?}");

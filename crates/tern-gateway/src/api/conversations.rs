@@ -68,12 +68,14 @@ pub async fn conversations(
     Caller(user_id): Caller,
 ) -> Result<Json<Conversations>, ApiError> {
     // Before the read: see `AckBuffer::of_user`.
-    let buffered = state.acks.of_user(user_id);
+    // The API speaks for the default device; unread counts come from the
+    // read marker, which every device shares.
+    let buffered = state.acks.of_device(user_id, "");
     let backlog = state
         .services
         .offline
         .clone()
-        .list_backlog(ListBacklogRequest { user_id, include_read: true })
+        .list_backlog(ListBacklogRequest { user_id, include_read: true, ..Default::default() })
         .await?
         .into_inner();
     let mut items = Vec::with_capacity(backlog.conversations.len());
@@ -87,6 +89,7 @@ pub async fn conversations(
                 conversation_id: b.conversation_id.clone(),
                 after_seq: Some(b.latest_seq - 1),
                 limit: 1,
+                ..Default::default()
             };
             state.services.offline.clone().pull(request).await?.into_inner().messages.pop()
         };
@@ -142,6 +145,7 @@ pub async fn history(
             conversation_id,
             after_seq: Some(q.after_seq.unwrap_or(0)),
             limit: q.limit.unwrap_or(0),
+            ..Default::default()
         })
         .await?
         .into_inner();

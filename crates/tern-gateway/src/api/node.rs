@@ -57,7 +57,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiErr
             answered(
                 s.offline
                     .clone()
-                    .list_backlog(ListBacklogRequest { user_id: 0, include_read: false })
+                    .list_backlog(ListBacklogRequest { user_id: 0, ..Default::default() })
                     .await
                     .map(|_| ()),
             )
