@@ -86,13 +86,15 @@ impl Presence for InProcessPresence {
     async fn disconnect(
         &self,
         user: u64,
-        node: &str,
+        _node: &str,
         session: &str,
-        last_here: bool,
+        _last_here: bool,
     ) -> Result<(), BusError> {
         self.last_seen.insert(user, tern_runtime::clock::now_ms());
+        // Exact per session: a node's entry is gone with its last session,
+        // whatever order a closing and a new session of the user ran in.
         self.users.remove_if_mut(&user, |_, sessions| {
-            sessions.retain(|s| s.session != session && !(last_here && s.node == node));
+            sessions.retain(|s| s.session != session);
             sessions.is_empty()
         });
         Ok(())

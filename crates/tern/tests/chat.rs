@@ -145,8 +145,8 @@ async fn heartbeat_is_answered() {
 }
 
 #[tokio::test]
-async fn a_second_session_kicks_the_first() {
-    let s = Server::start().await;
+async fn under_the_single_session_policy_a_second_session_kicks_the_first() {
+    let s = Server::start_with(&[("TERN__GATEWAY__SINGLE_SESSION", "true")]).await;
     let (alice, bob) = (s.user("alice").await, s.user("bob").await);
     let mut first = s.connect(&alice).await;
     // The heartbeat's answer proves the first session is registered: the
@@ -154,7 +154,7 @@ async fn a_second_session_kicks_the_first() {
     // before it would be the one kicked.
     first.send(json!({ "type": 99 })).await;
     assert_eq!(first.recv().await["type"], 99);
-    let mut second = s.connect(&alice).await;
+    let mut second = s.connect_device(&alice, "tablet").await;
     let kicked = first.recv().await;
     assert_eq!(kicked["type"], 100, "{kicked}");
     assert!(kicked["content"]["reason"].as_str().unwrap().contains("another session"));
@@ -164,6 +164,84 @@ async fn a_second_session_kicks_the_first() {
     let mut b = s.connect(&bob).await;
     b.send_to(alice.id, "to the new one", "k1").await;
     assert_eq!(second.recv().await["content"]["text"], "to the new one");
+}
+
+#[tokio::test]
+async fn each_device_gets_every_message_and_the_users_own_from_other_devices() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut phone = s.connect_device(&alice, "phone").await;
+    let mut laptop = s.connect_device(&alice, "laptop").await;
+    let mut b = s.connect_device(&bob, "b").await;
+    let dm = format!("dm:{}:{}", alice.id.min(bob.id), alice.id.max(bob.id));
+
+    b.send_to(alice.id, "hi both", "b1").await;
+    for device in [&mut phone, &mut laptop] {
+        let got = device.recv().await;
+        assert_eq!((got["seq"].as_u64(), got["from"].as_u64()), (Some(1), Some(bob.id)), "{got}");
+    }
+    // What the phone sends reaches bob and the laptop (as alice's), never
+    // the phone itself, which has its ack.
+    let ack = phone.send_to(bob.id, "from the phone", "p1").await;
+    assert_eq!(ack["seq"], 2);
+    for device in [&mut laptop, &mut b] {
+        let got = device.recv().await;
+        assert_eq!((got["seq"].as_u64(), got["from"].as_u64()), (Some(2), Some(alice.id)), "{got}");
+        assert_eq!(got["content"]["text"], "from the phone");
+    }
+    // A read marker from the phone reaches the laptop.
+    phone.send(json!({ "type": 31, "conversation_id": dm, "seq": 2 })).await;
+    for device in [&mut laptop, &mut b] {
+        let read = device.recv().await;
+        assert_eq!((read["type"].as_i64(), read["seq"].as_u64()), (Some(31), Some(2)), "{read}");
+    }
+    phone.quiet(300).await;
+
+    // Each device has its own cursor: the phone acks everything, the laptop
+    // only bob's message. Reconnected, the laptop gets the phone's message
+    // again (it never acked it); the phone gets nothing (its own message
+    // counts as delivered to it).
+    phone.ack(&dm, 1).await;
+    laptop.ack(&dm, 1).await;
+    let gone = |mut c: common::Client| async move {
+        c.send(json!({ "type": 99 })).await;
+        assert_eq!(c.recv().await["type"], 99);
+    };
+    gone(phone).await;
+    gone(laptop).await;
+    b.send_to(alice.id, "while away", "b2").await;
+    let device = |name: &str| format!("{}&device={name}", s.ws_url(&alice.token));
+    let laptop = common::Client::connect(&device("laptop")).await;
+    let phone = common::Client::connect(&device("phone")).await;
+    for (mut device, want) in [(laptop, vec![2, 3]), (phone, vec![3])] {
+        let got = device.deliveries(want.len()).await;
+        assert_eq!(seqs(&got), want);
+        device.quiet(300).await;
+    }
+    // Unread counts come from the read marker the devices share.
+    let (_, list) = s.get("/api/conversations", Some(&alice.token)).await;
+    assert_eq!(list["conversations"][0]["unread"], 1, "{list}");
+}
+
+#[tokio::test]
+async fn past_the_session_limit_the_oldest_session_is_closed() {
+    let s = Server::start_with(&[("TERN__GATEWAY__MAX_SESSIONS", "2")]).await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut oldest = s.connect_device(&alice, "one").await;
+    let mut second = s.connect_device(&alice, "two").await;
+    let mut third = s.connect_device(&alice, "three").await;
+    let kicked = oldest.recv().await;
+    assert_eq!(kicked["type"], 100, "{kicked}");
+    assert_eq!(oldest.closed().await.code, 4001);
+    let mut b = s.connect(&bob).await;
+    b.send_to(alice.id, "to both", "k1").await;
+    for device in [&mut second, &mut third] {
+        assert_eq!(device.recv().await["content"]["text"], "to both");
+    }
+    // A malformed device id is refused before the upgrade.
+    let url = format!("{}&device=not%20ok", s.ws_url(&alice.token));
+    let refused = tokio_tungstenite::connect_async(url).await.unwrap_err();
+    assert!(refused.to_string().contains("400"), "{refused}");
 }
 
 #[tokio::test]

@@ -288,6 +288,15 @@ impl Cluster {
         Client::connect(&url).await
     }
 
+    /// A session of `user` as `device` on gateway `i`, registered.
+    pub async fn connect_device(&self, i: usize, user: &User, device: &str) -> Client {
+        let url = format!(
+            "ws://127.0.0.1:{}/ws?token={}&device={device}",
+            self.gateway_ports[i], user.token
+        );
+        Client::connect(&url).await.registered().await
+    }
+
     /// Bus events gateway `i` has received.
     pub async fn bus_events(&self, i: usize) -> u64 {
         self.get(i, "/stats").await.1["bus_events"].as_u64().unwrap()

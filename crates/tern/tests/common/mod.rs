@@ -311,6 +311,13 @@ impl Server {
         Client::connect(&self.ws_url(&user.token)).await
     }
 
+    /// A session of `user` as `device`, registered once it returns (its
+    /// heartbeat was answered).
+    pub async fn connect_device(&self, user: &User, device: &str) -> Client {
+        let url = format!("{}&device={device}", self.ws_url(&user.token));
+        Client::connect(&url).await.registered().await
+    }
+
     /// Creates a group owned by `owner`; returns its id.
     pub async fn group(&self, owner: &User, members: &[&User]) -> u64 {
         let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
@@ -368,6 +375,17 @@ impl Client {
 
     pub async fn send(&mut self, frame: Value) {
         self.ws.send(Message::text(frame.to_string())).await.unwrap();
+    }
+
+    /// Waits for a heartbeat's answer: the session is registered (and its
+    /// backlog, which comes first, was read).
+    pub async fn registered(mut self) -> Client {
+        self.send(json!({ "type": 99 })).await;
+        loop {
+            if self.recv().await["type"] == 99 {
+                return self;
+            }
+        }
     }
 
     pub async fn send_raw(&mut self, text: &str) {
