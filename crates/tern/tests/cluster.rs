@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cluster::Cluster, texts};
+use common::{cluster::Cluster, seqs, texts};
 use serde_json::json;
 use std::time::{Duration, Instant};
 use tern_proto::pb::{
@@ -108,7 +108,8 @@ async fn users_on_different_gateways_chat_and_groups_fan_out_once_per_node() {
 
 #[tokio::test]
 async fn a_user_moving_between_gateways_is_kicked_on_the_old_node_and_loses_nothing() {
-    let c = Cluster::start(2).await;
+    // The single-session policy: a new session anywhere ends the old one.
+    let c = Cluster::start_with(2, &[("TERN__GATEWAY__SINGLE_SESSION", "true")]).await;
     let (a, b) = (c.user("a").await, c.user("b").await);
     let mut ca = c.connect(0, &a).await;
     let mut old = c.connect(0, &b).await;
@@ -131,6 +132,40 @@ async fn a_user_moving_between_gateways_is_kicked_on_the_old_node_and_loses_noth
     let got = new.deliveries(2).await;
     assert_eq!(texts(&got), ["one", "two"]);
     new.quiet(300).await;
+}
+
+#[tokio::test]
+async fn devices_on_different_gateways_each_get_everything_and_the_limit_holds_across_nodes() {
+    let c = Cluster::start_with(2, &[("TERN__GATEWAY__MAX_SESSIONS", "2")]).await;
+    let (a, b) = (c.user("a").await, c.user("b").await);
+    let mut phone = c.connect_device(0, &a, "phone").await;
+    let mut laptop = c.connect_device(1, &a, "laptop").await;
+    let mut cb = c.connect_device(1, &b, "b").await;
+
+    cb.send_to(a.id, "hi both", "b1").await;
+    for device in [&mut phone, &mut laptop] {
+        assert_eq!(device.recv().await["content"]["text"], "hi both");
+    }
+    // The phone's message reaches b and, on the other gateway, the laptop.
+    phone.send_to(b.id, "from the phone", "p1").await;
+    for device in [&mut laptop, &mut cb] {
+        let got = device.recv().await;
+        assert_eq!((got["seq"].as_u64(), got["from"].as_u64()), (Some(2), Some(a.id)), "{got}");
+    }
+    phone.quiet(300).await;
+
+    // A third session (on gw-2) closes the oldest, the phone on gw-1.
+    let mut tablet = c.connect_device_raw(1, &a, "tablet").await;
+    let kicked = phone.recv().await;
+    assert_eq!(kicked["type"], 100, "{kicked}");
+    assert_eq!(phone.closed().await.code, 4001);
+    // The tablet is new: its cursor starts at the read marker (nothing was
+    // read), so it gets the conversation so far, then what comes live.
+    assert_eq!(seqs(&tablet.deliveries(2).await), [1, 2]);
+    cb.send_to(a.id, "after the kick", "b2").await;
+    for device in [&mut laptop, &mut tablet] {
+        assert_eq!(device.recv().await["content"]["text"], "after the kick");
+    }
 }
 
 #[tokio::test]

@@ -400,6 +400,11 @@ async fn run(label: &str, mut stage: Stage, load: Load, faults: &[Fault]) -> Ver
     let full = FullLoad { window: s.window, group_share: 0.3, pad: 64 };
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    // Every user has a second device that receives what the first sends.
+    let second_devices: Vec<_> = people
+        .iter()
+        .map(|p| tokio::spawn(workload::run_second_device(p.clone(), gateways.clone(), stop.clone())))
+        .collect();
     let tasks: Vec<_> = people
         .iter()
         .map(|p| match load {
@@ -428,7 +433,7 @@ async fn run(label: &str, mut stage: Stage, load: Load, faults: &[Fault]) -> Ver
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut logs = Vec::new();
-    for t in tasks {
+    for t in tasks.into_iter().chain(second_devices) {
         logs.push(t.await.expect("client task"));
     }
     let load_secs = started.elapsed().as_secs_f64();
@@ -710,7 +715,15 @@ fn the_checker_flags_every_kind_of_violation() {
             stored("m4", 6, "a4"),
         ],
     )]);
-    let v = checker::check(&[sender, receiver], &storage, &HashMap::new());
+    // User 1's second device is owed user 1's own messages too: it got m1
+    // and m3, never m2 or m4.
+    let second = UserLog {
+        user: 1,
+        device: "second".into(),
+        deliveries: vec![delivery("m1", 1, "a1"), delivery("m3", 3, "a2")],
+        ..UserLog::default()
+    };
+    let v = checker::check(&[sender, receiver, second], &storage, &HashMap::new());
     assert_eq!(v.redelivered, 1, "{v}");
     assert_eq!(v.order, 1, "{v}");
     assert_eq!(v.duplicates, 1, "{v}");
@@ -719,8 +732,9 @@ fn the_checker_flags_every_kind_of_violation() {
     assert_eq!(v.misordered, 1, "{v}");
     // m-ghost is not in storage.
     assert_eq!(v.unexpected, 1, "{v}");
-    // a3 acked but not stored; m3 and m4 never reached user 2.
-    assert_eq!(v.lost, 3, "{v}");
+    // a3 acked but not stored; m3 and m4 never reached user 2, m2 and m4
+    // never reached user 1's second device.
+    assert_eq!(v.lost, 5, "{v}");
     assert!(!v.clean());
 }
 

@@ -210,6 +210,8 @@ async fn logout_revokes_tokens_and_closes_sockets() {
     let mut socket = s.connect(&common::User { id: alice.id, token: token.clone() }).await;
     socket.send(json!({ "type": 99 })).await;
     assert_eq!(socket.recv().await["type"], 99);
+    // Another device, signed in with another token of hers.
+    let mut tablet = s.connect_device(&alice, "tablet").await;
 
     // Someone else cannot end alice's login with her refresh token.
     let (status, _) =
@@ -219,12 +221,15 @@ async fn logout_revokes_tokens_and_closes_sockets() {
     let (status, body) =
         s.post("/api/logout", Some(&token), json!({ "refresh_token": refresh })).await;
     assert_eq!(status, 200, "{body}");
-    let kicked = socket.recv().await;
-    assert_eq!(
-        (kicked["type"].as_i64(), kicked["content"]["reason"].as_str()),
-        (Some(100), Some("logged out"))
-    );
-    assert_eq!(socket.closed().await.code, 4001);
+    // The logout ends every session of hers.
+    for socket in [&mut socket, &mut tablet] {
+        let kicked = socket.recv().await;
+        assert_eq!(
+            (kicked["type"].as_i64(), kicked["content"]["reason"].as_str()),
+            (Some(100), Some("logged out"))
+        );
+        assert_eq!(socket.closed().await.code, 4001);
+    }
     // Old access tokens, the refresh token, and new sockets are refused.
     assert_eq!(s.get("/api/groups", Some(&token)).await.0, 401);
     assert_eq!(s.get("/api/groups", Some(&alice.token)).await.0, 401);

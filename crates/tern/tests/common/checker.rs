@@ -4,7 +4,7 @@
 //! that must all be zero:
 //!
 //! - **lost**: acked but not stored, or stored but never delivered to some
-//!   member other than its sender;
+//!   device of a member (the sending device excepted);
 //! - **unexpected**: stored or delivered, but never attempted by its sender;
 //! - **duplicates**: one attempt stored as more than one message (after
 //!   deduplicating deliveries by `message_id`);
@@ -38,7 +38,8 @@ pub struct Verdict {
     pub failed: usize,
     pub unknown: usize,
     pub stored: usize,
-    /// Deliveries owed: each stored message once per member but its sender.
+    /// Deliveries owed: each stored message once per device of each member,
+    /// but the device that sent it.
     pub owed: usize,
     /// Distinct deliveries received.
     pub delivered: usize,
@@ -292,21 +293,31 @@ pub fn check(
         }
     }
     v.ack_latencies.sort();
-    let got: HashMap<u64, HashSet<&str>> = logs
-        .iter()
-        .map(|l| (l.user, l.deliveries.iter().map(|d| d.message_id.as_str()).collect()))
-        .collect();
+    // What each device of each user received. The default device (the one
+    // that sends) is owed every message but its own; any other device of
+    // the user is owed the user's own messages too.
+    let mut got: HashMap<u64, Vec<(&str, HashSet<&str>)>> = HashMap::new();
+    for l in logs {
+        let ids = l.deliveries.iter().map(|d| d.message_id.as_str()).collect();
+        got.entry(l.user).or_default().push((l.device.as_str(), ids));
+    }
     for (conversation, messages) in stored {
         let members = members_of(conversation, group_members);
         for m in messages {
-            for member in members.iter().filter(|u| **u != m.from) {
-                v.owed += 1;
-                if !got.get(member).is_some_and(|ids| ids.contains(m.message_id.as_str())) {
-                    v.lost += 1;
-                    v.flag(format!(
-                        "user {member} never got {conversation} seq {} ({})",
-                        m.seq, m.message_id
-                    ));
+            for member in &members {
+                let devices = got.get(member).map(Vec::as_slice).unwrap_or_default();
+                for (device, ids) in devices {
+                    if *member == m.from && device.is_empty() {
+                        continue;
+                    }
+                    v.owed += 1;
+                    if !ids.contains(m.message_id.as_str()) {
+                        v.lost += 1;
+                        v.flag(format!(
+                            "user {member} (device {device:?}) never got {conversation} seq {} ({})",
+                            m.seq, m.message_id
+                        ));
+                    }
                 }
             }
         }

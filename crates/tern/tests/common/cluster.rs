@@ -288,13 +288,19 @@ impl Cluster {
         Client::connect(&url).await
     }
 
-    /// A session of `user` as `device` on gateway `i`, registered.
+    /// A session of `user` as `device` on gateway `i`, registered (its
+    /// backlog, if any, skipped).
     pub async fn connect_device(&self, i: usize, user: &User, device: &str) -> Client {
+        self.connect_device_raw(i, user, device).await.registered().await
+    }
+
+    /// A session of `user` as `device` on gateway `i`, as it comes.
+    pub async fn connect_device_raw(&self, i: usize, user: &User, device: &str) -> Client {
         let url = format!(
             "ws://127.0.0.1:{}/ws?token={}&device={device}",
             self.gateway_ports[i], user.token
         );
-        Client::connect(&url).await.registered().await
+        Client::connect(&url).await
     }
 
     /// Bus events gateway `i` has received.

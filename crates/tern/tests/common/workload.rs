@@ -81,6 +81,9 @@ pub struct Delivery {
 #[derive(Debug, Default)]
 pub struct UserLog {
     pub user: u64,
+    /// The device the client connected as; empty is the default device,
+    /// which is never sent its own messages. Another device is sent them.
+    pub device: String,
     pub attempts: Vec<Attempt>,
     /// In arrival order, redeliveries included.
     pub deliveries: Vec<Delivery>,
@@ -164,10 +167,11 @@ enum SessionEnd {
     GaveUp,
 }
 
-/// Either kind of simulated user, for the loop both share.
+/// Every kind of simulated client, for the loop they share.
 enum Client {
     Paced(Sim),
     Full(Pipelined),
+    Second(SecondDevice),
 }
 
 impl Client {
@@ -175,6 +179,7 @@ impl Client {
         match self {
             Client::Paced(c) => (&c.me, &mut c.log),
             Client::Full(c) => (&c.me, &mut c.log),
+            Client::Second(c) => (&c.me, &mut c.log),
         }
     }
 
@@ -182,6 +187,7 @@ impl Client {
         match self {
             Client::Paced(c) => c.finished(),
             Client::Full(c) => c.finished(),
+            Client::Second(c) => c.stop.load(Relaxed),
         }
     }
 
@@ -189,6 +195,58 @@ impl Client {
         match self {
             Client::Paced(c) => c.session(ws).await,
             Client::Full(c) => c.session(ws).await,
+            Client::Second(c) => c.session(ws).await,
+        }
+    }
+}
+
+/// A user's second device (a phone beside the laptop that sends): it only
+/// receives, acks what arrived every 300 ms, and reconnects like the
+/// others. It is owed every message of the user's conversations, the
+/// user's own included.
+struct SecondDevice {
+    me: Participant,
+    stop: Arc<AtomicBool>,
+    log: UserLog,
+}
+
+/// Runs `me`'s second device until `stop` is set.
+pub async fn run_second_device(
+    me: Participant,
+    gateways: Arc<Vec<u16>>,
+    stop: Arc<AtomicBool>,
+) -> UserLog {
+    let log = UserLog { user: me.id, device: "second".into(), ..UserLog::default() };
+    let mut client = Client::Second(SecondDevice { me, stop, log });
+    reconnect_loop(&mut client, &gateways).await;
+    let Client::Second(device) = client else { unreachable!() };
+    device.log
+}
+
+impl SecondDevice {
+    async fn session(&mut self, ws: &mut Ws) -> SessionEnd {
+        let mut to_ack: HashMap<String, u64> = HashMap::new();
+        let mut next_ack = Instant::now() + Duration::from_millis(300);
+        loop {
+            if self.stop.load(Relaxed) {
+                flush_acks(ws, &mut to_ack).await;
+                return SessionEnd::Stopped;
+            }
+            if Instant::now() >= next_ack {
+                flush_acks(ws, &mut to_ack).await;
+                next_ack = Instant::now() + Duration::from_millis(300);
+            }
+            let frame = match next_frame(ws, next_ack, None).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => continue,
+                Err(end) => return end,
+            };
+            if let Some(1 | 2) = frame["type"].as_i64() {
+                let delivery = delivery_of(&frame);
+                let seq = to_ack.entry(delivery.conversation_id.clone()).or_default();
+                *seq = (*seq).max(delivery.seq);
+                self.log.deliveries.push(delivery);
+            }
         }
     }
 }
@@ -201,7 +259,8 @@ async fn reconnect_loop(client: &mut Client, gateways: &[u16]) {
     let mut lost_at: Option<Instant> = None;
     while !client.finished() {
         let token = client.parts().0.token.clone();
-        let Some(mut ws) = open(gateways[gateway], &token).await else {
+        let device = client.parts().1.device.clone();
+        let Some(mut ws) = open(gateways[gateway], &token, &device).await else {
             gateway = (gateway + 1) % gateways.len();
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
@@ -247,8 +306,12 @@ async fn next_frame(
 }
 
 /// Opens a session; the backlog then arrives on it like live traffic.
-async fn open(port: u16, token: &str) -> Option<Ws> {
-    let url = format!("ws://127.0.0.1:{port}/ws?token={token}");
+async fn open(port: u16, token: &str, device: &str) -> Option<Ws> {
+    let mut url = format!("ws://127.0.0.1:{port}/ws?token={token}");
+    if !device.is_empty() {
+        url.push_str("&device=");
+        url.push_str(device);
+    }
     let (ws, _) =
         tokio::time::timeout(Duration::from_secs(5), connect_async(url)).await.ok()?.ok()?;
     Some(ws)
@@ -663,7 +726,7 @@ pub async fn resync(log: &mut UserLog, token: &str, gateways: &[u16]) -> Result<
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut i = log.user as usize;
     let mut ws = loop {
-        if let Some(ws) = open(gateways[i % gateways.len()], token).await {
+        if let Some(ws) = open(gateways[i % gateways.len()], token, &log.device).await {
             break ws;
         }
         if Instant::now() > deadline {
