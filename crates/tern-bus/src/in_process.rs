@@ -130,7 +130,8 @@ mod tests {
         let p = InProcessPresence::new();
         assert!(p.connect(1, "a", "s1").await.unwrap().is_empty());
         p.connect(2, "b", "s2").await.unwrap();
-        let at = |node: &str, session: &str| SessionAt { node: node.into(), session: session.into() };
+        let at =
+            |node: &str, session: &str| SessionAt { node: node.into(), session: session.into() };
         assert_eq!(p.connect(1, "b", "s3").await.unwrap(), vec![at("a", "s1")]);
         // A second session on the same node: the node is listed once.
         assert_eq!(p.connect(1, "b", "s4").await.unwrap(), vec![at("a", "s1"), at("b", "s3")]);

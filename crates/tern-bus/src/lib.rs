@@ -95,8 +95,12 @@ pub trait Presence: Send + Sync + 'static {
     /// Records `session` of `user` at `node` and returns the user's other
     /// live sessions, on any node, oldest first (so the caller can enforce
     /// a session limit).
-    async fn connect(&self, user: u64, node: &str, session: &str)
-    -> Result<Vec<SessionAt>, BusError>;
+    async fn connect(
+        &self,
+        user: u64,
+        node: &str,
+        session: &str,
+    ) -> Result<Vec<SessionAt>, BusError>;
 
     /// Keeps `user` online at `node` (heartbeat).
     async fn refresh(&self, user: u64, node: &str) -> Result<(), BusError>;

@@ -27,7 +27,7 @@ use axum::{
 };
 use fastwebsockets::{WebSocketRead, upgrade::IncomingUpgrade};
 use serde::Deserialize;
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 use tern_bus::{BusEvent, Event, Kick, SessionAt};
 use tern_proto::{
     ErrorCode,
@@ -99,7 +99,9 @@ pub async fn upgrade(
     let tracked = state.clone();
     state.tracker.spawn(async move {
         match socket.await {
-            Ok(ws) => serve(tracked, ws, identity.user_id, device.into(), identity.expires_at).await,
+            Ok(ws) => {
+                serve(tracked, ws, identity.user_id, device.into(), identity.expires_at).await
+            }
             Err(error) => tracing::debug!(%error, "upgrade did not complete"),
         }
     });
@@ -150,17 +152,20 @@ async fn serve<S>(
     // Calls made once per session are boxed: inline, the largest of them
     // would size the state this future keeps while the session is idle.
     let presence = Box::pin(state.services.presence.connect(user, &settings.node_id, &session_id));
-    let others = match presence.await {
-        Ok(others) => others,
+    let (others, first_session) = match presence.await {
+        // The user's first session anywhere: contacts hear they came online.
+        Ok(others) => {
+            let first = others.is_empty();
+            (others, first)
+        }
         Err(error) => {
             tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session");
             // Only this node's sessions are known.
             let node = &settings.node_id;
-            here.iter().map(|s| SessionAt { node: node.clone(), session: s.id.clone() }).collect()
+            let here = here.iter().map(|s| SessionAt { node: node.clone(), session: s.id.clone() });
+            (here.collect(), false)
         }
     };
-    // The user's first session anywhere: contacts hear they came online.
-    let first_session = others.is_empty();
     Box::pin(enforce_session_limit(&state, user, &session_id, others)).await;
     state.stats.connections.up();
     state.stats.connections_total.add(1);
@@ -275,26 +280,20 @@ async fn enforce_session_limit(
     let limit = if settings.single_session { 1 } else { settings.max_sessions.max(1) };
     let excess = (others.len() + 1).saturating_sub(limit);
     let reason = "another session took over";
-    let mut remote: HashMap<&str, Vec<&str>> = HashMap::new();
     for other in &others[..excess] {
         if other.node == settings.node_id {
             state.registry.kick(user, Some(&other.session), "", reason);
-        } else {
-            remote.entry(&other.node).or_default().push(&other.session);
+            continue;
         }
-    }
-    for (node, sessions) in remote {
-        for session in sessions {
-            let kick = Kick {
-                user_id: user,
-                keep_session_id: session_id.to_string(),
-                reason: reason.into(),
-                session_id: session.to_string(),
-            };
-            let event = BusEvent { event: Some(Event::Kick(kick)) };
-            if let Err(error) = state.services.bus.publish(node, event).await {
-                tracing::warn!(node, %error, "kick not published; the session stays open");
-            }
+        let kick = Kick {
+            user_id: user,
+            keep_session_id: session_id.to_string(),
+            reason: reason.into(),
+            session_id: other.session.clone(),
+        };
+        let event = BusEvent { event: Some(Event::Kick(kick)) };
+        if let Err(error) = state.services.bus.publish(&other.node, event).await {
+            tracing::warn!(node = other.node, %error, "kick not published; the session stays open");
         }
     }
 }

@@ -483,7 +483,9 @@ impl Messages {
 /// Refuses a malformed device id (see `tern_proto::device`).
 fn check_device(device: &str) -> Result<(), MessageError> {
     let valid = tern_proto::device::is_valid(device);
-    valid.then_some(()).ok_or(MessageError::Invalid("device must be at most 64 letters, digits, - or _"))
+    valid
+        .then_some(())
+        .ok_or(MessageError::Invalid("device must be at most 64 letters, digits, - or _"))
 }
 
 fn own_or_new(client_msg_id: String) -> (String, bool) {
@@ -596,7 +598,8 @@ impl MessageService for Messages {
     async fn edit(&self, request: Request<EditRequest>) -> Result<Response<SendAck>, Status> {
         let EditRequest { user_id, conversation_id, seq, content_json, client_msg_id, device } =
             request.into_inner();
-        let edit = self.change(user_id, conversation_id, seq, client_msg_id, Some(content_json), device);
+        let edit =
+            self.change(user_id, conversation_id, seq, client_msg_id, Some(content_json), device);
         Ok(Response::new(edit.await?))
     }
 }

@@ -403,7 +403,9 @@ async fn run(label: &str, mut stage: Stage, load: Load, faults: &[Fault]) -> Ver
     // Every user has a second device that receives what the first sends.
     let second_devices: Vec<_> = people
         .iter()
-        .map(|p| tokio::spawn(workload::run_second_device(p.clone(), gateways.clone(), stop.clone())))
+        .map(|p| {
+            tokio::spawn(workload::run_second_device(p.clone(), gateways.clone(), stop.clone()))
+        })
         .collect();
     let tasks: Vec<_> = people
         .iter()
