@@ -103,12 +103,17 @@ impl Presence for InProcessPresence {
     async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError> {
         let mut by_node: HashMap<NodeId, Vec<u64>> = HashMap::new();
         for &user in users {
-            if let Some(sessions) = self.users.get(&user) {
-                let mut nodes: Vec<&NodeId> = sessions.iter().map(|s| &s.node).collect();
-                nodes.sort_unstable();
-                nodes.dedup();
-                for node in nodes {
-                    by_node.entry(node.clone()).or_default().push(user);
+            let Some(sessions) = self.users.get(&user) else { continue };
+            for (i, session) in sessions.iter().enumerate() {
+                // Each node once, however many sessions the user has there.
+                if sessions[..i].iter().any(|s| s.node == session.node) {
+                    continue;
+                }
+                match by_node.get_mut(&session.node) {
+                    Some(users) => users.push(user),
+                    None => {
+                        by_node.insert(session.node.clone(), vec![user]);
+                    }
                 }
             }
         }

@@ -213,9 +213,7 @@ impl OfflineService for Offline {
         if acks.len() > MAX_ACK_BATCH {
             return Err(OfflineError::Invalid("at most 10000 acks per batch").into());
         }
-        if let Some(bad) = acks.iter().find(|a| valid_device(&a.device).is_err()) {
-            valid_device(&bad.device)?;
-        }
+        acks.iter().try_for_each(|a| valid_device(&a.device))?;
         let acks: Vec<crate::store::Ack> = acks
             .into_iter()
             .filter_map(|a| {

@@ -218,6 +218,13 @@ async fn each_device_gets_every_message_and_the_users_own_from_other_devices() {
         assert_eq!(seqs(&got), want);
         device.quiet(300).await;
     }
+    // A device cannot ack a conversation its user is not in.
+    let carol = s.user("carol").await;
+    let theirs = format!("dm:{}:{}", bob.id.min(carol.id), bob.id.max(carol.id));
+    let mut phone = s.connect_device(&alice, "phone").await;
+    phone.send(json!({ "type": 30, "conversation_id": theirs, "seq": 1 })).await;
+    let refused = phone.recv().await;
+    assert_eq!((refused["type"].as_i64(), refused["code"].as_str()), (Some(3), Some("forbidden")));
     // Unread counts come from the read marker the devices share.
     let (_, list) = s.get("/api/conversations", Some(&alice.token)).await;
     assert_eq!(list["conversations"][0]["unread"], 1, "{list}");
