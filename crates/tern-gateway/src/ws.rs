@@ -76,8 +76,7 @@ pub async fn upgrade(
     }
     let device = query.device.unwrap_or_default();
     if !tern_proto::device::is_valid(&device) {
-        return ApiError::bad_request("device must be at most 64 letters, digits, - or _")
-            .into_response();
+        return ApiError::bad_request(tern_proto::device::RULE).into_response();
     }
     let Some(token) = query.token.as_deref().or_else(|| bearer(&headers)) else {
         return ApiError::new(ErrorCode::Unauthenticated, "missing token").into_response();

@@ -483,9 +483,7 @@ impl Messages {
 /// Refuses a malformed device id (see `tern_proto::device`).
 fn check_device(device: &str) -> Result<(), MessageError> {
     let valid = tern_proto::device::is_valid(device);
-    valid
-        .then_some(())
-        .ok_or(MessageError::Invalid("device must be at most 64 letters, digits, - or _"))
+    valid.then_some(()).ok_or(MessageError::Invalid(tern_proto::device::RULE))
 }
 
 fn own_or_new(client_msg_id: String) -> (String, bool) {

@@ -36,7 +36,7 @@ fn user_id(id: u64) -> Result<i64, OfflineError> {
 
 fn valid_device(device: &str) -> Result<(), OfflineError> {
     let valid = tern_proto::device::is_valid(device);
-    valid.then_some(()).ok_or(OfflineError::Invalid("malformed device"))
+    valid.then_some(()).ok_or(OfflineError::Invalid(tern_proto::device::RULE))
 }
 
 fn valid_conversation(id: &str) -> Result<(), OfflineError> {

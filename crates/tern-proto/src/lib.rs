@@ -61,6 +61,9 @@ pub mod device {
     /// Longest device id, in bytes.
     pub const MAX_LEN: usize = 64;
 
+    /// What a malformed device id is told.
+    pub const RULE: &str = "device must be at most 64 letters, digits, - or _";
+
     /// At most [`MAX_LEN`] ASCII letters, digits, `-` or `_`; empty is the
     /// user's default device.
     pub fn is_valid(device: &str) -> bool {

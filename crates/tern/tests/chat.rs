@@ -225,9 +225,22 @@ async fn each_device_gets_every_message_and_the_users_own_from_other_devices() {
     phone.send(json!({ "type": 30, "conversation_id": theirs, "seq": 1 })).await;
     let refused = phone.recv().await;
     assert_eq!((refused["type"].as_i64(), refused["code"].as_str()), (Some(3), Some("forbidden")));
-    // Unread counts come from the read marker the devices share.
-    let (_, list) = s.get("/api/conversations", Some(&alice.token)).await;
-    assert_eq!(list["conversations"][0]["unread"], 1, "{list}");
+    // Unread counts come from the read marker the devices share; the list
+    // reports the cursor of the device it is asked for.
+    phone.ack(&dm, 3).await;
+    phone.send(json!({ "type": 99 })).await;
+    assert_eq!(phone.recv().await["type"], 99);
+    for (device, acked) in [("phone", 3), ("laptop", 1)] {
+        let path = format!("/api/conversations?device={device}");
+        let (_, list) = s.get(&path, Some(&alice.token)).await;
+        let conversation = &list["conversations"][0];
+        assert_eq!(
+            (&conversation["unread"], &conversation["acked_seq"]),
+            (&json!(1), &json!(acked))
+        );
+    }
+    let (status, _) = s.get("/api/conversations?device=not%20ok", Some(&alice.token)).await;
+    assert_eq!(status, 400);
 }
 
 #[tokio::test]

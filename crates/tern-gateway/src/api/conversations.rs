@@ -61,23 +61,31 @@ fn frame(message: &Message) -> Box<RawValue> {
     RawValue::from_string(protocol::delivered(message)).expect("a delivery frame is JSON")
 }
 
+/// Query string of `GET /api/conversations`.
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// Whose delivery cursors `acked_seq` reports (the device the client
+    /// connects its socket as); the default device without it.
+    device: Option<String>,
+}
+
 /// `GET /api/conversations`: every conversation of the caller, newest
-/// activity first, with unread counts and the latest message.
+/// activity first, with unread counts (from the read marker, which every
+/// device shares) and the latest message.
 pub async fn conversations(
     State(state): State<AppState>,
     Caller(user_id): Caller,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Conversations>, ApiError> {
-    // Before the read: see `AckBuffer::of_user`.
-    // The API speaks for the default device; unread counts come from the
-    // read marker, which every device shares.
-    let buffered = state.acks.of_device(user_id, "");
-    let backlog = state
-        .services
-        .offline
-        .clone()
-        .list_backlog(ListBacklogRequest { user_id, include_read: true, ..Default::default() })
-        .await?
-        .into_inner();
+    let Query(ListQuery { device }) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let device = device.unwrap_or_default();
+    if !tern_proto::device::is_valid(&device) {
+        return Err(ApiError::bad_request(tern_proto::device::RULE));
+    }
+    // Before the read: see `AckBuffer::of_device`.
+    let buffered = state.acks.of_device(user_id, &device);
+    let request = ListBacklogRequest { user_id, include_read: true, device };
+    let backlog = state.services.offline.clone().list_backlog(request).await?.into_inner();
     let mut items = Vec::with_capacity(backlog.conversations.len());
     for b in backlog.conversations {
         // The latest message, for the list's preview line.
