@@ -32,9 +32,7 @@ impl SessionHandle {
     /// Asks the session to send a type 100 frame and close; if its queue is
     /// full it is dropped at once instead.
     pub fn kick(&self, reason: String) {
-        if self.tx.try_send(Outbound::Kick(reason)).is_err() {
-            self.cancel.cancel();
-        }
+        kick(&self.tx, &self.cancel, reason);
     }
 
     /// Queues a live message; when the queue is full it is dropped and the
@@ -46,6 +44,14 @@ impl SessionHandle {
             tracing::debug!(user_id = user, "outbound queue full; session will resync");
             stats.queue_overflows.add(1);
         }
+    }
+}
+
+/// Asks the session of `tx` to send a type 100 frame and close; if its
+/// queue is full it is dropped at once (`cancel`) instead.
+pub fn kick(tx: &mpsc::Sender<Outbound>, cancel: &CancellationToken, reason: String) {
+    if tx.try_send(Outbound::Kick(reason)).is_err() {
+        cancel.cancel();
     }
 }
 

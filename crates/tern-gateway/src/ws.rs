@@ -18,7 +18,7 @@ use crate::{
     protocol::{self, ClientFrame, FrameError, SendTarget},
     pusher::{Pusher, Written},
     reader::{self, FrameLimits},
-    registry::SessionHandle,
+    registry::{self, SessionHandle},
 };
 use axum::{
     extract::{Query, State, rejection::QueryRejection},
@@ -27,7 +27,10 @@ use axum::{
 };
 use fastwebsockets::{WebSocketRead, upgrade::IncomingUpgrade};
 use serde::Deserialize;
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 use tern_bus::{BusEvent, Event, Kick, SessionAt};
 use tern_proto::{
     ErrorCode,
@@ -127,143 +130,202 @@ async fn serve<S>(
 ) where
     S: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let settings = &state.settings;
     ws.set_auto_close(false);
     ws.set_auto_pong(false);
     // The library's limit is per frame (and exclusive); the reader below
     // enforces the same limit on whole, reassembled messages.
-    ws.set_max_message_size(settings.max_message_bytes + 1);
+    ws.set_max_message_size(state.settings.max_message_bytes + 1);
     let (read, write) = ws.split(|s| {
         let (r, w) = tokio::io::split(s);
         (r, BatchWriter::new(w))
     });
-
-    let session_id = uuid::Uuid::now_v7().to_string();
-    let (tx, rx) = mpsc::channel(settings.outbound_queue);
-    let handle = SessionHandle {
-        id: session_id.clone(),
-        device: device.clone(),
-        tx: tx.clone(),
-        cancel: CancellationToken::new(),
-        needs_resync: Arc::default(),
-    };
-    let here = state.registry.insert(user, handle.clone());
+    let (tx, rx) = mpsc::channel(state.settings.outbound_queue);
     // Calls made once per session are boxed: inline, the largest of them
     // would size the state this future keeps while the session is idle.
-    let presence = Box::pin(state.services.presence.connect(user, &settings.node_id, &session_id));
-    let (others, first_session) = match presence.await {
-        // The user's first session anywhere: contacts hear they came online.
-        Ok(others) => {
-            let first = others.is_empty();
-            (others, first)
-        }
-        Err(error) => {
-            tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session");
-            // Only this node's sessions are known.
-            let node = &settings.node_id;
-            let here = here.iter().map(|s| SessionAt { node: node.clone(), session: s.id.clone() });
-            (here.collect(), false)
-        }
-    };
-    Box::pin(enforce_session_limit(&state, user, &session_id, others)).await;
-    state.stats.connections.up();
-    state.stats.connections_total.add(1);
-    tracing::debug!(user_id = user, session_id, "session open");
+    let session = Box::pin(Session::open(state, user, device, tx.clone())).await;
+    let (left_here, known) = session.run(read, write, tx, rx, expires_at).await;
+    Box::pin(session.close(left_here, known)).await;
+}
 
-    let done = CancellationToken::new();
-    let written = Written::default();
-    let (synced, first_sync) = tokio::sync::oneshot::channel();
-    let pusher = Pusher::new(
-        write,
-        user,
-        device.clone(),
-        state.services.offline.clone(),
-        written.clone(),
-        state.acks.clone(),
-        settings.sync_page,
-        state.stats.clone(),
-        handle.needs_resync.clone(),
-        Duration::from_secs(settings.write_timeout_secs),
-    )
-    .tell_when_synced(synced);
-    // Once the first sync has listed every conversation, the 1:1 contacts
-    // are known; a session that ends before then announced nothing.
-    let known = written.clone();
-    let online_news = Box::pin(async {
-        if first_session && first_sync.await.is_ok() {
-            contacts::announce(&state, user, known.direct_peers(user), true).await;
-        }
-    });
-    // Writer, reader and send pipeline are futures of this one task: an
-    // answer the pipeline queues, or a frame the reader answers itself, is
-    // written without waking another task (or another thread). Each is
-    // boxed where it is made, so this future holds three pointers and
-    // never a moved-from copy of one of them.
-    let mut writer = Box::pin(pusher.run(rx, handle.cancel.clone(), done.clone()));
-    // The token's expiry is a deadline of the session, not a task of its own.
-    let left = (expires_at - now_secs()).max(0) as u64;
-    let expired = tokio::time::sleep(Duration::from_secs(left));
-    let (sends, queued) = mpsc::channel(settings.send_window.max(1));
-    let pipeline = Box::pin(send_pipeline(&state, queued, tx.clone()));
-    let reader = Reader {
-        state: &state,
-        user,
-        device: &device,
-        session_id: &session_id,
-        tx,
-        sends,
-        written,
-        last_typing: Default::default(),
-    };
-    let reading = Box::pin(reader.run(read));
-    let reading = async {
-        tokio::select! {
-            // The pipeline ends once the reader is done and its queue drained.
-            _ = async { tokio::join!(reading, pipeline, online_news) } => {}
-            _ = done.cancelled() => {}
-            _ = expired => handle.kick("token expired".into()),
-        }
-    };
-    let writer_ended = tokio::select! {
-        _ = reading => false,
-        _ = &mut writer => true,
-    };
-    // This user may reconnect on another node, which reads cursors from
-    // storage: write the acks this session left behind soon.
-    state.acks.flush_soon();
-    // Unregister first, so nothing new is routed here, then drop every
-    // sender: the writer drains what is queued (a close frame, say) and
-    // ends. A writer stuck on a dead socket is cut off.
-    let left_here = state.registry.remove(user, &session_id);
-    drop(handle);
-    if !writer_ended {
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+/// One client session: opened (registered on this node and in presence),
+/// run (writer, reader and send pipeline), closed (unregistered, contacts
+/// told when it was the user's last session anywhere).
+struct Session {
+    state: AppState,
+    user: u64,
+    device: Arc<str>,
+    /// Unique across nodes.
+    id: String,
+    /// Cancelled to drop the session at once (see [`SessionHandle`]).
+    cancel: CancellationToken,
+    /// Set when a live message was dropped (see [`SessionHandle`]).
+    needs_resync: Arc<AtomicBool>,
+    /// The user's first session anywhere: contacts hear they came online.
+    first: bool,
+}
+
+impl Session {
+    /// Registers the session on this node and in presence, and closes the
+    /// user's sessions beyond the limit.
+    async fn open(
+        state: AppState,
+        user: u64,
+        device: Arc<str>,
+        tx: mpsc::Sender<Outbound>,
+    ) -> Self {
+        let settings = &state.settings;
+        let handle = SessionHandle {
+            id: uuid::Uuid::now_v7().to_string(),
+            device: device.clone(),
+            tx,
+            cancel: CancellationToken::new(),
+            needs_resync: Arc::default(),
+        };
+        let here = state.registry.insert(user, handle.clone());
+        let presence = state.services.presence.connect(user, &settings.node_id, &handle.id);
+        let (others, first) = match presence.await {
+            Ok(others) => {
+                let first = others.is_empty();
+                (others, first)
+            }
+            Err(error) => {
+                tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session");
+                // Only this node's sessions are known.
+                let node = &settings.node_id;
+                let here =
+                    here.iter().map(|s| SessionAt { node: node.clone(), session: s.id.clone() });
+                (here.collect(), false)
+            }
+        };
+        enforce_session_limit(&state, user, &handle.id, others).await;
+        state.stats.connections.up();
+        state.stats.connections_total.add(1);
+        tracing::debug!(user_id = user, session_id = handle.id, "session open");
+        let SessionHandle { id, cancel, needs_resync, .. } = handle;
+        Self { state, user, device, id, cancel, needs_resync, first }
     }
-    if let Some(left_here) = left_here {
-        let presence = &state.services.presence;
-        let node = &settings.node_id;
-        let gone = Box::pin(presence.disconnect(user, node, &session_id, left_here == 0));
-        if let Err(error) = gone.await {
-            tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
+
+    /// Runs the writer, the reader and the send pipeline until the socket
+    /// ends, the session is kicked or its token expires; then unregisters
+    /// it here and lets the writer drain. How many sessions of the user are
+    /// left on this node (`None` when it was no longer registered), and
+    /// what was written (which names the user's 1:1 contacts).
+    async fn run<R, W>(
+        &self,
+        read: WebSocketRead<R>,
+        write: fastwebsockets::WebSocketWrite<W>,
+        tx: mpsc::Sender<Outbound>,
+        rx: mpsc::Receiver<Outbound>,
+        expires_at: i64,
+    ) -> (Option<usize>, Written)
+    where
+        R: AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let (state, settings, user) = (&self.state, &self.state.settings, self.user);
+        let done = CancellationToken::new();
+        let written = Written::default();
+        let (synced, first_sync) = tokio::sync::oneshot::channel();
+        let pusher = Pusher::new(
+            write,
+            user,
+            self.device.clone(),
+            state.services.offline.clone(),
+            written.clone(),
+            state.acks.clone(),
+            settings.sync_page,
+            state.stats.clone(),
+            self.needs_resync.clone(),
+            Duration::from_secs(settings.write_timeout_secs),
+        )
+        .tell_when_synced(synced);
+        // Once the first sync has listed every conversation, the 1:1
+        // contacts are known; a session that ends before then announced
+        // nothing.
+        let online_news = Box::pin(async {
+            if self.first && first_sync.await.is_ok() {
+                contacts::announce(state, user, written.direct_peers(user), true).await;
+            }
+        });
+        // Writer, reader and send pipeline are futures of this one task: an
+        // answer the pipeline queues, or a frame the reader answers itself,
+        // is written without waking another task (or another thread). Each
+        // is boxed where it is made, so this future holds three pointers
+        // and never a moved-from copy of one of them.
+        let mut writer = Box::pin(pusher.run(rx, self.cancel.clone(), done.clone()));
+        // The token's expiry is a deadline of the session, not a task of
+        // its own.
+        let left = (expires_at - now_secs()).max(0) as u64;
+        let expired = tokio::time::sleep(Duration::from_secs(left));
+        let (sends, queued) = mpsc::channel(settings.send_window.max(1));
+        let pipeline = Box::pin(send_pipeline(state, queued, tx.clone()));
+        let reader = Reader {
+            state,
+            user,
+            device: &self.device,
+            session_id: &self.id,
+            tx: tx.clone(),
+            sends,
+            written: written.clone(),
+            last_typing: Default::default(),
+        };
+        let reading = Box::pin(reader.run(read));
+        // Moved in, so every sender of the queue is gone once reading ends.
+        let reading = async move {
+            tokio::select! {
+                // The pipeline ends once the reader is done and its queue
+                // drained.
+                _ = async { tokio::join!(reading, pipeline, online_news) } => {}
+                _ = done.cancelled() => {}
+                _ = expired => registry::kick(&tx, &self.cancel, "token expired".into()),
+            }
+        };
+        let writer_ended = tokio::select! {
+            _ = reading => false,
+            _ = &mut writer => true,
+        };
+        // This user may reconnect on another node, which reads cursors from
+        // storage: write the acks this session left behind soon.
+        state.acks.flush_soon();
+        // Unregister first, so nothing new is routed here; the writer then
+        // drains what is queued (a close frame, say) once the last sender
+        // is gone. A writer stuck on a dead socket is cut off.
+        let left_here = state.registry.remove(user, &self.id);
+        if !writer_ended {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
         }
-        // Presence is per (user, node): a new session of the same user on
-        // this node may have recorded itself just before the removal above.
-        // It is in the registry by then (it registers before recording
-        // presence), so record the node again; whichever order the two ran
-        // in, the user stays reachable.
-        if left_here == 0
-            && state.registry.holds(user)
-            && let Err(error) = Box::pin(presence.refresh(user, node)).await
-        {
-            tracing::warn!(user_id = user, %error, "presence not restored after a reconnect");
-        }
-        if !Box::pin(contacts::still_online(&state, user)).await {
-            let news = contacts::announce(&state, user, known.direct_peers(user), false);
-            Box::pin(news).await;
-        }
+        (left_here, written)
     }
-    state.stats.connections.down();
-    tracing::debug!(user_id = user, session_id, "session closed");
+
+    /// Clears the session from presence; when it was the user's last
+    /// session anywhere, their 1:1 contacts (`known`) hear they went
+    /// offline.
+    async fn close(self, left_here: Option<usize>, known: Written) {
+        let Self { state, user, id: session_id, .. } = self;
+        let (session_id, node) = (&session_id, &state.settings.node_id);
+        if let Some(left_here) = left_here {
+            let presence = &state.services.presence;
+            if let Err(error) = presence.disconnect(user, node, session_id, left_here == 0).await {
+                tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
+            }
+            // Presence is per (user, node): a new session of the same user
+            // on this node may have recorded itself just before the removal.
+            // It is in the registry by then (it registers before recording
+            // presence), so record the node again; whichever order the two
+            // ran in, the user stays reachable.
+            if left_here == 0
+                && state.registry.holds(user)
+                && let Err(error) = presence.refresh(user, node).await
+            {
+                tracing::warn!(user_id = user, %error, "presence not restored after a reconnect");
+            }
+            if !contacts::still_online(&state, user).await {
+                contacts::announce(&state, user, known.direct_peers(user), false).await;
+            }
+        }
+        state.stats.connections.down();
+        tracing::debug!(user_id = user, session_id, "session closed");
+    }
 }
 
 /// Closes the user's sessions beyond the limit, oldest first (`others`
