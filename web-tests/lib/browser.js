@@ -1,6 +1,6 @@
 // Drives Tern's web app in Debian's Chromium through playwright-core. Every
 // user gets a browser context of their own (own storage, own socket), as if
-// on their own device.
+// on their own device; `openTab` adds another tab to it.
 
 import assert from "node:assert/strict";
 import { mkdir, readdir, rm } from "node:fs/promises";
@@ -70,12 +70,21 @@ export class ChatUser {
       timezoneId: "UTC",
       locale: "en-GB",
     });
-    const page = await context.newPage();
-    page.setDefaultTimeout(15000);
-    await page.goto("/");
+    const page = await openPage(context);
     const user = new ChatUser();
     Object.assign(user, { browser, server, username, context, page, mobile, password: "password1" });
     return user;
+  }
+
+  /**
+   * Another tab of this user's browser: same context, so the same
+   * localStorage (the login) but its own sessionStorage. It drives its own
+   * page; `close` still closes the whole context.
+   */
+  async openTab() {
+    const tab = new ChatUser();
+    Object.assign(tab, this, { page: await openPage(this.context) });
+    return tab;
   }
 
   async register() {
@@ -207,9 +216,21 @@ export class ChatUser {
     return this.page.evaluate(() => JSON.parse(localStorage.getItem("tern.session")).user_id);
   }
 
+  /** The device id this tab connects as (its delivery cursors are its own). */
+  async device() {
+    return this.page.evaluate(() => sessionStorage.getItem("tern.device"));
+  }
+
   async close() {
     await this.context.close().catch(() => {});
   }
+}
+
+async function openPage(context) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(15000);
+  await page.goto("/");
+  return page;
 }
 
 function escapeRe(s) {
@@ -239,9 +260,13 @@ export async function withChat(t, name, env, fn) {
   } catch (err) {
     await mkdir(screenshotDir, { recursive: true });
     for (const [i, u] of users.entries()) {
-      await u.page
-        .screenshot({ path: path.join(screenshotDir, `FAILED-${name}-${i}-${u.username}.png`) })
-        .catch(() => {});
+      // Every tab of the user's browser, the first one named as before.
+      for (const [j, page] of u.context.pages().entries()) {
+        const tab = j ? `-tab${j + 1}` : "";
+        await page
+          .screenshot({ path: path.join(screenshotDir, `FAILED-${name}-${i}-${u.username}${tab}.png`) })
+          .catch(() => {});
+      }
     }
     console.error(`--- ${name}: server log ---\n${server.log || "(empty)"}\n--- end of server log ---`);
     throw err;

@@ -7,7 +7,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { PHONE, eventually, withChat } from "../lib/browser.js";
 
 test("two browsers chat 1:1", { timeout: 180000 }, (t) =>
-  withChat(t, "direct", {}, async ({ open }) => {
+  // The single-session policy, for the takeover below: with several devices
+  // allowed (the default) a second login does not close the first.
+  withChat(t, "direct", { TERN__GATEWAY__SINGLE_SESSION: "true" }, async ({ open }) => {
     const alice = await open("alice");
     await alice.page.locator("#login-submit").waitFor();
     await alice.screenshot("login");
@@ -81,8 +83,8 @@ test("two browsers chat 1:1", { timeout: 180000 }, (t) =>
     await bob.expectMessages(more);
     await eventually(() => bob.unread("alice"), 0);
 
-    // A second login of Bob takes over; the first window says so and stays
-    // paused instead of fighting back.
+    // A second login of Bob takes over (single-session policy); the first
+    // window says so and stays paused instead of fighting back.
     const bob2 = await open("bob", { viewport: PHONE, mobile: true });
     await bob2.login();
     await eventually(() => bob.connState(), "kicked");

@@ -70,7 +70,7 @@ test("pages reconnect and resync after the gateway restarts", { timeout: 180000 
     await eventually(async () => (await bob.conversations()).map((c) => c.unread), [0, 0]);
     const ids = [await alice.userId(), await bob.userId()].sort((a, b) => a - b);
     for (const u of [alice, bob]) {
-      const state = await server.api("GET", "/api/conversations", undefined, await u.token());
+      const state = await server.api("GET", `/api/conversations?device=${await u.device()}`, undefined, await u.token());
       const dm = state.conversations.find((c) => c.conversation_id === `dm:${ids[0]}:${ids[1]}`);
       assert.deepEqual([dm.latest_seq, dm.acked_seq, dm.unread], [6, 6, 0], `${u.username}'s cursor`);
     }
