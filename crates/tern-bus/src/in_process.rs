@@ -49,8 +49,8 @@ impl Bus for InProcessBus {
 /// Presence of a single process.
 #[derive(Default)]
 pub struct InProcessPresence {
-    /// Each online user's sessions, oldest first.
-    users: DashMap<u64, Vec<SessionAt>>,
+    /// Each online user's sessions, oldest first, with their devices.
+    users: DashMap<u64, Vec<(SessionAt, String)>>,
     /// When each user was last online; kept only as long as the process.
     last_seen: DashMap<u64, i64>,
 }
@@ -69,12 +69,18 @@ impl Presence for InProcessPresence {
         user: u64,
         node: &str,
         session: &str,
+        device: &str,
     ) -> Result<Vec<SessionAt>, BusError> {
         self.last_seen.insert(user, tern_runtime::clock::now_ms());
         let mut sessions = self.users.entry(user).or_default();
-        let others = sessions.clone();
-        sessions.push(SessionAt { node: node.to_string(), session: session.to_string() });
+        let others = sessions.iter().map(|(at, _)| at.clone()).collect();
+        let at = SessionAt { node: node.to_string(), session: session.to_string() };
+        sessions.push((at, device.to_string()));
         Ok(others)
+    }
+
+    async fn has_other_device(&self, user: u64, device: &str) -> bool {
+        self.users.get(&user).is_some_and(|sessions| sessions.iter().any(|(_, d)| d != device))
     }
 
     async fn refresh(&self, _user: u64, _node: &str) -> Result<(), BusError> {
@@ -94,7 +100,7 @@ impl Presence for InProcessPresence {
         // Exact per session: a node's entry is gone with its last session,
         // whatever order a closing and a new session of the user ran in.
         self.users.remove_if_mut(&user, |_, sessions| {
-            sessions.retain(|s| s.session != session);
+            sessions.retain(|(at, _)| at.session != session);
             sessions.is_empty()
         });
         Ok(())
@@ -104,9 +110,9 @@ impl Presence for InProcessPresence {
         let mut by_node: HashMap<NodeId, Vec<u64>> = HashMap::new();
         for &user in users {
             let Some(sessions) = self.users.get(&user) else { continue };
-            for (i, session) in sessions.iter().enumerate() {
+            for (i, (session, _)) in sessions.iter().enumerate() {
                 // Each node once, however many sessions the user has there.
-                if sessions[..i].iter().any(|s| s.node == session.node) {
+                if sessions[..i].iter().any(|(s, _)| s.node == session.node) {
                     continue;
                 }
                 match by_node.get_mut(&session.node) {
@@ -133,13 +139,19 @@ mod tests {
     #[tokio::test]
     async fn presence_groups_users_by_node() {
         let p = InProcessPresence::new();
-        assert!(p.connect(1, "a", "s1").await.unwrap().is_empty());
-        p.connect(2, "b", "s2").await.unwrap();
+        assert!(p.connect(1, "a", "s1", "").await.unwrap().is_empty());
+        p.connect(2, "b", "s2", "").await.unwrap();
         let at =
             |node: &str, session: &str| SessionAt { node: node.into(), session: session.into() };
-        assert_eq!(p.connect(1, "b", "s3").await.unwrap(), vec![at("a", "s1")]);
+        assert_eq!(p.connect(1, "b", "s3", "phone").await.unwrap(), vec![at("a", "s1")]);
         // A second session on the same node: the node is listed once.
-        assert_eq!(p.connect(1, "b", "s4").await.unwrap(), vec![at("a", "s1"), at("b", "s3")]);
+        assert_eq!(
+            p.connect(1, "b", "s4", "phone").await.unwrap(),
+            vec![at("a", "s1"), at("b", "s3")]
+        );
+        // User 1 is on the default device and the phone; user 2 only on one.
+        assert!(p.has_other_device(1, "").await && p.has_other_device(1, "phone").await);
+        assert!(!p.has_other_device(2, "").await);
         let located = p.locate(&[1, 2, 3]).await.unwrap();
         assert_eq!(located["a"], vec![1]);
         assert_eq!(located["b"], vec![1, 2]);

@@ -92,15 +92,23 @@ pub struct SessionAt {
 /// Knows which node(s) hold each online user, and which sessions.
 #[async_trait::async_trait]
 pub trait Presence: Send + Sync + 'static {
-    /// Records `session` of `user` at `node` and returns the user's other
-    /// live sessions, on any node, oldest first (so the caller can enforce
-    /// a session limit).
+    /// Records `session` (connected as `device`) of `user` at `node` and
+    /// returns the user's other live sessions, on any node, oldest first
+    /// (so the caller can enforce a session limit).
     async fn connect(
         &self,
         user: u64,
         node: &str,
         session: &str,
+        device: &str,
     ) -> Result<Vec<SessionAt>, BusError>;
+
+    /// Whether `user` has a session on a device other than `device`: only
+    /// then must a message the user sent from `device` be routed back to
+    /// them. Adapters that do not keep devices answer yes.
+    async fn has_other_device(&self, _user: u64, _device: &str) -> bool {
+        true
+    }
 
     /// Keeps `user` online at `node` (heartbeat).
     async fn refresh(&self, user: u64, node: &str) -> Result<(), BusError>;

@@ -128,6 +128,7 @@ impl Presence for RedisPresence {
         user: u64,
         node: &str,
         session: &str,
+        _device: &str,
     ) -> Result<Vec<SessionAt>, BusError> {
         let now = now_ms();
         let (nodes, sessions) = self.mark(user, node, Some(session)).await?;

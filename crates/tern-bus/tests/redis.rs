@@ -33,11 +33,15 @@ async fn presence_routes_to_live_nodes_only() {
     p.keep_node_alive("a").await.unwrap();
     p.keep_node_alive("b").await.unwrap();
     let at = |node: &str, session: &str| SessionAt { node: node.into(), session: session.into() };
-    assert!(p.connect(1, "a", "s1").await.unwrap().is_empty());
-    p.connect(2, "b", "s2").await.unwrap();
-    assert_eq!(p.connect(1, "b", "s3").await.unwrap(), vec![at("a", "s1")], "the other session");
+    assert!(p.connect(1, "a", "s1", "").await.unwrap().is_empty());
+    p.connect(2, "b", "s2", "").await.unwrap();
+    assert_eq!(
+        p.connect(1, "b", "s3", "").await.unwrap(),
+        vec![at("a", "s1")],
+        "the other session"
+    );
     // Two sessions on one node: both listed, oldest first; the node once.
-    assert_eq!(p.connect(1, "b", "s4").await.unwrap(), vec![at("a", "s1"), at("b", "s3")]);
+    assert_eq!(p.connect(1, "b", "s4", "").await.unwrap(), vec![at("a", "s1"), at("b", "s3")]);
     let mut located = p.locate(&[1, 2, 3]).await.unwrap();
     located.values_mut().for_each(|users| users.sort());
     assert_eq!(located["a"], vec![1]);
@@ -54,7 +58,7 @@ async fn presence_routes_to_live_nodes_only() {
     let located = p.locate(&[1, 2]).await.unwrap();
     assert!(!located.contains_key("a"), "{located:?}");
     // A node that never announced itself is not routed to either.
-    p.connect(4, "never-alive", "s5").await.unwrap();
+    p.connect(4, "never-alive", "s5", "").await.unwrap();
     assert!(p.locate(&[4]).await.unwrap().is_empty());
 
     p.disconnect(2, "b", "s2", true).await.unwrap();
@@ -63,14 +67,14 @@ async fn presence_routes_to_live_nodes_only() {
     assert_eq!(p.locate(&[1]).await.unwrap()["b"], vec![1]);
     // A session whose node no longer holds the user does not count.
     p.disconnect(1, "a", "s1", true).await.unwrap();
-    p.connect(1, "a", "s6").await.unwrap();
+    p.connect(1, "a", "s6", "").await.unwrap();
     let _: () = redis::cmd("HDEL")
         .arg(format!("{prefix}online:1"))
         .arg("a")
         .query_async(&mut conn.clone())
         .await
         .unwrap();
-    assert_eq!(p.connect(1, "b", "s7").await.unwrap(), vec![at("b", "s4")]);
+    assert_eq!(p.connect(1, "b", "s7", "").await.unwrap(), vec![at("b", "s4")]);
 }
 
 #[tokio::test]

@@ -182,7 +182,8 @@ impl Session {
             needs_resync: Arc::default(),
         };
         let here = state.registry.insert(user, handle.clone());
-        let presence = state.services.presence.connect(user, &settings.node_id, &handle.id);
+        let presence =
+            state.services.presence.connect(user, &settings.node_id, &handle.id, &device);
         let (others, first) = match presence.await {
             Ok(others) => {
                 let first = others.is_empty();

@@ -116,13 +116,18 @@ impl Router {
     async fn route(&self, pass: Vec<Committed>) {
         let mut routed = Vec::with_capacity(pass.len());
         for Committed { message, members_version } in pass {
-            // The sender is a recipient too: their other devices receive
-            // the message (the gateway skips the device that sent it).
+            // The sender is a recipient too when they have another device,
+            // which receives the message (the gateway skips the device
+            // that sent it).
+            let (sender, device) = (message.sender_id, message.sender_device.as_str());
+            let echo = sender != 0 && self.peers.presence.has_other_device(sender, device).await;
             let recipients: Vec<u64> = match message.target {
-                Some(Target::ToUserId(to)) if message.sender_id == 0 => vec![to],
-                Some(Target::ToUserId(to)) => vec![to, message.sender_id],
+                Some(Target::ToUserId(to)) if echo => vec![to, sender],
+                Some(Target::ToUserId(to)) => vec![to],
                 Some(Target::GroupId(group)) => match self.members(group, members_version).await {
-                    Ok((_, members)) => members.to_vec(),
+                    Ok((_, members)) => {
+                        members.iter().copied().filter(|&m| echo || m != sender).collect()
+                    }
                     Err(error) => {
                         tracing::warn!(group_id = group, %error, "fan-out skipped: members unavailable");
                         continue;
