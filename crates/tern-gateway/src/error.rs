@@ -15,6 +15,16 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// The device id a request names (`?device=`), empty for the default
+/// device; `bad_request` when it is malformed.
+pub fn device(query: Option<String>) -> Result<String, ApiError> {
+    let device = query.unwrap_or_default();
+    match tern_proto::device::is_valid(&device) {
+        true => Ok(device),
+        false => Err(ApiError::bad_request(tern_proto::device::RULE)),
+    }
+}
+
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self { code, message: message.into() }

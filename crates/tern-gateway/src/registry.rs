@@ -62,13 +62,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Registers `session` for `user`, returning the user's other sessions
-    /// on this node, oldest first.
-    pub fn insert(&self, user: u64, session: SessionHandle) -> Vec<SessionHandle> {
-        let mut sessions = self.sessions.entry(user).or_default();
-        let others = sessions.clone();
-        sessions.push(session);
-        others
+    /// Registers `session` for `user`.
+    pub fn insert(&self, user: u64, session: SessionHandle) {
+        self.sessions.entry(user).or_default().push(session);
+    }
+
+    /// The ids of `user`'s sessions here other than `except`, oldest first.
+    pub fn others(&self, user: u64, except: &str) -> Vec<String> {
+        let Some(sessions) = self.sessions.get(&user) else { return Vec::new() };
+        sessions.iter().filter(|s| s.id != except).map(|s| s.id.clone()).collect()
     }
 
     /// Removes `user`'s session `session_id`; how many sessions of the user

@@ -77,10 +77,10 @@ pub async fn upgrade(
     if !origin_allowed(&state.settings.allowed_origins, &headers) {
         return ApiError::new(ErrorCode::Forbidden, "origin not allowed").into_response();
     }
-    let device = query.device.unwrap_or_default();
-    if !tern_proto::device::is_valid(&device) {
-        return ApiError::bad_request(tern_proto::device::RULE).into_response();
-    }
+    let device = match crate::error::device(query.device) {
+        Ok(device) => device,
+        Err(error) => return error.into_response(),
+    };
     let Some(token) = query.token.as_deref().or_else(|| bearer(&headers)) else {
         return ApiError::new(ErrorCode::Unauthenticated, "missing token").into_response();
     };
@@ -181,7 +181,7 @@ impl Session {
             cancel: CancellationToken::new(),
             needs_resync: Arc::default(),
         };
-        let here = state.registry.insert(user, handle.clone());
+        state.registry.insert(user, handle.clone());
         let presence =
             state.services.presence.connect(user, &settings.node_id, &handle.id, &device);
         let (others, first) = match presence.await {
@@ -193,9 +193,8 @@ impl Session {
                 tracing::warn!(user_id = user, %error, "presence not recorded; live pushes may miss this session");
                 // Only this node's sessions are known.
                 let node = &settings.node_id;
-                let here =
-                    here.iter().map(|s| SessionAt { node: node.clone(), session: s.id.clone() });
-                (here.collect(), false)
+                let here = state.registry.others(user, &handle.id).into_iter();
+                (here.map(|session| SessionAt { node: node.clone(), session }).collect(), false)
             }
         };
         enforce_session_limit(&state, user, &handle.id, others).await;

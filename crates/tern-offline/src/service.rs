@@ -39,6 +39,16 @@ fn valid_device(device: &str) -> Result<(), OfflineError> {
     valid.then_some(()).ok_or(OfflineError::Invalid(tern_proto::device::RULE))
 }
 
+/// Where `device`'s delivery cursor is, given the member's row `cursor` and
+/// the device's own row `own`: the default device's is the member's row;
+/// another device's, until it has its own row, starts at the read marker.
+fn device_acked(cursor: &crate::store::cursors::Model, device: &str, own: Option<i64>) -> u64 {
+    match device.is_empty() {
+        true => cursor.acked_seq as u64,
+        false => own.unwrap_or(cursor.read_seq) as u64,
+    }
+}
+
 fn valid_conversation(id: &str) -> Result<(), OfflineError> {
     conversation::parse(id).map(|_| ()).ok_or(OfflineError::Invalid("malformed conversation_id"))
 }
@@ -57,19 +67,18 @@ impl Offline {
         self.store.get(user, conversation_id).await?.ok_or(OfflineError::NotMember)
     }
 
-    /// Where `device`'s delivery cursor is in the conversation of `cursor`:
-    /// the default device's is the member's row; another device's, until
-    /// it has its own row, starts at the read marker.
+    /// Where `device`'s delivery cursor is in the conversation of `cursor`
+    /// (see [`device_acked`]).
     async fn acked(
         &self,
         cursor: &crate::store::cursors::Model,
         device: &str,
     ) -> Result<u64, OfflineError> {
         if device.is_empty() {
-            return Ok(cursor.acked_seq as u64);
+            return Ok(device_acked(cursor, device, None));
         }
         let own = self.store.device_get(cursor.user_id, device, &cursor.conversation_id).await?;
-        Ok(own.unwrap_or(cursor.read_seq) as u64)
+        Ok(device_acked(cursor, device, own))
     }
 
     /// Refuses a seq beyond the conversation's latest message: acking or
@@ -163,10 +172,7 @@ impl OfflineService for Offline {
             .into_iter()
             .filter_map(|c| {
                 let latest = heads.get(&c.conversation_id).copied().unwrap_or(0);
-                let acked = match device.is_empty() {
-                    true => c.acked_seq as u64,
-                    false => devices.get(&c.conversation_id).copied().unwrap_or(c.read_seq) as u64,
-                };
+                let acked = device_acked(&c, &device, devices.get(&c.conversation_id).copied());
                 (include_read || latest > acked).then_some(Backlog {
                     conversation_id: c.conversation_id,
                     acked_seq: acked,

@@ -247,9 +247,9 @@ async fn insert_device_cursors(
     user: i64,
     device: &str,
     starts: &[(String, i64)],
-) -> Result<(), DbErr> {
+) -> Result<u64, DbErr> {
     if starts.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let rows = starts.iter().map(|(conversation, seq)| device_cursors::ActiveModel {
         user_id: Set(user),
@@ -257,15 +257,18 @@ async fn insert_device_cursors(
         conversation_id: Set(conversation.clone()),
         acked_seq: Set(*seq),
     });
-    device_cursors::Entity::insert_many(rows)
+    let inserted = device_cursors::Entity::insert_many(rows)
         .on_conflict_do_nothing_on([
             device_cursors::Column::UserId,
             device_cursors::Column::Device,
             device_cursors::Column::ConversationId,
         ])
-        .exec(db)
+        .exec_without_returning(db)
         .await?;
-    Ok(())
+    Ok(match inserted {
+        sea_orm::TryInsertResult::Inserted(rows) => rows,
+        _ => 0,
+    })
 }
 
 /// Moves one delivery cursor forward: the default device's column of
@@ -286,9 +289,10 @@ async fn advance_delivery(db: &impl ConnectionTrait, ack: &Ack) -> Result<u64, D
     if !member {
         return Ok(0);
     }
-    insert_device_cursors(db, *user, device, &[(conversation.clone(), *seq)]).await?;
-    // Inserted, or another ack made the row first: then move it.
-    Ok(advance_device(db, ack).await?.max(1))
+    match insert_device_cursors(db, *user, device, &[(conversation.clone(), *seq)]).await? {
+        0 => advance_device(db, ack).await, // another ack made the row first
+        made => Ok(made),
+    }
 }
 
 async fn advance_device(db: &impl ConnectionTrait, ack: &Ack) -> Result<u64, DbErr> {

@@ -78,10 +78,7 @@ pub async fn conversations(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Conversations>, ApiError> {
     let Query(ListQuery { device }) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let device = device.unwrap_or_default();
-    if !tern_proto::device::is_valid(&device) {
-        return Err(ApiError::bad_request(tern_proto::device::RULE));
-    }
+    let device = crate::error::device(device)?;
     // Before the read: see `AckBuffer::of_device`.
     let buffered = state.acks.of_device(user_id, &device);
     let request = ListBacklogRequest { user_id, include_read: true, device };
