@@ -145,6 +145,9 @@ pub struct Services {
     pub offline: OfflineClient<GrpcChannel>,
     pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn Presence>,
+    /// Attachments' store: the gateway carries the bytes of one that signs
+    /// no URLs.
+    pub files: tern_runtime::objects::Objects,
 }
 
 /// What a session's writer is asked to send.
@@ -223,12 +226,18 @@ pub struct AppState {
     acks: Arc<acks::AckBuffer>,
     /// Access token checks.
     tokens: Arc<tokens::Tokens>,
+    /// URLs of attachment bytes this node carries.
+    urls: Arc<api::UrlSigner>,
 }
 
 impl AppState {
     pub fn new(settings: Settings, services: Services) -> anyhow::Result<Self> {
         Ok(Self {
             tokens: Arc::new(tokens::Tokens::new(&settings.jwt)?),
+            urls: Arc::new(api::UrlSigner::new(
+                settings.jwt.secret.expose(),
+                services.files.url_ttl().as_secs(),
+            )),
             services: Arc::new(services),
             registry: Arc::default(),
             stats: Arc::default(),
@@ -268,6 +277,10 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/conversations", get(api::conversations)),
         ("/api/conversations/{conversation_id}/messages", get(api::history)),
         ("/api/conversations/{conversation_id}/reads", get(api::reads)),
+        ("/api/attachments", post(api::create_upload)),
+        ("/api/attachments/{attachment_id}", get(api::get_attachment)),
+        ("/api/attachments/{attachment_id}/complete", post(api::complete_upload)),
+        ("/api/attachments/{attachment_id}/content", get(api::get_content).put(api::put_content)),
     ]
 }
 

@@ -31,6 +31,9 @@ struct Settings {
     /// Prefix of every Redis key and channel, to share one Redis.
     redis_prefix: String,
     gateway: tern_gateway::Settings,
+    /// Attachments' store (`TERN__ATTACHMENTS__*`, as the message
+    /// service's): this node carries the bytes of a store that signs no URLs.
+    attachments: tern_runtime::objects::AttachmentSettings,
 }
 
 impl Default for Settings {
@@ -45,6 +48,7 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: String::new(),
             gateway: Default::default(),
+            attachments: Default::default(),
         }
     }
 }
@@ -72,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         offline: OfflineClient::remote(remote(&settings.offline_url, &settings.service_token)?),
         bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
         presence: Arc::new(RedisPresence::new(conn, names)),
+        files: tern_runtime::objects::Objects::open(&settings.attachments)?,
     };
     let listener = tern_runtime::net::listen(&settings.http_addr).await?;
     tern_gateway::run(settings.gateway, services, listener, tern_runtime::shutdown::on_signal())

@@ -29,6 +29,21 @@ pub enum MessageError {
     /// The message was recalled: there is nothing left to change.
     #[error("the message was recalled")]
     Recalled,
+    /// No such attachment, or its message was recalled.
+    #[error("no such attachment")]
+    NoSuchAttachment,
+    /// An attachment's bytes are not there yet, or not checked.
+    #[error("{0}")]
+    Unfinished(&'static str),
+    /// Uploading to an attachment that is already complete.
+    #[error("that upload is already complete")]
+    Completed,
+    /// An upload's bytes are not what was declared.
+    #[error("{0}")]
+    Mismatch(String),
+    /// A content type that is not allowed, or bytes of another type.
+    #[error("{0}")]
+    Unsupported(String),
     /// The database failed; nothing was stored.
     #[error("database: {0}")]
     Db(#[from] sea_orm::DbErr),
@@ -57,6 +72,12 @@ impl ServiceError for MessageError {
             MessageError::NoSuchMessage => Failure::Refused(ErrorCode::NotFound),
             MessageError::Forbidden(_) => Failure::Refused(ErrorCode::Forbidden),
             MessageError::Recalled => Failure::Refused(ErrorCode::Conflict),
+            MessageError::NoSuchAttachment | MessageError::Unfinished(_) => {
+                Failure::Refused(ErrorCode::NotFound)
+            }
+            MessageError::Completed => Failure::Refused(ErrorCode::Conflict),
+            MessageError::Mismatch(_) => Failure::Refused(ErrorCode::BadRequest),
+            MessageError::Unsupported(_) => Failure::Refused(ErrorCode::UnsupportedType),
             MessageError::Db(error) => Failure::Storage(error),
             MessageError::Peer(status) => Failure::Dependency(status),
         }

@@ -2,24 +2,30 @@
 //! acknowledge, then route it to the gateway nodes holding its recipients.
 //!
 //! **Architecture Invariant:** message knows nothing about WebSockets or
-//! JSON framing; it stores `content_json` as opaque text. It reaches users,
+//! JSON framing; it stores `content_json` as opaque text, except that it
+//! fills in `content.attachment` of a message that names an attachment. It reaches users,
 //! groups and cursors only through the auth, group and offline clients, and
 //! gateways only through the bus.
 
+mod attachments;
 mod error;
 mod migration;
 mod router;
 mod service;
 mod store;
 
+use attachments::Attachments;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 use tern_bus::{Bus, Presence};
 use tern_proto::{
     clients::{AuthClient, GroupClient, OfflineClient},
     pb::message::message_service_server::MessageServiceServer,
 };
-use tern_runtime::grpc::GrpcChannel;
+use tern_runtime::{
+    grpc::GrpcChannel,
+    objects::{AttachmentSettings, Objects},
+};
 
 pub use error::MessageError;
 pub use service::Messages;
@@ -70,11 +76,20 @@ pub struct Peers {
 }
 
 /// Connects the database, applies migrations and builds the service.
-pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<Messages> {
+///
+/// Attachments' bytes go to the store `files` names; the sweep of uploads
+/// never sent runs beside the service.
+pub async fn build(
+    settings: &Settings,
+    files: &AttachmentSettings,
+    peers: Peers,
+) -> anyhow::Result<Messages> {
     let db = tern_runtime::db::connect(&settings.database_url, settings.max_connections).await?;
     migration::apply(&db).await?;
     let writer = tern_runtime::db::connect_writer(&settings.database_url).await?;
-    Ok(Messages::new(db, writer, peers, settings))
+    let attachments = Attachments::new(db.clone(), Objects::open(files)?, files);
+    tokio::spawn(attachments.clone().sweep_every(Duration::from_secs(files.sweep_interval_secs)));
+    Ok(Messages::new(db, writer, peers, settings, attachments))
 }
 
 /// `messages` as a gRPC server, taking requests that carry up to
@@ -87,10 +102,11 @@ pub fn server(messages: Messages, settings: &Settings) -> MessageServiceServer<M
 /// Serves the message service until the shutdown signal.
 pub async fn run(
     settings: Settings,
+    files: AttachmentSettings,
     peers: Peers,
     started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
-    let service = server(build(&settings, peers).await?, &settings);
+    let service = server(build(&settings, &files, peers).await?, &settings);
     started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

@@ -27,6 +27,8 @@ struct Settings {
     /// Prefix of every Redis key and channel, to share one Redis.
     redis_prefix: String,
     message: tern_message::Settings,
+    /// Attachments' store and rules (`TERN__ATTACHMENTS__*`).
+    attachments: tern_runtime::objects::AttachmentSettings,
 }
 
 impl Default for Settings {
@@ -39,6 +41,7 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: String::new(),
             message: Default::default(),
+            attachments: Default::default(),
         }
     }
 }
@@ -58,5 +61,5 @@ async fn main() -> anyhow::Result<()> {
         bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
         presence: Arc::new(RedisPresence::new(conn, names)),
     };
-    tern_message::run(settings.message, peers, started).await
+    tern_message::run(settings.message, settings.attachments, peers, started).await
 }

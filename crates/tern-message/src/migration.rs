@@ -6,7 +6,12 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateMessages), Box::new(AddMessageKinds), Box::new(AddSenderDevice)]
+        vec![
+            Box::new(CreateMessages),
+            Box::new(AddMessageKinds),
+            Box::new(AddSenderDevice),
+            Box::new(CreateAttachments),
+        ]
     }
 
     fn migration_table_name() -> DynIden {
@@ -151,6 +156,68 @@ impl MigrationTrait for AddSenderDevice {
         let mut column = string_len(Messages::SenderDevice, 64).default("").to_owned();
         manager
             .alter_table(Table::alter().table(Messages::Table).add_column(&mut column).to_owned())
+            .await
+    }
+}
+
+#[derive(DeriveIden)]
+enum Attachments {
+    Table,
+    Id,
+    ConversationId,
+    UploaderId,
+    Name,
+    Size,
+    ContentType,
+    Width,
+    Height,
+    State,
+    ObjectKey,
+    CreatedAtMs,
+}
+
+/// Attachments: one row per upload, from its start to its sweep.
+struct CreateAttachments;
+
+impl MigrationName for CreateAttachments {
+    fn name(&self) -> &str {
+        "m0004_create_attachments"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateAttachments {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Attachments::Table)
+                    .if_not_exists()
+                    .col(string_len(Attachments::Id, 36).primary_key())
+                    .col(string_len(Attachments::ConversationId, 64))
+                    .col(big_integer(Attachments::UploaderId))
+                    .col(string_len(Attachments::Name, 255))
+                    .col(big_integer(Attachments::Size))
+                    .col(string_len(Attachments::ContentType, 127))
+                    .col(integer(Attachments::Width))
+                    .col(integer(Attachments::Height))
+                    .col(integer(Attachments::State))
+                    .col(string_len(Attachments::ObjectKey, 160))
+                    .col(big_integer(Attachments::CreatedAtMs))
+                    .to_owned(),
+            )
+            .await?;
+        // The sweep looks for old unreferenced uploads.
+        manager
+            .create_index(
+                Index::create()
+                    .if_not_exists()
+                    .name("ix_attachments_state_created")
+                    .table(Attachments::Table)
+                    .col(Attachments::State)
+                    .col(Attachments::CreatedAtMs)
+                    .to_owned(),
+            )
             .await
     }
 }

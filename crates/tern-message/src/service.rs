@@ -2,6 +2,7 @@
 
 use crate::{
     MessageError, Peers, Settings,
+    attachments::Attachments,
     router::Router,
     store::{Draft, Queued, Store, Stored},
 };
@@ -14,7 +15,9 @@ use tern_proto::{
         bus::{Read, Typing, bus_event::Event},
         group::{GetGroupRequest, IsMemberRequest},
         message::{
-            ConversationState, EditRequest, GetConversationStatesRequest,
+            Attachment, AttachmentAccess, AttachmentState, CompleteUploadRequest,
+            ConversationState, CreateUploadRequest, CreateUploadResponse, EditRequest,
+            GetAttachmentRequest, GetAttachmentResponse, GetConversationStatesRequest,
             GetConversationStatesResponse, ListMessagesRequest, ListMessagesResponse,
             MarkReadRequest, MarkReadResponse, Message, MessageKind, RecallRequest, SendAck,
             SendBatchRequest, SendBatchResponse, SendError, SendRequest, SendResponse, SendResult,
@@ -54,6 +57,7 @@ pub struct Messages {
     store: Store,
     peers: Peers,
     router: Arc<Router>,
+    attachments: Attachments,
     /// Users known to exist. Users are never deleted, so a positive answer
     /// can be kept and saves a call to auth on every 1:1 send.
     known_users: Arc<Cache<u64, ()>>,
@@ -72,6 +76,7 @@ impl Messages {
         writer: sea_orm::DatabaseConnection,
         peers: Peers,
         settings: &Settings,
+        attachments: Attachments,
     ) -> Self {
         let (committed, stored) = tokio::sync::mpsc::unbounded_channel();
         let router = Arc::new(Router::new(peers.clone()));
@@ -79,6 +84,7 @@ impl Messages {
         Self {
             store: Store::new(db, writer, committed),
             router,
+            attachments,
             peers,
             known_users: Arc::new(Cache::new(KNOWN_USERS)),
             known_conversations: Arc::new(Cache::new(KNOWN_CONVERSATIONS)),
@@ -162,6 +168,73 @@ impl Messages {
             Err(s) if s.code() == tonic::Code::NotFound => Err(MessageError::UnknownGroup),
             Err(s) => Err(s.into()),
         }
+    }
+
+    /// Checks that `user_id` is in the conversation `conversation_id`.
+    async fn require_in(&self, user_id: u64, conversation_id: &str) -> Result<(), MessageError> {
+        match conversation::parse(conversation_id) {
+            Some(conversation::Kind::Group(group_id)) => {
+                self.require_member(group_id, user_id).await.map(|_| ())
+            }
+            Some(kind) => match kind.peer_of(user_id) {
+                Some(peer) => self.require_user(peer).await,
+                None => Err(MessageError::Forbidden("not in this conversation")),
+            },
+            None => Err(MessageError::Invalid("malformed conversation_id")),
+        }
+    }
+
+    /// Starts an upload into a conversation the uploader is in.
+    async fn create_upload(
+        &self,
+        request: CreateUploadRequest,
+    ) -> Result<CreateUploadResponse, MessageError> {
+        let CreateUploadRequest { user_id, conversation_id, name, size, content_type } = request;
+        let user = i64::try_from(user_id).map_err(|_| MessageError::Invalid("bad user_id"))?;
+        self.require_in(user_id, &conversation_id).await?;
+        let (attachment, url, expires_at_ms) =
+            self.attachments.create(user, &conversation_id, &name, size, &content_type).await?;
+        Ok(CreateUploadResponse {
+            attachment: Some(attachment),
+            upload_url: url.unwrap_or_default(),
+            expires_at_ms,
+            max_bytes: self.attachments.max_bytes(),
+        })
+    }
+
+    /// An attachment and a URL, for its uploader or (once sent) members of
+    /// its conversation.
+    async fn get_attachment(
+        &self,
+        request: GetAttachmentRequest,
+    ) -> Result<GetAttachmentResponse, MessageError> {
+        let GetAttachmentRequest { user_id, attachment_id, access } = request;
+        let row = self.attachments.find(&attachment_id).await?;
+        let mine = row.uploader_id as u64 == user_id;
+        let upload = access == AttachmentAccess::Upload as i32;
+        if upload {
+            if !mine {
+                return Err(MessageError::Forbidden("that upload is someone else's"));
+            }
+            if row.state != AttachmentState::Pending as i32 {
+                return Err(MessageError::Completed);
+            }
+        } else if row.state == AttachmentState::Sent as i32 {
+            self.require_in(user_id, &row.conversation_id).await.map_err(|e| match e {
+                MessageError::NotMember | MessageError::Forbidden(_) => {
+                    MessageError::Forbidden("not in the conversation this file was sent in")
+                }
+                other => other,
+            })?;
+        } else if !mine {
+            return Err(MessageError::Forbidden("that file has not been sent to you"));
+        }
+        let (attachment, url, expires_at_ms) = self.attachments.access(row, upload).await?;
+        Ok(GetAttachmentResponse {
+            attachment: Some(attachment),
+            url: url.unwrap_or_default(),
+            expires_at_ms,
+        })
     }
 
     /// Tells the other online members of a conversation that `sender_id`
@@ -307,8 +380,17 @@ impl Messages {
                 ));
             }
         }
+        let edit = match edit {
+            Some(content) => Some(
+                self.attachments.claim(&content, user, &conversation_id).await?.unwrap_or(content),
+            ),
+            None => None,
+        };
         if !self.store.change(&conversation_id, at, edit.as_deref()).await? && edit.is_some() {
             return Err(MessageError::Recalled);
+        }
+        if edit.is_none() {
+            self.attachments.recall(&original.content_json).await?;
         }
         let draft = Draft {
             conversation_id,
@@ -413,6 +495,15 @@ impl Messages {
                 }
                 Err(error) => return Err(error),
             };
+        // A message naming an attachment carries its metadata instead.
+        let content_json = match system {
+            false => self
+                .attachments
+                .claim(&content_json, sender, &conversation_id)
+                .await?
+                .unwrap_or(content_json),
+            true => content_json,
+        };
         let draft = Draft {
             conversation_id,
             sender_id: sender,
@@ -591,6 +682,29 @@ impl MessageService for Messages {
             request.into_inner();
         let recall = self.change(user_id, conversation_id, seq, client_msg_id, None, device);
         Ok(Response::new(recall.await?))
+    }
+
+    async fn create_upload(
+        &self,
+        request: Request<CreateUploadRequest>,
+    ) -> Result<Response<CreateUploadResponse>, Status> {
+        Ok(Response::new(Messages::create_upload(self, request.into_inner()).await?))
+    }
+
+    async fn complete_upload(
+        &self,
+        request: Request<CompleteUploadRequest>,
+    ) -> Result<Response<Attachment>, Status> {
+        let CompleteUploadRequest { user_id, attachment_id } = request.into_inner();
+        let user = i64::try_from(user_id).map_err(|_| MessageError::Invalid("bad user_id"))?;
+        Ok(Response::new(self.attachments.complete(user, &attachment_id).await?))
+    }
+
+    async fn get_attachment(
+        &self,
+        request: Request<GetAttachmentRequest>,
+    ) -> Result<Response<GetAttachmentResponse>, Status> {
+        Ok(Response::new(Messages::get_attachment(self, request.into_inner()).await?))
     }
 
     async fn edit(&self, request: Request<EditRequest>) -> Result<Response<SendAck>, Status> {

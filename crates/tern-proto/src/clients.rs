@@ -134,6 +134,9 @@ client! {
     mark_read(message::MarkReadRequest) -> message::MarkReadResponse;
     recall(message::RecallRequest) -> message::SendAck;
     edit(message::EditRequest) -> message::SendAck;
+    create_upload(message::CreateUploadRequest) -> message::CreateUploadResponse;
+    complete_upload(message::CompleteUploadRequest) -> message::Attachment;
+    get_attachment(message::GetAttachmentRequest) -> message::GetAttachmentResponse;
 }
 
 client! {

@@ -22,6 +22,9 @@ pub enum ErrorCode {
     MissingField,
     /// The message body is over the size limit.
     TooLarge,
+    /// A file's content type is not allowed, or its bytes are not what
+    /// it was declared as.
+    UnsupportedType,
     /// No valid credentials.
     Unauthenticated,
     /// Authenticated, but not allowed to do this.
@@ -46,12 +49,13 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and documentation.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         Self::BadRequest,
         Self::MalformedFrame,
         Self::UnknownType,
         Self::MissingField,
         Self::TooLarge,
+        Self::UnsupportedType,
         Self::Unauthenticated,
         Self::Forbidden,
         Self::NotMember,
@@ -72,6 +76,7 @@ impl ErrorCode {
             Self::UnknownType => "unknown_type",
             Self::MissingField => "missing_field",
             Self::TooLarge => "too_large",
+            Self::UnsupportedType => "unsupported_type",
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::NotMember => "not_member",
@@ -93,9 +98,11 @@ impl ErrorCode {
     /// The gRPC status code this maps to.
     pub fn grpc_code(self) -> Code {
         match self {
-            Self::BadRequest | Self::MalformedFrame | Self::UnknownType | Self::MissingField => {
-                Code::InvalidArgument
-            }
+            Self::BadRequest
+            | Self::MalformedFrame
+            | Self::UnknownType
+            | Self::MissingField
+            | Self::UnsupportedType => Code::InvalidArgument,
             Self::TooLarge => Code::OutOfRange,
             Self::Unauthenticated => Code::Unauthenticated,
             Self::Forbidden | Self::NotMember => Code::PermissionDenied,
@@ -115,6 +122,7 @@ impl ErrorCode {
                 S::BAD_REQUEST
             }
             Self::TooLarge => S::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedType => S::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthenticated => S::UNAUTHORIZED,
             Self::Forbidden | Self::NotMember => S::FORBIDDEN,
             Self::UnknownUser | Self::UnknownGroup | Self::NotFound => S::NOT_FOUND,

@@ -12,6 +12,7 @@ pub mod credential;
 pub mod db;
 pub mod grpc;
 pub mod net;
+pub mod objects;
 pub mod service;
 pub mod settings;
 pub mod shutdown;

@@ -21,7 +21,10 @@ use tern_proto::{
         offline::offline_service_server::{OfflineService, OfflineServiceServer},
     },
 };
-use tern_runtime::Secret;
+use tern_runtime::{
+    Secret,
+    objects::{AttachmentSettings, Objects},
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{server::NamedService, service::Routes};
@@ -47,6 +50,8 @@ pub struct Settings {
     pub message: tern_message::Settings,
     pub offline: tern_offline::Settings,
     pub gateway: tern_gateway::Settings,
+    /// Attachments: a folder under `data_dir` unless set.
+    pub attachments: AttachmentSettings,
 }
 
 impl Default for Settings {
@@ -61,6 +66,7 @@ impl Default for Settings {
             message: Default::default(),
             offline: Default::default(),
             gateway: Default::default(),
+            attachments: Default::default(),
         }
     }
 }
@@ -89,6 +95,9 @@ impl Settings {
             tern_offline::Settings::default().database_url,
             "offline",
         );
+        if self.attachments.store == AttachmentSettings::default().store {
+            self.attachments.store = self.data_dir.join("attachments").display().to_string();
+        }
         if self.auth.jwt.key.secret.is_empty() {
             let path = self.data_dir.join("jwt.key");
             let key = match std::fs::read_to_string(&path) {
@@ -162,6 +171,7 @@ pub async fn run(
     .await?;
     let message = tern_message::build(
         &settings.message,
+        &settings.attachments,
         tern_message::Peers {
             auth: AuthClient::Local(auth_local.clone()),
             group: GroupClient::Local(group_local.clone()),
@@ -220,6 +230,7 @@ pub async fn run(
         offline: OfflineClient::Local(offline_local),
         bus,
         presence,
+        files: Objects::open(&settings.attachments)?,
     };
     tern_gateway::run(settings.gateway, services, listener, shutdown).await
 }

@@ -1,17 +1,22 @@
 //! The HTTP API (docs/protocol.md, *HTTP API*), one module per resource: `accounts`
 //! (register, login, refresh, logout), `users`, `groups`, `conversations`
-//! (list with unread counts, history) and `node` (health, readiness,
+//! (list with unread counts, history), `attachments` (uploads, downloads)
+//! and `node` (health, readiness,
 //! stats). Handlers translate JSON to gRPC calls and back; every answer is
 //! a typed body (`Serialize` structs in its module) and every error goes
 //! through [`ApiError`].
 
 mod accounts;
+mod attachments;
 mod conversations;
 mod groups;
 mod node;
 mod users;
 
 pub use accounts::{login, logout, refresh, register};
+pub use attachments::{
+    UrlSigner, complete_upload, create_upload, get_attachment, get_content, put_content,
+};
 pub use conversations::{conversations, history, reads};
 pub use groups::{
     add_members, create_group, group_members, join_group, leave_group, list_groups, remove_member,
