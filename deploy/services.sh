@@ -2,7 +2,9 @@
 # Makes sure the servers the test suite talks to are installed and running
 # on this machine: Redis (127.0.0.1:6379), MariaDB (root without password,
 # database `test`) and PostgreSQL (user postgres, trusted on 127.0.0.1,
-# database `test`). Already-running servers are left alone. Debian only.
+# database `test`), and the S3-compatible server the attachment tests start
+# themselves (s3s-fs, installed from crates.io). Already-running servers are
+# left alone. Debian only.
 set -euo pipefail
 
 as_root() { if [[ $(id -u) == 0 ]]; then "$@"; else sudo "$@"; fi; }
@@ -64,4 +66,9 @@ fi
 wait_for PostgreSQL postgres_up
 psql -h 127.0.0.1 -U postgres -d postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -d postgres -c 'CREATE DATABASE test'
-echo "Redis, MariaDB and PostgreSQL are up"
+# The attachment tests start their own S3 server over a temporary folder.
+if ! command -v s3s-fs >/dev/null && [[ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]]; then
+  echo "installing s3s-fs (the S3 server of the attachment tests)"
+  cargo install --locked s3s-fs --version 0.14.1 --features binary
+fi
+echo "Redis, MariaDB and PostgreSQL are up; s3s-fs is installed"

@@ -27,6 +27,9 @@ pub struct AttachmentSettings {
     pub store: String,
     /// The S3 endpoint, e.g. `http://minio:9000`; empty for AWS itself.
     pub s3_endpoint: String,
+    /// The endpoint clients reach the store at, for the URLs they are
+    /// handed (e.g. `https://files.example.com`); empty: `s3_endpoint`.
+    pub s3_public_endpoint: String,
     /// The S3 region (MinIO and most others accept any).
     pub s3_region: String,
     /// S3 credentials.
@@ -50,6 +53,7 @@ impl Default for AttachmentSettings {
         Self {
             store: "data/attachments".into(),
             s3_endpoint: String::new(),
+            s3_public_endpoint: String::new(),
             s3_region: "us-east-1".into(),
             s3_access_key_id: String::new(),
             s3_secret_access_key: Secret::default(),
@@ -95,7 +99,8 @@ impl AttachmentSettings {
 #[derive(Clone)]
 pub struct Objects {
     store: Arc<dyn ObjectStore>,
-    /// Set for S3: signs URLs clients use directly.
+    /// Set for S3: signs URLs clients use directly (for the public
+    /// endpoint, which may differ from the one Tern reaches).
     signer: Option<Arc<AmazonS3>>,
     /// Prepended to every key (an S3 URL's path).
     prefix: Path,
@@ -114,35 +119,41 @@ impl Objects {
     pub fn open(settings: &AttachmentSettings) -> Result<Self, StoreError> {
         if let Some(rest) = settings.store.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let mut builder = AmazonS3Builder::new()
-                .with_bucket_name(bucket)
-                .with_region(&settings.s3_region)
-                .with_access_key_id(&settings.s3_access_key_id)
-                .with_secret_access_key(settings.s3_secret_access_key.expose())
-                // A store that is down must fail a request in seconds, not
-                // after the default three minutes of retries.
-                .with_retry(RetryConfig {
-                    max_retries: 2,
-                    retry_timeout: Duration::from_secs(5),
-                    ..Default::default()
-                })
-                .with_client_options(
-                    ClientOptions::new()
-                        .with_connect_timeout(Duration::from_secs(2))
-                        .with_timeout(Duration::from_secs(60))
-                        .with_allow_http(settings.s3_endpoint.starts_with("http://")),
-                );
-            if !settings.s3_endpoint.is_empty() {
-                // Path-style requests: what MinIO and most S3-compatible
-                // stores expect.
-                builder = builder
-                    .with_endpoint(settings.s3_endpoint.trim_end_matches('/'))
-                    .with_virtual_hosted_style_request(false);
-            }
-            let s3 = Arc::new(builder.build()?);
+            let builder = |endpoint: &str| {
+                let mut builder = AmazonS3Builder::new()
+                    .with_bucket_name(bucket)
+                    .with_region(&settings.s3_region)
+                    .with_access_key_id(&settings.s3_access_key_id)
+                    .with_secret_access_key(settings.s3_secret_access_key.expose())
+                    // A store that is down must fail a request in seconds, not
+                    // after the default three minutes of retries.
+                    .with_retry(RetryConfig {
+                        max_retries: 2,
+                        retry_timeout: Duration::from_secs(5),
+                        ..Default::default()
+                    })
+                    .with_client_options(
+                        ClientOptions::new()
+                            .with_connect_timeout(Duration::from_secs(2))
+                            .with_timeout(Duration::from_secs(60))
+                            .with_allow_http(endpoint.starts_with("http://")),
+                    );
+                if !endpoint.is_empty() {
+                    // Path-style requests: what MinIO and most S3-compatible
+                    // stores expect.
+                    builder = builder
+                        .with_endpoint(endpoint.trim_end_matches('/'))
+                        .with_virtual_hosted_style_request(false);
+                }
+                builder.build()
+            };
+            let public = match settings.s3_public_endpoint.as_str() {
+                "" => &settings.s3_endpoint,
+                other => other,
+            };
             Ok(Self {
-                store: s3.clone(),
-                signer: Some(s3),
+                store: Arc::new(builder(&settings.s3_endpoint)?),
+                signer: Some(Arc::new(builder(public)?)),
                 prefix: Path::from(prefix),
                 url_ttl: settings.url_ttl(),
             })

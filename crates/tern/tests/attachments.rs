@@ -361,8 +361,10 @@ impl S3 {
 
     async fn spawn(&mut self) {
         let binary = std::env::var("TERN_TEST_S3S_FS").unwrap_or_else(|_| {
-            let home = std::env::var("HOME").unwrap_or_default();
-            let installed = PathBuf::from(home).join(".cargo/bin/s3s-fs");
+            let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+                format!("{}/.cargo", std::env::var("HOME").unwrap_or_default())
+            });
+            let installed = PathBuf::from(cargo_home).join("bin/s3s-fs");
             if installed.exists() { installed.display().to_string() } else { "s3s-fs".into() }
         });
         let child = Command::new(&binary)
