@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use tern_proto::pb::{
     group::{CreateGroupRequest, group_service_client::GroupServiceClient},
     message::{
-        EditRequest, MarkReadRequest, RecallRequest, SendRequest, TypingRequest,
-        message_service_client::MessageServiceClient, send_request::Target,
-        typing_request::Target as TypingTarget,
+        AttachmentAccess, CreateUploadRequest, EditRequest, GetAttachmentRequest, MarkReadRequest,
+        RecallRequest, SendRequest, TypingRequest, message_service_client::MessageServiceClient,
+        send_request::Target, typing_request::Target as TypingTarget,
     },
 };
 use tonic_health::pb::{
@@ -399,4 +399,64 @@ async fn services_report_draining_and_gateways_report_missing_dependencies() {
     let (status, body) = c.get(0, "/ready").await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("message"), "{body}");
+}
+
+#[tokio::test]
+async fn attachments_go_straight_to_s3_and_any_gateway_hands_them_out() {
+    let s3 = common::s3::S3::start().await;
+    let env = s3.env();
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let c = Cluster::start_with(2, &extra).await;
+    let (alice, bob) = (c.user("alice").await, c.user("bob").await);
+    let conversation = format!("dm:{}:{}", alice.id.min(bob.id), alice.id.max(bob.id));
+    let mut b = c.connect(1, &bob).await.registered().await;
+    let mut a = c.connect(0, &alice).await.registered().await;
+
+    // An internal backend starts the upload over gRPC; the URL is the store's.
+    let mut messages = MessageServiceClient::with_interceptor(
+        common::channel(&c.grpc_url(2)).await,
+        common::with_token,
+    );
+    let created = messages
+        .create_upload(CreateUploadRequest {
+            user_id: alice.id,
+            conversation_id: conversation.clone(),
+            name: "notes.txt".into(),
+            size: 11,
+            content_type: "text/plain".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(created.upload_url.contains("X-Amz-Signature="), "{}", created.upload_url);
+    let put = reqwest::Client::new().put(&created.upload_url).body("hello world").send().await;
+    assert_eq!(put.unwrap().status().as_u16(), 200);
+    let id = created.attachment.unwrap().attachment_id;
+
+    // Completed through gateway 2, sent through gateway 1, fetched through 2.
+    let (status, done) =
+        c.post(1, &format!("/api/attachments/{id}/complete"), Some(&alice.token), json!({})).await;
+    assert_eq!((status, done["content_type"].as_str()), (200, Some("text/plain")), "{done}");
+    a.send(json!({ "type": 1, "to": bob.id, "client_msg_id": "f1",
+                   "content": { "attachment": { "id": id } } }))
+        .await;
+    assert_eq!(a.recv().await["type"], 30);
+    let delivered = b.recv().await;
+    assert_eq!(delivered["content"]["attachment"]["name"], "notes.txt", "{delivered}");
+    let (status, got) = c.get_as(1, &format!("/api/attachments/{id}"), &bob.token).await;
+    assert_eq!(status, 200, "{got}");
+    let bytes = reqwest::get(got["download_url"].as_str().unwrap()).await.unwrap();
+    assert_eq!(bytes.text().await.unwrap(), "hello world");
+
+    // The same refusal over gRPC as over HTTP: a non-member may not download.
+    let carol = c.user("carol").await;
+    let refused = messages
+        .get_attachment(GetAttachmentRequest {
+            user_id: carol.id,
+            attachment_id: id.clone(),
+            access: AttachmentAccess::Download as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }

@@ -6,6 +6,7 @@
 pub mod backing;
 pub mod checker;
 pub mod cluster;
+pub mod s3;
 pub mod workload;
 
 use futures::{SinkExt, StreamExt};
