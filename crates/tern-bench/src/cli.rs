@@ -31,6 +31,8 @@ pub enum Command {
     S5(Run),
     /// S6: offline drain.
     S6(Run),
+    /// S7: attachments uploaded and downloaded through the store.
+    S7(Run),
     /// Every scenario, S0 first, on the chosen topologies.
     All(Run),
     /// Internal: the S0 relay server (started by the tool itself).
@@ -148,6 +150,15 @@ pub struct Scale {
     /// S6 case B: pending messages of each.
     #[arg(long, default_value_t = 1_000)]
     pub drain_each: u64,
+    /// S7: files uploaded, then downloaded.
+    #[arg(long, default_value_t = 200)]
+    pub files: usize,
+    /// S7: size of each file, KiB.
+    #[arg(long, default_value_t = 1024)]
+    pub file_kib: usize,
+    /// S7: uploads (and downloads) in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub file_parallel: usize,
 }
 
 /// A database server the distributed services can run on.
@@ -182,6 +193,9 @@ impl Scale {
             drain_one: 200,
             drain_users: 5,
             drain_each: 20,
+            files: 6,
+            file_kib: 64,
+            file_parallel: 3,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `tern-bench`: Tern's load generator and report tool. It starts the
 //! system under test itself (the bare S0 relay, embedded `tern`, or the
 //! distributed services and gateways) from the binaries built next to it,
-//! drives scenarios S0–S6 over real WebSockets, checks every delivery
+//! drives scenarios S0–S7 over real WebSockets, checks every delivery
 //! (loss, duplicates, order) and writes `results.json`, `report.md` and
 //! SVG charts. See BENCHMARKS.md for the scenarios and the figures.
 
@@ -43,10 +43,18 @@ enum Scenario {
     S4,
     S5,
     S6,
+    S7,
 }
 
-const ORDER: [Scenario; 6] =
-    [Scenario::S1, Scenario::S2, Scenario::S4, Scenario::S3, Scenario::S5, Scenario::S6];
+const ORDER: [Scenario; 7] = [
+    Scenario::S1,
+    Scenario::S2,
+    Scenario::S4,
+    Scenario::S3,
+    Scenario::S5,
+    Scenario::S6,
+    Scenario::S7,
+];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -63,10 +71,11 @@ fn main() -> anyhow::Result<()> {
         Command::S4(r) => finish(rt.block_on(bench(&[Scenario::S4], r))),
         Command::S5(r) => finish(rt.block_on(bench(&[Scenario::S5], r))),
         Command::S6(r) => finish(rt.block_on(bench(&[Scenario::S6], r))),
+        Command::S7(r) => finish(rt.block_on(bench(&[Scenario::S7], r))),
         Command::All(r) => {
             let all = [Scenario::S0, Scenario::S1, Scenario::S2, Scenario::S3]
                 .into_iter()
-                .chain([Scenario::S4, Scenario::S5, Scenario::S6])
+                .chain([Scenario::S4, Scenario::S5, Scenario::S6, Scenario::S7])
                 .collect::<Vec<_>>();
             finish(rt.block_on(bench(&all, r)))
         }
@@ -127,6 +136,7 @@ async fn bench(wanted: &[Scenario], run: Run) -> anyhow::Result<bool> {
                 Scenario::S4 => scenarios::latency::run(&mut ctx).await,
                 Scenario::S5 => scenarios::storm::run(&mut ctx).await,
                 Scenario::S6 => scenarios::drain::run(&mut ctx).await,
+                Scenario::S7 => scenarios::files::run(&mut ctx).await,
             };
             let got = match result {
                 Ok(v) => v,

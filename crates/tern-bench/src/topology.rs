@@ -198,6 +198,12 @@ impl Topology {
                 ("TERN__REDIS_PREFIX", format!("bench{}:", &tag[tag.len() - 12..])),
                 ("TERN__SERVICE_TOKEN", format!("bench-{tag}-{tag}")),
                 ("TERN__DRAIN_SECS", "0".into()),
+                // One folder for the message service and the gateways,
+                // which carry the bytes of a store without presigned URLs.
+                (
+                    "TERN__ATTACHMENTS__STORE",
+                    self._data.path().join("attachments").display().to_string(),
+                ),
             ]
             .map(|(k, v)| (k.to_string(), v)),
         );

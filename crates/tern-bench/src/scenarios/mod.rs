@@ -3,6 +3,7 @@
 
 pub mod drain;
 pub mod fanout;
+pub mod files;
 pub mod idle;
 pub mod latency;
 pub mod pairs;
