@@ -49,7 +49,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
             }
         }
     }
-    let mut o = Outcome::new("s7", ctx.topo, &format!("upload {n} x {} KiB", s.file_kib));
+    let mut o = Outcome::new("s7", ctx.topo, format!("upload {n} x {} KiB", s.file_kib));
     o.set("files_per_sec", ids.len() as f64 / up_secs);
     o.set("mib_per_sec", (ids.len() * size) as f64 / up_secs / 1048576.0);
     o.set("parallel", s.file_parallel as f64);
@@ -81,7 +81,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
             }
         }
     }
-    let mut o = Outcome::new("s7", ctx.topo, &format!("download {n} x {} KiB", s.file_kib));
+    let mut o = Outcome::new("s7", ctx.topo, format!("download {n} x {} KiB", s.file_kib));
     o.set("files_per_sec", good as f64 / down_secs);
     o.set("mib_per_sec", (good * size) as f64 / down_secs / 1048576.0);
     o.set("parallel", s.file_parallel as f64);
