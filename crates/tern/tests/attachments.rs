@@ -441,3 +441,37 @@ async fn the_embedded_store_down_answers_unavailable() {
     assert_eq!(alice_ws.send_to(bob.id, "chat still works", "c1").await["type"], 30);
     assert_eq!(frame(&mut bob_ws).await["content"]["text"], "chat still works");
 }
+
+#[tokio::test]
+async fn group_files_reach_members_and_only_members() {
+    let s = Server::start().await;
+    let (owner, member, outsider) =
+        (s.user("olga").await, s.user("max").await, s.user("otto").await);
+    let group = s.group(&owner, &[&member]).await;
+    let conversation = format!("group:{group}");
+    // Not a member: no upload into the group.
+    let (status, body) = create(&s, &outsider, &conversation, "x.txt", "text/plain", 3).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("not_member")), "{body}");
+
+    let done = upload(&s, &owner, &conversation, "plan.pdf.txt", "text/plain", b"the plan").await;
+    let id = done["attachment_id"].as_str().unwrap();
+    let mut owner_ws = s.connect(&owner).await.registered().await;
+    owner_ws
+        .send(json!({ "type": 2, "group_id": group, "client_msg_id": "g1",
+                      "content": { "attachment": { "id": id } } }))
+        .await;
+    assert_eq!(frame(&mut owner_ws).await["type"], 30);
+    let (status, got) = s.get(&format!("/api/attachments/{id}"), Some(&member.token)).await;
+    assert_eq!(status, 200, "{got}");
+    let url = got["download_url"].as_str().unwrap().to_string();
+    assert_eq!(fetch(&s, &url).await.2, b"the plan");
+    let (status, _) = s.get(&format!("/api/attachments/{id}"), Some(&outsider.token)).await;
+    assert_eq!(status, 403);
+
+    // Removed from the group, the member's link stops working at once.
+    let (status, _) =
+        s.delete(&format!("/api/groups/{group}/members/{}", member.id), Some(&owner.token)).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = fetch(&s, &url).await;
+    assert_eq!(status, 403, "a link checks membership at every use");
+}

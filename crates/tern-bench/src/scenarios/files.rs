@@ -125,8 +125,10 @@ async fn upload(
     .await?;
     let id = created["attachment_id"].as_str().unwrap_or_default().to_string();
     let url = absolute(base, created["upload_url"].as_str().unwrap_or_default());
-    json_ok(http.put(url).header("content-type", "application/zip").body(body.to_vec()).send().await?)
-        .await?;
+    json_ok(
+        http.put(url).header("content-type", "application/zip").body(body.to_vec()).send().await?,
+    )
+    .await?;
     json_ok(
         http.post(format!("{base}/api/attachments/{id}/complete"))
             .bearer_auth(&user.token)
