@@ -1,6 +1,6 @@
 //! The embedded adapters: presence in a map, the bus as channels.
 
-use crate::{Bus, BusError, BusEvent, Handler, NodeId, Presence, SessionAt, Subscription};
+use crate::{Bus, BusError, BusEvent, Handler, Located, NodeId, Presence, SessionAt, Subscription};
 use dashmap::DashMap;
 use std::{collections::HashMap, sync::Arc};
 
@@ -79,10 +79,6 @@ impl Presence for InProcessPresence {
         Ok(others)
     }
 
-    async fn has_other_device(&self, user: u64, device: &str) -> bool {
-        self.users.get(&user).is_some_and(|sessions| sessions.iter().any(|(_, d)| d != device))
-    }
-
     async fn refresh(&self, _user: u64, _node: &str) -> Result<(), BusError> {
         // Nothing expires in one process: the entry lives exactly as long
         // as the session.
@@ -94,6 +90,7 @@ impl Presence for InProcessPresence {
         user: u64,
         _node: &str,
         session: &str,
+        _device: &str,
         _last_here: bool,
     ) -> Result<(), BusError> {
         self.last_seen.insert(user, tern_runtime::clock::now_ms());
@@ -126,6 +123,28 @@ impl Presence for InProcessPresence {
         Ok(by_node)
     }
 
+    async fn locate_with_senders(
+        &self,
+        users: &[u64],
+        senders: &[(u64, &str)],
+    ) -> Result<Located, BusError> {
+        let mut other_devices: HashMap<(u64, String), Vec<NodeId>> = HashMap::new();
+        for &(user, device) in senders {
+            let Some(sessions) = self.users.get(&user) else { continue };
+            let mut nodes: Vec<NodeId> = sessions
+                .iter()
+                .filter(|(_, d)| d != device)
+                .map(|(at, _)| at.node.clone())
+                .collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            if !nodes.is_empty() {
+                other_devices.insert((user, device.to_string()), nodes);
+            }
+        }
+        Ok(Located { by_node: self.locate(users).await?, other_devices })
+    }
+
     async fn last_seen(&self, users: &[u64]) -> Result<HashMap<u64, i64>, BusError> {
         Ok(users.iter().filter_map(|u| Some((*u, *self.last_seen.get(u)?))).collect())
     }
@@ -150,15 +169,17 @@ mod tests {
             vec![at("a", "s1"), at("b", "s3")]
         );
         // User 1 is on the default device and the phone; user 2 only on one.
-        assert!(p.has_other_device(1, "").await && p.has_other_device(1, "phone").await);
-        assert!(!p.has_other_device(2, "").await);
+        let located = p.locate_with_senders(&[], &[(1, ""), (1, "phone"), (2, "")]).await.unwrap();
+        assert_eq!(located.other_devices[&(1, "".into())], vec!["b"]);
+        assert_eq!(located.other_devices[&(1, "phone".into())], vec!["a"]);
+        assert!(!located.other_devices.contains_key(&(2, "".into())), "{located:?}");
         let located = p.locate(&[1, 2, 3]).await.unwrap();
         assert_eq!(located["a"], vec![1]);
         assert_eq!(located["b"], vec![1, 2]);
-        p.disconnect(1, "a", "s1", true).await.unwrap();
-        p.disconnect(1, "b", "s3", false).await.unwrap();
+        p.disconnect(1, "a", "s1", "", true).await.unwrap();
+        p.disconnect(1, "b", "s3", "", false).await.unwrap();
         assert_eq!(p.locate(&[1]).await.unwrap()["b"], vec![1]);
-        p.disconnect(1, "b", "s4", true).await.unwrap();
+        p.disconnect(1, "b", "s4", "", true).await.unwrap();
         let located = p.locate(&[1]).await.unwrap();
         assert!(located.is_empty(), "{located:?}");
     }

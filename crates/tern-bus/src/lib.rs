@@ -89,6 +89,16 @@ pub struct SessionAt {
     pub session: String,
 }
 
+/// What [`Presence::locate_with_senders`] found.
+#[derive(Debug, Default)]
+pub struct Located {
+    /// The online users among those asked for, by the node that holds them.
+    pub by_node: HashMap<NodeId, Vec<u64>>,
+    /// Per sender and sending device, the nodes holding the sender's other
+    /// devices (absent: none).
+    pub other_devices: HashMap<(u64, String), Vec<NodeId>>,
+}
+
 /// Knows which node(s) hold each online user, and which sessions.
 #[async_trait::async_trait]
 pub trait Presence: Send + Sync + 'static {
@@ -103,23 +113,18 @@ pub trait Presence: Send + Sync + 'static {
         device: &str,
     ) -> Result<Vec<SessionAt>, BusError>;
 
-    /// Whether `user` has a session on a device other than `device`: only
-    /// then must a message the user sent from `device` be routed back to
-    /// them. Adapters that do not keep devices answer yes.
-    async fn has_other_device(&self, _user: u64, _device: &str) -> bool {
-        true
-    }
-
     /// Keeps `user` online at `node` (heartbeat).
     async fn refresh(&self, user: u64, node: &str) -> Result<(), BusError>;
 
-    /// Forgets `session` of `user`; with `last_here`, `user` is offline at
-    /// `node` too (it was their last session there).
+    /// Forgets `session` (connected as `device`) of `user`; with
+    /// `last_here`, `user` is offline at `node` too (it was their last
+    /// session there).
     async fn disconnect(
         &self,
         user: u64,
         node: &str,
         session: &str,
+        device: &str,
         last_here: bool,
     ) -> Result<(), BusError>;
 
@@ -127,6 +132,16 @@ pub trait Presence: Send + Sync + 'static {
     /// Offline users, and users on nodes that stopped renewing their
     /// liveness, are left out.
     async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError>;
+
+    /// [`locate`](Self::locate), and for each `(user, device)` of
+    /// `senders` the nodes holding a session of that user on another
+    /// device: where a message the user sent from `device` must go so that
+    /// their other devices get it. One round trip for both.
+    async fn locate_with_senders(
+        &self,
+        users: &[u64],
+        senders: &[(u64, &str)],
+    ) -> Result<Located, BusError>;
 
     /// When each of `users` was last known online (Unix milliseconds):
     /// their last connect, heartbeat or disconnect. Users never seen are

@@ -5,13 +5,16 @@
 //!   keeps `node:{node_id}:alive` fresh while it runs, so a node that died
 //!   (SIGKILL, lost host) stops receiving routes within seconds instead of
 //!   when its users' entries expire. A sorted set `sessions:{user_id}`
-//!   lists the user's sessions as `{node_id} {session_id}`, scored by when
-//!   each connected, for the session limit; entries of nodes no longer in
-//!   the hash are stale and ignored.
+//!   lists the user's sessions as `{node_id} {session_id} {device}`, scored
+//!   by when each connected, for the session limit and to route a user's
+//!   own messages only to nodes holding their other devices; entries of
+//!   nodes no longer in the hash are stale and ignored.
 //! - Bus: Pub/Sub channel `im:node:{node_id}` carrying protobuf `BusEvent`s.
 //!   Subscriptions reconnect on their own and report a `Resync` after a gap.
 
-use crate::{Bus, BusError, BusEvent, Event, Handler, NodeId, Presence, SessionAt, Subscription};
+use crate::{
+    Bus, BusError, BusEvent, Event, Handler, Located, NodeId, Presence, SessionAt, Subscription,
+};
 use futures::StreamExt;
 use prost::Message;
 use redis::{AsyncCommands, aio::ConnectionManager};
@@ -27,6 +30,26 @@ const NODE_TTL: Duration = Duration::from_secs(15);
 
 fn err(e: redis::RedisError) -> BusError {
     BusError(e.to_string())
+}
+
+/// The next reply of a pipeline, as `T`.
+fn take<T: redis::FromRedisValue>(
+    replies: &mut impl Iterator<Item = redis::Value>,
+) -> Result<T, BusError> {
+    let reply = replies.next().unwrap_or(redis::Value::Nil);
+    T::from_redis_value(reply).map_err(|e| BusError(format!("unexpected reply: {e}")))
+}
+
+/// A session's entry in `sessions:{user}`.
+fn member(node: &str, session: &str, device: &str) -> String {
+    format!("{node} {session} {device}")
+}
+
+/// (node, session, device) of an entry; entries written before devices
+/// were kept name no device, which is the default one.
+fn parse_member(entry: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = entry.splitn(3, ' ');
+    Some((parts.next()?, parts.next()?, parts.next().unwrap_or("")))
 }
 
 /// Every key and channel name starts with a prefix (empty by default), so
@@ -98,7 +121,7 @@ impl RedisPresence {
         &self,
         user: u64,
         node: &str,
-        session: Option<&str>,
+        session: Option<(&str, &str)>,
     ) -> Result<(HashMap<String, i64>, Vec<String>), BusError> {
         let (key, sessions) = (self.names.presence(user), self.names.sessions(user));
         let now = now_ms();
@@ -113,8 +136,8 @@ impl RedisPresence {
             .ignore()
             .set(self.names.last_seen(user), now)
             .ignore();
-        if let Some(session) = session {
-            pipe.zadd(&sessions, format!("{node} {session}"), now).ignore();
+        if let Some((session, device)) = session {
+            pipe.zadd(&sessions, member(node, session, device), now).ignore();
         }
         pipe.pexpire(&sessions, ttl).ignore().hgetall(&key).zrange(&sessions, 0, -1);
         pipe.query_async(&mut self.conn.clone()).await.map_err(err)
@@ -128,15 +151,15 @@ impl Presence for RedisPresence {
         user: u64,
         node: &str,
         session: &str,
-        _device: &str,
+        device: &str,
     ) -> Result<Vec<SessionAt>, BusError> {
         let now = now_ms();
-        let (nodes, sessions) = self.mark(user, node, Some(session)).await?;
+        let (nodes, sessions) = self.mark(user, node, Some((session, device))).await?;
         // A session counts while its node holds the user; the entries a
         // dead node left behind are dropped as they are met.
         let (mut live, mut stale) = (Vec::new(), Vec::new());
         for entry in sessions {
-            let Some((at, id)) = entry.split_once(' ') else { continue };
+            let Some((at, id, _)) = parse_member(&entry) else { continue };
             if nodes.get(at).is_some_and(|&expiry| expiry > now) {
                 if id != session {
                     live.push(SessionAt { node: at.to_string(), session: id.to_string() });
@@ -160,10 +183,11 @@ impl Presence for RedisPresence {
         user: u64,
         node: &str,
         session: &str,
+        device: &str,
         last_here: bool,
     ) -> Result<(), BusError> {
         let mut pipe = redis::pipe();
-        pipe.zrem(self.names.sessions(user), format!("{node} {session}")).ignore();
+        pipe.zrem(self.names.sessions(user), member(node, session, device)).ignore();
         if last_here {
             pipe.hdel(self.names.presence(user), node).ignore();
         }
@@ -182,37 +206,83 @@ impl Presence for RedisPresence {
     }
 
     async fn locate(&self, users: &[u64]) -> Result<HashMap<NodeId, Vec<u64>>, BusError> {
+        Ok(self.locate_with_senders(users, &[]).await?.by_node)
+    }
+
+    async fn locate_with_senders(
+        &self,
+        users: &[u64],
+        senders: &[(u64, &str)],
+    ) -> Result<Located, BusError> {
         let now = now_ms();
         let mut conn = self.conn.clone();
-        let mut by_node: HashMap<NodeId, Vec<u64>> = HashMap::new();
-        for chunk in users.chunks(1_000) {
+        let mut located = Located::default();
+        // The senders' presence hashes and sessions ride in the first
+        // pipeline, with the first chunk of users.
+        let chunks: Vec<&[u64]> = match users.is_empty() {
+            true => vec![&[]],
+            false => users.chunks(1_000).collect(),
+        };
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let senders = if i == 0 { senders } else { &[] };
+            if chunk.is_empty() && senders.is_empty() {
+                continue;
+            }
             let mut pipe = redis::pipe();
             for &user in chunk {
                 pipe.hgetall(self.names.presence(user));
             }
-            let entries: Vec<HashMap<String, i64>> =
-                pipe.query_async(&mut conn).await.map_err(err)?;
-            for (&user, nodes) in chunk.iter().zip(entries) {
+            for &(user, _) in senders {
+                pipe.hgetall(self.names.presence(user)).zrange(self.names.sessions(user), 0, -1);
+            }
+            let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(err)?;
+            let mut replies = replies.into_iter();
+            for &user in chunk {
+                let nodes: HashMap<String, i64> = take(&mut replies)?;
                 for (node, expiry) in nodes {
                     if expiry > now {
-                        by_node.entry(node).or_default().push(user);
+                        located.by_node.entry(node).or_default().push(user);
                     }
                 }
             }
-        }
-        if by_node.is_empty() {
-            return Ok(by_node);
+            for &(user, device) in senders {
+                let nodes: HashMap<String, i64> = take(&mut replies)?;
+                let sessions: Vec<String> = take(&mut replies)?;
+                let mut others: Vec<NodeId> = sessions
+                    .iter()
+                    .filter_map(|entry| parse_member(entry))
+                    .filter(|(at, _, on)| {
+                        *on != device && nodes.get(*at).is_some_and(|&expiry| expiry > now)
+                    })
+                    .map(|(at, _, _)| at.to_string())
+                    .collect();
+                others.sort_unstable();
+                others.dedup();
+                if !others.is_empty() {
+                    located.other_devices.insert((user, device.to_string()), others);
+                }
+            }
         }
         // Leave out nodes that stopped renewing their liveness key.
-        let nodes: Vec<NodeId> = by_node.keys().cloned().collect();
+        let mut nodes: Vec<NodeId> = located.by_node.keys().cloned().collect();
+        nodes.extend(located.other_devices.values().flatten().cloned());
+        nodes.sort_unstable();
+        nodes.dedup();
+        if nodes.is_empty() {
+            return Ok(located);
+        }
         let keys: Vec<String> = nodes.iter().map(|n| self.names.alive(n)).collect();
         let alive: Vec<Option<String>> = conn.mget(&keys).await.map_err(err)?;
         for (node, alive) in nodes.into_iter().zip(alive) {
             if alive.is_none() {
-                by_node.remove(&node);
+                located.by_node.remove(&node);
+                for others in located.other_devices.values_mut() {
+                    others.retain(|n| *n != node);
+                }
             }
         }
-        Ok(by_node)
+        located.other_devices.retain(|_, others| !others.is_empty());
+        Ok(located)
     }
 
     async fn keep_node_alive(&self, node: &str) -> Result<(), BusError> {

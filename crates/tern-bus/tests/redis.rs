@@ -49,7 +49,7 @@ async fn presence_routes_to_live_nodes_only() {
     assert_eq!(located.len(), 2, "user 3 is offline");
 
     // One of two sessions on b ends: the user is still at b.
-    p.disconnect(1, "b", "s3", false).await.unwrap();
+    p.disconnect(1, "b", "s3", "", false).await.unwrap();
     assert_eq!(p.locate(&[1]).await.unwrap()["b"], vec![1]);
 
     // A node that is gone (or stopped renewing) gets no routes, even though
@@ -61,12 +61,12 @@ async fn presence_routes_to_live_nodes_only() {
     p.connect(4, "never-alive", "s5", "").await.unwrap();
     assert!(p.locate(&[4]).await.unwrap().is_empty());
 
-    p.disconnect(2, "b", "s2", true).await.unwrap();
+    p.disconnect(2, "b", "s2", "", true).await.unwrap();
     assert_eq!(p.locate(&[2]).await.unwrap().len(), 0);
     p.refresh(1, "b").await.unwrap();
     assert_eq!(p.locate(&[1]).await.unwrap()["b"], vec![1]);
     // A session whose node no longer holds the user does not count.
-    p.disconnect(1, "a", "s1", true).await.unwrap();
+    p.disconnect(1, "a", "s1", "", true).await.unwrap();
     p.connect(1, "a", "s6", "").await.unwrap();
     let _: () = redis::cmd("HDEL")
         .arg(format!("{prefix}online:1"))
@@ -75,6 +75,39 @@ async fn presence_routes_to_live_nodes_only() {
         .await
         .unwrap();
     assert_eq!(p.connect(1, "b", "s7", "").await.unwrap(), vec![at("b", "s4")]);
+}
+
+#[tokio::test]
+async fn a_senders_other_devices_are_located_with_the_recipients() {
+    let (_, conn) = tern_bus::connect_redis(&url()).await.unwrap();
+    let p = RedisPresence::new(conn, names());
+    for node in ["a", "b", "c"] {
+        p.keep_node_alive(node).await.unwrap();
+    }
+    // User 1: the phone on a, the laptop on b. User 2: one device on c,
+    // two sessions of it (two tabs without a device id).
+    p.connect(1, "a", "s1", "phone").await.unwrap();
+    p.connect(1, "b", "s2", "laptop").await.unwrap();
+    p.connect(2, "c", "s3", "").await.unwrap();
+    p.connect(2, "c", "s4", "").await.unwrap();
+    let located = p
+        .locate_with_senders(&[2], &[(1, "phone"), (1, "laptop"), (2, ""), (9, "")])
+        .await
+        .unwrap();
+    assert_eq!(located.by_node["c"], vec![2]);
+    assert_eq!(located.by_node.len(), 1, "senders are not recipients: {located:?}");
+    assert_eq!(located.other_devices[&(1, "phone".into())], vec!["b"]);
+    assert_eq!(located.other_devices[&(1, "laptop".into())], vec!["a"]);
+    assert!(!located.other_devices.contains_key(&(2, "".into())), "one device: {located:?}");
+    assert!(!located.other_devices.contains_key(&(9, "".into())), "offline: {located:?}");
+
+    // The laptop leaves; a node that died takes its devices with it.
+    p.disconnect(1, "b", "s2", "laptop", true).await.unwrap();
+    p.connect(1, "c", "s5", "tablet").await.unwrap();
+    p.node_gone("c").await.unwrap();
+    let located = p.locate_with_senders(&[], &[(1, "phone")]).await.unwrap();
+    assert!(located.other_devices.is_empty(), "{located:?}");
+    assert!(located.by_node.is_empty());
 }
 
 #[tokio::test]

@@ -301,11 +301,14 @@ impl Session {
     /// session anywhere, their 1:1 contacts (`known`) hear they went
     /// offline.
     async fn close(self, left_here: Option<usize>, known: Written) {
-        let Self { state, user, id: session_id, .. } = self;
+        let Self { state, user, id: session_id, device, .. } = self;
         let (session_id, node) = (&session_id, &state.settings.node_id);
         if let Some(left_here) = left_here {
             let presence = &state.services.presence;
-            if let Err(error) = presence.disconnect(user, node, session_id, left_here == 0).await {
+            let last_here = left_here == 0;
+            if let Err(error) =
+                presence.disconnect(user, node, session_id, &device, last_here).await
+            {
                 tracing::warn!(user_id = user, %error, "presence not cleared; it expires on its own");
             }
             // Presence is per (user, node): a new session of the same user

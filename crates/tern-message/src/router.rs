@@ -116,18 +116,13 @@ impl Router {
     async fn route(&self, pass: Vec<Committed>) {
         let mut routed = Vec::with_capacity(pass.len());
         for Committed { message, members_version } in pass {
-            // The sender is a recipient too when they have another device,
-            // which receives the message (the gateway skips the device
-            // that sent it).
-            let (sender, device) = (message.sender_id, message.sender_device.as_str());
-            let echo = sender != 0 && self.peers.presence.has_other_device(sender, device).await;
+            // The sender is not among the recipients: their other devices
+            // are found below (the gateway skips the device that sent it).
+            let sender = message.sender_id;
             let recipients: Vec<u64> = match message.target {
-                Some(Target::ToUserId(to)) if echo => vec![to, sender],
                 Some(Target::ToUserId(to)) => vec![to],
                 Some(Target::GroupId(group)) => match self.members(group, members_version).await {
-                    Ok((_, members)) => {
-                        members.iter().copied().filter(|&m| echo || m != sender).collect()
-                    }
+                    Ok((_, members)) => members.iter().copied().filter(|&m| m != sender).collect(),
                     Err(error) => {
                         tracing::warn!(group_id = group, %error, "fan-out skipped: members unavailable");
                         continue;
@@ -140,8 +135,15 @@ impl Router {
         let mut everyone: Vec<u64> = routed.iter().flat_map(|(_, r)| r.iter().copied()).collect();
         everyone.sort_unstable();
         everyone.dedup();
-        let by_node = match self.peers.presence.locate(&everyone).await {
-            Ok(by_node) => by_node,
+        let mut senders: Vec<(u64, &str)> = routed
+            .iter()
+            .filter(|(m, _)| m.sender_id != 0)
+            .map(|(m, _)| (m.sender_id, m.sender_device.as_str()))
+            .collect();
+        senders.sort_unstable();
+        senders.dedup();
+        let located = match self.peers.presence.locate_with_senders(&everyone, &senders).await {
+            Ok(located) => located,
             Err(error) => {
                 metrics::counter!("tern_bus_errors_total", "op" => "locate").increment(1);
                 tracing::warn!(%error, "fan-out skipped: presence unavailable");
@@ -150,7 +152,7 @@ impl Router {
         };
         // user → the nodes that hold them.
         let mut nodes_of: HashMap<u64, Vec<&str>> = HashMap::with_capacity(everyone.len());
-        for (node, users) in &by_node {
+        for (node, users) in &located.by_node {
             for &user in users {
                 nodes_of.entry(user).or_default().push(node);
             }
@@ -162,6 +164,10 @@ impl Router {
                 for &node in nodes_of.get(&user).map(Vec::as_slice).unwrap_or_default() {
                     here.entry(node).or_default().push(user);
                 }
+            }
+            let sending = (message.sender_id, message.sender_device.clone());
+            for node in located.other_devices.get(&sending).into_iter().flatten() {
+                here.entry(node).or_default().push(message.sender_id);
             }
             for (node, recipients) in here {
                 let deliver = Deliver { message: Some(message.clone()), recipients };
