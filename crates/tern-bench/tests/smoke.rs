@@ -72,6 +72,11 @@ fn every_scenario_at_tiny_scale_delivers_everything() {
                 assert_eq!(expected, (size - 1) * n("group_messages"), "{o}");
             }
             ("s4", _) => assert!(expected > 0, "{o}"),
+            // Both cases of S7 are checked together on the download case:
+            // every file uploaded, then every one fetched byte for byte.
+            ("s7", case) if case.starts_with("download") => {
+                assert_eq!(expected, 2 * n("files"), "{o}")
+            }
             ("s5", _) => assert_eq!(expected, n("storm_clients"), "{o}"),
             ("s6", case) => {
                 let (users, each) = case.split_once(" x ").unwrap();
@@ -83,7 +88,7 @@ fn every_scenario_at_tiny_scale_delivers_everything() {
     }
     let mut want: BTreeSet<String> = ["s0 relay", "s1 relay"].map(String::from).into();
     for topology in ["embedded", "distributed"] {
-        for s in ["s1", "s2", "s3", "s4", "s5", "s6"] {
+        for s in ["s1", "s2", "s3", "s4", "s5", "s6", "s7"] {
             want.insert(format!("{s} {topology}"));
         }
     }
