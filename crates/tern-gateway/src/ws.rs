@@ -257,15 +257,25 @@ impl Session {
         // its own.
         let left = (expires_at - now_secs()).max(0) as u64;
         let expired = tokio::time::sleep(Duration::from_secs(left));
-        let (sends, queued) = mpsc::channel(settings.send_window.max(1));
-        let pipeline = Box::pin(send_pipeline(state, queued, tx.clone()));
+        // The send window and its pipeline exist from the first send on:
+        // most sessions never send, and the window's queue alone is ~800
+        // bytes.
+        let (hand_over, window_opened) = tokio::sync::oneshot::channel();
+        let pipeline = Box::pin({
+            let tx = tx.clone();
+            async move {
+                if let Ok(queued) = window_opened.await {
+                    Box::pin(send_pipeline(state, queued, tx)).await;
+                }
+            }
+        });
         let reader = Reader {
             state,
             user,
             device: &self.device,
             session_id: &self.id,
             tx: tx.clone(),
-            sends,
+            sends: SendWindow::new(settings.send_window.max(1), hand_over),
             written: written.clone(),
             last_typing: Default::default(),
         };
@@ -388,7 +398,9 @@ async fn send_pipeline(
 ) {
     let window = state.settings.send_window.max(1);
     let within = Duration::from_millis(state.settings.send_timeout_ms);
-    let mut batch = Vec::with_capacity(window);
+    // Grown by the first sends, not reserved up front: most sessions are
+    // idle, and a full window's worth of slots cost each ~770 bytes.
+    let mut batch = Vec::new();
     let send_ack_seconds = metrics::histogram!("tern_gateway_send_ack_seconds");
     while queued.recv_many(&mut batch, window).await > 0 {
         let sends: Vec<SendRequest> = batch
@@ -456,6 +468,35 @@ fn answer_frame(
     }
 }
 
+/// The queue of a session's sends, opened by the first one: it then hands
+/// its receiving end to the send pipeline, which waits for it. Dropped
+/// unopened, it ends the pipeline at once.
+struct SendWindow {
+    capacity: usize,
+    open: std::sync::OnceLock<mpsc::Sender<Queued>>,
+    hand_over: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<mpsc::Receiver<Queued>>>>,
+}
+
+impl SendWindow {
+    fn new(
+        capacity: usize,
+        hand_over: tokio::sync::oneshot::Sender<mpsc::Receiver<Queued>>,
+    ) -> Self {
+        Self { capacity, open: Default::default(), hand_over: Some(hand_over).into() }
+    }
+
+    /// The queue, opened on first use.
+    fn sender(&self) -> &mpsc::Sender<Queued> {
+        self.open.get_or_init(|| {
+            let (sends, queued) = mpsc::channel(self.capacity);
+            if let Some(hand_over) = self.hand_over.lock().expect("window lock").take() {
+                let _ = hand_over.send(queued);
+            }
+            sends
+        })
+    }
+}
+
 /// The reading side of one session.
 struct Reader<'a> {
     state: &'a AppState,
@@ -464,7 +505,7 @@ struct Reader<'a> {
     session_id: &'a str,
     tx: mpsc::Sender<Outbound>,
     /// The session's send window.
-    sends: mpsc::Sender<Queued>,
+    sends: SendWindow,
     /// What the writer has written, per conversation.
     written: Written,
     /// The last typing indicator passed on, and when.
@@ -521,7 +562,7 @@ impl Reader<'_> {
                 let queued = self.send(target, content, client_msg_id);
                 // A full window waits here: this socket is not read until
                 // answers come back.
-                return self.sends.send(queued).await.is_ok();
+                return self.sends.sender().send(queued).await.is_ok();
             }
             Ok(ClientFrame::Ack { conversation_id, seq }) => self.ack(conversation_id, seq).await,
             Ok(ClientFrame::Read { conversation_id, seq }) => self.read(conversation_id, seq).await,

@@ -2,7 +2,10 @@
 //! keeps its data under `./data/` and serves http://localhost:8080.
 
 /// mimalloc: the hot paths allocate many small buffers, where it is
-/// markedly cheaper than the system allocator.
+/// markedly cheaper than the system allocator. The `system-allocator`
+/// feature leaves it out, for heap profilers that watch `malloc` (massif,
+/// heaptrack).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
