@@ -568,15 +568,14 @@ impl Messages {
     }
 }
 
-/// What a send's acknowledgement needs of a stored message.
-/// The sender's `client_msg_id`, or a new one when none was given (the
-/// send is then simply not idempotent); whether it was the sender's.
 /// Refuses a malformed device id (see `tern_proto::device`).
 fn check_device(device: &str) -> Result<(), MessageError> {
     let valid = tern_proto::device::is_valid(device);
     valid.then_some(()).ok_or(MessageError::Invalid(tern_proto::device::RULE))
 }
 
+/// The sender's `client_msg_id`, or a new one when none was given (the
+/// send is then simply not idempotent); whether it was the sender's.
 fn own_or_new(client_msg_id: String) -> (String, bool) {
     if client_msg_id.is_empty() {
         (uuid::Uuid::now_v7().to_string(), false)
@@ -593,6 +592,7 @@ fn acked(stored: Stored) -> SendAck {
     }
 }
 
+/// What a send's acknowledgement needs of a stored message.
 fn slim(message: Message, duplicate: bool) -> SendAck {
     SendAck {
         message_id: message.message_id,
@@ -604,7 +604,6 @@ fn slim(message: Message, duplicate: bool) -> SendAck {
     }
 }
 
-#[tonic::async_trait]
 #[tonic::async_trait]
 impl MessageService for Messages {
     async fn send(&self, request: Request<SendRequest>) -> Result<Response<SendResponse>, Status> {
