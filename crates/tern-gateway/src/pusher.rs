@@ -281,6 +281,8 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             user_id: self.user,
             include_read: first,
             device: self.device.to_string(),
+            // A small backlog comes with the listing: no `Pull` for it.
+            page: self.page,
         };
         // Before the read: see `AckBuffer::of_device`.
         let buffered = self.acks.of_device(self.user, &self.device);
@@ -295,6 +297,13 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             if self.pushed.get(id).is_none() {
                 let acked = buffered.get(id).copied().unwrap_or(0);
                 self.pushed.set(id, conversation.acked_seq.max(acked));
+            }
+            // The listing's page follows the stored cursor; it is used when
+            // it follows on from what was written (otherwise `catch_up`
+            // pulls from there).
+            let after = self.pushed.get(id).unwrap_or(conversation.acked_seq);
+            if conversation.messages.first().is_some_and(|m| m.seq <= after + 1) {
+                self.write_page(id, after, &conversation.messages).await?;
             }
             self.catch_up(id, conversation.latest_seq).await?;
         }
@@ -352,22 +361,36 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 async move { offline.pull(request).await }
             })
             .await?;
-            let mut last = after.unwrap_or(page.acked_seq);
-            for message in &page.messages {
-                if message.seq > last {
-                    // A device's own messages count as delivered to it.
-                    if message.sender_id != self.user || *message.sender_device != *self.device {
-                        self.push(message).await?;
-                    }
-                    last = message.seq;
-                }
-            }
-            self.pushed.set(conversation_id, last);
+            self.write_page(conversation_id, after.unwrap_or(page.acked_seq), &page.messages)
+                .await?;
             if page.messages.is_empty() {
                 return Ok(());
             }
             self.flush().await?;
         }
+    }
+
+    /// Writes the messages of a page beyond `after` (what was written, or
+    /// the cursor), in seq order, and records how far the conversation
+    /// was written.
+    async fn write_page(
+        &mut self,
+        conversation_id: &str,
+        after: u64,
+        messages: &[Message],
+    ) -> Result<(), Stop> {
+        let mut last = after;
+        for message in messages {
+            if message.seq > last {
+                // A device's own messages count as delivered to it.
+                if message.sender_id != self.user || *message.sender_device != *self.device {
+                    self.push(message).await?;
+                }
+                last = message.seq;
+            }
+        }
+        self.pushed.set(conversation_id, last);
+        Ok(())
     }
 
     async fn push(&mut self, message: &Message) -> Result<(), Stop> {

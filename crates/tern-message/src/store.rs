@@ -302,8 +302,6 @@ impl Store {
         after: i64,
         limit: u64,
     ) -> Result<(Vec<Message>, u64), DbErr> {
-        let head =
-            self.heads(&[conversation.to_string()]).await?.pop().map(|(_, s)| s).unwrap_or(0);
         let rows = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation))
             .filter(messages::Column::Seq.gt(after))
@@ -311,6 +309,13 @@ impl Store {
             .limit(limit)
             .all(&self.db)
             .await?;
+        // A head moves only in the transaction that stores its message, and
+        // seqs have no gaps: a page that stops short of `limit` ends at the
+        // head as of the same read, so only a full or empty page asks.
+        let head = match rows.last() {
+            Some(last) if (rows.len() as u64) < limit => last.seq as u64,
+            _ => self.heads(&[conversation.to_string()]).await?.pop().map_or(0, |(_, s)| s),
+        };
         Ok((rows.into_iter().map(to_pb).collect(), head))
     }
 

@@ -20,6 +20,9 @@ use tonic::{Request, Response, Status};
 /// Most candidates one `SharedWith` call may name.
 const MAX_CANDIDATES: usize = 1_000;
 
+/// Most messages one `ListBacklog` answer carries.
+const MAX_PAGE: u32 = 1_000;
+
 /// Most acks one `AckBatch` call may carry.
 const MAX_ACK_BATCH: usize = 10_000;
 
@@ -91,6 +94,18 @@ impl Offline {
         Ok(())
     }
 
+    /// Up to `limit` messages of a conversation after `after_seq`.
+    async fn page(
+        &self,
+        conversation_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<tern_proto::pb::message::Message>, OfflineError> {
+        let request =
+            ListMessagesRequest { conversation_id: conversation_id.to_string(), after_seq, limit };
+        Ok(self.peers.message.clone().list_messages(request).await?.into_inner().messages)
+    }
+
     /// Latest seq of each conversation, from the message service.
     async fn heads(&self, ids: Vec<String>) -> Result<HashMap<String, u64>, OfflineError> {
         let mut heads = HashMap::with_capacity(ids.len());
@@ -150,7 +165,7 @@ impl OfflineService for Offline {
         &self,
         request: Request<ListBacklogRequest>,
     ) -> Result<Response<ListBacklogResponse>, Status> {
-        let ListBacklogRequest { user_id: user, include_read, device } = request.into_inner();
+        let ListBacklogRequest { user_id: user, include_read, device, page } = request.into_inner();
         let user = user_id(user)?;
         valid_device(&device)?;
         let cursors = self.store.of_user(user).await.map_err(OfflineError::from)?;
@@ -168,19 +183,30 @@ impl OfflineService for Offline {
             self.store.pin_device(user, &device, &missing).await.map_err(OfflineError::from)?;
             devices.extend(missing);
         }
-        let conversations = cursors
-            .into_iter()
-            .filter_map(|c| {
-                let latest = heads.get(&c.conversation_id).copied().unwrap_or(0);
-                let acked = device_acked(&c, &device, devices.get(&c.conversation_id).copied());
-                (include_read || latest > acked).then_some(Backlog {
-                    conversation_id: c.conversation_id,
-                    acked_seq: acked,
-                    latest_seq: latest,
-                    read_seq: c.read_seq as u64,
-                })
-            })
-            .collect();
+        // What is left of the messages the answer may carry.
+        let mut budget = page.min(MAX_PAGE);
+        let mut conversations = Vec::new();
+        for c in cursors {
+            let latest = heads.get(&c.conversation_id).copied().unwrap_or(0);
+            let acked = device_acked(&c, &device, devices.get(&c.conversation_id).copied());
+            if !include_read && latest <= acked {
+                continue;
+            }
+            let mut messages = Vec::new();
+            if latest > acked && budget > 0 {
+                // History from before the member joined is not theirs.
+                let after_seq = acked.max(c.start_seq as u64);
+                messages = self.page(&c.conversation_id, after_seq, budget).await?;
+                budget -= messages.len() as u32;
+            }
+            conversations.push(Backlog {
+                conversation_id: c.conversation_id,
+                acked_seq: acked,
+                latest_seq: latest,
+                read_seq: c.read_seq as u64,
+                messages,
+            });
+        }
         Ok(Response::new(ListBacklogResponse { conversations }))
     }
 
