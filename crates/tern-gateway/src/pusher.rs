@@ -294,14 +294,18 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         .conversations;
         for conversation in backlog {
             let id = &conversation.conversation_id;
-            if self.pushed.get(id).is_none() {
-                let acked = buffered.get(id).copied().unwrap_or(0);
-                self.pushed.set(id, conversation.acked_seq.max(acked));
-            }
+            let after = match self.pushed.get(id) {
+                Some(written) => written,
+                None => {
+                    let acked = buffered.get(id).copied().unwrap_or(0);
+                    let start = conversation.acked_seq.max(acked);
+                    self.pushed.set(id, start);
+                    start
+                }
+            };
             // The listing's page follows the stored cursor; it is used when
             // it follows on from what was written (otherwise `catch_up`
             // pulls from there).
-            let after = self.pushed.get(id).unwrap_or(conversation.acked_seq);
             if conversation.messages.first().is_some_and(|m| m.seq <= after + 1) {
                 self.write_page(id, after, &conversation.messages).await?;
             }

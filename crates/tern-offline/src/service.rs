@@ -192,13 +192,15 @@ impl OfflineService for Offline {
             if !include_read && latest <= acked {
                 continue;
             }
-            let mut messages = Vec::new();
-            if latest > acked && budget > 0 {
+            let messages = if latest > acked && budget > 0 {
                 // History from before the member joined is not theirs.
                 let after_seq = acked.max(c.start_seq as u64);
-                messages = self.page(&c.conversation_id, after_seq, budget).await?;
-                budget -= messages.len() as u32;
-            }
+                let page = self.page(&c.conversation_id, after_seq, budget).await?;
+                budget -= page.len() as u32;
+                page
+            } else {
+                Vec::new()
+            };
             conversations.push(Backlog {
                 conversation_id: c.conversation_id,
                 acked_seq: acked,
