@@ -298,8 +298,10 @@ def check_env(cwhere, c, b, r):
         ref = e.get("valueFrom", {}).get("secretKeyRef") or e.get("valueFrom", {}).get("configMapKeyRef")
         if ref:
             store = r.secrets if "secretKeyRef" in e["valueFrom"] else r.configmaps
+            # An optional key may be missing (the setting keeps its
+            # default); its object must still exist.
             check(
-                ref["name"] in store and ref["key"] in store[ref["name"]],
+                ref["name"] in store and (ref.get("optional") or ref["key"] in store[ref["name"]]),
                 cwhere,
                 f"{e['name']} refers to {ref['name']}/{ref['key']}, which is not rendered",
             )

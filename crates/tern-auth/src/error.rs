@@ -17,6 +17,9 @@ pub enum AuthError {
     /// No such user.
     #[error("no such user")]
     UnknownUser,
+    /// An operator banned the user.
+    #[error("this account is banned")]
+    Banned,
     /// The database failed.
     #[error("database: {0}")]
     Db(#[from] sea_orm::DbErr),
@@ -37,6 +40,7 @@ impl ServiceError for AuthError {
             AuthError::UsernameTaken => Failure::Refused(ErrorCode::Conflict),
             AuthError::BadCredentials => Failure::Refused(ErrorCode::Unauthenticated),
             AuthError::UnknownUser => Failure::Refused(ErrorCode::UnknownUser),
+            AuthError::Banned => Failure::Refused(ErrorCode::Forbidden),
             AuthError::Db(error) => Failure::Storage(error),
             AuthError::Unavailable(error) => Failure::Unavailable("bus", error),
             AuthError::Worker(error) => Failure::Internal(error),

@@ -6,7 +6,7 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateUsers), Box::new(AddRevocation)]
+        vec![Box::new(CreateUsers), Box::new(AddRevocation), Box::new(AddBans)]
     }
 
     // Services may share one database; each keeps its own migration log.
@@ -28,6 +28,7 @@ enum Users {
     PasswordHash,
     CreatedAt,
     TokensValidAfter,
+    BannedAtMs,
 }
 
 #[derive(DeriveIden)]
@@ -107,6 +108,29 @@ impl MigrationTrait for AddRevocation {
                 Table::alter()
                     .table(Users::Table)
                     .add_column(big_integer(Users::TokensValidAfter).default(0))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Operators' bans: a banned user cannot log in or refresh.
+struct AddBans;
+
+impl MigrationName for AddBans {
+    fn name(&self) -> &str {
+        "m0003_add_bans"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddBans {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Users::Table)
+                    .add_column(big_integer_null(Users::BannedAtMs))
                     .to_owned(),
             )
             .await

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use tern_bus::{Bus, BusEvent, Event, Revoked};
 use tern_proto::pb::auth::{
     FindUserRequest, GetUsersRequest, GetUsersResponse, LoginRequest, LogoutRequest,
-    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, TokenPair, User,
-    VerifyTokenRequest, VerifyTokenResponse, auth_service_server::AuthService,
+    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, RevokeUserRequest,
+    RevokeUserResponse, SetBannedRequest, SetBannedResponse, TokenPair, User, VerifyTokenRequest,
+    VerifyTokenResponse, auth_service_server::AuthService,
 };
-use tern_runtime::clock::now_secs;
+use tern_runtime::clock::{now_ms, now_secs};
 use tonic::{Request, Response, Status};
 
 /// Most ids one `GetUsers` call may ask for.
@@ -145,8 +146,23 @@ impl AuthService for Auth {
         };
         let valid = blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await?;
         match user {
+            Some(user) if valid && user.banned_at_ms.is_some() => Err(AuthError::Banned.into()),
             Some(user) if valid => {
-                Ok(Response::new(self.issue_pair(&user, uuid::Uuid::now_v7().to_string()).await?))
+                let family = uuid::Uuid::now_v7().to_string();
+                let pair = self.issue_pair(&user, family.clone()).await?;
+                // A ban that landed while this login ran may have ended
+                // every login before this one's tokens existed: look again.
+                if self
+                    .store
+                    .users_by_ids(&[user.id])
+                    .await?
+                    .iter()
+                    .any(|u| u.banned_at_ms.is_some())
+                {
+                    self.store.revoke_family(&family).await?;
+                    return Err(AuthError::Banned.into());
+                }
+                Ok(Response::new(pair))
             }
             _ => Err(AuthError::BadCredentials.into()),
         }
@@ -175,6 +191,9 @@ impl AuthService for Auth {
             .await?
             .pop()
             .ok_or(AuthError::BadCredentials)?;
+        if user.banned_at_ms.is_some() {
+            return Err(AuthError::Banned.into());
+        }
         Ok(Response::new(self.issue_pair(&user, row.family).await?))
     }
 
@@ -190,16 +209,7 @@ impl AuthService for Auth {
             .filter(|row| row.user_id as u64 == user_id)
             .ok_or(AuthError::BadCredentials)?;
         self.store.revoke_family(&row.family).await?;
-        let valid_after_ms = self.store.revoke_access_tokens(row.user_id).await?;
-        // A gateway that missed this would accept the user's old access
-        // tokens from its cache: the logout fails (and may be retried) unless
-        // the announcement went out. A node whose bus connection was down
-        // clears its cache when the connection comes back.
-        let revoked = Revoked { user_id, valid_after_ms };
-        self.bus
-            .broadcast(BusEvent { event: Some(Event::Revoked(revoked)) })
-            .await
-            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        self.revoke_access(row.user_id).await?;
         tracing::info!(user_id, "logged out");
         Ok(Response::new(LogoutResponse {}))
     }
@@ -244,6 +254,68 @@ impl AuthService for Auth {
         let username = request.into_inner().username;
         let user = self.store.user_by_name(&username).await?.ok_or(AuthError::UnknownUser)?;
         Ok(Response::new(to_pb(&user)))
+    }
+
+    async fn revoke_user(
+        &self,
+        request: Request<RevokeUserRequest>,
+    ) -> Result<Response<RevokeUserResponse>, Status> {
+        let user_id = self.existing(request.into_inner().user_id).await?;
+        let tokens_valid_after_ms = self.end_every_login(user_id).await?;
+        tracing::info!(user_id, "every login revoked by an operator");
+        Ok(Response::new(RevokeUserResponse { tokens_valid_after_ms }))
+    }
+
+    async fn set_banned(
+        &self,
+        request: Request<SetBannedRequest>,
+    ) -> Result<Response<SetBannedResponse>, Status> {
+        let SetBannedRequest { user_id, banned } = request.into_inner();
+        let user_id = self.existing(user_id).await?;
+        let banned_at_ms = banned.then(now_ms);
+        // The ban is stored before the logins end, and a login looks for a
+        // ban again once its tokens exist: one racing with the ban either
+        // sees it or is ended with the rest.
+        self.store.set_banned(user_id, banned_at_ms).await?;
+        if banned {
+            self.end_every_login(user_id).await?;
+        }
+        tracing::info!(user_id, banned, "ban changed by an operator");
+        Ok(Response::new(SetBannedResponse { banned_at_ms: banned_at_ms.unwrap_or_default() }))
+    }
+}
+
+impl Auth {
+    /// `user_id` as the store's key, when such a user exists.
+    async fn existing(&self, user_id: u64) -> Result<i64, AuthError> {
+        let id = i64::try_from(user_id).map_err(|_| AuthError::UnknownUser)?;
+        match self.store.users_by_ids(&[id]).await?.is_empty() {
+            true => Err(AuthError::UnknownUser),
+            false => Ok(id),
+        }
+    }
+
+    /// Ends every login of the user: all refresh tokens and the access
+    /// tokens issued until now. Returns the new watermark.
+    async fn end_every_login(&self, user_id: i64) -> Result<i64, AuthError> {
+        self.store.revoke_all_refresh(user_id).await?;
+        self.revoke_access(user_id).await
+    }
+
+    /// Refuses the user's access tokens issued until now and announces it
+    /// to every gateway node, which closes the user's sockets. A gateway
+    /// that missed this would accept the old tokens from its cache: the
+    /// caller fails (and may be retried) unless the announcement went out.
+    /// A node whose bus connection was down clears its cache when the
+    /// connection comes back.
+    async fn revoke_access(&self, user_id: i64) -> Result<i64, AuthError> {
+        let valid_after_ms = self.store.revoke_access_tokens(user_id).await?;
+        let revoked = Revoked { user_id: user_id as u64, valid_after_ms };
+        self.bus
+            .broadcast(BusEvent { event: Some(Event::Revoked(revoked)) })
+            .await
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        Ok(valid_after_ms)
     }
 }
 

@@ -21,6 +21,9 @@ pub mod users {
         pub created_at: i64,
         /// Access tokens issued before this (Unix milliseconds) are refused.
         pub tokens_valid_after: i64,
+        /// When an operator banned the user (Unix milliseconds); none when
+        /// they are not banned.
+        pub banned_at_ms: Option<i64>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -72,6 +75,7 @@ impl Store {
             password_hash: Set(password_hash),
             created_at: Set(now_secs()),
             tokens_valid_after: Set(0),
+            banned_at_ms: Set(None),
             ..Default::default()
         };
         match users::Entity::insert(row).exec_with_returning(&self.db).await {
@@ -133,15 +137,37 @@ impl Store {
 
     /// Revokes every refresh token of a login.
     pub async fn revoke_family(&self, family: &str) -> Result<(), AuthError> {
+        self.revoke_refresh(refresh_tokens::Column::Family.eq(family)).await
+    }
+
+    /// Revokes every refresh token of the user, whatever login it is from.
+    pub async fn revoke_all_refresh(&self, user_id: i64) -> Result<(), AuthError> {
+        self.revoke_refresh(refresh_tokens::Column::UserId.eq(user_id)).await
+    }
+
+    /// Revokes the refresh tokens `which` selects.
+    async fn revoke_refresh(
+        &self,
+        which: impl sea_orm::sea_query::IntoCondition,
+    ) -> Result<(), AuthError> {
         refresh_tokens::Entity::update_many()
             .col_expr(refresh_tokens::Column::Revoked, Expr::value(true))
-            .filter(refresh_tokens::Column::Family.eq(family))
+            .filter(which)
             .exec(&self.db)
             .await?;
         Ok(())
     }
 
-    /// Refuses the user's access tokens issued up to now.
+    /// Bans (`at` = when) or unbans (`None`) the user.
+    pub async fn set_banned(&self, user_id: i64, at: Option<i64>) -> Result<(), AuthError> {
+        users::Entity::update_many()
+            .col_expr(users::Column::BannedAtMs, Expr::value(at))
+            .filter(users::Column::Id.eq(user_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// Refuses every access token of the user issued until now; returns
     /// the new watermark (Unix ms).
     pub async fn revoke_access_tokens(&self, user_id: i64) -> Result<i64, AuthError> {

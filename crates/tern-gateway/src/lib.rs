@@ -108,6 +108,10 @@ pub struct Settings {
     /// connect costs no call to the auth service; with no secret every
     /// check asks the auth service.
     pub jwt: tern_runtime::access::TokenKey,
+    /// The operators' credential for `/api/admin/…` (`Authorization:
+    /// Bearer <token>`, at least 32 bytes). Empty turns the admin API off:
+    /// its routes answer 404. A user's access token never opens it.
+    pub admin_token: tern_runtime::Secret,
 }
 
 impl Default for Settings {
@@ -132,6 +136,7 @@ impl Default for Settings {
             limits: LimitSettings::default(),
             echo_endpoint: false,
             jwt: Default::default(),
+            admin_token: Default::default(),
         }
     }
 }
@@ -232,6 +237,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(settings: Settings, services: Services) -> anyhow::Result<Self> {
+        if !settings.admin_token.is_empty() {
+            tern_runtime::credential::validate_named("gateway admin_token", &settings.admin_token)
+                .map_err(anyhow::Error::msg)?;
+        }
         Ok(Self {
             tokens: Arc::new(tokens::Tokens::new(&settings.jwt)?),
             urls: Arc::new(api::UrlSigner::new(
@@ -281,6 +290,9 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/attachments/{attachment_id}", get(api::get_attachment)),
         ("/api/attachments/{attachment_id}/complete", post(api::complete_upload)),
         ("/api/attachments/{attachment_id}/content", get(api::get_content).put(api::put_content)),
+        ("/api/admin/users/{user_id}/ban", post(api::ban).delete(api::unban)),
+        ("/api/admin/users/{user_id}/revoke", post(api::revoke)),
+        ("/api/admin/online", get(api::online)),
     ]
 }
 

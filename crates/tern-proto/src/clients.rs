@@ -108,6 +108,8 @@ client! {
     verify_token(auth::VerifyTokenRequest) -> auth::VerifyTokenResponse;
     get_users(auth::GetUsersRequest) -> auth::GetUsersResponse;
     find_user(auth::FindUserRequest) -> auth::User;
+    revoke_user(auth::RevokeUserRequest) -> auth::RevokeUserResponse;
+    set_banned(auth::SetBannedRequest) -> auth::SetBannedResponse;
 }
 
 client! {

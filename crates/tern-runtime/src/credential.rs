@@ -23,14 +23,20 @@ pub fn header_value(token: &Secret) -> http::HeaderValue {
     value
 }
 
-/// Checks that a configured token is usable.
+/// Checks that a configured service token is usable.
 pub fn validate(token: &Secret) -> Result<(), String> {
+    validate_named("service_token", token)
+}
+
+/// Checks that the bearer token configured as `name` is usable: at least
+/// [`MIN_TOKEN_BYTES`] of printable ASCII.
+pub fn validate_named(name: &str, token: &Secret) -> Result<(), String> {
     let t = token.expose();
     if t.len() < MIN_TOKEN_BYTES {
-        return Err(format!("service_token must be at least {MIN_TOKEN_BYTES} bytes"));
+        return Err(format!("{name} must be at least {MIN_TOKEN_BYTES} bytes"));
     }
     if !t.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("service_token must be printable ASCII without spaces".into());
+        return Err(format!("{name} must be printable ASCII without spaces"));
     }
     Ok(())
 }
@@ -64,7 +70,7 @@ pub struct Guarded<S> {
 
 /// Compares without stopping at the first difference, so the time taken
 /// does not reveal how much of a guess was right.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -7,7 +7,10 @@ use common::{Server, texts};
 use tern_proto::{
     ErrorCode, error_code_of,
     pb::{
-        auth::{VerifyTokenRequest, auth_service_client::AuthServiceClient},
+        auth::{
+            RevokeUserRequest, SetBannedRequest, VerifyTokenRequest,
+            auth_service_client::AuthServiceClient,
+        },
         group::{CreateGroupRequest, group_service_client::GroupServiceClient},
         message::{
             MessageKind, SendRequest, message_service_client::MessageServiceClient,
@@ -139,4 +142,24 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
             .user_id,
         bob.id
     );
+
+    // A backend bans and unbans with the service token; a call without it
+    // is refused and changes nothing.
+    let ban = SetBannedRequest { user_id: bob.id, banned: true };
+    let mut anonymous = AuthServiceClient::new(common::channel(&url).await);
+    let refused = anonymous.set_banned(ban).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let refused = anonymous.revoke_user(RevokeUserRequest { user_id: bob.id }).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert_eq!(s.get("/api/groups", Some(&bob.token)).await.0, 200);
+    let banned = auth.set_banned(ban).await.unwrap().into_inner();
+    assert!(banned.banned_at_ms > 0);
+    assert_eq!(b.recv().await["type"], 100, "bob's session is closed");
+    let login = serde_json::json!({ "username": "bob", "password": "correct horse" });
+    let (status, body) = s.post("/api/login", None, login.clone()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    let refused = auth.set_banned(SetBannedRequest { user_id: 999_999, banned: true }).await;
+    assert_eq!(error_code_of(&refused.unwrap_err()), ErrorCode::UnknownUser);
+    auth.set_banned(SetBannedRequest { user_id: bob.id, banned: false }).await.unwrap();
+    assert_eq!(s.post("/api/login", None, login).await.0, 200);
 }

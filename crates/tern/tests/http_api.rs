@@ -291,3 +291,87 @@ async fn only_the_owner_manages_members() {
     // Nobody removes the owner.
     assert_eq!(s.delete(&format!("{members}/{}", owner.id), Some(&owner.token)).await.0, 403);
 }
+
+/// The operators' credential the admin tests configure.
+const ADMIN: &str = "an-admin-token-for-the-tests-0123456789";
+
+#[tokio::test]
+async fn the_admin_api_is_off_without_its_token() {
+    let s = Server::start().await;
+    let alice = s.user("alice").await;
+    let (status, body) =
+        s.post(&format!("/api/admin/users/{}/ban", alice.id), Some(ADMIN), json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    assert_eq!(s.post("/api/login", None, login_body("alice")).await.0, 200);
+}
+
+fn login_body(name: &str) -> serde_json::Value {
+    json!({ "username": name, "password": "correct horse" })
+}
+
+#[tokio::test]
+async fn admins_ban_unban_and_revoke_and_user_tokens_never_open_the_admin_api() {
+    let s = Server::start_with(&[("TERN__GATEWAY__ADMIN_TOKEN", ADMIN)]).await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let ban = format!("/api/admin/users/{}/ban", alice.id);
+    let online = format!("/api/admin/online?ids={},{}", alice.id, bob.id);
+
+    // A user's own access token, a wrong token or none: refused, nothing done.
+    for token in [Some(alice.token.as_str()), Some("an-admin-token-for-the-tests-012345678X"), None]
+    {
+        let (status, body) = s.post(&ban, token, json!({})).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")));
+        assert_eq!(s.get(&online, token).await.0, 401);
+    }
+    let (status, body) = s.post("/api/admin/users/987654/ban", Some(ADMIN), json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("unknown_user")), "{body}");
+
+    // Alice sends bob a message, acknowledged before she is banned.
+    let mut phone = s.connect(&alice).await;
+    let mut bobs = s.connect(&bob).await;
+    let ack = phone.send_to(bob.id, "before the ban", "m1").await;
+    assert_eq!(bobs.deliveries(1).await[0]["content"]["text"], "before the ban");
+    let (status, body) = s.get(&online, Some(ADMIN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["online"].as_array().unwrap().len(), 2, "{body}");
+    assert!(!body["online"][0]["nodes"].as_array().unwrap().is_empty(), "{body}");
+
+    // The ban closes her session, refuses her tokens and her logins.
+    let (status, body) = s.post(&ban, Some(ADMIN), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["banned"], true);
+    assert!(body["banned_at_ms"].as_i64().unwrap() > 0, "{body}");
+    let kicked = phone.recv().await;
+    assert_eq!(kicked["type"], 100, "{kicked}");
+    assert_eq!(phone.closed().await.code, 4001);
+    assert_eq!(s.get("/api/groups", Some(&alice.token)).await.0, 401);
+    assert!(tokio_tungstenite::connect_async(s.ws_url(&alice.token)).await.is_err());
+    let (status, body) = s.post("/api/login", None, login_body("alice")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert_eq!(body["error"]["message"], "this account is banned");
+    // Banning twice changes nothing.
+    assert_eq!(s.post(&ban, Some(ADMIN), json!({})).await.0, 200);
+    // Bob's copy of what she sent is still there.
+    let conversation = ack["conversation_id"].as_str().unwrap();
+    let (status, history) =
+        s.get(&format!("/api/conversations/{conversation}/messages"), Some(&bob.token)).await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["messages"][0]["content"]["text"], "before the ban", "{history}");
+    assert_eq!(s.get("/api/groups", Some(&bob.token)).await.0, 200, "bob is not affected");
+
+    // Lifted: she logs in again.
+    let (status, body) = s.delete(&ban, Some(ADMIN)).await;
+    assert_eq!((status, body["banned"].as_bool()), (200, Some(false)), "{body}");
+    let again = s.login("alice").await;
+
+    // Revoking ends her logins without a ban.
+    let mut tablet = s.connect(&again).await;
+    let (status, body) =
+        s.post(&format!("/api/admin/users/{}/revoke", alice.id), Some(ADMIN), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["tokens_valid_after_ms"].as_i64().unwrap() > 0, "{body}");
+    assert_eq!(tablet.recv().await["type"], 100);
+    assert_eq!(tablet.closed().await.code, 4001);
+    assert_eq!(s.get("/api/groups", Some(&again.token)).await.0, 401);
+    assert_eq!(s.get("/api/groups", Some(&s.login("alice").await.token)).await.0, 200);
+}

@@ -1,12 +1,13 @@
 //! The HTTP API (docs/protocol.md, *HTTP API*), one module per resource: `accounts`
 //! (register, login, refresh, logout), `users`, `groups`, `conversations`
 //! (list with unread counts, history), `attachments` (uploads, downloads)
-//! and `node` (health, readiness,
-//! stats). Handlers translate JSON to gRPC calls and back; every answer is
+//! `node` (health, readiness, stats) and `admin` (operators: bans,
+//! revocation, who is online). Handlers translate JSON to gRPC calls and back; every answer is
 //! a typed body (`Serialize` structs in its module) and every error goes
 //! through [`ApiError`].
 
 mod accounts;
+mod admin;
 mod attachments;
 mod conversations;
 mod groups;
@@ -14,6 +15,7 @@ mod node;
 mod users;
 
 pub use accounts::{login, logout, refresh, register};
+pub use admin::{ban, online, revoke, unban};
 pub use attachments::{
     UrlSigner, complete_upload, create_upload, get_attachment, get_content, put_content,
 };

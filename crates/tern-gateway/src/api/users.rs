@@ -37,7 +37,9 @@ pub struct UsersQuery {
 }
 
 /// Ids from `?ids=1,2,3`, at most 1,000.
-fn parse_ids(query: Result<Query<UsersQuery>, QueryRejection>) -> Result<Vec<u64>, ApiError> {
+pub(super) fn parse_ids(
+    query: Result<Query<UsersQuery>, QueryRejection>,
+) -> Result<Vec<u64>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let ids: Vec<u64> = q
         .ids

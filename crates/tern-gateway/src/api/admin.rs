@@ -1,0 +1,139 @@
+//! `/api/admin/…`: what operators do to users, behind the admin token
+//! (`TERN__GATEWAY__ADMIN_TOKEN`), never a user's access token.
+
+use super::{
+    parse_id,
+    users::{UsersQuery, parse_ids},
+};
+use crate::{AppState, error::ApiError, ws::bearer};
+use axum::{
+    Json,
+    extract::{FromRequestParts, Path, Query, State, rejection::QueryRejection},
+    http::request::Parts,
+};
+use serde::Serialize;
+use tern_proto::{
+    ErrorCode,
+    pb::auth::{RevokeUserRequest, SetBannedRequest},
+};
+
+/// A request that carries the admin token.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let expected = &state.settings.admin_token;
+        if expected.is_empty() {
+            // Off: the routes look as if they did not exist.
+            return Err(ApiError::new(ErrorCode::NotFound, "the admin API is off on this node"));
+        }
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing admin token"))?;
+        if !tern_runtime::credential::same(token.as_bytes(), expected.expose().as_bytes()) {
+            return Err(ApiError::new(ErrorCode::Unauthenticated, "invalid admin token"));
+        }
+        Ok(Admin)
+    }
+}
+
+#[derive(Serialize)]
+pub struct BanView {
+    user_id: u64,
+    banned: bool,
+    /// When the ban started (Unix ms); absent when not banned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    banned_at_ms: Option<i64>,
+}
+
+/// Bans or unbans through the auth service.
+async fn set_banned(state: &AppState, raw_id: &str, banned: bool) -> Result<BanView, ApiError> {
+    let user_id = parse_id(raw_id)?;
+    let request = SetBannedRequest { user_id, banned };
+    let answer = state.services.auth.clone().set_banned(request).await?.into_inner();
+    let banned_at_ms = (answer.banned_at_ms != 0).then_some(answer.banned_at_ms);
+    Ok(BanView { user_id, banned, banned_at_ms })
+}
+
+/// `POST /api/admin/users/{user_id}/ban`: the user's sessions are closed
+/// (type 100) on every node, their tokens stop working, and login is
+/// refused with `forbidden` until the ban is lifted.
+pub async fn ban(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<BanView>, ApiError> {
+    Ok(Json(set_banned(&state, &user_id, true).await?))
+}
+
+/// `DELETE /api/admin/users/{user_id}/ban`: lifts a ban; the user logs in again.
+pub async fn unban(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<BanView>, ApiError> {
+    Ok(Json(set_banned(&state, &user_id, false).await?))
+}
+
+#[derive(Serialize)]
+pub struct Revoked {
+    user_id: u64,
+    /// The user's access tokens issued before this (Unix ms) are refused.
+    tokens_valid_after_ms: i64,
+}
+
+/// `POST /api/admin/users/{user_id}/revoke`: ends every login of the user
+/// (all refresh tokens, the access tokens issued so far, open sessions on
+/// every node); they may log in again.
+pub async fn revoke(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path(user_id): Path<String>,
+) -> Result<Json<Revoked>, ApiError> {
+    let user_id = parse_id(&user_id)?;
+    let answer =
+        state.services.auth.clone().revoke_user(RevokeUserRequest { user_id }).await?.into_inner();
+    Ok(Json(Revoked { user_id, tokens_valid_after_ms: answer.tokens_valid_after_ms }))
+}
+
+#[derive(Serialize)]
+pub struct OnlineView {
+    user_id: u64,
+    /// The gateway nodes holding a session of the user.
+    nodes: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Online {
+    online: Vec<OnlineView>,
+}
+
+/// `GET /api/admin/online?ids=1,2,3`: which of these users are online, and
+/// on which nodes (users who are not are left out).
+pub async fn online(
+    State(state): State<AppState>,
+    _admin: Admin,
+    query: Result<Query<UsersQuery>, QueryRejection>,
+) -> Result<Json<Online>, ApiError> {
+    let ids = parse_ids(query)?;
+    let located = state
+        .services
+        .presence
+        .locate(&ids)
+        .await
+        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "presence unavailable, retry"))?;
+    let online = ids
+        .into_iter()
+        .filter_map(|user_id| {
+            let mut nodes: Vec<String> = located
+                .iter()
+                .filter(|(_, users)| users.contains(&user_id))
+                .map(|(node, _)| node.clone())
+                .collect();
+            nodes.sort_unstable();
+            (!nodes.is_empty()).then_some(OnlineView { user_id, nodes })
+        })
+        .collect();
+    Ok(Json(Online { online }))
+}
