@@ -293,6 +293,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/admin/users/{user_id}/ban", post(api::ban).delete(api::unban)),
         ("/api/admin/users/{user_id}/revoke", post(api::revoke)),
         ("/api/admin/online", get(api::online)),
+        ("/api/admin/messages", post(api::system_message)),
     ]
 }
 

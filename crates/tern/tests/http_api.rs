@@ -375,3 +375,55 @@ async fn admins_ban_unban_and_revoke_and_user_tokens_never_open_the_admin_api() 
     assert_eq!(s.get("/api/groups", Some(&again.token)).await.0, 401);
     assert_eq!(s.get("/api/groups", Some(&s.login("alice").await.token)).await.0, 200);
 }
+
+#[tokio::test]
+async fn admins_send_system_messages_to_a_user_and_to_a_group() {
+    let s = Server::start_with(&[("TERN__GATEWAY__ADMIN_TOKEN", ADMIN)]).await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let mut bobs = s.connect(&bob).await;
+    let notice = json!({ "to": bob.id, "content": { "text": "maintenance at noon" }, "client_msg_id": "notice-1" });
+    // A user cannot send as the system.
+    let (status, _) = s.post("/api/admin/messages", Some(&alice.token), notice.clone()).await;
+    assert_eq!(status, 401);
+    bobs.quiet(200).await;
+
+    let (status, sent) = s.post("/api/admin/messages", Some(ADMIN), notice.clone()).await;
+    assert_eq!(status, 201, "{sent}");
+    let got = bobs.deliveries(1).await.remove(0);
+    assert_eq!((got["type"].as_i64(), got["from"].as_u64()), (Some(1), Some(0)), "{got}");
+    assert_eq!(got["content"]["text"], "maintenance at noon");
+    assert_eq!(got["message_id"], sent["message_id"]);
+    // A retry is answered with the original and not delivered again.
+    let (status, again) = s.post("/api/admin/messages", Some(ADMIN), notice).await;
+    assert_eq!((status, again["duplicate"].as_bool()), (200, Some(true)), "{again}");
+    assert_eq!(again["message_id"], sent["message_id"]);
+    bobs.quiet(200).await;
+
+    let g = s.group(&alice, &[&bob]).await;
+    let (status, sent) = s
+        .post(
+            "/api/admin/messages",
+            Some(ADMIN),
+            json!({ "group_id": g, "content": { "text": "all hands" } }),
+        )
+        .await;
+    assert_eq!(status, 201, "{sent}");
+    let history = format!("/api/conversations/group:{g}/messages");
+    for reader in [&alice, &bob] {
+        let (_, got) = s.get(&history, Some(&reader.token)).await;
+        let last = got["messages"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!((last["from"].as_u64(), last["seq"].clone()), (Some(0), sent["seq"].clone()));
+        assert_eq!(last["content"]["text"], "all hands");
+    }
+
+    // Bad requests are refused with their codes.
+    for (bad, status, code) in [
+        (json!({ "to": bob.id, "group_id": g, "content": 1 }), 400, "bad_request"),
+        (json!({ "content": 1 }), 400, "bad_request"),
+        (json!({ "to": 987654, "content": 1 }), 404, "unknown_user"),
+        (json!({ "group_id": 987654, "content": 1 }), 404, "unknown_group"),
+    ] {
+        let (got, body) = s.post("/api/admin/messages", Some(ADMIN), bad.clone()).await;
+        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{bad}: {body}");
+    }
+}

@@ -2,19 +2,23 @@
 //! (`TERN__GATEWAY__ADMIN_TOKEN`), never a user's access token.
 
 use super::{
-    parse_id,
+    body, parse_id,
     users::{UsersQuery, parse_ids},
 };
 use crate::{AppState, error::ApiError, ws::bearer};
 use axum::{
     Json,
+    body::Bytes,
     extract::{FromRequestParts, Path, Query, State, rejection::QueryRejection},
-    http::request::Parts,
+    http::{StatusCode, request::Parts},
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tern_proto::{
     ErrorCode,
-    pb::auth::{RevokeUserRequest, SetBannedRequest},
+    pb::{
+        auth::{RevokeUserRequest, SetBannedRequest},
+        message::{MessageKind, SendRequest, send_request::Target},
+    },
 };
 
 /// A request that carries the admin token.
@@ -136,4 +140,62 @@ pub async fn online(
         })
         .collect();
     Ok(Json(Online { online }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemMessage {
+    to: Option<u64>,
+    group_id: Option<u64>,
+    content: serde_json::Value,
+    /// Makes a retry safe, as a client's send.
+    #[serde(default)]
+    client_msg_id: String,
+}
+
+#[derive(Serialize)]
+pub struct SystemSent {
+    message_id: String,
+    conversation_id: String,
+    seq: u64,
+    timestamp: i64,
+    duplicate: bool,
+}
+
+/// `POST /api/admin/messages` `{to | group_id, content, client_msg_id?}`:
+/// a system message (sender 0) to one user or to every member of a
+/// group, stored and delivered like any other.
+pub async fn system_message(
+    State(state): State<AppState>,
+    _admin: Admin,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<SystemSent>), ApiError> {
+    let SystemMessage { to, group_id, content, client_msg_id } = body(&bytes)?;
+    let target = match (to, group_id) {
+        (Some(to), None) => Target::ToUserId(to),
+        (None, Some(group)) => Target::GroupId(group),
+        _ => return Err(ApiError::bad_request("give exactly one of to and group_id")),
+    };
+    let request = SendRequest {
+        sender_id: 0,
+        client_msg_id,
+        target: Some(target),
+        content_json: content.to_string(),
+        system: true,
+        kind: MessageKind::Message as i32,
+        device: String::new(),
+    };
+    let sent = state.services.message.clone().send(request).await?.into_inner();
+    let message = sent.message.unwrap_or_default();
+    let status = if sent.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((
+        status,
+        Json(SystemSent {
+            message_id: message.message_id,
+            conversation_id: message.conversation_id,
+            seq: message.seq,
+            timestamp: message.created_at_ms,
+            duplicate: sent.duplicate,
+        }),
+    ))
 }
