@@ -294,6 +294,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/admin/users/{user_id}/revoke", post(api::revoke)),
         ("/api/admin/online", get(api::online)),
         ("/api/admin/messages", post(api::system_message)),
+        ("/api/admin/conversations/{conversation_id}/messages/{seq}/recall", post(api::recall)),
     ]
 }
 

@@ -573,6 +573,7 @@ impl Reader<'_> {
                     seq,
                     client_msg_id: client_msg_id.clone().unwrap_or_default(),
                     device: self.device.to_string(),
+                    system: false,
                 };
                 let mut message = self.state.services.message.clone();
                 return self.change(client_msg_id, message.recall(request)).await;

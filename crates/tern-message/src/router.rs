@@ -12,7 +12,10 @@ use crate::{Peers, store::Committed};
 use quick_cache::{OptionsBuilder, Weighter, sync::Cache};
 use std::{collections::HashMap, sync::Arc};
 use tern_bus::{BusEvent, Deliver, Deliveries, Event};
-use tern_proto::pb::{group::GetGroupRequest, message::message::Target};
+use tern_proto::{
+    conversation,
+    pb::{group::GetGroupRequest, message::message::Target},
+};
 use tokio::sync::mpsc;
 
 /// Most stored messages routed in one pass.
@@ -120,7 +123,14 @@ impl Router {
             // are found below (the gateway skips the device that sent it).
             let sender = message.sender_id;
             let recipients: Vec<u64> = match message.target {
-                Some(Target::ToUserId(to)) => vec![to],
+                // Both users of the pair but the sender: the addressee of
+                // a send, and both of them for an operator's entry (sender 0).
+                Some(Target::ToUserId(to)) => match conversation::parse(&message.conversation_id) {
+                    Some(conversation::Kind::Direct(a, b)) => {
+                        [a, b].into_iter().filter(|&u| u != sender && u != 0).collect()
+                    }
+                    _ => vec![to],
+                },
                 Some(Target::GroupId(group)) => match self.members(group, members_version).await {
                     Ok((_, members)) => members.iter().copied().filter(|&m| m != sender).collect(),
                     Err(error) => {

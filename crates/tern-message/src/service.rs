@@ -325,9 +325,17 @@ impl Messages {
         conversation_id: String,
         seq: u64,
         client_msg_id: String,
-        edit: Option<String>,
+        act: Act,
         device: String,
     ) -> Result<SendAck, MessageError> {
+        let operator = matches!(act, Act::OperatorRecall);
+        if operator && user_id != 0 {
+            return Err(MessageError::Invalid("an operator recalls as user 0"));
+        }
+        let edit = match act {
+            Act::Edit(content) => Some(content),
+            Act::Recall | Act::OperatorRecall => None,
+        };
         self.check_body(edit.as_deref().unwrap_or("null"), &client_msg_id)?;
         check_device(&device)?;
         let user = i64::try_from(user_id).map_err(|_| MessageError::NotMember)?;
@@ -340,6 +348,10 @@ impl Messages {
             return Ok(slim(event, true));
         }
         let (target, members_version, group) = match kind {
+            // The router sends an entry of a 1:1 conversation to both of
+            // its users but the sender, so either names it.
+            conversation::Kind::Direct(_, b) if operator => (StoredTarget::ToUserId(b), None, None),
+            conversation::Kind::Group(g) if operator => (StoredTarget::GroupId(g), None, Some(g)),
             conversation::Kind::Direct(..) => {
                 let peer = kind.peer_of(user_id).ok_or(MessageError::NotMember)?;
                 (StoredTarget::ToUserId(peer), None, None)
@@ -371,6 +383,7 @@ impl Messages {
             None if recalled && self.store.recall_stored(&conversation_id, at).await? => {
                 return Err(MessageError::Recalled);
             }
+            None if operator => {}
             None if mine && in_time(self.recall_window_ms) => {}
             None if self.is_owner(group, user_id).await? => {}
             None if mine => return Err(MessageError::Forbidden("the recall window has passed")),
@@ -568,6 +581,16 @@ impl Messages {
     }
 }
 
+/// What [`Messages::change`] does to a stored message.
+enum Act {
+    /// Replaces its content (its sender, within the edit window).
+    Edit(String),
+    /// Recalls it (its sender within the recall window, or a group's owner).
+    Recall,
+    /// Recalls it for an operator: any message, at any age, as user 0.
+    OperatorRecall,
+}
+
 /// Refuses a malformed device id (see `tern_proto::device`).
 fn check_device(device: &str) -> Result<(), MessageError> {
     let valid = tern_proto::device::is_valid(device);
@@ -677,9 +700,10 @@ impl MessageService for Messages {
     }
 
     async fn recall(&self, request: Request<RecallRequest>) -> Result<Response<SendAck>, Status> {
-        let RecallRequest { user_id, conversation_id, seq, client_msg_id, device } =
+        let RecallRequest { user_id, conversation_id, seq, client_msg_id, device, system } =
             request.into_inner();
-        let recall = self.change(user_id, conversation_id, seq, client_msg_id, None, device);
+        let act = if system { Act::OperatorRecall } else { Act::Recall };
+        let recall = self.change(user_id, conversation_id, seq, client_msg_id, act, device);
         Ok(Response::new(recall.await?))
     }
 
@@ -709,8 +733,14 @@ impl MessageService for Messages {
     async fn edit(&self, request: Request<EditRequest>) -> Result<Response<SendAck>, Status> {
         let EditRequest { user_id, conversation_id, seq, content_json, client_msg_id, device } =
             request.into_inner();
-        let edit =
-            self.change(user_id, conversation_id, seq, client_msg_id, Some(content_json), device);
+        let edit = self.change(
+            user_id,
+            conversation_id,
+            seq,
+            client_msg_id,
+            Act::Edit(content_json),
+            device,
+        );
         Ok(Response::new(edit.await?))
     }
 }

@@ -355,6 +355,7 @@ async fn a_backend_drives_the_services_directly() {
         seq: 1,
         client_msg_id: format!("recall-{user_id}"),
         device: String::new(),
+        system: false,
     };
     for (user, code) in
         [(stranger.id, tonic::Code::PermissionDenied), (b.id, tonic::Code::PermissionDenied)]

@@ -427,3 +427,42 @@ async fn admins_send_system_messages_to_a_user_and_to_a_group() {
         assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "{bad}: {body}");
     }
 }
+
+#[tokio::test]
+async fn admins_recall_any_message_and_both_users_see_it() {
+    let s = Server::start_with(&[("TERN__GATEWAY__ADMIN_TOKEN", ADMIN)]).await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let (mut a, mut b) = (s.connect(&alice).await, s.connect(&bob).await);
+    let kept = a.send_to(bob.id, "kept", "m1").await;
+    let ack = a.send_to(bob.id, "something unlawful", "m2").await;
+    assert_eq!(b.deliveries(2).await.len(), 2);
+    let conversation = ack["conversation_id"].as_str().unwrap();
+    let recall = format!("/api/admin/conversations/{conversation}/messages/2/recall");
+
+    // Bob, who may not recall alice's message, cannot through the admin API.
+    let (status, _) = s.post(&recall, Some(&bob.token), json!({})).await;
+    assert_eq!(status, 401);
+    let (status, body) = s.post(&recall, Some(ADMIN), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["ref_seq"].as_u64(), body["seq"].as_u64()), (Some(2), Some(3)), "{body}");
+    // Both users get the recall entry, from user 0.
+    for socket in [&mut a, &mut b] {
+        let got = socket.deliveries(1).await.remove(0);
+        assert_eq!((got["kind"].as_str(), got["ref_seq"].as_u64()), (Some("recall"), Some(2)));
+        assert_eq!(got["from"].as_u64(), Some(0), "{got}");
+    }
+    // The content is gone from storage; the other message is untouched.
+    let (_, history) =
+        s.get(&format!("/api/conversations/{conversation}/messages"), Some(&bob.token)).await;
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["content"]["text"], "kept");
+    assert_eq!(messages[0]["message_id"], kept["message_id"]);
+    assert!(messages[1]["content"].is_null(), "{history}");
+    assert!(!history.to_string().contains("unlawful"), "{history}");
+
+    let (status, body) = s.post(&recall, Some(ADMIN), json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
+    let missing = format!("/api/admin/conversations/{conversation}/messages/99/recall");
+    let (status, body) = s.post(&missing, Some(ADMIN), json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+}

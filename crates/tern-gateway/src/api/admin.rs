@@ -17,7 +17,7 @@ use tern_proto::{
     ErrorCode,
     pb::{
         auth::{RevokeUserRequest, SetBannedRequest},
-        message::{MessageKind, SendRequest, send_request::Target},
+        message::{MessageKind, RecallRequest, SendRequest, send_request::Target},
     },
 };
 
@@ -198,4 +198,42 @@ pub async fn system_message(
             duplicate: sent.duplicate,
         }),
     ))
+}
+
+#[derive(Serialize)]
+pub struct RecallView {
+    /// The recall entry's id and place in the conversation.
+    message_id: String,
+    conversation_id: String,
+    seq: u64,
+    /// The message recalled.
+    ref_seq: u64,
+    duplicate: bool,
+}
+
+/// `POST /api/admin/conversations/{conversation_id}/messages/{seq}/recall`:
+/// recalls any message, whatever its age: its content is removed from
+/// storage and every member gets the recall entry (from user 0).
+pub async fn recall(
+    State(state): State<AppState>,
+    _admin: Admin,
+    Path((conversation_id, seq)): Path<(String, String)>,
+) -> Result<Json<RecallView>, ApiError> {
+    let seq = parse_id(&seq)?;
+    let request = RecallRequest {
+        user_id: 0,
+        conversation_id,
+        seq,
+        client_msg_id: String::new(),
+        device: String::new(),
+        system: true,
+    };
+    let ack = state.services.message.clone().recall(request).await?.into_inner();
+    Ok(Json(RecallView {
+        message_id: ack.message_id,
+        conversation_id: ack.conversation_id,
+        seq: ack.seq,
+        ref_seq: seq,
+        duplicate: ack.duplicate,
+    }))
 }

@@ -15,7 +15,7 @@ mod node;
 mod users;
 
 pub use accounts::{login, logout, refresh, register};
-pub use admin::{ban, online, revoke, system_message, unban};
+pub use admin::{ban, online, recall, revoke, system_message, unban};
 pub use attachments::{
     UrlSigner, complete_upload, create_upload, get_attachment, get_content, put_content,
 };
