@@ -1,6 +1,6 @@
 //! Offline delivery, cursors and restarts.
 
-mod common;
+use crate::common;
 
 use common::{Server, seqs, texts};
 use serde_json::json;

@@ -1,7 +1,7 @@
 //! The distributed topology: every service its own process, two gateways,
 //! Redis presence and Pub/Sub, MariaDB.
 
-mod common;
+use crate::common;
 
 use common::{cluster::Cluster, seqs, texts};
 use serde_json::json;

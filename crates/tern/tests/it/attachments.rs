@@ -2,7 +2,7 @@
 //! (files under the data folder, bytes through the gateway) and on a real
 //! S3-compatible server (`s3s-fs`, started here; presigned URLs).
 
-mod common;
+use crate::common;
 
 use common::{Client, Server, User, s3::S3};
 use serde_json::{Value, json};

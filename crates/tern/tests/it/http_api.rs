@@ -1,6 +1,6 @@
 //! The HTTP API against a real `tern` process.
 
-mod common;
+use crate::common;
 
 use common::Server;
 

@@ -1,7 +1,7 @@
 //! The gRPC contracts as an internal backend uses them: a plain tonic
 //! client, no gateway, against a real `tern` process.
 
-mod common;
+use crate::common;
 
 use common::{Server, texts};
 use tern_proto::{

@@ -1,7 +1,7 @@
 //! Hostile and broken input: every case gets a clear error, and nothing
 //! acknowledged is lost.
 
-mod common;
+use crate::common;
 
 use common::{Client, Server, texts};
 use futures::SinkExt;

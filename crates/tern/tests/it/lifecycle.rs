@@ -1,6 +1,6 @@
 //! Session lifecycle: token expiry and graceful shutdown.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use serde_json::json;

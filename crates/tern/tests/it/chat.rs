@@ -1,6 +1,6 @@
 //! Live 1:1 and group chat over real WebSockets.
 
-mod common;
+use crate::common;
 
 use common::{Server, seqs, texts};
 use serde_json::json;

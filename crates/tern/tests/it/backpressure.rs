@@ -3,7 +3,7 @@
 //! or unbounded memory; a saturated message service answers with a
 //! retryable error instead of queueing. Nothing acknowledged is lost.
 
-mod common;
+use crate::common;
 
 use common::{Client, Server, User};
 use futures::StreamExt;

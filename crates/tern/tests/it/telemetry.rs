@@ -1,7 +1,7 @@
 //! Observability: Prometheus metrics after traffic, and one OpenTelemetry
 //! trace across the gateway, the message service and its storage.
 
-mod common;
+use crate::common;
 
 use common::{Server, cluster::Cluster};
 use opentelemetry_proto::tonic::collector::trace::v1::{

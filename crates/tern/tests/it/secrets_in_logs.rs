@@ -1,7 +1,7 @@
 //! Tokens, passwords and message bodies never reach the logs, even at
 //! debug level.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use serde_json::json;
