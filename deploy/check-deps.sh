@@ -24,4 +24,13 @@ for crate in tern-proto tern-runtime tern-bus; do
     fi
   done
 done
+# The load generator and the command-line client see Tern only as users
+# do, through its public API: they depend on no Tern crate.
+for crate in tern-bench tern-cli; do
+  deps=$(cargo tree -p "$crate" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
+  if grep -x 'tern.*' <<<"$deps" | grep -vqx "$crate"; then
+    echo "dependency rule broken: $crate depends on a Tern crate" >&2
+    fail=1
+  fi
+done
 exit "$fail"
