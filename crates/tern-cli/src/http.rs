@@ -157,6 +157,31 @@ impl Api {
             .collect())
     }
 
+    /// An operator's call under `/api/admin/` with the admin token:
+    /// `segments` after `admin`, an optional `?ids=` list and JSON body.
+    pub async fn admin(
+        &self,
+        admin_token: &str,
+        method: reqwest::Method,
+        segments: &[&str],
+        ids: Option<&[u64]>,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut path = vec!["api", "admin"];
+        path.extend_from_slice(segments);
+        let mut url = self.url(&path)?;
+        if let Some(ids) = ids {
+            let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+            url.query_pairs_mut().append_pair("ids", &list.join(","));
+        }
+        let request = self.http.request(method, url).bearer_auth(admin_token);
+        self.call(match body {
+            Some(body) => request.json(&body),
+            None => request,
+        })
+        .await
+    }
+
     /// `base` joined with `segments`, each escaped as one path segment.
     fn url(&self, segments: &[&str]) -> anyhow::Result<Url> {
         let mut url = self.base.clone();

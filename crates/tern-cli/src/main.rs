@@ -29,8 +29,8 @@ Log in once and keep the token in the environment:\n\n    \
 export TERN_PASSWORD='correct horse battery staple'\n    \
 export TERN_TOKEN=$(tern-cli login alice)\n\n\
 Errors go to stderr as `error: <code>: <message>` with exit status 1.",
-    after_help = "Environment: TERN_SERVER, TERN_TOKEN, TERN_DEVICE, TERN_PASSWORD \
-(see each option)."
+    after_help = "Environment: TERN_SERVER, TERN_TOKEN, TERN_DEVICE, TERN_PASSWORD, \
+TERN_ADMIN_TOKEN (see each option and `admin --help`)."
 )]
 struct Cli {
     /// Base URL of the server [env: TERN_SERVER] [default: http://localhost:8080]
@@ -95,21 +95,7 @@ enum Command {
     /// Prints the stored message's conversation, seq and message_id (with
     /// --json, the server's send ack frame). A refusal (unknown user, not a
     /// member, rate limited, ...) is printed to stderr with exit status 1.
-    #[command(group(ArgGroup::new("recipient").required(true).args(["to", "group"])))]
-    Send {
-        /// The recipient's user id.
-        #[arg(long, value_name = "USER_ID")]
-        to: Option<u64>,
-        /// The group's id.
-        #[arg(long, value_name = "GROUP_ID")]
-        group: Option<u64>,
-        /// The message text; `-` reads it from stdin.
-        text: String,
-        /// Idempotency key: a retried send with the same id is stored once.
-        /// A fresh one is made when omitted.
-        #[arg(long, value_name = "ID")]
-        client_msg_id: Option<String>,
-    },
+    Send(Outgoing),
 
     /// List your conversations, most recent first, with unread counts.
     Conversations,
@@ -143,6 +129,61 @@ enum Command {
         /// Start after this seq instead of showing the latest messages.
         #[arg(long, value_name = "SEQ")]
         after_seq: Option<u64>,
+    },
+
+    /// Operators' commands: bans, revocations, system messages, recalls.
+    ///
+    /// They need the server's admin token (TERN__GATEWAY__ADMIN_TOKEN on
+    /// the server), read from the TERN_ADMIN_TOKEN environment variable;
+    /// a user's access token is never accepted.
+    Admin {
+        #[command(subcommand)]
+        action: AdminCommand,
+    },
+}
+
+/// A message to send: its recipient and text.
+#[derive(clap::Args, Debug)]
+#[command(group(ArgGroup::new("recipient").required(true).args(["to", "group"])))]
+struct Outgoing {
+    /// The recipient's user id.
+    #[arg(long, value_name = "USER_ID")]
+    to: Option<u64>,
+    /// The group's id.
+    #[arg(long, value_name = "GROUP_ID")]
+    group: Option<u64>,
+    /// The message text; `-` reads it from stdin.
+    text: String,
+    /// Idempotency key: a retried send with the same id is stored once.
+    /// A fresh one is made when omitted.
+    #[arg(long, value_name = "ID")]
+    client_msg_id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Ban a user: their sessions are closed on every node, their tokens
+    /// stop working, and login is refused until `unban`.
+    Ban { user_id: u64 },
+    /// Lift a user's ban.
+    Unban { user_id: u64 },
+    /// End every login of a user (as a logout on every device); they may
+    /// log in again.
+    Revoke { user_id: u64 },
+    /// Which of these users are online, and on which gateway nodes.
+    Online {
+        /// User ids (at most 1,000).
+        #[arg(required = true, num_args = 1..)]
+        user_ids: Vec<u64>,
+    },
+    /// Send a system message (from user 0) to a user or a group.
+    Message(Outgoing),
+    /// Recall any message: its content is removed and every member is told.
+    Recall {
+        /// The conversation (`dm:<low>:<high>` or `group:<id>`).
+        conversation_id: String,
+        /// The message's seq.
+        seq: u64,
     },
 }
 
@@ -195,7 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let login = api.login(&username, &password).await?;
             print_login(&out, &login)?;
         }
-        Command::Send { to, group, text, client_msg_id } => {
+        Command::Send(Outgoing { to, group, text, client_msg_id }) => {
             let token = require_token(token.as_deref())?;
             let text = if text == "-" { read_stdin()? } else { text };
             let client_msg_id =
@@ -255,6 +296,81 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let page = api.history(&conversation_id, after_seq, limit).await?;
             out.history(&page).await?;
         }
+        Command::Admin { action } => admin(&api, &out, action).await?,
+    }
+    Ok(())
+}
+
+/// Runs an operator's command with the admin token from `TERN_ADMIN_TOKEN`.
+async fn admin(api: &Api, out: &Output<'_>, action: AdminCommand) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let token = option_or_env(None, "TERN_ADMIN_TOKEN")
+        .context("no admin token: set TERN_ADMIN_TOKEN to the server's admin token")?;
+    let token = token.as_str();
+    let user = |id: u64| ["users".to_string(), id.to_string()];
+    let (answer, summary) = match action {
+        AdminCommand::Ban { user_id } => {
+            let [a, b] = user(user_id);
+            let answer = api.admin(token, Method::POST, &[&a, &b, "ban"], None, None).await?;
+            (answer, format!("user {user_id} banned"))
+        }
+        AdminCommand::Unban { user_id } => {
+            let [a, b] = user(user_id);
+            let answer = api.admin(token, Method::DELETE, &[&a, &b, "ban"], None, None).await?;
+            (answer, format!("user {user_id} unbanned"))
+        }
+        AdminCommand::Revoke { user_id } => {
+            let [a, b] = user(user_id);
+            let answer = api.admin(token, Method::POST, &[&a, &b, "revoke"], None, None).await?;
+            (answer, format!("every login of user {user_id} ended"))
+        }
+        AdminCommand::Online { user_ids } => {
+            let answer = api.admin(token, Method::GET, &["online"], Some(&user_ids), None).await?;
+            let online =
+                answer.get("online").and_then(Value::as_array).cloned().unwrap_or_default();
+            let lines: Vec<String> = online
+                .iter()
+                .map(|o| {
+                    let nodes: Vec<&str> = o["nodes"]
+                        .as_array()
+                        .map(|n| n.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    format!("user {} online on {}", o["user_id"], output::clean(&nodes.join(", ")))
+                })
+                .collect();
+            let summary =
+                if lines.is_empty() { "none of them is online".into() } else { lines.join("\n") };
+            (answer, summary)
+        }
+        AdminCommand::Message(Outgoing { to, group, text, client_msg_id }) => {
+            let text = if text == "-" { read_stdin()? } else { text };
+            let mut body = json!({ "content": { "text": text } });
+            match (to, group) {
+                (Some(to), _) => body["to"] = json!(to),
+                (None, Some(group)) => body["group_id"] = json!(group),
+                (None, None) => bail!("give --to <USER_ID> or --group <GROUP_ID>"),
+            }
+            if let Some(id) = client_msg_id {
+                body["client_msg_id"] = json!(id);
+            }
+            let answer = api.admin(token, Method::POST, &["messages"], None, Some(body)).await?;
+            let summary = format!(
+                "sent to {} as #{}",
+                output::clean(answer["conversation_id"].as_str().unwrap_or_default()),
+                answer["seq"]
+            );
+            (answer, summary)
+        }
+        AdminCommand::Recall { conversation_id, seq } => {
+            let seq_text = seq.to_string();
+            let path = ["conversations", conversation_id.as_str(), "messages", &seq_text, "recall"];
+            let answer = api.admin(token, Method::POST, &path, None, None).await?;
+            (answer, format!("{} #{seq} recalled", output::clean(&conversation_id)))
+        }
+    };
+    match out.mode {
+        Mode::Json => out.json(&answer)?,
+        Mode::Plain => out.line(&summary)?,
     }
     Ok(())
 }

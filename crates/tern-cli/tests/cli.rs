@@ -46,6 +46,7 @@ impl Server {
             .env("TERN__DATA_DIR", data.path())
             .env("TERN__AUTH__BCRYPT_COST", "4")
             .env("TERN__AUTH__INSECURE_FAST_HASHING", "true")
+            .env("TERN__GATEWAY__ADMIN_TOKEN", ADMIN)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -84,6 +85,7 @@ impl Server {
             .env_remove("TERN_TOKEN")
             .env_remove("TERN_PASSWORD")
             .env_remove("TERN_DEVICE")
+            .env_remove("TERN_ADMIN_TOKEN")
             .env("TERN_SERVER", self.url())
             .args(args)
             .stdin(Stdio::null());
@@ -201,6 +203,13 @@ fn every_subcommand_has_help() {
         vec!["conversations"],
         vec!["follow"],
         vec!["history"],
+        vec!["admin"],
+        vec!["admin", "ban"],
+        vec!["admin", "unban"],
+        vec!["admin", "revoke"],
+        vec!["admin", "online"],
+        vec!["admin", "message"],
+        vec!["admin", "recall"],
     ] {
         let mut args = command.clone();
         args.push("--help");
@@ -227,6 +236,71 @@ fn unreachable_server_is_a_clear_error() {
             .args(["--server", &server, "--token", "t", "send", "--to", "2", "hi"]),
     );
     assert!(err.contains("cannot open a WebSocket"), "{err}");
+}
+
+/// The operators' token the test server is started with.
+const ADMIN: &str = "an-admin-token-for-the-cli-tests-0123456789";
+
+#[test]
+fn operators_ban_revoke_message_and_recall() {
+    let server = Server::start();
+    let login = |name: &str| {
+        json(&ok(server.cli(&["--json", "login", name]).env("TERN_PASSWORD", PASSWORD)))
+    };
+    ok(server.cli(&["register", "alice"]).env("TERN_PASSWORD", PASSWORD));
+    ok(server.cli(&["register", "bob"]).env("TERN_PASSWORD", PASSWORD));
+    let (alice, bob) = (login("alice"), login("bob"));
+    let alice_id = alice["user_id"].as_u64().unwrap().to_string();
+    let bob_id = bob["user_id"].as_u64().unwrap().to_string();
+    let (alice_token, bob_token) =
+        (alice["token"].as_str().unwrap().to_string(), bob["token"].as_str().unwrap().to_string());
+    let admin = |args: &[&str]| {
+        let mut command = server.cli(args);
+        command.env("TERN_ADMIN_TOKEN", ADMIN);
+        command
+    };
+
+    // No admin token, or a user's access token in its place: refused.
+    let err = fails(&mut server.cli(&["admin", "ban", &alice_id]));
+    assert!(err.contains("no admin token"), "{err}");
+    let err = fails(server.cli(&["admin", "ban", &alice_id]).env("TERN_ADMIN_TOKEN", &alice_token));
+    assert!(err.starts_with("error: unauthenticated: "), "{err}");
+
+    // A system message to bob, in his history as from user 0; then recalled.
+    let sent = json(&ok(&mut admin(&["--json", "admin", "message", "--to", &bob_id, "at noon"])));
+    let conversation = sent["conversation_id"].as_str().unwrap().to_string();
+    let history = |token: &str| {
+        json(&ok(server
+            .cli(&["--json", "history", &conversation, "--after-seq", "0"])
+            .env("TERN_TOKEN", token)))
+    };
+    let page = history(&bob_token);
+    assert_eq!(
+        (page["messages"][0]["from"].as_u64(), page["messages"][0]["seq"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert_eq!(page["messages"][0]["content"]["text"], "at noon");
+    let out = ok(&mut admin(&["admin", "recall", &conversation, "1"]));
+    assert_eq!(out.trim(), format!("{conversation} #1 recalled"));
+    assert!(history(&bob_token)["messages"][0]["content"].is_null());
+    let out = ok(&mut admin(&["admin", "online", &alice_id, &bob_id]));
+    assert_eq!(out.trim(), "none of them is online");
+
+    // A ban refuses alice's login until it is lifted; a revoke ends her tokens.
+    assert_eq!(
+        ok(&mut admin(&["admin", "ban", &alice_id])).trim(),
+        format!("user {alice_id} banned")
+    );
+    let err = fails(server.cli(&["login", "alice"]).env("TERN_PASSWORD", PASSWORD));
+    assert!(err.starts_with("error: forbidden: this account is banned"), "{err}");
+    let err = fails(server.cli(&["conversations"]).env("TERN_TOKEN", &alice_token));
+    assert!(err.starts_with("error: unauthenticated: "), "{err}");
+    ok(&mut admin(&["admin", "unban", &alice_id]));
+    let again = login("alice")["token"].as_str().unwrap().to_string();
+    ok(server.cli(&["conversations"]).env("TERN_TOKEN", &again));
+    ok(&mut admin(&["admin", "revoke", &alice_id]));
+    let err = fails(server.cli(&["conversations"]).env("TERN_TOKEN", &again));
+    assert!(err.starts_with("error: unauthenticated: "), "{err}");
 }
 
 #[test]
