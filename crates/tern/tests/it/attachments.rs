@@ -274,7 +274,8 @@ async fn uploads_that_break_the_rules_are_refused() {
 
 #[tokio::test]
 async fn download_links_expire_and_recalls_remove_the_file() {
-    let s = Server::start_with(&[("TERN__ATTACHMENTS__URL_TTL_SECS", "1")]).await;
+    // A URL's expiry is in whole seconds (see `presigned_urls_expire`).
+    let s = Server::start_with(&[("TERN__ATTACHMENTS__URL_TTL_SECS", "3")]).await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     let conversation = dm(&alice, &bob);
@@ -289,7 +290,7 @@ async fn download_links_expire_and_recalls_remove_the_file() {
     let (_, got) = s.get(&format!("/api/attachments/{id}"), Some(&bob.token)).await;
     let url = got["download_url"].as_str().unwrap().to_string();
     assert_eq!(fetch(&s, &url).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     let (status, _, body) = fetch(&s, &url).await;
     assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
     assert!(String::from_utf8_lossy(&body).contains("expired"));
@@ -367,7 +368,10 @@ async fn files_travel_through_an_s3_store_with_presigned_urls() {
 #[tokio::test]
 async fn presigned_urls_expire() {
     let s3 = S3::start().await;
-    let s = on_s3(&s3, &[("TERN__ATTACHMENTS__URL_TTL_SECS", "1")]).await;
+    // Presigned URLs carry their signing time in whole seconds, so a URL
+    // of a TTL of n seconds may live as little as n - 1: 3 leaves the
+    // upload and the first download room on a busy machine.
+    let s = on_s3(&s3, &[("TERN__ATTACHMENTS__URL_TTL_SECS", "3")]).await;
     let alice = s.user("alice").await;
     let bob = s.user("bob").await;
     let done = upload(&s, &alice, &dm(&alice, &bob), "a.txt", "text/plain", b"hello").await;
@@ -375,7 +379,7 @@ async fn presigned_urls_expire() {
     let (_, got) = s.get(&format!("/api/attachments/{id}"), Some(&alice.token)).await;
     let url = got["download_url"].as_str().unwrap().to_string();
     assert_eq!(fetch(&s, &url).await.0, 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     assert_eq!(fetch(&s, &url).await.0, 403, "an expired presigned URL");
 }
 
