@@ -306,26 +306,43 @@ async fn admin(api: &Api, out: &Output<'_>, action: AdminCommand) -> anyhow::Res
     use reqwest::Method;
     let token = option_or_env(None, "TERN_ADMIN_TOKEN")
         .context("no admin token: set TERN_ADMIN_TOKEN to the server's admin token")?;
-    let token = token.as_str();
-    let user = |id: u64| ["users".to_string(), id.to_string()];
-    let (answer, summary) = match action {
-        AdminCommand::Ban { user_id } => {
-            let [a, b] = user(user_id);
-            let answer = api.admin(token, Method::POST, &[&a, &b, "ban"], None, None).await?;
-            (answer, format!("user {user_id} banned"))
-        }
-        AdminCommand::Unban { user_id } => {
-            let [a, b] = user(user_id);
-            let answer = api.admin(token, Method::DELETE, &[&a, &b, "ban"], None, None).await?;
-            (answer, format!("user {user_id} unbanned"))
-        }
-        AdminCommand::Revoke { user_id } => {
-            let [a, b] = user(user_id);
-            let answer = api.admin(token, Method::POST, &[&a, &b, "revoke"], None, None).await?;
-            (answer, format!("every login of user {user_id} ended"))
-        }
+    let on_user = |id: u64, act: &str| vec!["users".to_string(), id.to_string(), act.to_string()];
+    // The request: method, path under /api/admin/, ?ids= and body.
+    let (method, path, ids, body) = match &action {
+        AdminCommand::Ban { user_id } => (Method::POST, on_user(*user_id, "ban"), None, None),
+        AdminCommand::Unban { user_id } => (Method::DELETE, on_user(*user_id, "ban"), None, None),
+        AdminCommand::Revoke { user_id } => (Method::POST, on_user(*user_id, "revoke"), None, None),
         AdminCommand::Online { user_ids } => {
-            let answer = api.admin(token, Method::GET, &["online"], Some(&user_ids), None).await?;
+            (Method::GET, vec!["online".to_string()], Some(user_ids.as_slice()), None)
+        }
+        AdminCommand::Message(Outgoing { to, group, text, client_msg_id }) => {
+            let text = if text == "-" { read_stdin()? } else { text.clone() };
+            let mut body = json!({ "content": { "text": text } });
+            match (to, group) {
+                (Some(to), _) => body["to"] = json!(to),
+                (None, Some(group)) => body["group_id"] = json!(group),
+                (None, None) => bail!("give --to <USER_ID> or --group <GROUP_ID>"),
+            }
+            if let Some(id) = client_msg_id {
+                body["client_msg_id"] = json!(id);
+            }
+            (Method::POST, vec!["messages".to_string()], None, Some(body))
+        }
+        AdminCommand::Recall { conversation_id, seq } => {
+            let path = ["conversations", conversation_id, "messages", &seq.to_string(), "recall"];
+            (Method::POST, path.map(str::to_string).to_vec(), None, None)
+        }
+    };
+    let path: Vec<&str> = path.iter().map(String::as_str).collect();
+    let answer = api.admin(&token, method, &path, ids, body).await?;
+    if out.mode == Mode::Json {
+        return Ok(out.json(&answer)?);
+    }
+    let summary = match action {
+        AdminCommand::Ban { user_id } => format!("user {user_id} banned"),
+        AdminCommand::Unban { user_id } => format!("user {user_id} unbanned"),
+        AdminCommand::Revoke { user_id } => format!("every login of user {user_id} ended"),
+        AdminCommand::Online { .. } => {
             let online =
                 answer.get("online").and_then(Value::as_array).cloned().unwrap_or_default();
             let lines: Vec<String> = online
@@ -338,41 +355,18 @@ async fn admin(api: &Api, out: &Output<'_>, action: AdminCommand) -> anyhow::Res
                     format!("user {} online on {}", o["user_id"], output::clean(&nodes.join(", ")))
                 })
                 .collect();
-            let summary =
-                if lines.is_empty() { "none of them is online".into() } else { lines.join("\n") };
-            (answer, summary)
+            if lines.is_empty() { "none of them is online".into() } else { lines.join("\n") }
         }
-        AdminCommand::Message(Outgoing { to, group, text, client_msg_id }) => {
-            let text = if text == "-" { read_stdin()? } else { text };
-            let mut body = json!({ "content": { "text": text } });
-            match (to, group) {
-                (Some(to), _) => body["to"] = json!(to),
-                (None, Some(group)) => body["group_id"] = json!(group),
-                (None, None) => bail!("give --to <USER_ID> or --group <GROUP_ID>"),
-            }
-            if let Some(id) = client_msg_id {
-                body["client_msg_id"] = json!(id);
-            }
-            let answer = api.admin(token, Method::POST, &["messages"], None, Some(body)).await?;
-            let summary = format!(
-                "sent to {} as #{}",
-                output::clean(answer["conversation_id"].as_str().unwrap_or_default()),
-                answer["seq"]
-            );
-            (answer, summary)
-        }
+        AdminCommand::Message(_) => format!(
+            "sent to {} as #{}",
+            output::clean(answer["conversation_id"].as_str().unwrap_or_default()),
+            answer["seq"]
+        ),
         AdminCommand::Recall { conversation_id, seq } => {
-            let seq_text = seq.to_string();
-            let path = ["conversations", conversation_id.as_str(), "messages", &seq_text, "recall"];
-            let answer = api.admin(token, Method::POST, &path, None, None).await?;
-            (answer, format!("{} #{seq} recalled", output::clean(&conversation_id)))
+            format!("{} #{seq} recalled", output::clean(&conversation_id))
         }
     };
-    match out.mode {
-        Mode::Json => out.json(&answer)?,
-        Mode::Plain => out.line(&summary)?,
-    }
-    Ok(())
+    Ok(out.line(&summary)?)
 }
 
 /// Prints a login answer: the token alone, or the whole answer as JSON.

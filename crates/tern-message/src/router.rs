@@ -123,11 +123,12 @@ impl Router {
             // are found below (the gateway skips the device that sent it).
             let sender = message.sender_id;
             let recipients: Vec<u64> = match message.target {
-                // Both users of the pair but the sender: the addressee of
-                // a send, and both of them for an operator's entry (sender 0).
+                Some(Target::ToUserId(to)) if sender != 0 => vec![to],
+                // An entry from user 0 (a system message, an operator's
+                // recall) reaches both users of the pair, whichever it names.
                 Some(Target::ToUserId(to)) => match conversation::parse(&message.conversation_id) {
                     Some(conversation::Kind::Direct(a, b)) => {
-                        [a, b].into_iter().filter(|&u| u != sender && u != 0).collect()
+                        [a, b].into_iter().filter(|&u| u != 0).collect()
                     }
                     _ => vec![to],
                 },

@@ -3,7 +3,7 @@
 
 use super::{
     body, parse_id,
-    users::{UsersQuery, parse_ids},
+    users::{UsersQuery, parse_ids, presence_unavailable},
 };
 use crate::{AppState, error::ApiError, ws::bearer};
 use axum::{
@@ -121,12 +121,7 @@ pub async fn online(
     query: Result<Query<UsersQuery>, QueryRejection>,
 ) -> Result<Json<Online>, ApiError> {
     let ids = parse_ids(query)?;
-    let located = state
-        .services
-        .presence
-        .locate(&ids)
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::Unavailable, "presence unavailable, retry"))?;
+    let located = state.services.presence.locate(&ids).await.map_err(presence_unavailable)?;
     let online = ids
         .into_iter()
         .filter_map(|user_id| {

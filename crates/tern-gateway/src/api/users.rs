@@ -103,10 +103,14 @@ pub async fn presence(
     let visible = state.services.offline.clone().shared_with(request).await?.into_inner().user_ids;
     let hidden = ids.into_iter().filter(|id| !visible.contains(id)).collect();
     let presence = &state.services.presence;
-    let unavailable = |_| ApiError::new(ErrorCode::Unavailable, "presence unavailable, retry");
-    let online: std::collections::HashSet<u64> =
-        presence.locate(&visible).await.map_err(unavailable)?.into_values().flatten().collect();
-    let seen = presence.last_seen(&visible).await.map_err(unavailable)?;
+    let online: std::collections::HashSet<u64> = presence
+        .locate(&visible)
+        .await
+        .map_err(presence_unavailable)?
+        .into_values()
+        .flatten()
+        .collect();
+    let seen = presence.last_seen(&visible).await.map_err(presence_unavailable)?;
     let presence = visible
         .into_iter()
         .map(|user_id| {
@@ -116,4 +120,9 @@ pub async fn presence(
         })
         .collect();
     Ok(Json(PresenceList { presence, hidden }))
+}
+
+/// What a caller gets when presence cannot be read.
+pub(super) fn presence_unavailable(_: tern_bus::BusError) -> ApiError {
+    ApiError::new(ErrorCode::Unavailable, "presence unavailable, retry")
 }
