@@ -15,7 +15,7 @@ for crate in "${services[@]}"; do
     fi
   done
 done
-for crate in tern-proto tern-runtime tern-bus; do
+for crate in tern-proto tern-runtime tern-bus tern-webhook; do
   deps=$(cargo tree -p "$crate" -e normal --prefix none --format '{p}' | awk '{print $1}' | sort -u)
   for other in "${services[@]}" tern-gateway; do
     if grep -qx "$other" <<<"$deps"; then

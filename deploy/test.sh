@@ -34,6 +34,9 @@ TERN_TEST_DATABASE=postgres cargo test -p tern --tests --locked
 echo "== deployment files (Dockerfile, compose, Kubernetes), offline"
 deploy/validate-deploy.sh
 
+echo "== OpenAPI document of the HTTP API (openapi-spec-validator)"
+deploy/check-openapi.sh
+
 echo "== WebSocket conformance (Autobahn cases)"
 deploy/autobahn.sh
 

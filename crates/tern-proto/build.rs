@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "tern/message/v1/message.proto",
     "tern/offline/v1/offline.proto",
     "tern/bus/v1/bus.proto",
+    "tern/webhook/v1/webhook.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

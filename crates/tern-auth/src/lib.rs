@@ -72,8 +72,14 @@ impl Default for JwtSettings {
 }
 
 /// Connects the database, applies migrations and builds the service.
-/// `bus` carries logouts to the gateway nodes.
-pub async fn build(settings: &Settings, bus: Arc<dyn Bus>) -> anyhow::Result<Auth> {
+/// `bus` carries logouts to the gateway nodes; `user.*` events go to the
+/// webhooks `webhooks` configures.
+pub async fn build(
+    settings: &Settings,
+    webhooks: &tern_webhook::Settings,
+    bus: Arc<dyn Bus>,
+) -> anyhow::Result<Auth> {
+    let outbox = tern_webhook::Outbox::new("auth", webhooks)?;
     if settings.bcrypt_cost < MIN_BCRYPT_COST && !settings.insecure_fast_hashing {
         anyhow::bail!(
             "bcrypt_cost {} is below {MIN_BCRYPT_COST}; raise it (TERN__AUTH__BCRYPT_COST), or for tests \
@@ -86,16 +92,25 @@ pub async fn build(settings: &Settings, bus: Arc<dyn Bus>) -> anyhow::Result<Aut
     }
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
     migration::apply(&db).await?;
-    Auth::new(db, settings, bus)
+    outbox.start(db.clone());
+    Auth::new(db, settings, bus, outbox)
 }
 
-/// Serves the auth service until the shutdown signal.
+/// Serves the auth service, and its webhook outbox's admin API, until the
+/// shutdown signal.
 pub async fn run(
     settings: Settings,
+    webhooks: tern_webhook::Settings,
     bus: Arc<dyn Bus>,
     started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
-    let service = AuthServiceServer::new(build(&settings, bus).await?);
-    started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
+    let auth = build(&settings, &webhooks, bus).await?;
+    let routes = tonic::service::Routes::new(tern_webhook::server(auth.webhooks()))
+        .add_service(AuthServiceServer::new(auth));
+    let names = [
+        <AuthServiceServer<Auth> as tonic::server::NamedService>::NAME,
+        tern_webhook::SERVICE_NAME,
+    ];
+    started.serve_routes(routes, &names, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

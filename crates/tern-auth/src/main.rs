@@ -14,6 +14,8 @@ struct Settings {
     /// Prefix of every Redis key and channel, to share one Redis.
     redis_prefix: String,
     auth: tern_auth::Settings,
+    /// Where `user.*` events go (`TERN__WEBHOOKS__*`).
+    webhooks: tern_webhook::Settings,
 }
 
 impl Default for Settings {
@@ -23,6 +25,7 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_prefix: String::new(),
             auth: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -38,5 +41,5 @@ async fn main() -> anyhow::Result<()> {
     let started = settings.base.start().await?;
     let (client, conn) = tern_bus::connect_redis(&settings.redis_url).await?;
     let bus = Arc::new(RedisBus::new(client, conn, Names::new(settings.redis_prefix.clone())));
-    tern_auth::run(settings.auth, bus, started).await
+    tern_auth::run(settings.auth, settings.webhooks, bus, started).await
 }

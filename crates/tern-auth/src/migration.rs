@@ -6,7 +6,12 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateUsers), Box::new(AddRevocation), Box::new(AddBans)]
+        vec![
+            Box::new(CreateUsers),
+            Box::new(AddRevocation),
+            Box::new(AddBans),
+            tern_webhook::migration("auth"),
+        ]
     }
 
     // Services may share one database; each keeps its own migration log.

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tern_bus::{Bus, BusEvent, Event, Revoked};
 use tern_proto::pb::auth::{
     FindUserRequest, GetUsersRequest, GetUsersResponse, LoginRequest, LogoutRequest,
-    LogoutResponse, RefreshRequest, RegisterRequest, RegisterResponse, RevokeUserRequest,
-    RevokeUserResponse, SetBannedRequest, SetBannedResponse, TokenPair, User, VerifyTokenRequest,
-    VerifyTokenResponse, auth_service_server::AuthService,
+    LogoutResponse, RecordPresenceRequest, RecordPresenceResponse, RefreshRequest, RegisterRequest,
+    RegisterResponse, RevokeUserRequest, RevokeUserResponse, SetBannedRequest, SetBannedResponse,
+    TokenPair, User, VerifyTokenRequest, VerifyTokenResponse, auth_service_server::AuthService,
 };
 use tern_runtime::clock::{now_ms, now_secs};
 use tonic::{Request, Response, Status};
@@ -36,6 +36,8 @@ pub struct Auth {
     /// Where a logout is announced to every gateway node, so the ones that
     /// check tokens themselves drop what they cached of the user.
     bus: Arc<dyn Bus>,
+    /// The admin API of the webhook outbox.
+    webhooks: tern_webhook::Admin,
 }
 
 impl Auth {
@@ -43,10 +45,12 @@ impl Auth {
         db: sea_orm::DatabaseConnection,
         settings: &Settings,
         bus: Arc<dyn Bus>,
+        outbox: tern_webhook::Outbox,
     ) -> anyhow::Result<Self> {
         let cost = settings.bcrypt_cost;
         Ok(Self {
-            store: Store::new(db),
+            webhooks: outbox.admin(db.clone()),
+            store: Store::new(db, outbox),
             keys: Arc::new(TokenKeys::new(&settings.jwt)?),
             bcrypt_cost: cost,
             dummy_hash: Arc::new(bcrypt::hash("tern-dummy-password", cost)?),
@@ -283,9 +287,23 @@ impl AuthService for Auth {
         tracing::info!(user_id, banned, "ban changed by an operator");
         Ok(Response::new(SetBannedResponse { banned_at_ms: banned_at_ms.unwrap_or_default() }))
     }
+
+    async fn record_presence(
+        &self,
+        request: Request<RecordPresenceRequest>,
+    ) -> Result<Response<RecordPresenceResponse>, Status> {
+        let RecordPresenceRequest { user_id, online, node_id, at_ms } = request.into_inner();
+        self.store.record_presence(user_id, online, &node_id, at_ms).await?;
+        Ok(Response::new(RecordPresenceResponse {}))
+    }
 }
 
 impl Auth {
+    /// The admin API of this service's webhook outbox.
+    pub fn webhooks(&self) -> tern_webhook::Admin {
+        self.webhooks.clone()
+    }
+
     /// `user_id` as the store's key, when such a user exists.
     async fn existing(&self, user_id: u64) -> Result<i64, AuthError> {
         let id = i64::try_from(user_id).map_err(|_| AuthError::UnknownUser)?;

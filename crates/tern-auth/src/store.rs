@@ -3,9 +3,10 @@
 use crate::AuthError;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, SqlErr,
-    sea_query::Expr,
+    TransactionTrait, sea_query::Expr,
 };
 use tern_runtime::clock::{now_ms, now_secs};
+use tern_webhook::{Event, Outbox};
 
 pub mod users {
     use sea_orm::entity::prelude::*;
@@ -57,14 +58,36 @@ pub mod refresh_tokens {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Where `user.*` webhook events are written.
+    outbox: Outbox,
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, outbox: Outbox) -> Self {
+        Self { db, outbox }
     }
 
-    /// Inserts a user; `UsernameTaken` when the unique index refuses it.
+    /// Writes a `user.online` or `user.offline` event, when webhooks want
+    /// it.
+    pub async fn record_presence(
+        &self,
+        user_id: u64,
+        online: bool,
+        node_id: &str,
+        at_ms: i64,
+    ) -> Result<(), AuthError> {
+        let kind = if online { "user.online" } else { "user.offline" };
+        if !self.outbox.wants(kind) {
+            return Ok(());
+        }
+        let data = serde_json::json!({ "user_id": user_id, "node_id": node_id, "at_ms": at_ms });
+        self.outbox.enqueue(&self.db, [Event::new(kind, format!("user:{user_id}"), data)]).await?;
+        self.outbox.wake();
+        Ok(())
+    }
+
+    /// Inserts a user, and its `user.registered` event in the same
+    /// transaction; `UsernameTaken` when the unique index refuses it.
     pub async fn create_user(
         &self,
         username: &str,
@@ -78,13 +101,24 @@ impl Store {
             banned_at_ms: Set(None),
             ..Default::default()
         };
-        match users::Entity::insert(row).exec_with_returning(&self.db).await {
-            Ok(user) => Ok(user),
+        let txn = self.db.begin().await?;
+        let user = match users::Entity::insert(row).exec_with_returning(&txn).await {
+            Ok(user) => user,
             Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                Err(AuthError::UsernameTaken)
+                return Err(AuthError::UsernameTaken);
             }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        let data = serde_json::json!({
+            "user_id": user.id,
+            "username": user.username,
+            "created_at": user.created_at,
+        });
+        let event = Event::new("user.registered", format!("user:{}", user.id), data);
+        self.outbox.enqueue(&txn, [event]).await?;
+        txn.commit().await?;
+        self.outbox.wake();
+        Ok(user)
     }
 
     pub async fn user_by_name(&self, username: &str) -> Result<Option<users::Model>, AuthError> {

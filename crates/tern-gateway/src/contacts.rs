@@ -7,7 +7,27 @@
 
 use crate::AppState;
 use tern_bus::{BusEvent, Event, PresenceChanged};
+use tern_proto::pb::auth::RecordPresenceRequest;
 use tern_runtime::clock::now_ms;
+
+/// Reports that `user` came online or went offline to the auth service,
+/// which turns it into a `user.online` or `user.offline` webhook event,
+/// when the gateway is set to (`presence_events`). A failure loses the
+/// event (logged).
+pub async fn report(state: &AppState, user: u64, online: bool) {
+    if !state.settings.presence_events {
+        return;
+    }
+    let request = RecordPresenceRequest {
+        user_id: user,
+        online,
+        node_id: state.settings.node_id.clone(),
+        at_ms: now_ms(),
+    };
+    if let Err(status) = state.services.auth.clone().record_presence(request).await {
+        tracing::warn!(user_id = user, %status, "presence event not recorded");
+    }
+}
 
 /// Tells `contacts` who are online, one event per node holding any, that
 /// `user` came online or went offline. Failures lose the news (logged), which

@@ -5,7 +5,12 @@ use axum::{
     Json,
     response::{IntoResponse, Response},
 };
+use serde::Serialize;
 use tern_proto::{ErrorCode, error_code_of};
+use utoipa::{
+    ToSchema,
+    openapi::{ObjectBuilder, RefOr, Schema, Type},
+};
 
 /// An error answered to an HTTP client: `{"error": {"code", "message"}}`
 /// with the status of its code. Internal details never reach the body.
@@ -65,10 +70,37 @@ impl From<tonic::Status> for ApiError {
     }
 }
 
+/// The body of every error answer of the HTTP API.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable error code: branch on it, never on the message.
+    #[schema(schema_with = error_code_schema)]
+    code: &'static str,
+    /// What went wrong, for people.
+    message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { error: ErrorDetail { code: code.as_str(), message: message.into() } }
+    }
+}
+
+/// Every code of [`ErrorCode::ALL`], as the document's enum.
+fn error_code_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ErrorCode::ALL.map(ErrorCode::as_str)))
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            serde_json::json!({ "error": { "code": self.code.as_str(), "message": self.message } });
-        (self.code.http_status(), Json(body)).into_response()
+        (self.code.http_status(), Json(ErrorBody::new(self.code, self.message))).into_response()
     }
 }

@@ -22,10 +22,7 @@ mod stats;
 mod tokens;
 mod ws;
 
-use axum::{
-    Router,
-    routing::{MethodRouter, delete, get, post},
-};
+use axum::{Router, routing::MethodRouter};
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
 use tern_bus::{Bus, Presence};
@@ -37,6 +34,7 @@ use tern_runtime::grpc::GrpcChannel;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+pub use api::openapi_json;
 pub use limits::LimitSettings;
 pub use protocol::close as close_codes;
 
@@ -112,6 +110,12 @@ pub struct Settings {
     /// Bearer <token>`, at least 32 bytes). Empty turns the admin API off:
     /// its routes answer 404. A user's access token never opens it.
     pub admin_token: tern_runtime::Secret,
+    /// Report users coming online (first session anywhere) and going
+    /// offline (last session ended) to the auth service, for the
+    /// `user.online` and `user.offline` webhook events: one call per such
+    /// connect and disconnect. The all-in-one server sets it when its
+    /// webhooks want those events.
+    pub presence_events: bool,
 }
 
 impl Default for Settings {
@@ -137,6 +141,7 @@ impl Default for Settings {
             echo_endpoint: false,
             jwt: Default::default(),
             admin_token: Default::default(),
+            presence_events: false,
         }
     }
 }
@@ -153,6 +158,9 @@ pub struct Services {
     /// Attachments' store: the gateway carries the bytes of one that signs
     /// no URLs.
     pub files: tern_runtime::objects::Objects,
+    /// The webhook outboxes' admin APIs (auth, group and message; one in
+    /// the all-in-one server).
+    pub webhooks: Vec<tern_proto::clients::WebhookClient<GrpcChannel>>,
 }
 
 /// What a session's writer is asked to send.
@@ -261,48 +269,107 @@ impl AppState {
 }
 
 /// Every route of the gateway, listed once: [`app`] is built from this
-/// table, and a test checks that docs/protocol.md documents each path.
-fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+/// table, and tests check that docs/protocol.md documents each path and
+/// that the OpenAPI document lists each method of each path (but those in
+/// [`NOT_IN_OPENAPI`]) and nothing else.
+fn routes() -> Vec<(&'static str, Vec<route::Endpoint>)> {
+    use route::{delete, get, post, put};
     vec![
-        ("/", get(web::index)),
-        ("/ws", get(ws::upgrade)),
-        ("/ws/echo", get(echo::echo)),
-        ("/health", get(api::health)),
-        ("/ready", get(api::ready)),
-        ("/stats", get(api::stats)),
-        ("/metrics", get(|| async { tern_runtime::telemetry::metrics() })),
-        ("/api/register", post(api::register)),
-        ("/api/login", post(api::login)),
-        ("/api/refresh", post(api::refresh)),
-        ("/api/logout", post(api::logout)),
-        ("/api/users", get(api::users)),
-        ("/api/users/{username}", get(api::find_user)),
-        ("/api/groups", post(api::create_group).get(api::list_groups)),
-        ("/api/groups/{group_id}/join", post(api::join_group)),
-        ("/api/groups/{group_id}/leave", post(api::leave_group)),
-        ("/api/groups/{group_id}/members", get(api::group_members).post(api::add_members)),
-        ("/api/groups/{group_id}/members/{user_id}", delete(api::remove_member)),
-        ("/api/presence", get(api::presence)),
-        ("/api/conversations", get(api::conversations)),
-        ("/api/conversations/{conversation_id}/messages", get(api::history)),
-        ("/api/conversations/{conversation_id}/reads", get(api::reads)),
-        ("/api/attachments", post(api::create_upload)),
-        ("/api/attachments/{attachment_id}", get(api::get_attachment)),
-        ("/api/attachments/{attachment_id}/complete", post(api::complete_upload)),
-        ("/api/attachments/{attachment_id}/content", get(api::get_content).put(api::put_content)),
-        ("/api/admin/users/{user_id}/ban", post(api::ban).delete(api::unban)),
-        ("/api/admin/users/{user_id}/revoke", post(api::revoke)),
-        ("/api/admin/online", get(api::online)),
-        ("/api/admin/messages", post(api::system_message)),
-        ("/api/admin/conversations/{conversation_id}/messages/{seq}/recall", post(api::recall)),
+        ("/", vec![get(web::index)]),
+        ("/ws", vec![get(ws::upgrade)]),
+        ("/ws/echo", vec![get(echo::echo)]),
+        ("/health", vec![get(api::health)]),
+        ("/ready", vec![get(api::ready)]),
+        ("/stats", vec![get(api::stats)]),
+        ("/metrics", vec![get(api::metrics)]),
+        ("/api/openapi.json", vec![get(api::openapi_document)]),
+        ("/api/register", vec![post(api::register)]),
+        ("/api/login", vec![post(api::login)]),
+        ("/api/refresh", vec![post(api::refresh)]),
+        ("/api/logout", vec![post(api::logout)]),
+        ("/api/users", vec![get(api::users)]),
+        ("/api/users/{username}", vec![get(api::find_user)]),
+        ("/api/groups", vec![post(api::create_group), get(api::list_groups)]),
+        ("/api/groups/{group_id}/join", vec![post(api::join_group)]),
+        ("/api/groups/{group_id}/leave", vec![post(api::leave_group)]),
+        ("/api/groups/{group_id}/members", vec![get(api::group_members), post(api::add_members)]),
+        ("/api/groups/{group_id}/members/{user_id}", vec![delete(api::remove_member)]),
+        ("/api/presence", vec![get(api::presence)]),
+        ("/api/conversations", vec![get(api::conversations)]),
+        ("/api/conversations/{conversation_id}/messages", vec![get(api::history)]),
+        ("/api/conversations/{conversation_id}/reads", vec![get(api::reads)]),
+        ("/api/attachments", vec![post(api::create_upload)]),
+        ("/api/attachments/{attachment_id}", vec![get(api::get_attachment)]),
+        ("/api/attachments/{attachment_id}/complete", vec![post(api::complete_upload)]),
+        (
+            "/api/attachments/{attachment_id}/content",
+            vec![get(api::get_content), put(api::put_content)],
+        ),
+        ("/api/admin/users/{user_id}/ban", vec![post(api::ban), delete(api::unban)]),
+        ("/api/admin/users/{user_id}/revoke", vec![post(api::revoke)]),
+        ("/api/admin/online", vec![get(api::online)]),
+        ("/api/admin/messages", vec![post(api::system_message)]),
+        (
+            "/api/admin/conversations/{conversation_id}/messages/{seq}/recall",
+            vec![post(api::recall)],
+        ),
+        ("/api/admin/webhooks/parked", vec![get(api::parked_webhooks)]),
+        ("/api/admin/webhooks/retry", vec![post(api::retry_webhooks)]),
     ]
+}
+
+/// Routes the OpenAPI document leaves out, with every method: they are
+/// not JSON over HTTP. `/` is the web app's page; `/ws` and `/ws/echo`
+/// upgrade to WebSockets, whose frames docs/protocol.md describes.
+#[cfg(test)]
+const NOT_IN_OPENAPI: &[&str] = &["/", "/ws", "/ws/echo"];
+
+/// A route's methods, each with its handler, so that [`routes`] names the
+/// methods it serves (the `MethodRouter` axum builds from them does not
+/// tell).
+mod route {
+    use crate::AppState;
+    use axum::{
+        handler::Handler,
+        http::Method,
+        routing::{MethodFilter, MethodRouter, on},
+    };
+
+    /// One method of a route and its handler.
+    pub type Endpoint = (Method, MethodRouter<AppState>);
+
+    fn endpoint<H: Handler<T, AppState>, T: 'static>(method: Method, handler: H) -> Endpoint {
+        let filter = MethodFilter::try_from(method.clone()).expect("a method axum routes");
+        (method, on(filter, handler))
+    }
+
+    pub fn get<H: Handler<T, AppState>, T: 'static>(handler: H) -> Endpoint {
+        endpoint(Method::GET, handler)
+    }
+
+    pub fn post<H: Handler<T, AppState>, T: 'static>(handler: H) -> Endpoint {
+        endpoint(Method::POST, handler)
+    }
+
+    pub fn put<H: Handler<T, AppState>, T: 'static>(handler: H) -> Endpoint {
+        endpoint(Method::PUT, handler)
+    }
+
+    pub fn delete<H: Handler<T, AppState>, T: 'static>(handler: H) -> Endpoint {
+        endpoint(Method::DELETE, handler)
+    }
 }
 
 /// The gateway's routes.
 pub fn app(state: AppState) -> Router {
     routes()
         .into_iter()
-        .fold(Router::new(), |router, (path, route)| router.route(path, route))
+        .fold(Router::new(), |router, (path, endpoints)| {
+            let route = endpoints
+                .into_iter()
+                .fold(MethodRouter::new(), |route, (_, handler)| route.merge(handler));
+            router.route(path, route)
+        })
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), api::client_ip_and_rate))
@@ -311,12 +378,16 @@ pub fn app(state: AppState) -> Router {
 
 #[cfg(test)]
 mod route_docs {
+    use super::{NOT_IN_OPENAPI, routes};
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
     /// docs/protocol.md names every route as `METHOD /path` (followed by a
     /// backtick, or by `?` and its query).
     #[test]
     fn every_route_is_documented() {
         let docs = include_str!("../../../docs/protocol.md");
-        let missing: Vec<&str> = super::routes()
+        let missing: Vec<&str> = routes()
             .into_iter()
             .map(|(path, _)| path)
             .filter(|path| {
@@ -324,6 +395,97 @@ mod route_docs {
             })
             .collect();
         assert!(missing.is_empty(), "routes missing from docs/protocol.md: {missing:?}");
+    }
+
+    fn openapi() -> Value {
+        serde_json::from_str(super::openapi_json()).expect("the OpenAPI document is JSON")
+    }
+
+    /// `(path, METHOD)` of every operation in the OpenAPI document.
+    fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+        const METHODS: [&str; 8] =
+            ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+        let paths = doc["paths"].as_object().expect("the document has paths");
+        paths
+            .iter()
+            .flat_map(|(path, item)| {
+                let item = item.as_object().expect("a path item is an object");
+                item.keys()
+                    .filter(|key| METHODS.contains(&key.as_str()))
+                    .map(|method| (path.clone(), method.to_uppercase()))
+            })
+            .collect()
+    }
+
+    /// The OpenAPI document lists exactly the methods and paths that
+    /// `routes()` serves, but for the routes in `NOT_IN_OPENAPI`, which it
+    /// must not list.
+    #[test]
+    fn openapi_lists_exactly_the_routes() {
+        let documented = documented(&openapi());
+        let routes = routes();
+        let served: BTreeSet<(String, String)> = routes
+            .iter()
+            .filter(|(path, _)| !NOT_IN_OPENAPI.contains(path))
+            .flat_map(|(path, endpoints)| {
+                endpoints.iter().map(|(method, _)| (path.to_string(), method.to_string()))
+            })
+            .collect();
+        let missing: Vec<_> = served.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&served).collect();
+        assert!(missing.is_empty(), "routes missing from the OpenAPI document: {missing:?}");
+        assert!(extra.is_empty(), "the OpenAPI document lists routes not served: {extra:?}");
+        for excluded in NOT_IN_OPENAPI {
+            assert!(
+                routes.iter().any(|(path, _)| path == excluded),
+                "{excluded} is excluded from the OpenAPI document but is no route"
+            );
+        }
+    }
+
+    /// It is OpenAPI 3.1, every user route asks for the access token and
+    /// every admin route for the admin token, and every `$ref` resolves.
+    #[test]
+    fn openapi_document_is_sound() {
+        let doc = openapi();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let schemes = &doc["components"]["securitySchemes"];
+        for scheme in ["access_token", "admin_token"] {
+            assert_eq!(schemes[scheme]["scheme"], "bearer", "{scheme}");
+        }
+        // Open to anyone: the account routes that hand out tokens, the
+        // signed attachment URLs, and this document.
+        let open = [
+            "/api/register",
+            "/api/login",
+            "/api/refresh",
+            "/api/attachments/{attachment_id}/content",
+            "/api/openapi.json",
+        ];
+        for (path, method) in documented(&doc) {
+            let operation = &doc["paths"][&path][method.to_lowercase()];
+            let security: Vec<&str> = operation["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|requirement| requirement.as_object().unwrap().keys())
+                .map(String::as_str)
+                .collect();
+            let expected: &[&str] = if path.starts_with("/api/admin/") {
+                &["admin_token"]
+            } else if path.starts_with("/api/") && !open.contains(&path.as_str()) {
+                &["access_token"]
+            } else {
+                &[]
+            };
+            assert_eq!(security, expected, "security of {method} {path}");
+        }
+        let text = super::openapi_json();
+        for reference in text.split("\"$ref\": \"").skip(1) {
+            let target = &reference[..reference.find('"').unwrap()];
+            let pointer = target.strip_prefix('#').expect("a local reference");
+            assert!(doc.pointer(pointer).is_some(), "{target} does not resolve");
+        }
     }
 }
 

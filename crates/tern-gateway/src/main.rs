@@ -8,7 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use tern_bus::{Names, RedisBus, RedisPresence};
-use tern_proto::clients::{AuthClient, GroupClient, MessageClient, OfflineClient};
+use tern_proto::clients::{AuthClient, GroupClient, MessageClient, OfflineClient, WebhookClient};
 use tern_runtime::{grpc::remote, settings::EXIT_BAD_CONFIG};
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -53,8 +53,16 @@ impl Default for Settings {
     }
 }
 
+/// Given as the first argument: prints the HTTP API's OpenAPI document and
+/// exits.
+const PRINT_OPENAPI: &str = "--print-openapi";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(PRINT_OPENAPI) {
+        println!("{}", tern_gateway::openapi_json());
+        return Ok(());
+    }
     let mut settings: Settings = tern_runtime::settings::load_or_exit("gateway");
     let _telemetry = tern_runtime::telemetry::init("tern-gateway");
     if let Err(why) = tern_runtime::credential::validate(&settings.service_token) {
@@ -77,6 +85,11 @@ async fn main() -> anyhow::Result<()> {
         bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
         presence: Arc::new(RedisPresence::new(conn, names)),
         files: tern_runtime::objects::Objects::open(&settings.attachments)?,
+        // Each producing service serves its outbox's admin API.
+        webhooks: [&settings.auth_url, &settings.group_url, &settings.message_url]
+            .into_iter()
+            .map(|url| Ok(WebhookClient::remote(remote(url, &settings.service_token)?)))
+            .collect::<Result<_, tonic::transport::Error>>()?,
     };
     let listener = tern_runtime::net::listen(&settings.http_addr).await?;
     tern_gateway::run(settings.gateway, services, listener, tern_runtime::shutdown::on_signal())

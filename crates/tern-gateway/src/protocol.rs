@@ -8,6 +8,7 @@ use tern_proto::{
     ErrorCode,
     pb::message::{Message, MessageKind, SendAck, message::Target},
 };
+use utoipa::ToSchema;
 
 /// Frame type codes, kept from the original guide.
 pub mod kind {
@@ -242,31 +243,56 @@ pub fn presence(user_id: u64, online: bool, last_seen_ms: i64) -> String {
         .expect("serialising plain fields cannot fail")
 }
 
-#[derive(Serialize)]
-struct Delivered<'a> {
+/// A message as delivered on the WebSocket (frame type 1 or 2).
+#[derive(Serialize, ToSchema)]
+pub struct Delivered<'a> {
+    /// 1 in a 1:1 conversation, 2 in a group.
     #[serde(rename = "type")]
+    #[schema(minimum = 1, maximum = 2)]
     frame_type: i64,
     message_id: &'a str,
     conversation_id: &'a str,
     seq: u64,
+    /// The sender; 0 for a system message.
     from: u64,
+    /// The recipient of a 1:1 message.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     to: Option<u64>,
+    /// The group of a group message.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     group_id: Option<u64>,
+    /// Whatever JSON the sender sent.
+    #[schema(value_type = Value)]
     content: &'a RawValue,
+    /// When it was stored (Unix ms).
     timestamp: i64,
-    /// `edit` or `recall` for an event about the message at `ref_seq`.
+    /// Set on an event about the message at `ref_seq`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    kind: Option<&'static str>,
+    #[schema(nullable = false)]
+    kind: Option<Event>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     ref_seq: Option<u64>,
     /// When the message was edited (history of an edited message).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     edited_at: Option<i64>,
     /// When the message was recalled; its content is `null`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     recalled_at: Option<i64>,
+}
+
+/// What an event entry does: `edit` or `recall` the message at `ref_seq`,
+/// or record a group's `membership` change (from user 0).
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Edit,
+    Recall,
+    Membership,
 }
 
 /// A delivered message (type 1 or 2).
@@ -281,9 +307,9 @@ pub fn delivered(message: &Message) -> String {
     let null = RawValue::from_string("null".into()).expect("null is JSON");
     let content = serde_json::from_str::<&RawValue>(&message.content_json).unwrap_or(&null);
     let event = match MessageKind::try_from(message.kind) {
-        Ok(MessageKind::Edit) => Some("edit"),
-        Ok(MessageKind::Recall) => Some("recall"),
-        Ok(MessageKind::Membership) => Some("membership"),
+        Ok(MessageKind::Edit) => Some(Event::Edit),
+        Ok(MessageKind::Recall) => Some(Event::Recall),
+        Ok(MessageKind::Membership) => Some(Event::Membership),
         _ => None,
     };
     let set = |t: i64| (t != 0).then_some(t);

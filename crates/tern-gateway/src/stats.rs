@@ -84,7 +84,7 @@ impl Default for Stats {
 }
 
 /// The `/stats` body.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StatsView {
     pub node_id: String,
     pub connections: u64,

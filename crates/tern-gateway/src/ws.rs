@@ -197,6 +197,9 @@ impl Session {
                 (here.map(|session| SessionAt { node: node.clone(), session }).collect(), false)
             }
         };
+        if first {
+            contacts::report(&state, user, true).await;
+        }
         enforce_session_limit(&state, user, &handle.id, others).await;
         state.stats.connections.up();
         state.stats.connections_total.add(1);
@@ -334,6 +337,7 @@ impl Session {
             }
             if !contacts::still_online(&state, user).await {
                 contacts::announce(&state, user, known.direct_peers(user), false).await;
+                contacts::report(&state, user, false).await;
             }
         }
         state.stats.connections.down();

@@ -54,20 +54,35 @@ pub struct Peers {
     pub message: MessageClient<GrpcChannel>,
 }
 
-/// Connects the database, applies migrations and builds the service.
-pub async fn build(settings: &Settings, peers: Peers) -> anyhow::Result<Groups> {
+/// Connects the database, applies migrations and builds the service;
+/// `group.*` events go to the webhooks `webhooks` configures.
+pub async fn build(
+    settings: &Settings,
+    webhooks: &tern_webhook::Settings,
+    peers: Peers,
+) -> anyhow::Result<Groups> {
+    let outbox = tern_webhook::Outbox::new("group", webhooks)?;
     let db = tern_runtime::db::connect(&settings.database_url, 8).await?;
     migration::apply(&db).await?;
-    Ok(Groups::new(db, peers, settings.max_members))
+    outbox.start(db.clone());
+    Ok(Groups::new(db, peers, settings.max_members, outbox))
 }
 
-/// Serves the group service until the shutdown signal.
+/// Serves the group service, and its webhook outbox's admin API, until the
+/// shutdown signal.
 pub async fn run(
     settings: Settings,
+    webhooks: tern_webhook::Settings,
     peers: Peers,
     started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
-    let service = GroupServiceServer::new(build(&settings, peers).await?);
-    started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
+    let groups = build(&settings, &webhooks, peers).await?;
+    let routes = tonic::service::Routes::new(tern_webhook::server(groups.webhooks()))
+        .add_service(GroupServiceServer::new(groups));
+    let names = [
+        <GroupServiceServer<Groups> as tonic::server::NamedService>::NAME,
+        tern_webhook::SERVICE_NAME,
+    ];
+    started.serve_routes(routes, &names, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

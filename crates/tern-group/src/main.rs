@@ -15,6 +15,8 @@ struct Settings {
     /// Where the message service answers.
     message_url: String,
     group: tern_group::Settings,
+    /// Where `group.*` events go (`TERN__WEBHOOKS__*`).
+    webhooks: tern_webhook::Settings,
 }
 
 impl Default for Settings {
@@ -25,6 +27,7 @@ impl Default for Settings {
             offline_url: "http://127.0.0.1:50054".into(),
             message_url: "http://127.0.0.1:50053".into(),
             group: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -40,5 +43,5 @@ async fn main() -> anyhow::Result<()> {
         offline: OfflineClient::remote(remote(&settings.offline_url, token)?),
         message: MessageClient::remote(remote(&settings.message_url, token)?),
     };
-    tern_group::run(settings.group, peers, started).await
+    tern_group::run(settings.group, settings.webhooks, peers, started).await
 }

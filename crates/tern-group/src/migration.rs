@@ -6,7 +6,7 @@ struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateGroups)]
+        vec![Box::new(CreateGroups), tern_webhook::migration("group")]
     }
 
     fn migration_table_name() -> DynIden {

@@ -1,6 +1,9 @@
 //! The `tern.group.v1.GroupService` implementation.
 
-use crate::{GroupError, Peers, store::Store};
+use crate::{
+    GroupError, Peers,
+    store::{Change, Store},
+};
 use backon::{ExponentialBuilder, Retryable};
 use std::collections::BTreeSet;
 use tern_proto::{
@@ -24,6 +27,8 @@ pub struct Groups {
     store: Store,
     peers: Peers,
     max_members: usize,
+    /// The admin API of the webhook outbox.
+    webhooks: tern_webhook::Admin,
 }
 
 fn to_i64(ids: impl IntoIterator<Item = u64>) -> Result<Vec<i64>, GroupError> {
@@ -33,8 +38,19 @@ fn to_i64(ids: impl IntoIterator<Item = u64>) -> Result<Vec<i64>, GroupError> {
 }
 
 impl Groups {
-    pub(crate) fn new(db: sea_orm::DatabaseConnection, peers: Peers, max_members: usize) -> Self {
-        Self { store: Store::new(db), peers, max_members }
+    pub(crate) fn new(
+        db: sea_orm::DatabaseConnection,
+        peers: Peers,
+        max_members: usize,
+        outbox: tern_webhook::Outbox,
+    ) -> Self {
+        let webhooks = outbox.admin(db.clone());
+        Self { store: Store::new(db, outbox), peers, max_members, webhooks }
+    }
+
+    /// The admin API of this service's webhook outbox.
+    pub fn webhooks(&self) -> tern_webhook::Admin {
+        self.webhooks.clone()
     }
 
     /// Fails with `UnknownUsers` unless every id is a registered user.
@@ -120,17 +136,19 @@ impl Groups {
             )));
         }
         self.init_cursors(gid, &new, None).await?;
-        let new: Vec<u64> = new.into_iter().map(|u| u as u64).collect();
-        if let Err(error) = self.store.add_members(gid, &to_i64(new.iter().copied())?).await {
+        let (change, by) = match actor {
+            Some(owner) => ("added", owner),
+            None if new.len() == 1 => ("joined", new[0] as u64),
+            None => ("added", 0),
+        };
+        let added = Change { kind: change, user_ids: &new, by };
+        let result = self.store.add_members(gid, added).await;
+        let new: Vec<u64> = new.iter().map(|&u| u as u64).collect();
+        if let Err(error) = result {
             self.drop_cursors(group_id, new).await.ok();
             return Err(error);
         }
         let group = self.describe(gid).await?;
-        let (change, by) = match actor {
-            Some(owner) => ("added", owner),
-            None if new.len() == 1 => ("joined", new[0]),
-            None => ("added", 0),
-        };
         self.announce(&group, change, &new, by).await;
         Ok(group)
     }
@@ -155,13 +173,14 @@ impl Groups {
         // of the group, even if removing the membership then fails (a retry
         // of this idempotent call finishes the job).
         self.drop_cursors(group_id, vec![user_id]).await?;
-        let removed = self.store.remove_members(gid, &uid).await? > 0;
+        let (change, by) = match actor {
+            Some(owner) => ("removed", owner),
+            None => ("left", user_id),
+        };
+        let removal = Change { kind: change, user_ids: &uid, by };
+        let removed = self.store.remove_members(gid, removal).await? > 0;
         let group = self.describe(gid).await?;
         if removed {
-            let (change, by) = match actor {
-                Some(owner) => ("removed", owner),
-                None => ("left", user_id),
-            };
             self.announce(&group, change, &[user_id], by).await;
         }
         Ok(group)

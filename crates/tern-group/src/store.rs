@@ -8,6 +8,26 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait},
 };
 use tern_runtime::clock::now_secs;
+use tern_webhook::{Event, Outbox};
+
+/// A change of a group's members, as `group.changed` reports it.
+pub struct Change<'a> {
+    /// `added`, `joined`, `removed` or `left`.
+    pub kind: &'a str,
+    pub user_ids: &'a [i64],
+    /// Who made it (0: a backend).
+    pub by: u64,
+}
+
+fn changed(group_id: i64, kind: &str, user_ids: &[i64], by: u64) -> Event {
+    let data = serde_json::json!({
+        "group_id": group_id,
+        "change": kind,
+        "user_ids": user_ids,
+        "by": by,
+    });
+    Event::new("group.changed", format!("group:{group_id}"), data)
+}
 
 pub mod groups {
     use sea_orm::entity::prelude::*;
@@ -52,11 +72,14 @@ pub mod members {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Where `group.*` webhook events are written, each in the transaction
+    /// of its change.
+    outbox: Outbox,
 }
 
 impl Store {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, outbox: Outbox) -> Self {
+        Self { db, outbox }
     }
 
     /// Creates a group with its members (owner included) in one transaction.
@@ -77,17 +100,32 @@ impl Store {
         .exec_with_returning(&txn)
         .await?;
         insert_members(&txn, group.id, members).await?;
+        let data = serde_json::json!({
+            "group_id": group.id,
+            "name": group.name,
+            "owner_id": group.owner_id,
+            "member_ids": members,
+            "created_at": group.created_at,
+        });
+        let event = Event::new("group.created", format!("group:{}", group.id), data);
+        self.outbox.enqueue(&txn, [event]).await?;
         txn.commit().await?;
+        self.outbox.wake();
         Ok(group)
     }
 
-    /// Deletes a group whose creation could not be completed.
+    /// Deletes a group whose creation could not be completed; its
+    /// `group.created` is followed by `group.changed` with change `deleted`.
     pub async fn delete(&self, group_id: i64) -> Result<(), GroupError> {
+        let txn = self.db.begin().await?;
         members::Entity::delete_many()
             .filter(members::Column::GroupId.eq(group_id))
-            .exec(&self.db)
+            .exec(&txn)
             .await?;
-        groups::Entity::delete_by_id(group_id).exec(&self.db).await?;
+        groups::Entity::delete_by_id(group_id).exec(&txn).await?;
+        self.outbox.enqueue(&txn, [changed(group_id, "deleted", &[], 0)]).await?;
+        txn.commit().await?;
+        self.outbox.wake();
         Ok(())
     }
 
@@ -96,30 +134,42 @@ impl Store {
     }
 
     /// Adds members (those already in the group are left as they are) and
-    /// bumps the group's `members_version`, in one transaction.
-    pub async fn add_members(&self, group_id: i64, users: &[i64]) -> Result<(), GroupError> {
-        if users.is_empty() {
+    /// bumps the group's `members_version`, with the change's event, in one
+    /// transaction.
+    pub async fn add_members(&self, group_id: i64, change: Change<'_>) -> Result<(), GroupError> {
+        if change.user_ids.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin().await?;
-        insert_members(&txn, group_id, users).await?;
+        insert_members(&txn, group_id, change.user_ids).await?;
         bump_version(&txn, group_id).await?;
+        let event = changed(group_id, change.kind, change.user_ids, change.by);
+        self.outbox.enqueue(&txn, [event]).await?;
         txn.commit().await?;
+        self.outbox.wake();
         Ok(())
     }
 
-    /// Removes members; returns how many were removed.
-    pub async fn remove_members(&self, group_id: i64, users: &[i64]) -> Result<u64, GroupError> {
+    /// Removes members (with the change's event, when there was a change);
+    /// returns how many were removed.
+    pub async fn remove_members(
+        &self,
+        group_id: i64,
+        change: Change<'_>,
+    ) -> Result<u64, GroupError> {
         let txn = self.db.begin().await?;
         let result = members::Entity::delete_many()
             .filter(members::Column::GroupId.eq(group_id))
-            .filter(members::Column::UserId.is_in(users.iter().copied()))
+            .filter(members::Column::UserId.is_in(change.user_ids.iter().copied()))
             .exec(&txn)
             .await?;
         if result.rows_affected > 0 {
             bump_version(&txn, group_id).await?;
+            let event = changed(group_id, change.kind, change.user_ids, change.by);
+            self.outbox.enqueue(&txn, [event]).await?;
         }
         txn.commit().await?;
+        self.outbox.wake();
         Ok(result.rows_affected)
     }
 

@@ -79,17 +79,22 @@ pub struct Peers {
 ///
 /// Attachments' bytes go to the store `files` names; the sweep of uploads
 /// never sent runs beside the service.
+/// Every stored message is also a `message.stored` event for the webhooks
+/// `webhooks` configures.
 pub async fn build(
     settings: &Settings,
     files: &AttachmentSettings,
+    webhooks: &tern_webhook::Settings,
     peers: Peers,
 ) -> anyhow::Result<Messages> {
+    let outbox = tern_webhook::Outbox::new("message", webhooks)?;
     let db = tern_runtime::db::connect(&settings.database_url, settings.max_connections).await?;
     migration::apply(&db).await?;
     let writer = tern_runtime::db::connect_writer(&settings.database_url).await?;
     let attachments = Attachments::new(db.clone(), Objects::open(files)?, files);
     tokio::spawn(attachments.clone().sweep_every(Duration::from_secs(files.sweep_interval_secs)));
-    Ok(Messages::new(db, writer, peers, settings, attachments))
+    outbox.start(db.clone());
+    Ok(Messages::new(db, writer, peers, settings, attachments, outbox))
 }
 
 /// `messages` as a gRPC server, taking requests that carry up to
@@ -100,13 +105,22 @@ pub fn server(messages: Messages, settings: &Settings) -> MessageServiceServer<M
 }
 
 /// Serves the message service until the shutdown signal.
+/// Serves the message service, and its webhook outbox's admin API, until
+/// the shutdown signal.
 pub async fn run(
     settings: Settings,
     files: AttachmentSettings,
+    webhooks: tern_webhook::Settings,
     peers: Peers,
     started: tern_runtime::service::Started,
 ) -> anyhow::Result<()> {
-    let service = server(build(&settings, &files, peers).await?, &settings);
-    started.serve(service, tern_proto::FILE_DESCRIPTOR_SET).await?;
+    let messages = build(&settings, &files, &webhooks, peers).await?;
+    let routes = tonic::service::Routes::new(tern_webhook::server(messages.webhooks()))
+        .add_service(server(messages, &settings));
+    let names = [
+        <MessageServiceServer<Messages> as tonic::server::NamedService>::NAME,
+        tern_webhook::SERVICE_NAME,
+    ];
+    started.serve_routes(routes, &names, tern_proto::FILE_DESCRIPTOR_SET).await?;
     Ok(())
 }

@@ -29,6 +29,8 @@ struct Settings {
     message: tern_message::Settings,
     /// Attachments' store and rules (`TERN__ATTACHMENTS__*`).
     attachments: tern_runtime::objects::AttachmentSettings,
+    /// Where `message.stored` events go (`TERN__WEBHOOKS__*`).
+    webhooks: tern_webhook::Settings,
 }
 
 impl Default for Settings {
@@ -42,6 +44,7 @@ impl Default for Settings {
             redis_prefix: String::new(),
             message: Default::default(),
             attachments: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -61,5 +64,6 @@ async fn main() -> anyhow::Result<()> {
         bus: Arc::new(RedisBus::new(client, conn.clone(), names.clone())),
         presence: Arc::new(RedisPresence::new(conn, names)),
     };
-    tern_message::run(settings.message, settings.attachments, peers, started).await
+    tern_message::run(settings.message, settings.attachments, settings.webhooks, peers, started)
+        .await
 }

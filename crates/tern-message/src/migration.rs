@@ -11,6 +11,7 @@ impl MigratorTrait for Migrator {
             Box::new(AddMessageKinds),
             Box::new(AddSenderDevice),
             Box::new(CreateAttachments),
+            tern_webhook::migration("message"),
         ]
     }
 

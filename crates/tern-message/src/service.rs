@@ -67,6 +67,8 @@ pub struct Messages {
     /// Milliseconds after sending within which a sender may recall, and edit.
     recall_window_ms: i64,
     edit_window_ms: i64,
+    /// The admin API of the webhook outbox.
+    webhooks: tern_webhook::Admin,
 }
 
 impl Messages {
@@ -77,12 +79,14 @@ impl Messages {
         peers: Peers,
         settings: &Settings,
         attachments: Attachments,
+        outbox: tern_webhook::Outbox,
     ) -> Self {
         let (committed, stored) = tokio::sync::mpsc::unbounded_channel();
+        let webhooks = outbox.admin(db.clone());
         let router = Arc::new(Router::new(peers.clone()));
         tokio::spawn(router.clone().run(stored));
         Self {
-            store: Store::new(db, writer, committed),
+            store: Store::new(db, writer, committed, outbox),
             router,
             attachments,
             peers,
@@ -91,7 +95,13 @@ impl Messages {
             max_content_bytes: settings.max_content_bytes,
             recall_window_ms: settings.recall_window_secs.saturating_mul(1000) as i64,
             edit_window_ms: settings.edit_window_secs.saturating_mul(1000) as i64,
+            webhooks,
         }
+    }
+
+    /// The admin API of this service's webhook outbox.
+    pub fn webhooks(&self) -> tern_webhook::Admin {
+        self.webhooks.clone()
     }
 
     async fn require_user(&self, user: u64) -> Result<(), MessageError> {

@@ -13,6 +13,10 @@
 //!
 //! Committed messages are handed to the router in commit order, before
 //! their senders are answered, so pushes leave in seq order.
+//!
+//! With webhooks on, each transaction also writes a `message.stored` event
+//! per message into the outbox (see `tern-webhook`); on SQLite the writer
+//! then takes the general path below instead of its one-script batch.
 
 use sea_orm::sqlx::{self, Arguments, Row, Sqlite, SqlitePool, sqlite::SqliteArguments};
 use sea_orm::{
@@ -30,6 +34,7 @@ use std::{
 };
 use tern_proto::pb::message::{Message, MessageKind, message::Target};
 use tern_runtime::clock::{now_ms, now_secs};
+use tern_webhook::{Event, Outbox};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most messages committed in one transaction.
@@ -186,14 +191,17 @@ impl Store {
     /// Every newly stored message goes to `committed`, in commit order.
     /// `db` serves reads; `write_db` (a single connection, see
     /// [`tern_runtime::db::connect_writer`]) every append.
+    /// `outbox` gets a `message.stored` event for every message, in the
+    /// transaction that stores it.
     pub fn new(
         db: DatabaseConnection,
         write_db: DatabaseConnection,
         committed: mpsc::UnboundedSender<Committed>,
+        outbox: Outbox,
     ) -> Self {
         let (writer, jobs) = mpsc::channel(MAX_BATCH * 4);
         let batched = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_loop(write_db, jobs, committed, batched.clone()));
+        tokio::spawn(write_loop(write_db, jobs, committed, batched.clone(), outbox));
         let store_seconds = metrics::histogram!("tern_message_store_seconds");
         Self { db, writer, store_seconds, batched }
     }
@@ -340,6 +348,7 @@ async fn write_loop(
     mut jobs: mpsc::Receiver<Job>,
     committed: mpsc::UnboundedSender<Committed>,
     batched: Arc<AtomicU64>,
+    outbox: Outbox,
 ) {
     let stored_total = metrics::counter!("tern_messages_stored_total");
     let duplicate_total = metrics::counter!("tern_messages_duplicate_total");
@@ -349,7 +358,9 @@ async fn write_loop(
         stored_total.increment(1);
         let _ = committed.send(Committed { message: message.clone(), members_version });
     };
-    let mut sqlite = (db.get_database_backend() == sea_orm::DbBackend::Sqlite)
+    // The one-script SQLite batch writes no events.
+    let outbox = outbox.wants(STORED).then_some(outbox);
+    let mut sqlite = (db.get_database_backend() == sea_orm::DbBackend::Sqlite && outbox.is_none())
         .then(|| SqliteWriter::new(db.get_sqlite_connection_pool().clone()));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -364,11 +375,14 @@ async fn write_loop(
             let started = std::time::Instant::now();
             let appended = match &mut sqlite {
                 Some(writer) => writer.append(&batch).await,
-                None => append_batch(&db, &batch).await,
+                None => append_batch(&db, &batch, outbox.as_ref()).await,
             };
             commit_seconds.record(started.elapsed().as_secs_f64());
             match appended {
                 Ok(stored) => {
+                    if let Some(outbox) = &outbox {
+                        outbox.wake();
+                    }
                     batched.fetch_add(stored.len() as u64, Relaxed);
                     for (job, message) in batch.iter().zip(&stored) {
                         route(message, job.draft.members_version);
@@ -397,9 +411,14 @@ async fn write_loop(
         }
         for job in batch.drain(..) {
             let members_version = job.draft.members_version;
-            let stored = append_once(&db, job.draft).await;
+            let stored = append_once(&db, job.draft, outbox.as_ref()).await;
             match &stored {
-                Ok(Stored::New(message)) => route(message, members_version),
+                Ok(Stored::New(message)) => {
+                    if let Some(outbox) = &outbox {
+                        outbox.wake();
+                    }
+                    route(message, members_version)
+                }
                 Ok(Stored::Duplicate(_)) => duplicate_total.increment(1),
                 Err(_) => {}
             }
@@ -413,7 +432,11 @@ async fn write_loop(
 /// arrival order), one reads the heads back, one inserts every row. Rows
 /// are locked by that one statement in key order, so two writers (two
 /// message service instances) cannot deadlock each other.
-async fn append_batch(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Message>, DbErr> {
+async fn append_batch(
+    db: &DatabaseConnection,
+    jobs: &[Job],
+    outbox: Option<&Outbox>,
+) -> Result<Vec<Message>, DbErr> {
     let counts = drafts_per_conversation(jobs);
     let txn = db.begin().await?;
     let heads = bump_seqs(&txn, &counts).await?;
@@ -434,8 +457,45 @@ async fn append_batch(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<Messa
         .collect();
     let actives = rows.iter().cloned().map(messages::ActiveModel::from);
     messages::Entity::insert_many(actives).exec_without_returning(&txn).await?;
+    let messages: Vec<Message> = rows.into_iter().map(to_pb).collect();
+    if let Some(outbox) = outbox {
+        outbox.enqueue(&txn, messages.iter().map(stored_event)).await?;
+    }
     txn.commit().await?;
-    Ok(rows.into_iter().map(to_pb).collect())
+    Ok(messages)
+}
+
+/// The webhook event type of a stored message.
+const STORED: &str = "message.stored";
+
+/// The `message.stored` event of `message`: its fields, with the content
+/// as the JSON it is, in order per conversation.
+fn stored_event(message: &Message) -> Event {
+    let kind = MessageKind::try_from(message.kind).unwrap_or(MessageKind::Message);
+    let (to_user_id, group_id) = match message.target {
+        Some(Target::ToUserId(user)) => (Some(user), None),
+        Some(Target::GroupId(group)) => (None, Some(group)),
+        None => (None, None),
+    };
+    let content: serde_json::Value =
+        serde_json::from_str(&message.content_json).unwrap_or(serde_json::Value::Null);
+    Event::new(
+        STORED,
+        format!("conversation:{}", message.conversation_id),
+        serde_json::json!({
+            "message_id": message.message_id,
+            "conversation_id": message.conversation_id,
+            "seq": message.seq,
+            "sender_id": message.sender_id,
+            "to_user_id": to_user_id,
+            "group_id": group_id,
+            "kind": kind.as_str_name().trim_start_matches("MESSAGE_KIND_").to_lowercase(),
+            "ref_seq": (message.ref_seq != 0).then_some(message.ref_seq),
+            "content": content,
+            "client_msg_id": message.client_msg_id,
+            "created_at_ms": message.created_at_ms,
+        }),
+    )
 }
 
 /// How many drafts of `jobs` each conversation has, in conversation order.
@@ -728,7 +788,11 @@ async fn find_sent(
 
 /// Stores one draft in its own transaction; a unique violation means a
 /// concurrent retry of the same send won, and the original is returned.
-async fn append_once(db: &DatabaseConnection, draft: Draft) -> Result<Stored, DbErr> {
+async fn append_once(
+    db: &DatabaseConnection,
+    draft: Draft,
+    outbox: Option<&Outbox>,
+) -> Result<Stored, DbErr> {
     let txn = db.begin().await?;
     let heads = bump_seqs(&txn, &[(&draft.conversation_id, 1)]).await?;
     let seq = heads.get(&draft.conversation_id).copied().unwrap_or_default();
@@ -736,8 +800,12 @@ async fn append_once(db: &DatabaseConnection, draft: Draft) -> Result<Stored, Db
     let active: messages::ActiveModel = row.clone().into();
     match messages::Entity::insert(active).exec_without_returning(&txn).await {
         Ok(_) => {
+            let message = to_pb(row);
+            if let Some(outbox) = outbox {
+                outbox.enqueue(&txn, [stored_event(&message)]).await?;
+            }
             txn.commit().await?;
-            Ok(Stored::New(to_pb(row)))
+            Ok(Stored::New(message))
         }
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             txn.rollback().await?;
@@ -753,6 +821,10 @@ async fn append_once(db: &DatabaseConnection, draft: Draft) -> Result<Stored, Db
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn no_webhooks() -> Outbox {
+        Outbox::new("message", &Default::default()).expect("webhooks off")
+    }
 
     fn draft(conversation: &str, sender: i64, client_msg_id: &str) -> Draft {
         Draft {
@@ -778,7 +850,7 @@ mod tests {
         crate::migration::apply(&db).await.unwrap();
         let writer = tern_runtime::db::connect_writer(&url).await.unwrap();
         let (committed, _) = mpsc::unbounded_channel();
-        let store = Store::new(db, writer, committed);
+        let store = Store::new(db, writer, committed, no_webhooks());
         store.ensure_conversation("c0").await.unwrap();
         let drafts = (0..20).map(|i| {
             let conversation = if i == 7 { "missing" } else { "c0" };
@@ -814,7 +886,7 @@ mod tests {
         crate::migration::apply(&db).await.unwrap();
         let writer = tern_runtime::db::connect_writer(&url).await.unwrap();
         let (committed, _) = mpsc::unbounded_channel();
-        let store = Store::new(db, writer, committed);
+        let store = Store::new(db, writer, committed, no_webhooks());
         for c in ["c0", "c1", "c2"] {
             store.ensure_conversation(c).await.unwrap();
         }

@@ -10,7 +10,7 @@
 //! answers, and the methods have the generated clients' signatures, so a
 //! caller cannot tell which one it holds.
 
-use crate::pb::{auth, group, message, offline};
+use crate::pb::{auth, group, message, offline, webhook};
 use std::sync::{Arc, OnceLock};
 use tonic::{
     IntoRequest, Response, Status,
@@ -110,6 +110,7 @@ client! {
     find_user(auth::FindUserRequest) -> auth::User;
     revoke_user(auth::RevokeUserRequest) -> auth::RevokeUserResponse;
     set_banned(auth::SetBannedRequest) -> auth::SetBannedResponse;
+    record_presence(auth::RecordPresenceRequest) -> auth::RecordPresenceResponse;
 }
 
 client! {
@@ -153,6 +154,13 @@ client! {
     mark_read(offline::MarkReadRequest) -> offline::MarkReadResponse;
     read_positions(offline::ReadPositionsRequest) -> offline::ReadPositionsResponse;
     shared_with(offline::SharedWithRequest) -> offline::SharedWithResponse;
+}
+
+client! {
+    /// The webhook outbox of the auth, group or message service.
+    WebhookClient: webhook::webhook_admin_client::WebhookAdminClient<T>, webhook::webhook_admin_server::WebhookAdmin;
+    list_parked(webhook::ListParkedRequest) -> webhook::ListParkedResponse;
+    retry_parked(webhook::RetryParkedRequest) -> webhook::RetryParkedResponse;
 }
 
 #[cfg(test)]

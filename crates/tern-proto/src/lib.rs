@@ -40,6 +40,11 @@ mod generated {
                 tonic::include_proto!("tern.bus.v1");
             }
         }
+        pub mod webhook {
+            pub mod v1 {
+                tonic::include_proto!("tern.webhook.v1");
+            }
+        }
     }
 }
 
@@ -47,7 +52,7 @@ mod generated {
 pub mod pb {
     pub use crate::generated::tern::{
         auth::v1 as auth, bus::v1 as bus, group::v1 as group, message::v1 as message,
-        offline::v1 as offline,
+        offline::v1 as offline, webhook::v1 as webhook,
     };
 }
 

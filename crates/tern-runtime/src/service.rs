@@ -101,4 +101,24 @@ impl Started {
         )
         .await
     }
+
+    /// Serves `routes`, the services named `names`, until the shutdown
+    /// signal.
+    pub async fn serve_routes(
+        self,
+        routes: tonic::service::Routes,
+        names: &[&'static str],
+        descriptor_set: &'static [u8],
+    ) -> Result<(), tonic::transport::Error> {
+        crate::grpc::serve_all(
+            routes,
+            names,
+            descriptor_set,
+            self.listener,
+            self.shutdown,
+            self.drain,
+            &self.token,
+        )
+        .await
+    }
 }

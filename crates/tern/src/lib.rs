@@ -13,12 +13,13 @@ use serde::{Deserialize, Serialize};
 use std::{path::PathBuf, sync::Arc};
 use tern_bus::{InProcessBus, InProcessPresence};
 use tern_proto::{
-    clients::{AuthClient, GroupClient, Local, MessageClient, OfflineClient},
+    clients::{AuthClient, GroupClient, Local, MessageClient, OfflineClient, WebhookClient},
     pb::{
         auth::auth_service_server::{AuthService, AuthServiceServer},
         group::group_service_server::{GroupService, GroupServiceServer},
         message::message_service_server::{MessageService, MessageServiceServer},
         offline::offline_service_server::{OfflineService, OfflineServiceServer},
+        webhook::webhook_admin_server::WebhookAdmin,
     },
 };
 use tern_runtime::{
@@ -52,6 +53,8 @@ pub struct Settings {
     pub gateway: tern_gateway::Settings,
     /// Attachments: a folder under `data_dir` unless set.
     pub attachments: AttachmentSettings,
+    /// Signed webhooks (`TERN__WEBHOOKS__*`): off unless `urls` is set.
+    pub webhooks: tern_webhook::Settings,
 }
 
 impl Default for Settings {
@@ -67,6 +70,7 @@ impl Default for Settings {
             offline: Default::default(),
             gateway: Default::default(),
             attachments: Default::default(),
+            webhooks: Default::default(),
         }
     }
 }
@@ -154,9 +158,14 @@ pub async fn run(
     let message_local = Local::<dyn MessageService>::unbound();
     let offline_local = Local::<dyn OfflineService>::unbound();
 
-    let auth = tern_auth::build(&settings.auth, bus.clone()).await?;
+    // Presence events come from the gateway, through the auth service.
+    let webhooks = &settings.webhooks;
+    settings.gateway.presence_events |=
+        webhooks.sends("user.online") || webhooks.sends("user.offline");
+    let auth = tern_auth::build(&settings.auth, webhooks, bus.clone()).await?;
     let group = tern_group::build(
         &settings.group,
+        webhooks,
         tern_group::Peers {
             auth: AuthClient::Local(auth_local.clone()),
             offline: OfflineClient::Local(offline_local.clone()),
@@ -172,6 +181,7 @@ pub async fn run(
     let message = tern_message::build(
         &settings.message,
         &settings.attachments,
+        webhooks,
         tern_message::Peers {
             auth: AuthClient::Local(auth_local.clone()),
             group: GroupClient::Local(group_local.clone()),
@@ -185,6 +195,10 @@ pub async fn run(
     group_local.bind(Arc::new(group.clone()));
     offline_local.bind(Arc::new(offline.clone()));
     message_local.bind(Arc::new(message.clone()));
+    // One admin API over the three outboxes.
+    let outboxes = auth.webhooks().and(group.webhooks()).and(message.webhooks());
+    let webhooks_local = Local::<dyn WebhookAdmin>::unbound();
+    webhooks_local.bind(Arc::new(outboxes.clone()));
 
     if let Some(addr) = &settings.grpc_addr {
         tern_runtime::credential::validate(&settings.service_token).map_err(|why| {
@@ -195,12 +209,14 @@ pub async fn run(
         let routes = Routes::new(AuthServiceServer::new(auth))
             .add_service(GroupServiceServer::new(group))
             .add_service(tern_message::server(message, &settings.message))
-            .add_service(OfflineServiceServer::new(offline));
+            .add_service(OfflineServiceServer::new(offline))
+            .add_service(tern_webhook::server(outboxes));
         let names = [
             <AuthServiceServer<tern_auth::Auth> as NamedService>::NAME,
             <GroupServiceServer<tern_group::Groups> as NamedService>::NAME,
             <MessageServiceServer<tern_message::Messages> as NamedService>::NAME,
             <OfflineServiceServer<tern_offline::Offline> as NamedService>::NAME,
+            tern_webhook::SERVICE_NAME,
         ];
         let (stop, token) = (shutdown.clone(), settings.service_token.clone());
         // While the gateway closes its sockets, backends are told through
@@ -231,6 +247,7 @@ pub async fn run(
         bus,
         presence,
         files: Objects::open(&settings.attachments)?,
+        webhooks: vec![WebhookClient::Local(webhooks_local)],
     };
     tern_gateway::run(settings.gateway, services, listener, shutdown).await
 }

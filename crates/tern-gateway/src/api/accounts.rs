@@ -1,39 +1,50 @@
 //! `/api/register`, `/api/login`, `/api/refresh`, `/api/logout`.
 
-use super::{Caller, ClientIp, body};
-use crate::{AppState, error::ApiError};
+use super::{Caller, ClientIp, ServiceErrors, body};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+};
 use axum::{Json, body::Bytes, extract::State, http::StatusCode, response::IntoResponse};
 use serde::{Deserialize, Serialize};
 use tern_proto::{
     ErrorCode,
     pb::auth::{LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest, TokenPair},
 };
+use utoipa::ToSchema;
 
-#[derive(Deserialize)]
+/// A username and password.
+#[derive(Deserialize, ToSchema)]
 struct Credentials {
+    /// 1–32 letters, digits, `_`, `-` or `.`.
     username: String,
+    /// 8–72 bytes when registering.
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct RefreshBody {
     refresh_token: String,
 }
 
 /// A user as the API shows one.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UserView {
     pub user_id: u64,
     pub username: String,
 }
 
 /// The answer to a login or refresh.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Tokens {
+    /// The access token: `Authorization: Bearer <token>`, and `?token=` of
+    /// the WebSocket.
     token: String,
     user_id: u64,
     username: String,
+    /// Buys the next token pair, once.
     refresh_token: String,
+    /// Seconds until the access token expires.
     expires_in: u64,
 }
 
@@ -50,11 +61,26 @@ impl From<TokenPair> for Tokens {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LoggedOut {
+    #[schema(examples("logged out"))]
     status: &'static str,
 }
 
+/// Creates an account.
+#[utoipa::path(
+    post,
+    path = "/api/register",
+    tag = "accounts",
+    request_body = Credentials,
+    responses(
+        (status = 201, body = UserView, description = "Registered"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: not JSON, or the username or password breaks its rules"),
+        (status = 409, body = ErrorBody, description = "`conflict`: the username is taken"),
+        ServiceErrors,
+    ),
+)]
 pub async fn register(
     State(state): State<AppState>,
     bytes: Bytes,
@@ -72,6 +98,22 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(UserView { user_id: user.user_id, username: user.username })))
 }
 
+/// Logs in: an access token and a refresh token.
+#[utoipa::path(
+    post,
+    path = "/api/login",
+    tag = "accounts",
+    request_body = Credentials,
+    responses(
+        (status = 200, body = Tokens, description = "Logged in"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: not JSON, or a field is missing"),
+        (status = 401, body = ErrorBody,
+            description = "`unauthenticated`: wrong username or password"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the account is banned"),
+        ServiceErrors,
+    ),
+)]
 pub async fn login(
     State(state): State<AppState>,
     axum::Extension(ClientIp(ip)): axum::Extension<ClientIp>,
@@ -89,6 +131,25 @@ pub async fn login(
     Ok(Json(pair.into()))
 }
 
+/// A new token pair for a refresh token.
+///
+/// The refresh token is spent; presenting a spent one again ends that
+/// login.
+#[utoipa::path(
+    post,
+    path = "/api/refresh",
+    tag = "accounts",
+    request_body = RefreshBody,
+    responses(
+        (status = 200, body = Tokens, description = "A new token pair"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: not JSON, or `refresh_token` is missing"),
+        (status = 401, body = ErrorBody,
+            description = "`unauthenticated`: the refresh token is unknown, spent or expired"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the account is banned"),
+        ServiceErrors,
+    ),
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     bytes: Bytes,
@@ -99,9 +160,27 @@ pub async fn refresh(
     Ok(Json(pair.into()))
 }
 
-/// `POST /api/logout` `{refresh_token}`: ends the login. The user's access
-/// tokens issued so far stop working and their open sockets are closed
-/// (type 100) on every node.
+/// Ends the login.
+///
+/// Its refresh tokens and the user's access tokens issued so far stop
+/// working, and the user's open sockets are closed (type 100) on every
+/// node.
+#[utoipa::path(
+    post,
+    path = "/api/logout",
+    tag = "accounts",
+    security(("access_token" = [])),
+    request_body = RefreshBody,
+    responses(
+        (status = 200, body = LoggedOut, description = "Logged out"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: not JSON, or `refresh_token` is missing"),
+        (status = 401, body = ErrorBody,
+            description = "`unauthenticated`: no valid access token, or the refresh token is not \
+                the caller's"),
+        ServiceErrors,
+    ),
+)]
 pub async fn logout(
     State(state): State<AppState>,
     Caller(user_id): Caller,

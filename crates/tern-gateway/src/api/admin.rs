@@ -2,10 +2,14 @@
 //! (`TERN__GATEWAY__ADMIN_TOKEN`), never a user's access token.
 
 use super::{
-    body, parse_id,
+    AdminErrors, body, parse_id,
     users::{UsersQuery, parse_ids, presence_unavailable},
 };
-use crate::{AppState, error::ApiError, ws::bearer};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    ws::bearer,
+};
 use axum::{
     Json,
     body::Bytes,
@@ -20,6 +24,7 @@ use tern_proto::{
         message::{MessageKind, RecallRequest, SendRequest, send_request::Target},
     },
 };
+use utoipa::ToSchema;
 
 /// A request that carries the admin token.
 pub struct Admin;
@@ -42,12 +47,13 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BanView {
     user_id: u64,
     banned: bool,
     /// When the ban started (Unix ms); absent when not banned.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     banned_at_ms: Option<i64>,
 }
 
@@ -60,9 +66,26 @@ async fn set_banned(state: &AppState, raw_id: &str, banned: bool) -> Result<BanV
     Ok(BanView { user_id, banned, banned_at_ms })
 }
 
-/// `POST /api/admin/users/{user_id}/ban`: the user's sessions are closed
-/// (type 100) on every node, their tokens stop working, and login is
-/// refused with `forbidden` until the ban is lifted.
+/// Bans a user.
+///
+/// The user's sessions are closed (type 100) on every node, their tokens
+/// stop working, and login is refused with `forbidden` until the ban is
+/// lifted. Banning twice changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/admin/users/{user_id}/ban",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("user_id" = u64, Path, description = "The user")),
+    responses(
+        (status = 200, body = BanView, description = "The user is banned"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: the user id is not a number"),
+        (status = 404, body = ErrorBody,
+            description = "`unknown_user`: no such user; `not_found`: the admin API is off"),
+        AdminErrors,
+    ),
+)]
 pub async fn ban(
     State(state): State<AppState>,
     _admin: Admin,
@@ -71,7 +94,22 @@ pub async fn ban(
     Ok(Json(set_banned(&state, &user_id, true).await?))
 }
 
-/// `DELETE /api/admin/users/{user_id}/ban`: lifts a ban; the user logs in again.
+/// Lifts a ban; the user may log in again.
+#[utoipa::path(
+    delete,
+    path = "/api/admin/users/{user_id}/ban",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("user_id" = u64, Path, description = "The user")),
+    responses(
+        (status = 200, body = BanView, description = "The user is not banned"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: the user id is not a number"),
+        (status = 404, body = ErrorBody,
+            description = "`unknown_user`: no such user; `not_found`: the admin API is off"),
+        AdminErrors,
+    ),
+)]
 pub async fn unban(
     State(state): State<AppState>,
     _admin: Admin,
@@ -80,16 +118,32 @@ pub async fn unban(
     Ok(Json(set_banned(&state, &user_id, false).await?))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Revoked {
     user_id: u64,
     /// The user's access tokens issued before this (Unix ms) are refused.
     tokens_valid_after_ms: i64,
 }
 
-/// `POST /api/admin/users/{user_id}/revoke`: ends every login of the user
-/// (all refresh tokens, the access tokens issued so far, open sessions on
-/// every node); they may log in again.
+/// Ends every login of a user.
+///
+/// All their refresh tokens, the access tokens issued so far, and their
+/// open sessions on every node; they may log in again.
+#[utoipa::path(
+    post,
+    path = "/api/admin/users/{user_id}/revoke",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(("user_id" = u64, Path, description = "The user")),
+    responses(
+        (status = 200, body = Revoked, description = "Every login of the user has ended"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: the user id is not a number"),
+        (status = 404, body = ErrorBody,
+            description = "`unknown_user`: no such user; `not_found`: the admin API is off"),
+        AdminErrors,
+    ),
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     _admin: Admin,
@@ -101,20 +155,36 @@ pub async fn revoke(
     Ok(Json(Revoked { user_id, tokens_valid_after_ms: answer.tokens_valid_after_ms }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct OnlineView {
     user_id: u64,
     /// The gateway nodes holding a session of the user.
     nodes: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Online {
     online: Vec<OnlineView>,
 }
 
-/// `GET /api/admin/online?ids=1,2,3`: which of these users are online, and
-/// on which nodes (users who are not are left out).
+/// Which of these users are online, and on which nodes.
+///
+/// Users who are not online are left out.
+#[utoipa::path(
+    get,
+    path = "/api/admin/online",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(UsersQuery),
+    responses(
+        (status = 200, body = Online, description = "The users with an open session"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: `ids` is missing, not numbers, or more than 1,000"),
+        (status = 404, body = ErrorBody,
+            description = "`not_found`: the admin API is off on this node"),
+        AdminErrors,
+    ),
+)]
 pub async fn online(
     State(state): State<AppState>,
     _admin: Admin,
@@ -137,18 +207,25 @@ pub async fn online(
     Ok(Json(Online { online }))
 }
 
-#[derive(Deserialize)]
+/// A system message, to one user (`to`) or to a group (`group_id`): give
+/// exactly one of them.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SystemMessage {
+    /// The user it goes to, in their 1:1 conversation with user 0.
+    #[schema(nullable = false)]
     to: Option<u64>,
+    /// The group it goes to.
+    #[schema(nullable = false)]
     group_id: Option<u64>,
+    /// Any JSON, as a client's message.
     content: serde_json::Value,
     /// Makes a retry safe, as a client's send.
     #[serde(default)]
     client_msg_id: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SystemSent {
     message_id: String,
     conversation_id: String,
@@ -157,9 +234,30 @@ pub struct SystemSent {
     duplicate: bool,
 }
 
-/// `POST /api/admin/messages` `{to | group_id, content, client_msg_id?}`:
-/// a system message (sender 0) to one user or to every member of a
-/// group, stored and delivered like any other.
+/// Sends a system message (from user 0).
+///
+/// To one user or to every member of a group, stored and delivered like
+/// any other.
+#[utoipa::path(
+    post,
+    path = "/api/admin/messages",
+    tag = "admin",
+    security(("admin_token" = [])),
+    request_body = SystemMessage,
+    responses(
+        (status = 201, body = SystemSent, description = "Sent"),
+        (status = 200, body = SystemSent,
+            description = "Sent before with this `client_msg_id` (`duplicate` is true)"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: not JSON, an unknown field, or not exactly one of `to` \
+                and `group_id`"),
+        (status = 404, body = ErrorBody,
+            description = "`unknown_user`, `unknown_group`; `not_found`: the admin API is off"),
+        (status = 413, body = ErrorBody,
+            description = "`too_large`: the content is over the size limit"),
+        AdminErrors,
+    ),
+)]
 pub async fn system_message(
     State(state): State<AppState>,
     _admin: Admin,
@@ -195,7 +293,7 @@ pub async fn system_message(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RecallView {
     /// The recall entry's id and place in the conversation.
     message_id: String,
@@ -206,9 +304,31 @@ pub struct RecallView {
     duplicate: bool,
 }
 
-/// `POST /api/admin/conversations/{conversation_id}/messages/{seq}/recall`:
-/// recalls any message, whatever its age: its content is removed from
-/// storage and every member gets the recall entry (from user 0).
+/// Recalls any message, whatever its age.
+///
+/// Its content is removed from storage and every member gets the recall
+/// entry (from user 0).
+#[utoipa::path(
+    post,
+    path = "/api/admin/conversations/{conversation_id}/messages/{seq}/recall",
+    tag = "admin",
+    security(("admin_token" = [])),
+    params(
+        ("conversation_id" = String, Path,
+            description = "`dm:<lower user id>:<higher user id>` or `group:<group id>`"),
+        ("seq" = u64, Path, description = "The message's place in the conversation"),
+    ),
+    responses(
+        (status = 200, body = RecallView, description = "Recalled"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: a malformed conversation id or seq"),
+        (status = 404, body = ErrorBody,
+            description = "`not_found`: no such message, or the admin API is off on this node"),
+        (status = 409, body = ErrorBody,
+            description = "`conflict`: the message was recalled already"),
+        AdminErrors,
+    ),
+)]
 pub async fn recall(
     State(state): State<AppState>,
     _admin: Admin,

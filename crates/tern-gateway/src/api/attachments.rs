@@ -9,8 +9,11 @@
 //! such a URL asks the message service again, so a member removed since
 //! it was issued is refused.
 
-use super::{Caller, body};
-use crate::{AppState, error::ApiError};
+use super::{Caller, ServiceErrors, body};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+};
 use axum::{
     Json,
     body::{Body, Bytes},
@@ -30,6 +33,7 @@ use tern_proto::{
     },
 };
 use tern_runtime::clock::now_ms;
+use utoipa::ToSchema;
 
 /// The audience of URL tokens: never accepted as an access token, and an
 /// access token is never accepted here.
@@ -108,20 +112,26 @@ struct UrlClaims {
     exp: i64,
 }
 
-#[derive(Deserialize)]
+/// A file about to be uploaded.
+#[derive(Deserialize, ToSchema)]
 struct NewUpload {
+    /// The conversation it will be sent in; the caller must be a member.
     conversation_id: String,
+    /// The file's name.
     name: String,
+    /// Its exact size in bytes, at most the server's `max_bytes`.
     size: u64,
+    /// Its MIME type, one the server allows; the bytes are checked against it.
     content_type: String,
 }
 
 /// Where and how to upload.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UploadView {
     attachment_id: String,
     /// Absolute (the store's) or relative to this server.
     upload_url: String,
+    #[schema(examples("PUT"))]
     upload_method: &'static str,
     /// Unix ms.
     expires_at: i64,
@@ -129,7 +139,7 @@ pub struct UploadView {
 }
 
 /// An attachment as clients see it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AttachmentView {
     attachment_id: String,
     conversation_id: String,
@@ -137,12 +147,25 @@ pub struct AttachmentView {
     name: String,
     size: u64,
     content_type: String,
+    /// In pixels, for an image.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     width: Option<u32>,
+    /// In pixels, for an image.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     height: Option<u32>,
-    /// `pending`, `ready` or `sent`.
-    state: &'static str,
+    state: AttachmentStatus,
+}
+
+/// Where an attachment is: uploading (`pending`), uploaded and checked
+/// (`ready`), or sent in a message (`sent`).
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachmentStatus {
+    Pending,
+    Ready,
+    Sent,
 }
 
 impl From<Attachment> for AttachmentView {
@@ -150,9 +173,9 @@ impl From<Attachment> for AttachmentView {
         let image = a.width > 0 && a.height > 0;
         Self {
             state: match AttachmentState::try_from(a.state) {
-                Ok(AttachmentState::Pending) => "pending",
-                Ok(AttachmentState::Ready) => "ready",
-                _ => "sent",
+                Ok(AttachmentState::Pending) => AttachmentStatus::Pending,
+                Ok(AttachmentState::Ready) => AttachmentStatus::Ready,
+                _ => AttachmentStatus::Sent,
             },
             attachment_id: a.attachment_id,
             conversation_id: a.conversation_id,
@@ -167,11 +190,13 @@ impl From<Attachment> for AttachmentView {
 }
 
 /// An attachment with a URL to download it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DownloadView {
     #[serde(flatten)]
     attachment: AttachmentView,
+    /// Absolute (the store's) or relative to this server.
     download_url: String,
+    /// When the URL expires (Unix ms).
     expires_at: i64,
 }
 
@@ -180,7 +205,29 @@ pub struct UrlToken {
     token: Option<String>,
 }
 
-/// `POST /api/attachments`: starts an upload.
+/// Starts an upload.
+///
+/// Upload the bytes to `upload_url` with `upload_method`, then call
+/// `POST /api/attachments/{attachment_id}/complete`.
+#[utoipa::path(
+    post,
+    path = "/api/attachments",
+    tag = "attachments",
+    security(("access_token" = [])),
+    request_body = NewUpload,
+    responses(
+        (status = 201, body = UploadView, description = "Where to upload the bytes"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: not JSON, or a field breaks its rules"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 403, body = ErrorBody,
+            description = "`not_member` or `forbidden`: the caller is not in the conversation"),
+        (status = 413, body = ErrorBody, description = "`too_large`: over the server's size limit"),
+        (status = 415, body = ErrorBody,
+            description = "`unsupported_type`: a content type the server does not allow"),
+        ServiceErrors,
+    ),
+)]
 pub async fn create_upload(
     State(state): State<AppState>,
     Caller(user_id): Caller,
@@ -206,7 +253,29 @@ pub async fn create_upload(
     ))
 }
 
-/// `POST /api/attachments/{attachment_id}/complete`: checks the uploaded bytes.
+/// Checks the uploaded bytes: their size and their type.
+///
+/// A refused upload is deleted.
+#[utoipa::path(
+    post,
+    path = "/api/attachments/{attachment_id}/complete",
+    tag = "attachments",
+    security(("access_token" = [])),
+    params(("attachment_id" = String, Path, description = "The attachment")),
+    responses(
+        (status = 200, body = AttachmentView,
+            description = "The checked attachment, ready to send"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: not as many bytes as declared"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: someone else's upload"),
+        (status = 404, body = ErrorBody,
+            description = "`not_found`: no such attachment, or nothing uploaded yet"),
+        (status = 415, body = ErrorBody,
+            description = "`unsupported_type`: the bytes are not the declared, allowed type"),
+        ServiceErrors,
+    ),
+)]
 pub async fn complete_upload(
     State(state): State<AppState>,
     Caller(user_id): Caller,
@@ -224,7 +293,26 @@ async fn complete(
     Ok(state.services.message.clone().complete_upload(request).await?.into_inner().into())
 }
 
-/// `GET /api/attachments/{attachment_id}`: the attachment and a URL to download it.
+/// The attachment and a URL to download it.
+///
+/// For members of the conversation it was sent in, and for its uploader
+/// before then.
+#[utoipa::path(
+    get,
+    path = "/api/attachments/{attachment_id}",
+    tag = "attachments",
+    security(("access_token" = [])),
+    params(("attachment_id" = String, Path, description = "The attachment")),
+    responses(
+        (status = 200, body = DownloadView,
+            description = "The attachment and where to download it"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: not the caller's to see"),
+        (status = 404, body = ErrorBody,
+            description = "`not_found`: no such attachment, or not uploaded yet"),
+        ServiceErrors,
+    ),
+)]
 pub async fn get_attachment(
     State(state): State<AppState>,
     Caller(user_id): Caller,
@@ -255,9 +343,42 @@ fn store_down(error: object_store::Error) -> ApiError {
     ApiError::new(ErrorCode::Unavailable, "the attachment store is unavailable; retry")
 }
 
-/// `PUT /api/attachments/{attachment_id}/content?token=`: the bytes of an
-/// upload, for a store that signs no URLs. They are written as they
-/// arrive (never more than declared), then checked as by `complete`.
+/// Uploads the bytes, on a store that signs no URLs.
+///
+/// They are written as they arrive (never more than declared), then
+/// checked as by `POST /api/attachments/{attachment_id}/complete`.
+#[utoipa::path(
+    put,
+    path = "/api/attachments/{attachment_id}/content",
+    tag = "attachments",
+    params(
+        ("attachment_id" = String, Path, description = "The attachment"),
+        ("token" = String, Query,
+            description = "The token of the signed URL that `POST /api/attachments` or \
+                `GET /api/attachments/{attachment_id}` handed out"),
+    ),
+    request_body(
+        description = "The file's bytes, exactly as many as declared; their Content-Type is \
+            not read",
+        content(("application/octet-stream")),
+    ),
+    responses(
+        (status = 200, body = AttachmentView,
+            description = "The checked attachment, ready to send"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: fewer bytes than declared, or an interrupted upload"),
+        (status = 403, body = ErrorBody,
+            description = "`forbidden`: the link is not valid or has expired, or the upload is \
+                someone else's"),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such attachment"),
+        (status = 409, body = ErrorBody,
+            description = "`conflict`: the upload is already complete"),
+        (status = 413, body = ErrorBody, description = "`too_large`: more bytes than declared"),
+        (status = 415, body = ErrorBody,
+            description = "`unsupported_type`: the bytes are not the declared, allowed type"),
+        ServiceErrors,
+    ),
+)]
 pub async fn put_content(
     State(state): State<AppState>,
     Path(attachment_id): Path<String>,
@@ -296,8 +417,35 @@ pub async fn put_content(
     complete(&state, user_id, attachment_id).await.map(Json)
 }
 
-/// `GET /api/attachments/{attachment_id}/content?token=`: the bytes, for a
-/// store that signs no URLs.
+/// Downloads the bytes, on a store that signs no URLs.
+#[utoipa::path(
+    get,
+    path = "/api/attachments/{attachment_id}/content",
+    tag = "attachments",
+    params(
+        ("attachment_id" = String, Path, description = "The attachment"),
+        ("token" = String, Query,
+            description = "The token of the signed URL that `POST /api/attachments` or \
+                `GET /api/attachments/{attachment_id}` handed out"),
+    ),
+    responses(
+        (
+            status = 200,
+            description = "The bytes, with the attachment's content type",
+            content(("*/*")),
+            headers(
+                ("Content-Disposition" = String,
+                    description = "`inline` for an image, else `attachment`, with the file's name"),
+            ),
+        ),
+        (status = 403, body = ErrorBody,
+            description = "`forbidden`: the link is not valid or has expired, or not the caller's \
+                to see"),
+        (status = 404, body = ErrorBody,
+            description = "`not_found`: no such attachment, or the file is gone"),
+        ServiceErrors,
+    ),
+)]
 pub async fn get_content(
     State(state): State<AppState>,
     Path(attachment_id): Path<String>,

@@ -2,8 +2,12 @@
 //! `/api/conversations/{id}/messages` (history, members only) and
 //! `/api/conversations/{id}/reads` (how far the other members have read).
 
-use super::Caller;
-use crate::{AppState, error::ApiError, protocol};
+use super::{Caller, ServiceErrors};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    protocol::{self, Delivered},
+};
 use axum::{
     Json,
     extract::{Path, Query, State, rejection::QueryRejection},
@@ -17,18 +21,20 @@ use tern_proto::{
         offline::{ListBacklogRequest, PullRequest, ReadPositionsRequest},
     },
 };
+use utoipa::{IntoParams, ToSchema};
 
 /// A conversation in the caller's list.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ConversationView {
     conversation_id: String,
-    /// `direct` or `group`.
-    kind: &'static str,
+    kind: ConversationKind,
     /// The peer of a direct conversation.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     user_id: Option<u64>,
     /// The group of a group conversation.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     group_id: Option<u64>,
     acked_seq: u64,
     /// The caller's read marker, shared by the caller's devices.
@@ -36,21 +42,32 @@ pub struct ConversationView {
     latest_seq: u64,
     /// Messages after the read marker.
     unread: u64,
-    /// The latest message, as a delivery frame, for the preview line.
+    /// The latest message, as a delivery frame, for the preview line;
+    /// `null` in a conversation without messages.
+    #[schema(value_type = Option<Delivered>, required)]
     last_message: Option<Box<RawValue>>,
     #[serde(skip)]
     last_at_ms: i64,
 }
 
-#[derive(Serialize)]
+/// A direct (1:1) conversation, or a group's.
+#[derive(Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct Conversations {
     conversations: Vec<ConversationView>,
 }
 
 /// A page of history.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct History {
     /// Delivery frames, in seq order.
+    #[schema(value_type = Vec<Delivered>)]
     messages: Vec<Box<RawValue>>,
     acked_seq: u64,
     latest_seq: u64,
@@ -62,16 +79,31 @@ fn frame(message: &Message) -> Box<RawValue> {
 }
 
 /// Query string of `GET /api/conversations`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Whose delivery cursors `acked_seq` reports (the device the client
     /// connects its socket as); the default device without it.
     device: Option<String>,
 }
 
-/// `GET /api/conversations`: every conversation of the caller, newest
-/// activity first, with unread counts (from the read marker, which every
-/// device shares) and the latest message.
+/// Every conversation of the caller.
+///
+/// Newest activity first, with unread counts (from the read marker, which
+/// every device shares) and the latest message.
+#[utoipa::path(
+    get,
+    path = "/api/conversations",
+    tag = "conversations",
+    security(("access_token" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, body = Conversations, description = "The caller's conversations"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: a malformed `device`"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        ServiceErrors,
+    ),
+)]
 pub async fn conversations(
     State(state): State<AppState>,
     Caller(user_id): Caller,
@@ -100,9 +132,9 @@ pub async fn conversations(
         };
         let (kind, user_id, group_id) = match conversation::parse(&b.conversation_id) {
             Some(direct @ conversation::Kind::Direct(..)) => {
-                ("direct", direct.peer_of(user_id), None)
+                (ConversationKind::Direct, direct.peer_of(user_id), None)
             }
-            Some(conversation::Kind::Group(g)) => ("group", None, Some(g)),
+            Some(conversation::Kind::Group(g)) => (ConversationKind::Group, None, Some(g)),
             None => continue,
         };
         // This node may hold a newer ack than storage (written behind).
@@ -124,13 +156,35 @@ pub async fn conversations(
     Ok(Json(Conversations { conversations: items }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// Messages after this seq; 0 (the default) from the start.
     after_seq: Option<u64>,
+    /// Page size: 200 without it (or with 0), at most 1,000.
     limit: Option<u32>,
 }
 
-/// `GET /api/conversations/{id}/messages`: history for members only.
+/// A page of a conversation's history, for its members.
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{conversation_id}/messages",
+    tag = "conversations",
+    security(("access_token" = [])),
+    params(
+        ("conversation_id" = String, Path,
+            description = "`dm:<lower user id>:<higher user id>` or `group:<group id>`"),
+        HistoryQuery,
+    ),
+    responses(
+        (status = 200, body = History, description = "Messages after `after_seq`, in seq order"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: a malformed conversation id or query"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the caller is not a member"),
+        ServiceErrors,
+    ),
+)]
 pub async fn history(
     State(state): State<AppState>,
     Caller(user_id): Caller,
@@ -162,7 +216,7 @@ pub async fn history(
 }
 
 /// How far the other members of a conversation have read.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Reads {
     conversation_id: String,
     /// Highest seq first; a message `s` has been read by the sum of
@@ -170,14 +224,32 @@ pub struct Reads {
     reads: Vec<ReadView>,
 }
 
-#[derive(Serialize)]
+/// How many of the other members have read up to `seq`.
+#[derive(Serialize, ToSchema)]
 pub struct ReadView {
     seq: u64,
     members: u32,
 }
 
-/// `GET /api/conversations/{id}/reads`: the other members' read markers,
-/// counted per position (members only).
+/// The other members' read markers, counted per position (members only).
+#[utoipa::path(
+    get,
+    path = "/api/conversations/{conversation_id}/reads",
+    tag = "conversations",
+    security(("access_token" = [])),
+    params(
+        ("conversation_id" = String, Path,
+            description = "`dm:<lower user id>:<higher user id>` or `group:<group id>`"),
+    ),
+    responses(
+        (status = 200, body = Reads, description = "The read markers, highest first"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: a malformed conversation id"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the caller is not a member"),
+        ServiceErrors,
+    ),
+)]
 pub async fn reads(
     State(state): State<AppState>,
     Caller(user_id): Caller,

@@ -1,7 +1,10 @@
 //! `/api/groups` and its members.
 
-use super::{Caller, body, parse_id};
-use crate::{AppState, error::ApiError};
+use super::{Caller, ServiceErrors, body, parse_id};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+};
 use axum::{
     Json,
     body::Bytes,
@@ -17,9 +20,10 @@ use tern_proto::{
         LeaveGroupRequest, ListUserGroupsRequest, RemoveMemberRequest,
     },
 };
+use utoipa::ToSchema;
 
 /// A group with its members.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GroupView {
     group_id: u64,
     name: String,
@@ -39,31 +43,49 @@ impl From<Group> for GroupView {
 }
 
 /// A group in the caller's list.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GroupSummary {
     group_id: u64,
     name: String,
     owner_id: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Groups {
     groups: Vec<GroupSummary>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Members {
     group_id: u64,
     member_ids: Vec<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct NewGroup {
+    /// 1–64 characters.
     name: String,
+    /// Members besides the caller, who owns the group.
     #[serde(default)]
     member_ids: Vec<u64>,
 }
 
+/// Creates a group owned by the caller.
+#[utoipa::path(
+    post,
+    path = "/api/groups",
+    tag = "groups",
+    security(("access_token" = [])),
+    request_body = NewGroup,
+    responses(
+        (status = 201, body = GroupView, description = "Created"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: not JSON, a bad name, or too many members"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 404, body = ErrorBody, description = "`unknown_user`: a member id names no user"),
+        ServiceErrors,
+    ),
+)]
 pub async fn create_group(
     State(state): State<AppState>,
     Caller(owner_id): Caller,
@@ -80,6 +102,18 @@ pub async fn create_group(
     Ok((StatusCode::CREATED, Json(GroupView::from(group))))
 }
 
+/// The caller's groups.
+#[utoipa::path(
+    get,
+    path = "/api/groups",
+    tag = "groups",
+    security(("access_token" = [])),
+    responses(
+        (status = 200, body = Groups, description = "The groups the caller is a member of"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        ServiceErrors,
+    ),
+)]
 pub async fn list_groups(
     State(state): State<AppState>,
     Caller(user_id): Caller,
@@ -99,6 +133,22 @@ pub async fn list_groups(
     Ok(Json(Groups { groups }))
 }
 
+/// Joins a group.
+#[utoipa::path(
+    post,
+    path = "/api/groups/{group_id}/join",
+    tag = "groups",
+    security(("access_token" = [])),
+    params(("group_id" = u64, Path, description = "The group")),
+    responses(
+        (status = 200, body = GroupView, description = "The group, the caller among its members"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: the group id is not a number, or the group is full"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 404, body = ErrorBody, description = "`unknown_group`: no such group"),
+        ServiceErrors,
+    ),
+)]
 pub async fn join_group(
     State(state): State<AppState>,
     Caller(user_id): Caller,
@@ -115,6 +165,23 @@ pub async fn join_group(
     Ok(Json(group.into()))
 }
 
+/// Leaves a group.
+#[utoipa::path(
+    post,
+    path = "/api/groups/{group_id}/leave",
+    tag = "groups",
+    security(("access_token" = [])),
+    params(("group_id" = u64, Path, description = "The group")),
+    responses(
+        (status = 200, body = GroupView, description = "The group without the caller"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: the group id is not a number"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the owner cannot leave"),
+        (status = 404, body = ErrorBody, description = "`unknown_group`: no such group"),
+        ServiceErrors,
+    ),
+)]
 pub async fn leave_group(
     State(state): State<AppState>,
     Caller(user_id): Caller,
@@ -131,12 +198,29 @@ pub async fn leave_group(
     Ok(Json(group.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct NewMembers {
     member_ids: Vec<u64>,
 }
 
-/// `POST /api/groups/{id}/members` `{member_ids}`: the owner adds members.
+/// The owner adds members.
+#[utoipa::path(
+    post,
+    path = "/api/groups/{group_id}/members",
+    tag = "groups",
+    security(("access_token" = [])),
+    params(("group_id" = u64, Path, description = "The group")),
+    request_body = NewMembers,
+    responses(
+        (status = 200, body = GroupView, description = "The group with its new members"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: not JSON, no ids, or the group would be too big"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 403, body = ErrorBody, description = "`forbidden`: the caller is not the owner"),
+        (status = 404, body = ErrorBody, description = "`unknown_group` or `unknown_user`"),
+        ServiceErrors,
+    ),
+)]
 pub async fn add_members(
     State(state): State<AppState>,
     Caller(actor_id): Caller,
@@ -149,7 +233,26 @@ pub async fn add_members(
     Ok(Json(state.services.group.clone().add_members(request).await?.into_inner().into()))
 }
 
-/// `DELETE /api/groups/{id}/members/{user_id}`: the owner removes a member.
+/// The owner removes a member.
+#[utoipa::path(
+    delete,
+    path = "/api/groups/{group_id}/members/{user_id}",
+    tag = "groups",
+    security(("access_token" = [])),
+    params(
+        ("group_id" = u64, Path, description = "The group"),
+        ("user_id" = u64, Path, description = "The member to remove"),
+    ),
+    responses(
+        (status = 200, body = GroupView, description = "The group without the member"),
+        (status = 400, body = ErrorBody, description = "`bad_request`: an id is not a number"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 403, body = ErrorBody,
+            description = "`forbidden`: the caller is not the owner, or the member is the owner"),
+        (status = 404, body = ErrorBody, description = "`unknown_group`: no such group"),
+        ServiceErrors,
+    ),
+)]
 pub async fn remove_member(
     State(state): State<AppState>,
     Caller(actor_id): Caller,
@@ -160,7 +263,23 @@ pub async fn remove_member(
     Ok(Json(state.services.group.clone().remove_member(request).await?.into_inner().into()))
 }
 
-/// Members are visible to members only.
+/// A group's members, for its members only.
+#[utoipa::path(
+    get,
+    path = "/api/groups/{group_id}/members",
+    tag = "groups",
+    security(("access_token" = [])),
+    params(("group_id" = u64, Path, description = "The group")),
+    responses(
+        (status = 200, body = Members, description = "The members"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: the group id is not a number"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 403, body = ErrorBody, description = "`not_member`: the caller is not a member"),
+        (status = 404, body = ErrorBody, description = "`unknown_group`: no such group"),
+        ServiceErrors,
+    ),
+)]
 pub async fn group_members(
     State(state): State<AppState>,
     Caller(user_id): Caller,

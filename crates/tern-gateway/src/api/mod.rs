@@ -5,6 +5,10 @@
 //! revocation, who is online). Handlers translate JSON to gRPC calls and back; every answer is
 //! a typed body (`Serialize` structs in its module) and every error goes
 //! through [`ApiError`].
+//!
+//! Each handler carries its `#[utoipa::path]` (method, path, parameters,
+//! body, answers) and each body type derives `ToSchema`: `openapi` builds
+//! the OpenAPI document from them.
 
 mod accounts;
 mod admin;
@@ -12,7 +16,9 @@ mod attachments;
 mod conversations;
 mod groups;
 mod node;
+mod openapi;
 mod users;
+mod webhooks;
 
 pub use accounts::{login, logout, refresh, register};
 pub use admin::{ban, online, recall, revoke, system_message, unban};
@@ -23,10 +29,16 @@ pub use conversations::{conversations, history, reads};
 pub use groups::{
     add_members, create_group, group_members, join_group, leave_group, list_groups, remove_member,
 };
-pub use node::{health, ready, stats};
+pub use node::{health, metrics, ready, stats};
+pub use openapi::{document as openapi_document, json as openapi_json};
 pub use users::{find_user, presence, users};
+pub use webhooks::{parked as parked_webhooks, retry as retry_webhooks};
 
-use crate::{AppState, error::ApiError, ws::bearer};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    ws::bearer,
+};
 use axum::{
     Json,
     body::Bytes,
@@ -35,8 +47,8 @@ use axum::{
     response::IntoResponse,
 };
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use tern_proto::ErrorCode;
+use utoipa::IntoResponses;
 
 /// Parses a JSON body into `T`, answering 400 with our error shape (axum's
 /// own `Json` rejection would answer 415/422 in plain text).
@@ -44,6 +56,45 @@ fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
+
+/// The answers, besides its own, of every route that calls a service.
+#[derive(IntoResponses)]
+#[expect(dead_code, reason = "described in the OpenAPI document; ApiError builds these bodies")]
+pub enum ServiceErrors {
+    /// `rate_limited`: too many requests from this address; slow down.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// `internal`: a fault on the server's side; the details are in its log.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// `unavailable`: a service is down or saturated; retry.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// The answers, besides its own, of every admin route.
+#[derive(IntoResponses)]
+#[expect(dead_code, reason = "described in the OpenAPI document; ApiError builds these bodies")]
+pub enum AdminErrors {
+    /// `unauthenticated`: no admin token, or a wrong one.
+    #[response(status = 401)]
+    Unauthenticated(ErrorBody),
+    /// `rate_limited`: too many requests from this address; slow down.
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// `internal`: a fault on the server's side; the details are in its log.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// `unavailable`: a service is down or saturated; retry.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// `rate_limited`: too many requests from this address; slow down.
+#[derive(IntoResponses)]
+#[response(status = 429)]
+#[expect(dead_code, reason = "described in the OpenAPI document; ApiError builds this body")]
+pub struct RateLimited(ErrorBody);
 
 /// The client's address: the peer, or the last `X-Forwarded-For` entry when
 /// the gateway is configured to trust its load balancer.
@@ -105,7 +156,7 @@ fn parse_id(raw: &str) -> Result<u64, ApiError> {
 /// 405 with the usual error body (its code is `bad_request`: the client
 /// used the route wrongly).
 pub async fn method_not_allowed() -> impl IntoResponse {
-    let body = json!({ "error": { "code": ErrorCode::BadRequest.as_str(), "message": "method not allowed on this route" } });
+    let body = ErrorBody::new(ErrorCode::BadRequest, "method not allowed on this route");
     (StatusCode::METHOD_NOT_ALLOWED, Json(body))
 }
 

@@ -1,6 +1,10 @@
-//! `/health`, `/ready` and `/stats`.
+//! `/health`, `/ready`, `/stats` and `/metrics`.
 
-use crate::{AppState, error::ApiError};
+use super::RateLimited;
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+};
 use axum::{Json, extract::State};
 use serde::Serialize;
 use std::time::Duration;
@@ -12,21 +16,41 @@ use tern_proto::{
     },
 };
 use tokio::time::timeout;
+use utoipa::ToSchema;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Status {
+    #[schema(examples("ok", "ready"))]
     status: &'static str,
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "node",
+    responses((status = 200, description = "Alive", body = Status)),
+)]
 pub async fn health() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Ready when the node is not draining and every dependency answers: the
-/// four services (each probed with a cheap call that touches its database)
-/// and the bus/presence store. A client error such as "no such group"
-/// counts as an answer; only `unavailable` (or no answer within 2 s) does
-/// not.
+/// Readiness: the node is not draining and every dependency answers.
+///
+/// The four services (each probed with a cheap call that touches its
+/// database) and the bus/presence store. A client error such as "no such
+/// group" counts as an answer; only `unavailable` (or no answer within
+/// 2 s) does not.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "node",
+    responses(
+        (status = 200, body = Status, description = "Ready"),
+        (status = 503, body = ErrorBody,
+            description = "`unavailable`: draining, or the dependencies it names are unreachable"),
+    ),
+)]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     if state.draining.is_cancelled() {
         return Err(ApiError::new(ErrorCode::Unavailable, "draining"));
@@ -82,6 +106,30 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiErr
     }
 }
 
+/// This node's live figures.
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "node",
+    responses(
+        (status = 200, body = crate::stats::StatsView, description = "The node's counters"),
+        RateLimited,
+    ),
+)]
 pub async fn stats(State(state): State<AppState>) -> Json<crate::stats::StatsView> {
     Json(state.stats.view(&state.settings.node_id))
+}
+
+/// The process's metrics, for Prometheus.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "node",
+    responses(
+        (status = 200, body = String, content_type = "text/plain",
+            description = "The Prometheus text exposition format"),
+    ),
+)]
+pub async fn metrics() -> String {
+    tern_runtime::telemetry::metrics()
 }

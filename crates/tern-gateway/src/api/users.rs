@@ -1,7 +1,10 @@
 //! `/api/users?ids=…`, `/api/users/{username}` and `/api/presence?ids=…`.
 
-use super::{Caller, accounts::UserView};
-use crate::{AppState, error::ApiError};
+use super::{Caller, ServiceErrors, accounts::UserView};
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+};
 use axum::{
     Json,
     extract::{Path, Query, State, rejection::QueryRejection},
@@ -14,13 +17,27 @@ use tern_proto::{
         offline::SharedWithRequest,
     },
 };
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Users {
     users: Vec<UserView>,
 }
 
-/// `GET /api/users/{username}`: find someone to start a chat with.
+/// Finds a user by name, to start a chat with.
+#[utoipa::path(
+    get,
+    path = "/api/users/{username}",
+    tag = "users",
+    security(("access_token" = [])),
+    params(("username" = String, Path, description = "The exact username")),
+    responses(
+        (status = 200, body = UserView, description = "The user"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        (status = 404, body = ErrorBody, description = "`unknown_user`: no user has this name"),
+        ServiceErrors,
+    ),
+)]
 pub async fn find_user(
     State(state): State<AppState>,
     _caller: Caller,
@@ -31,8 +48,10 @@ pub async fn find_user(
     Ok(Json(UserView { user_id: user.user_id, username: user.username }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UsersQuery {
+    /// User ids, comma separated (`1,2,3`); at most 1,000.
     ids: String,
 }
 
@@ -53,7 +72,23 @@ pub(super) fn parse_ids(
     Ok(ids)
 }
 
-/// `GET /api/users?ids=1,2,3`: usernames for ids (unknown ids are left out).
+/// Usernames for user ids.
+///
+/// Unknown ids are left out.
+#[utoipa::path(
+    get,
+    path = "/api/users",
+    tag = "users",
+    security(("access_token" = [])),
+    params(UsersQuery),
+    responses(
+        (status = 200, body = Users, description = "The users found"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: `ids` is missing, not numbers, or more than 1,000"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        ServiceErrors,
+    ),
+)]
 pub async fn users(
     State(state): State<AppState>,
     _caller: Caller,
@@ -73,16 +108,17 @@ pub async fn users(
     Ok(Json(Users { users }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PresenceView {
     user_id: u64,
     online: bool,
     /// Unix milliseconds; only when offline, and only when known.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     last_seen: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct PresenceList {
     presence: Vec<PresenceView>,
     /// Asked-for users who share no conversation with the caller: their
@@ -90,9 +126,25 @@ pub struct PresenceList {
     hidden: Vec<u64>,
 }
 
-/// `GET /api/presence?ids=1,2,3`: who of a contact list is online, and when
-/// the others were last seen, for users who share a conversation with the
-/// caller.
+/// Who of a contact list is online, and when the others were last seen.
+///
+/// Only for users who share a conversation with the caller: the others'
+/// presence is not the caller's to see, and they are listed in `hidden`.
+#[utoipa::path(
+    get,
+    path = "/api/presence",
+    tag = "users",
+    security(("access_token" = [])),
+    params(UsersQuery),
+    responses(
+        (status = 200, body = PresenceList,
+            description = "Presence of the users the caller may see"),
+        (status = 400, body = ErrorBody,
+            description = "`bad_request`: `ids` is missing, not numbers, or more than 1,000"),
+        (status = 401, body = ErrorBody, description = "`unauthenticated`: no valid access token"),
+        ServiceErrors,
+    ),
+)]
 pub async fn presence(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -466,3 +466,32 @@ async fn admins_recall_any_message_and_both_users_see_it() {
     let (status, body) = s.post(&missing, Some(ADMIN), json!({})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_and_matches_the_answers() {
+    let s = Server::start().await;
+    let response = s.http.get(s.url("/api/openapi.json")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let doc: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let login = &doc["paths"]["/api/login"]["post"];
+    assert!(login.is_object(), "POST /api/login is in the document");
+    assert!(doc["paths"]["/api/admin/online"]["get"]["security"][0]["admin_token"].is_array());
+
+    // What it says is what the server answers: a real login has every
+    // field the document requires of it, and no other.
+    let reference = login["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        .as_str()
+        .expect("the login answer is a named schema");
+    let schema = doc.pointer(reference.trim_start_matches('#')).expect("the reference resolves");
+    s.user("alice").await;
+    let (status, body) = s.post("/api/login", None, login_body("alice")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut required: Vec<&str> =
+        schema["required"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    let mut answered: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    required.sort_unstable();
+    answered.sort_unstable();
+    assert_eq!(answered, required, "{body}");
+}

@@ -18,3 +18,4 @@ mod lifecycle;
 mod offline;
 mod secrets_in_logs;
 mod telemetry;
+mod webhooks;
