@@ -4,9 +4,11 @@
 //! one holding the outbox's lease (a row of `webhook_leases`, renewed every
 //! round) sends, so replicas never send the same events side by side. A
 //! round reads the oldest live events, groups them by endpoint and order
-//! key, and sends each group's events one after the other (a failure stops
-//! its group until the event's next attempt is due), different groups at
-//! once.
+//! key, and starts a task per group that is not already being sent, up to
+//! `concurrency`: it sends the group's events one after the other (a
+//! failure stops the group until the event's next attempt is due). Rounds
+//! never wait for those tasks, so an endpoint that hangs holds up its own
+//! order key and nothing else.
 
 use crate::{
     Outbox,
@@ -14,16 +16,17 @@ use crate::{
     sign,
 };
 use backon::BackoffBuilder;
-use futures::StreamExt;
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbErr, QueryResult,
     sea_query::{Cond, Expr, ExprTrait, Query},
 };
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 use tern_runtime::clock::{now_ms, now_secs};
+use tokio::task::JoinSet;
 
 /// Events read per round.
 const ROUND: u64 = 512;
@@ -55,14 +58,6 @@ impl Row {
             next_attempt_ms: row.try_get("", "next_attempt_ms")?,
         })
     }
-}
-
-/// How a group's turn in a round ended.
-enum Sent {
-    /// Its events went out (or were parked), or the round's time ran out.
-    Done,
-    /// An event failed; it is due again at this time (Unix ms).
-    RetryAt(i64),
 }
 
 struct Dispatcher {
@@ -101,11 +96,37 @@ pub(crate) async fn run(outbox: Outbox, db: DatabaseConnection) {
         db,
         client,
     };
-    dispatcher.run().await;
+    Arc::new(dispatcher).run().await;
+}
+
+/// A group: (endpoint, order key).
+type Key = (String, String);
+
+/// The group tasks running, and their keys.
+#[derive(Default)]
+struct Running {
+    tasks: JoinSet<()>,
+    keys: HashMap<tokio::task::Id, Key>,
+}
+
+impl Running {
+    /// Forgets a finished task.
+    fn reap(&mut self, done: Option<Result<(tokio::task::Id, ()), tokio::task::JoinError>>) {
+        let id = match done {
+            Some(Ok((id, ()))) => id,
+            Some(Err(error)) => error.id(),
+            None => return,
+        };
+        self.keys.remove(&id);
+    }
+
+    fn busy(&self) -> HashSet<&Key> {
+        self.keys.values().collect()
+    }
 }
 
 impl Dispatcher {
-    async fn run(self) {
+    async fn run(self: Arc<Self>) {
         let stop = tern_runtime::shutdown::on_signal();
         // The lease row; it exists already unless this is the first start.
         let mut insert = Query::insert();
@@ -114,23 +135,29 @@ impl Dispatcher {
             .columns([WebhookLeases::Outbox, WebhookLeases::Holder, WebhookLeases::UntilMs])
             .values_panic([self.outbox.inner.table.clone().into(), "".into(), 0i64.into()]);
         let _ = self.db.execute(&insert).await;
+        let mut running = Running::default();
         loop {
-            let wait = match self.round().await {
+            while let Some(done) = running.tasks.try_join_next_with_id() {
+                running.reap(Some(done));
+            }
+            let wait = match self.round(&mut running).await {
                 Ok(wait) => wait,
                 Err(error) => {
                     tracing::warn!(%error, "webhooks: cannot read the outbox; retrying");
                     Duration::from_secs(1)
                 }
             };
-            if wait.is_zero() {
-                continue;
-            }
+            // A finished group may have more events: the next round looks.
             tokio::select! {
                 _ = self.outbox.inner.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
+                done = running.tasks.join_next_with_id(), if !running.tasks.is_empty() => {
+                    running.reap(done);
+                }
                 _ = stop.cancelled() => break,
             }
         }
+        running.tasks.shutdown().await;
         // Let a replica (or this service's next start) take over at once.
         let mut release = Query::update();
         release
@@ -161,9 +188,10 @@ impl Dispatcher {
         Ok(self.db.execute(&update).await?.rows_affected() == 1)
     }
 
-    /// One pass over the oldest live events; returns how long to wait
-    /// before the next (zero: at once, there may be more).
-    async fn round(&self) -> Result<Duration, DbErr> {
+    /// One pass over the oldest live events: starts a task for each due
+    /// group not already running. Returns how long to wait, at most, before
+    /// the next pass (a finished task or a new event starts one sooner).
+    async fn round(self: &Arc<Self>, running: &mut Running) -> Result<Duration, DbErr> {
         let inner = &self.outbox.inner;
         let lease = Duration::from_secs(std::cmp::max(inner.settings.lease_secs, 1));
         if !self.hold().await? {
@@ -187,58 +215,52 @@ impl Dispatcher {
             .order_by(Col::Id, sea_orm::Order::Asc)
             .limit(ROUND);
         let rows = self.db.query_all(&select).await?;
-        if rows.is_empty() {
-            return Ok(IDLE);
-        }
-        let full = rows.len() as u64 == ROUND;
-        // Groups in the order of their oldest event.
-        let mut groups: Vec<Vec<Row>> = Vec::new();
-        let mut index: HashMap<(String, String), usize> = HashMap::new();
+        // Groups in the order of their oldest event, but for those running.
+        let busy = running.busy();
+        let mut groups: Vec<(Key, Vec<Row>)> = Vec::new();
+        let mut index: HashMap<Key, usize> = HashMap::new();
         for row in &rows {
             let row = Row::read(row)?;
             let key = (row.endpoint.clone(), row.order_key.clone());
-            let at = *index.entry(key).or_insert_with(|| {
-                groups.push(Vec::new());
+            if busy.contains(&key) {
+                continue;
+            }
+            let at = *index.entry(key.clone()).or_insert_with(|| {
+                groups.push((key, Vec::new()));
                 groups.len() - 1
             });
-            groups[at].push(row);
+            groups[at].1.push(row);
         }
+        drop(busy);
         let now = now_ms();
         // When the first event of a waiting group is due again.
-        let mut next_due =
-            groups.iter().map(|g| g[0].next_attempt_ms).filter(|&due| due > now).min();
-        let due: Vec<Vec<Row>> =
-            groups.into_iter().filter(|g| g[0].next_attempt_ms <= now).collect();
-        // Stop well before the lease runs out, so it is renewed in time.
+        let next_due = groups.iter().map(|g| g.1[0].next_attempt_ms).filter(|&due| due > now).min();
+        // Each task stops well before the lease runs out, so that it is
+        // renewed in time.
         let deadline = started + lease / 2;
-        let mut progress = false;
-        let mut outcomes = futures::stream::iter(due)
-            .map(|group| self.send_group(group, deadline))
-            .buffer_unordered(std::cmp::max(inner.settings.concurrency, 1));
-        while let Some(outcome) = outcomes.next().await {
-            match outcome {
-                Sent::Done => progress = true,
-                Sent::RetryAt(at) => {
-                    next_due = Some(next_due.map_or(at, |due| std::cmp::min(due, at)))
-                }
+        let slots = std::cmp::max(inner.settings.concurrency, 1);
+        for (key, group) in groups.into_iter().filter(|g| g.1[0].next_attempt_ms <= now) {
+            if running.keys.len() >= slots {
+                break;
             }
+            let this = self.clone();
+            let task = running.tasks.spawn(async move { this.send_group(group, deadline).await });
+            running.keys.insert(task.id(), key);
         }
-        Ok(match next_due {
-            _ if progress || full => Duration::ZERO,
-            Some(due) => Duration::from_millis(std::cmp::max(due - now_ms(), 0) as u64).min(IDLE),
+        // Renew the lease in time even when nothing happens.
+        let wait = match next_due {
+            Some(due) => Duration::from_millis((due - now) as u64).min(IDLE),
             None => IDLE,
-        })
+        };
+        Ok(wait.min(lease / 2))
     }
 
     /// Sends a group's events in order until one fails (and is not parked)
     /// or the round's time is up.
-    async fn send_group(&self, group: Vec<Row>, deadline: Instant) -> Sent {
+    async fn send_group(&self, group: Vec<Row>, deadline: Instant) {
         for row in group {
-            if Instant::now() >= deadline {
-                break;
-            }
-            if row.next_attempt_ms > now_ms() {
-                return Sent::RetryAt(row.next_attempt_ms);
+            if Instant::now() >= deadline || row.next_attempt_ms > now_ms() {
+                return;
             }
             let outcome = self.attempt(&row).await;
             let recorded = match &outcome {
@@ -249,14 +271,14 @@ impl Dispatcher {
                 (Ok(()), Ok(_)) => self.delivered.increment(1),
                 // Parked: the next event of the group may go.
                 (Err(_), Ok(None)) => {}
-                (Err(_), Ok(Some(retry_at))) => return Sent::RetryAt(retry_at),
+                // Due again later; the round then starts the group again.
+                (Err(_), Ok(Some(_))) => return,
                 (_, Err(error)) => {
                     tracing::warn!(%error, "webhooks: cannot record an attempt; it will be repeated");
-                    return Sent::RetryAt(now_ms() + 1000);
+                    return;
                 }
             }
         }
-        Sent::Done
     }
 
     async fn attempt(&self, row: &Row) -> Result<(), String> {

@@ -47,6 +47,8 @@ struct Seen {
     mode: Option<Mode>,
     /// Requests to fail (503) before `mode` applies.
     fail_first: usize,
+    /// Events of this conversation hang, whatever the mode.
+    hang_conversation: Option<String>,
     hits: Vec<Hit>,
 }
 
@@ -58,7 +60,7 @@ struct Receiver {
 
 impl Receiver {
     async fn start(mode: Mode, fail_first: usize) -> Receiver {
-        let seen = Arc::new(Mutex::new(Seen { mode: Some(mode), fail_first, hits: Vec::new() }));
+        let seen = Arc::new(Mutex::new(Seen { mode: Some(mode), fail_first, ..Seen::default() }));
         let app = Router::new().route("/hook", post(receive)).with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -133,7 +135,14 @@ async fn receive(
         let mut seen = seen.lock().unwrap();
         let failing = seen.fail_first > 0;
         seen.fail_first = seen.fail_first.saturating_sub(1);
-        let mode = if failing { Mode::Fail } else { seen.mode.unwrap_or(Mode::Accept) };
+        let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let hang = (seen.hang_conversation.as_ref())
+            .is_some_and(|c| parsed["data"]["conversation_id"] == *c);
+        let mode = match seen.mode.unwrap_or(Mode::Accept) {
+            _ if hang => Mode::Hang,
+            _ if failing => Mode::Fail,
+            mode => mode,
+        };
         let header = |name: &str| {
             headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
         };
@@ -142,7 +151,7 @@ async fn receive(
             signature_ok: signature_ok(&headers, &body),
             header_id: header("tern-event-id"),
             attempt: header("tern-delivery-attempt").parse().unwrap_or(0),
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            body: parsed,
         });
         mode
     };
@@ -391,4 +400,37 @@ async fn every_service_of_the_distributed_topology_sends_its_events() {
     // The gateway asks the three outboxes; nothing is parked.
     let (status, body) = c.get_as(1, "/api/admin/webhooks/parked", ADMIN).await;
     assert_eq!((status, &body["events"]), (200, &json!([])), "{body}");
+}
+
+#[tokio::test]
+async fn a_conversation_whose_events_hang_holds_up_only_itself() {
+    let receiver = Receiver::start(Mode::Accept, 0).await;
+    let s = start(&receiver, &[("TERN__WEBHOOKS__EVENTS", "message.stored")]).await;
+    let a = s.user("slow_a").await;
+    let b = s.user("slow_b").await;
+    let c = s.user("slow_c").await;
+    let mut client = s.connect(&a).await;
+    let stuck = client.send_to(b.id, "stuck", "slow-1").await;
+    let stuck = stuck["conversation_id"].as_str().unwrap().to_string();
+    receiver.seen.lock().unwrap().hang_conversation = Some(stuck.clone());
+    // Stuck from its second event on (the first may have gone already).
+    client.send_to(b.id, "stuck too", "slow-2").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !receiver.hits().iter().any(|h| h.body["data"]["conversation_id"] == stuck && !h.accepted)
+    {
+        assert!(Instant::now() < deadline, "the stuck conversation's event was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While that request hangs (for the default 10 s timeout), another
+    // conversation's events keep flowing.
+    let mut free = String::new();
+    for i in 1..=5 {
+        let ack = client.send_to(c.id, &format!("free {i}"), &format!("free-{i}")).await;
+        free = ack["conversation_id"].as_str().unwrap().to_string();
+    }
+    let started = Instant::now();
+    let events =
+        receiver.wait_for("the free conversation", |e| stored_seqs(e, &free).len() == 5).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "held up for {:?}", started.elapsed());
+    assert_eq!(stored_seqs(&events, &free), (1..=5).collect::<Vec<_>>());
 }
