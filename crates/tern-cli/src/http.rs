@@ -164,15 +164,14 @@ impl Api {
         admin_token: &str,
         method: reqwest::Method,
         segments: &[&str],
-        ids: Option<&[u64]>,
+        query: Option<(&str, String)>,
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
         let mut path = vec!["api", "admin"];
         path.extend_from_slice(segments);
         let mut url = self.url(&path)?;
-        if let Some(ids) = ids {
-            let list: Vec<String> = ids.iter().map(u64::to_string).collect();
-            url.query_pairs_mut().append_pair("ids", &list.join(","));
+        if let Some((name, value)) = query {
+            url.query_pairs_mut().append_pair(name, &value);
         }
         let request = self.http.request(method, url).bearer_auth(admin_token);
         self.call(match body {

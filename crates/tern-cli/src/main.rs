@@ -185,6 +185,17 @@ enum AdminCommand {
         /// The message's seq.
         seq: u64,
     },
+    /// List webhook events that failed every attempt and were parked.
+    Parked,
+    /// Send parked webhook events again (their attempts start over).
+    Retry {
+        /// Events as `parked` lists them: `<outbox>:<id>`, e.g. `message:42`.
+        #[arg(required_unless_present = "all")]
+        events: Vec<String>,
+        /// Every parked event (at most 1,000 at a time).
+        #[arg(long, conflicts_with = "events")]
+        all: bool,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -307,13 +318,15 @@ async fn admin(api: &Api, out: &Output<'_>, action: AdminCommand) -> anyhow::Res
     let token = option_or_env(None, "TERN_ADMIN_TOKEN")
         .context("no admin token: set TERN_ADMIN_TOKEN to the server's admin token")?;
     let on_user = |id: u64, act: &str| vec!["users".to_string(), id.to_string(), act.to_string()];
-    // The request: method, path under /api/admin/, ?ids= and body.
+    let webhooks = |act: &str| vec!["webhooks".to_string(), act.to_string()];
+    // The request: method, path under /api/admin/, query and body.
     let (method, path, ids, body) = match &action {
         AdminCommand::Ban { user_id } => (Method::POST, on_user(*user_id, "ban"), None, None),
         AdminCommand::Unban { user_id } => (Method::DELETE, on_user(*user_id, "ban"), None, None),
         AdminCommand::Revoke { user_id } => (Method::POST, on_user(*user_id, "revoke"), None, None),
         AdminCommand::Online { user_ids } => {
-            (Method::GET, vec!["online".to_string()], Some(user_ids.as_slice()), None)
+            let ids: Vec<String> = user_ids.iter().map(u64::to_string).collect();
+            (Method::GET, vec!["online".to_string()], Some(("ids", ids.join(","))), None)
         }
         AdminCommand::Message(Outgoing { to, group, text, client_msg_id }) => {
             let text = if text == "-" { read_stdin()? } else { text.clone() };
@@ -331,6 +344,25 @@ async fn admin(api: &Api, out: &Output<'_>, action: AdminCommand) -> anyhow::Res
         AdminCommand::Recall { conversation_id, seq } => {
             let path = ["conversations", conversation_id, "messages", &seq.to_string(), "recall"];
             (Method::POST, path.map(str::to_string).to_vec(), None, None)
+        }
+        AdminCommand::Parked => {
+            (Method::GET, webhooks("parked"), Some(("limit", "1000".to_string())), None)
+        }
+        AdminCommand::Retry { events, all } => {
+            let refs = match all {
+                true => {
+                    let limit = Some(("limit", "1000".to_string()));
+                    let listed =
+                        api.admin(&token, Method::GET, &["webhooks", "parked"], limit, None);
+                    let listed = listed.await?;
+                    let events = listed["events"].as_array().cloned().unwrap_or_default();
+                    events.iter().map(|e| json!({ "outbox": e["outbox"], "id": e["id"] })).collect()
+                }
+                false => {
+                    events.iter().map(|e| parse_ref(e)).collect::<anyhow::Result<Vec<Value>>>()?
+                }
+            };
+            (Method::POST, webhooks("retry"), None, Some(json!({ "events": refs })))
         }
     };
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
@@ -365,8 +397,39 @@ async fn admin(api: &Api, out: &Output<'_>, action: AdminCommand) -> anyhow::Res
         AdminCommand::Recall { conversation_id, seq } => {
             format!("{} #{seq} recalled", output::clean(&conversation_id))
         }
+        AdminCommand::Parked => {
+            let events =
+                answer.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+            let lines: Vec<String> = events
+                .iter()
+                .map(|e| {
+                    let text = |key: &str| output::clean(e[key].as_str().unwrap_or_default());
+                    format!(
+                        "{}:{} {} to {} after {} attempts: {} (event {})",
+                        text("outbox"),
+                        e["id"],
+                        text("event_type"),
+                        text("endpoint"),
+                        e["attempts"],
+                        text("last_error"),
+                        text("event_id"),
+                    )
+                })
+                .collect();
+            if lines.is_empty() { "no parked events".into() } else { lines.join("\n") }
+        }
+        AdminCommand::Retry { .. } => format!("events due again: {}", answer["retried"]),
     };
     Ok(out.line(&summary)?)
+}
+
+/// A parked event named as `parked` prints it: `<outbox>:<id>`.
+fn parse_ref(text: &str) -> anyhow::Result<Value> {
+    let (outbox, id) = text
+        .split_once(':')
+        .and_then(|(outbox, id)| Some((outbox, id.parse::<i64>().ok()?)))
+        .with_context(|| format!("{text:?} is not <outbox>:<id>, e.g. message:42"))?;
+    Ok(json!({ "outbox": outbox, "id": id }))
 }
 
 /// Prints a login answer: the token alone, or the whole answer as JSON.

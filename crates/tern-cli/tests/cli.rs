@@ -41,7 +41,14 @@ impl Server {
         );
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let data = tempfile::tempdir().unwrap();
+        // Webhooks to a port nobody listens on: every registration's event
+        // fails its one attempt and is parked, for `admin parked`.
+        let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(&binary)
+            .env("TERN__WEBHOOKS__URLS", format!("http://127.0.0.1:{closed}/hook"))
+            .env("TERN__WEBHOOKS__SECRET", ADMIN)
+            .env("TERN__WEBHOOKS__EVENTS", "user.registered")
+            .env("TERN__WEBHOOKS__MAX_ATTEMPTS", "1")
             .env("TERN__HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("TERN__DATA_DIR", data.path())
             .env("TERN__AUTH__BCRYPT_COST", "4")
@@ -210,6 +217,8 @@ fn every_subcommand_has_help() {
         vec!["admin", "online"],
         vec!["admin", "message"],
         vec!["admin", "recall"],
+        vec!["admin", "parked"],
+        vec!["admin", "retry"],
     ] {
         let mut args = command.clone();
         args.push("--help");
@@ -301,6 +310,30 @@ fn operators_ban_revoke_message_and_recall() {
     ok(&mut admin(&["admin", "revoke", &alice_id]));
     let err = fails(server.cli(&["conversations"]).env("TERN_TOKEN", &again));
     assert!(err.starts_with("error: unauthenticated: "), "{err}");
+
+    // The two registrations' webhook events, parked (their endpoint refuses
+    // connections), then put back in line.
+    let deadline = Instant::now() + WAIT;
+    let parked = loop {
+        let parked = json(&ok(&mut admin(&["--json", "admin", "parked"])));
+        if parked["events"].as_array().is_some_and(|e| e.len() == 2) {
+            break parked;
+        }
+        assert!(Instant::now() < deadline, "not parked: {parked}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(parked["events"][0]["event_type"], "user.registered");
+    let id = parked["events"][0]["id"].to_string();
+    let out = ok(&mut admin(&["admin", "parked"]));
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with(&format!("auth:{id} user.registered to http://")), "{out}");
+    assert!(first.contains("after 1 attempts: cannot connect"), "{out}");
+    let err = fails(&mut admin(&["admin", "retry", "nonsense"]));
+    assert!(err.contains("is not <outbox>:<id>"), "{err}");
+    let out = ok(&mut admin(&["admin", "retry", &format!("auth:{id}")]));
+    assert_eq!(out.trim(), "events due again: 1");
+    let retried = json(&ok(&mut admin(&["--json", "admin", "retry", "--all"])));
+    assert!(retried["retried"].as_u64().is_some_and(|n| (1..=2).contains(&n)), "{retried}");
 }
 
 #[test]
