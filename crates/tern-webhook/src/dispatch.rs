@@ -32,6 +32,9 @@ use tokio::task::JoinSet;
 const ROUND: u64 = 512;
 /// How long the dispatcher sleeps when nothing is due and nothing wakes it.
 const IDLE: Duration = Duration::from_secs(5);
+/// The least time between two rounds: under load, the commits of that
+/// long share one read of the outbox.
+const GAP: Duration = Duration::from_millis(20);
 
 /// One outbox row on its way out.
 struct Row {
@@ -69,6 +72,10 @@ struct Dispatcher {
     delivered: metrics::Counter,
     failed: metrics::Counter,
     parked: metrics::Counter,
+    /// Rows delivered but not deleted yet: the next round deletes them in
+    /// one statement before it reads (a crash before that sends them again,
+    /// which at-least-once allows).
+    sent: std::sync::Mutex<Vec<i64>>,
 }
 
 pub(crate) async fn run(outbox: Outbox, db: DatabaseConnection) {
@@ -95,6 +102,7 @@ pub(crate) async fn run(outbox: Outbox, db: DatabaseConnection) {
         outbox,
         db,
         client,
+        sent: Default::default(),
     };
     Arc::new(dispatcher).run().await;
 }
@@ -136,7 +144,10 @@ impl Dispatcher {
             .values_panic([self.outbox.inner.table.clone().into(), "".into(), 0i64.into()]);
         let _ = self.db.execute(&insert).await;
         let mut running = Running::default();
+        let mut last = Instant::now();
         loop {
+            tokio::time::sleep(GAP.saturating_sub(last.elapsed())).await;
+            last = Instant::now();
             while let Some(done) = running.tasks.try_join_next_with_id() {
                 running.reap(Some(done));
             }
@@ -158,6 +169,9 @@ impl Dispatcher {
             }
         }
         running.tasks.shutdown().await;
+        if let Err(error) = self.flush().await {
+            tracing::debug!(%error, "webhooks: delivered events not deleted; they will be sent again");
+        }
         // Let a replica (or this service's next start) take over at once.
         let mut release = Query::update();
         release
@@ -194,7 +208,13 @@ impl Dispatcher {
     async fn round(self: &Arc<Self>, running: &mut Running) -> Result<Duration, DbErr> {
         let inner = &self.outbox.inner;
         let lease = Duration::from_secs(std::cmp::max(inner.settings.lease_secs, 1));
+        self.flush().await?;
         if !self.hold().await? {
+            return Ok(lease / 2);
+        }
+        let slots = std::cmp::max(inner.settings.concurrency, 1);
+        if running.keys.len() >= slots {
+            // Nothing could start: a finished task brings the next round.
             return Ok(lease / 2);
         }
         let started = Instant::now();
@@ -238,7 +258,6 @@ impl Dispatcher {
         // Each task stops well before the lease runs out, so that it is
         // renewed in time.
         let deadline = started + lease / 2;
-        let slots = std::cmp::max(inner.settings.concurrency, 1);
         for (key, group) in groups.into_iter().filter(|g| g.1[0].next_attempt_ms <= now) {
             if running.keys.len() >= slots {
                 break;
@@ -264,7 +283,10 @@ impl Dispatcher {
             }
             let outcome = self.attempt(&row).await;
             let recorded = match &outcome {
-                Ok(()) => self.delete(row.id).await.map(|()| None),
+                Ok(()) => {
+                    self.sent.lock().expect("not poisoned").push(row.id);
+                    Ok(None)
+                }
                 Err(why) => self.failed(&row, why).await,
             };
             match (outcome, recorded) {
@@ -309,12 +331,20 @@ impl Dispatcher {
         }
     }
 
-    async fn delete(&self, id: i64) -> Result<(), DbErr> {
-        let mut delete = Query::delete();
-        delete
-            .from_table(Col::table(&self.outbox.inner.table))
-            .and_where(Expr::col(Col::Id).eq(id));
-        self.db.execute(&delete).await?;
+    /// Deletes the rows delivered since the last flush.
+    async fn flush(&self) -> Result<(), DbErr> {
+        let sent = std::mem::take(&mut *self.sent.lock().expect("not poisoned"));
+        for (i, chunk) in sent.chunks(500).enumerate() {
+            let mut delete = Query::delete();
+            delete
+                .from_table(Col::table(&self.outbox.inner.table))
+                .and_where(Expr::col(Col::Id).is_in(chunk.iter().copied()));
+            if let Err(error) = self.db.execute(&delete).await {
+                // Kept for the next flush.
+                self.sent.lock().expect("not poisoned").extend_from_slice(&sent[i * 500..]);
+                return Err(error);
+            }
+        }
         Ok(())
     }
 
