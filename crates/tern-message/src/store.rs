@@ -15,8 +15,8 @@
 //! their senders are answered, so pushes leave in seq order.
 //!
 //! With webhooks on, each transaction also writes a `message.stored` event
-//! per message into the outbox (see `tern-webhook`); on SQLite the writer
-//! then takes the general path below instead of its one-script batch.
+//! per message into the outbox (see `tern-webhook`): on SQLite one more
+//! statement of the writer's script, elsewhere one more insert.
 
 use sea_orm::sqlx::{self, Arguments, Row, Sqlite, SqlitePool, sqlite::SqliteArguments};
 use sea_orm::{
@@ -358,9 +358,8 @@ async fn write_loop(
         stored_total.increment(1);
         let _ = committed.send(Committed { message: message.clone(), members_version });
     };
-    // The one-script SQLite batch writes no events.
     let outbox = outbox.wants(STORED).then_some(outbox);
-    let mut sqlite = (db.get_database_backend() == sea_orm::DbBackend::Sqlite && outbox.is_none())
+    let mut sqlite = (db.get_database_backend() == sea_orm::DbBackend::Sqlite)
         .then(|| SqliteWriter::new(db.get_sqlite_connection_pool().clone()));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -374,8 +373,10 @@ async fn write_loop(
         if batch.len() > 1 || sqlite.is_some() {
             let started = std::time::Instant::now();
             let appended = match &mut sqlite {
-                Some(writer) => writer.append(&batch).await,
-                None => append_batch(&db, &batch, outbox.as_ref()).await,
+                Some(writer) if SqliteWriter::fits(batch.len(), outbox.as_ref()) => {
+                    writer.append(&batch, outbox.as_ref()).await
+                }
+                _ => append_batch(&db, &batch, outbox.as_ref()).await,
             };
             commit_seconds.record(started.elapsed().as_secs_f64());
             match appended {
@@ -535,8 +536,8 @@ fn drafts_per_conversation(jobs: &[Job]) -> Vec<(&str, i32)> {
 /// for 10–50 ms (the tail of S4 at low load).
 struct SqliteWriter {
     pool: SqlitePool,
-    /// The script for each (conversations, rows) shape.
-    scripts: HashMap<(usize, usize), Arc<str>>,
+    /// The script for each (conversations, rows, events) shape.
+    scripts: HashMap<(usize, usize, usize), Arc<str>>,
     last_checkpoint: std::time::Instant,
     /// `tern_message_store_checkpoint_seconds`.
     checkpoint_seconds: metrics::Histogram,
@@ -577,10 +578,37 @@ impl SqliteWriter {
         self.checkpoint_seconds.record(started.elapsed().as_secs_f64());
     }
 
-    fn script(&mut self, conversations: usize, rows: usize) -> Arc<str> {
+    /// Whether a batch of `jobs` drafts (and their events) fits the
+    /// variables one SQLite statement may have, whatever its shape.
+    fn fits(jobs: usize, outbox: Option<&Outbox>) -> bool {
+        let events = outbox.map_or(0, |o| shape(jobs * o.rows_per_event()));
+        3 * shape(jobs) + 12 * shape(jobs) + 9 * events <= 32_766
+    }
+
+    /// The script for a batch shape; with `events` rows for the outbox
+    /// `table`, whose body is completed with the message's seq.
+    fn script(
+        &mut self,
+        conversations: usize,
+        rows: usize,
+        events: usize,
+        table: &str,
+    ) -> Arc<str> {
         self.scripts
-            .entry((conversations, rows))
+            .entry((conversations, rows, events))
             .or_insert_with(|| {
+                let outbox = match events {
+                    0 => String::new(),
+                    n => format!(
+                        "INSERT OR ROLLBACK INTO {table} (event_id, event_type, endpoint, \
+                         order_key, body, attempts, next_attempt_ms, parked, created_ms) \
+                         SELECT w.column1, w.column2, w.column3, w.column4, \
+                         w.column5 || ((SELECT last_seq FROM conversations WHERE id = w.column6) \
+                         - w.column7) || w.column8, 0, w.column9, 0, w.column9 \
+                         FROM (VALUES {}) AS w WHERE w.column1 IS NOT NULL;",
+                        vec!["(?,?,?,?,?,?,?,?,?)"; n].join(",")
+                    ),
+                };
                 let pairs = vec!["WHEN ? THEN ?"; conversations].join(" ");
                 let ids = vec!["?"; conversations].join(",");
                 let values = vec!["(?,?,?,?,?,?,?,?,?,?,?,?)"; rows].join(",");
@@ -596,6 +624,7 @@ impl SqliteWriter {
                      v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
                      v.column10, v.column11, v.column12 \
                      FROM (VALUES {values}) AS v WHERE v.column1 IS NOT NULL;\
+                     {outbox}\
                      COMMIT;"
                 )
                 .into()
@@ -603,10 +632,20 @@ impl SqliteWriter {
             .clone()
     }
 
-    async fn append(&mut self, jobs: &[Job]) -> Result<Vec<Message>, DbErr> {
+    async fn append(
+        &mut self,
+        jobs: &[Job],
+        outbox: Option<&Outbox>,
+    ) -> Result<Vec<Message>, DbErr> {
         let counts = drafts_per_conversation(jobs);
         let (conversations, rows) = (shape(counts.len()), shape(jobs.len()));
-        let script = self.script(conversations, rows);
+        let per_event = outbox.map_or(0, Outbox::rows_per_event);
+        let events = match per_event {
+            0 => 0,
+            n => shape(jobs.len() * n),
+        };
+        let table = outbox.map_or("", Outbox::table);
+        let script = self.script(conversations, rows, events, table);
         let now = now_ms();
         let mut args = SqliteArguments::default();
         let bind = |result: Result<(), sqlx::error::BoxDynError>| {
@@ -652,6 +691,29 @@ impl SqliteWriter {
         }
         for _ in 0..(rows - jobs.len()) * 12 {
             bind(args.add(none))?;
+        }
+        if let Some(outbox) = outbox {
+            let mut written = 0;
+            for row in &stored {
+                // The seq is the head less the drafts after it, as above.
+                let mut event = stored_event(&to_pb(row.clone()));
+                event.data["seq"] = tern_webhook::HOLE.into();
+                for event in outbox.rows_with_hole(event) {
+                    bind(args.add(event.event_id))?;
+                    bind(args.add(event.event_type))?;
+                    bind(args.add(event.endpoint))?;
+                    bind(args.add(event.order_key))?;
+                    bind(args.add(event.before))?;
+                    bind(args.add(row.conversation_id.as_str()))?;
+                    bind(args.add(row.seq))?;
+                    bind(args.add(event.after))?;
+                    bind(args.add(event.created_ms))?;
+                    written += 1;
+                }
+            }
+            for _ in 0..(events - written) * 9 {
+                bind(args.add(none))?;
+            }
         }
         let query = sqlx::query_with::<Sqlite, _>(sqlx::AssertSqlSafe(script), args);
         let mut conn = self.pool.acquire().await.map_err(sqlx_err)?;
@@ -824,6 +886,70 @@ mod tests {
 
     fn no_webhooks() -> Outbox {
         Outbox::new("message", &Default::default()).expect("webhooks off")
+    }
+
+    /// Concurrent appends with webhooks on: every message stored has its
+    /// `message.stored` row in the outbox, written by the same commit, the
+    /// seq filled in by the statement that assigned it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_batch_writes_its_events_with_their_seqs() {
+        use sea_orm::{ConnectionTrait, Statement};
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/m.db", dir.path().display());
+        let db = tern_runtime::db::connect(&url, 4).await.unwrap();
+        crate::migration::apply(&db).await.unwrap();
+        let writer = tern_runtime::db::connect_writer(&url).await.unwrap();
+        let (committed, _) = mpsc::unbounded_channel();
+        let settings = tern_webhook::Settings {
+            // Two endpoints: two rows per event. Nothing is sent (the
+            // dispatcher is not started).
+            urls: "http://127.0.0.1:9/a, http://127.0.0.1:9/b".into(),
+            secret: tern_runtime::Secret::new("a-webhook-secret-of-32-bytes-or-more"),
+            ..Default::default()
+        };
+        let outbox = Outbox::new("message", &settings).unwrap();
+        let store = Store::new(db.clone(), writer, committed, outbox);
+        for c in ["c0", "c1"] {
+            store.ensure_conversation(c).await.unwrap();
+        }
+        let drafts = (0..100).map(|i| draft(&format!("c{}", i % 2), 3, &format!("w{i}")));
+        let stored = futures::future::join_all(drafts.map(|d| {
+            let store = store.clone();
+            async move {
+                match store.append(d).await.unwrap() {
+                    Stored::New(message) => message,
+                    Stored::Duplicate(_) => panic!("no twins here"),
+                }
+            }
+        }))
+        .await;
+        assert!(store.batched() > 0, "concurrent appends were never batched");
+        let sql = "SELECT endpoint, order_key, body FROM webhook_outbox_message ORDER BY id";
+        let rows = db.query_all_raw(Statement::from_string(db.get_database_backend(), sql));
+        let rows = rows.await.unwrap();
+        assert_eq!(rows.len(), 200);
+        for message in &stored {
+            let events: Vec<(String, serde_json::Value)> = rows
+                .iter()
+                .map(|r| {
+                    let body: String = r.try_get("", "body").unwrap();
+                    (
+                        r.try_get("", "endpoint").unwrap(),
+                        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+                    )
+                })
+                .filter(|(_, body)| body["data"]["message_id"] == message.message_id)
+                .collect();
+            assert_eq!(events.len(), 2, "{message:?}");
+            assert_eq!(events[0].0, "http://127.0.0.1:9/a");
+            assert_eq!(events[1].0, "http://127.0.0.1:9/b");
+            let body = &events[0].1;
+            assert_eq!(body["type"], "message.stored");
+            assert_eq!(body["data"]["seq"], message.seq);
+            assert_eq!(body["data"]["conversation_id"], message.conversation_id);
+            assert_eq!(body["data"]["content"]["c"], message.client_msg_id);
+            assert_eq!(body["id"], events[1].1["id"]);
+        }
     }
 
     fn draft(conversation: &str, sender: i64, client_msg_id: &str) -> Draft {

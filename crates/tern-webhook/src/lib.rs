@@ -98,6 +98,17 @@ impl Default for Settings {
     }
 }
 
+/// The JSON an event is sent as.
+fn body(id: &str, event: &Event, now: i64) -> String {
+    serde_json::json!({
+        "id": id,
+        "type": event.event_type,
+        "created_at_ms": now,
+        "data": event.data,
+    })
+    .to_string()
+}
+
 impl Settings {
     /// Whether events of `event_type` are sent at all: some endpoint is
     /// configured, and the type is among `events` (or `events` is empty).
@@ -125,6 +136,24 @@ impl Event {
         debug_assert!(EVENT_TYPES.contains(&event_type), "unknown event type {event_type}");
         Self { event_type, order_key, data }
     }
+}
+
+/// Where, in an event's data, a number goes that only the caller's SQL
+/// knows (a message's seq, assigned inside the statement that stores it):
+/// put this string there and write the rows of [`Outbox::rows_with_hole`].
+pub const HOLE: &str = "\u{1}hole\u{1}";
+
+/// One outbox row for a caller that writes rows in its own SQL: the body
+/// is `before`, the number, `after`.
+#[derive(Debug, Clone)]
+pub struct HoledRow {
+    pub event_id: String,
+    pub event_type: &'static str,
+    pub endpoint: String,
+    pub order_key: String,
+    pub before: String,
+    pub after: String,
+    pub created_ms: i64,
 }
 
 /// A service's outbox: where its events are written, and the dispatcher
@@ -228,13 +257,7 @@ impl Outbox {
         let mut rows = 0;
         for event in events.into_iter().filter(|e| self.wants(e.event_type)) {
             let id = uuid::Uuid::now_v7().to_string();
-            let body = serde_json::json!({
-                "id": id,
-                "type": event.event_type,
-                "created_at_ms": now,
-                "data": event.data,
-            })
-            .to_string();
+            let body = body(&id, &event, now);
             for endpoint in &inner.endpoints {
                 insert.values_panic([
                     id.clone().into(),
@@ -254,6 +277,44 @@ impl Outbox {
             db.execute(&insert).await?;
         }
         Ok(rows)
+    }
+
+    /// The outbox table, and its columns in the order a [`HoledRow`] fills
+    /// them (then `attempts` 0, `next_attempt_ms` and `created_ms` both the
+    /// row's `created_ms`, `parked` false).
+    pub fn table(&self) -> &str {
+        &self.inner.table
+    }
+
+    /// How many rows one event makes (one per endpoint).
+    pub fn rows_per_event(&self) -> usize {
+        self.inner.endpoints.len()
+    }
+
+    /// The rows of `event` (one per endpoint; none unless it is
+    /// [wanted](Self::wants)), its body split at the one [`HOLE`] in its
+    /// data, for a caller that inserts them with its own SQL in the
+    /// transaction of the change.
+    pub fn rows_with_hole(&self, event: Event) -> Vec<HoledRow> {
+        if !self.wants(event.event_type) {
+            return Vec::new();
+        }
+        let now = now_ms();
+        let id = uuid::Uuid::now_v7().to_string();
+        let body = body(&id, &event, now);
+        let hole = serde_json::Value::String(HOLE.into()).to_string();
+        let (before, after) = body.split_once(&hole).expect("the event's data holds the hole");
+        (self.inner.endpoints.iter())
+            .map(|endpoint| HoledRow {
+                event_id: id.clone(),
+                event_type: event.event_type,
+                endpoint: endpoint.clone(),
+                order_key: event.order_key.clone(),
+                before: before.to_string(),
+                after: after.to_string(),
+                created_ms: now,
+            })
+            .collect()
     }
 
     /// Tells the dispatcher that events were committed.
