@@ -326,8 +326,8 @@ impl Dispatcher {
             Ok(response) if response.status().is_success() => Ok(()),
             Ok(response) => Err(format!("HTTP {}", response.status())),
             Err(error) if error.is_timeout() => Err("timed out".into()),
-            Err(error) if error.is_connect() => Err(format!("cannot connect: {error}")),
-            Err(error) => Err(error.to_string()),
+            Err(error) if error.is_connect() => Err(format!("cannot connect: {}", causes(&error))),
+            Err(error) => Err(causes(&error)),
         }
     }
 
@@ -377,6 +377,19 @@ impl Dispatcher {
         self.db.execute(&update).await?;
         Ok((!parked).then_some(next))
     }
+}
+
+/// An error with its causes (reqwest's own text names only the URL; the
+/// cause says what went wrong: refused, a bad certificate, …).
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The wait after the `failures`-th failure: doubling from the minimum,
