@@ -888,6 +888,15 @@ mod tests {
         Outbox::new("message", &Default::default()).expect("webhooks off")
     }
 
+    /// A store on the database at `url`, migrated, and its read connection.
+    async fn store_at(url: &str, outbox: Outbox) -> (Store, DatabaseConnection) {
+        let db = tern_runtime::db::connect(url, 4).await.unwrap();
+        crate::migration::apply(&db).await.unwrap();
+        let writer = tern_runtime::db::connect_writer(url).await.unwrap();
+        let (committed, _) = mpsc::unbounded_channel();
+        (Store::new(db.clone(), writer, committed, outbox), db)
+    }
+
     /// Concurrent appends with webhooks on: every message stored has its
     /// `message.stored` row in the outbox, written by the same commit, the
     /// seq filled in by the statement that assigned it.
@@ -895,11 +904,6 @@ mod tests {
     async fn every_batch_writes_its_events_with_their_seqs() {
         use sea_orm::{ConnectionTrait, Statement};
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/m.db", dir.path().display());
-        let db = tern_runtime::db::connect(&url, 4).await.unwrap();
-        crate::migration::apply(&db).await.unwrap();
-        let writer = tern_runtime::db::connect_writer(&url).await.unwrap();
-        let (committed, _) = mpsc::unbounded_channel();
         let settings = tern_webhook::Settings {
             // Two endpoints: two rows per event. Nothing is sent (the
             // dispatcher is not started).
@@ -908,7 +912,8 @@ mod tests {
             ..Default::default()
         };
         let outbox = Outbox::new("message", &settings).unwrap();
-        let store = Store::new(db.clone(), writer, committed, outbox);
+        let (store, db) =
+            store_at(&format!("sqlite://{}/m.db", dir.path().display()), outbox).await;
         for c in ["c0", "c1"] {
             store.ensure_conversation(c).await.unwrap();
         }
@@ -972,11 +977,7 @@ mod tests {
     async fn a_missing_conversation_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/m.db", dir.path().display());
-        let db = tern_runtime::db::connect(&url, 4).await.unwrap();
-        crate::migration::apply(&db).await.unwrap();
-        let writer = tern_runtime::db::connect_writer(&url).await.unwrap();
-        let (committed, _) = mpsc::unbounded_channel();
-        let store = Store::new(db, writer, committed, no_webhooks());
+        let (store, _) = store_at(&url, no_webhooks()).await;
         store.ensure_conversation("c0").await.unwrap();
         let drafts = (0..20).map(|i| {
             let conversation = if i == 7 { "missing" } else { "c0" };
@@ -1008,11 +1009,7 @@ mod tests {
         // database instead; the integration suite covers those anyway.
         let url = std::env::var("TERN_TEST_STORE_URL")
             .unwrap_or(format!("sqlite://{}/m.db", dir.path().display()));
-        let db = tern_runtime::db::connect(&url, 4).await.unwrap();
-        crate::migration::apply(&db).await.unwrap();
-        let writer = tern_runtime::db::connect_writer(&url).await.unwrap();
-        let (committed, _) = mpsc::unbounded_channel();
-        let store = Store::new(db, writer, committed, no_webhooks());
+        let (store, _) = store_at(&url, no_webhooks()).await;
         for c in ["c0", "c1", "c2"] {
             store.ensure_conversation(c).await.unwrap();
         }

@@ -4,12 +4,11 @@
 //! channel to a service over the network ([`remote`]). Services in the same
 //! process skip it and call each other's code (`tern_proto::clients`).
 
-use std::convert::Infallible;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{body::Body, server::NamedService, service::Routes, transport::Server};
+use tonic::{body::Body, service::Routes, transport::Server};
 use tonic_health::ServingStatus;
-use tower::{BoxError, Service, ServiceExt, util::BoxCloneSyncService};
+use tower::{BoxError, ServiceExt, util::BoxCloneSyncService};
 
 /// What every generated gRPC client in Tern is built on.
 pub type GrpcChannel =
@@ -49,29 +48,6 @@ pub async fn serve_metrics(
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(|| async { crate::telemetry::metrics() }));
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
-}
-
-/// Serves `service` with `grpc.health.v1` and server reflection on
-/// `listener` until `shutdown` fires: [`serve_all`] with one service.
-pub async fn serve<S>(
-    service: S,
-    descriptor_set: &'static [u8],
-    listener: TcpListener,
-    shutdown: CancellationToken,
-    drain: std::time::Duration,
-    token: &crate::Secret,
-) -> Result<(), tonic::transport::Error>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let routes = Routes::new(service);
-    serve_all(routes, &[S::NAME], descriptor_set, listener, shutdown, drain, token).await
 }
 
 /// Serves `routes`, the services named `names`, with `grpc.health.v1` and

@@ -64,7 +64,7 @@ impl Default for ServiceBase {
     }
 }
 
-/// A service ready to serve: what [`crate::grpc::serve`] needs.
+/// A service ready to serve: what [`crate::grpc::serve_all`] needs.
 pub struct Started {
     pub listener: TcpListener,
     pub shutdown: CancellationToken,
@@ -91,15 +91,8 @@ impl Started {
             + 'static,
         S::Future: Send + 'static,
     {
-        crate::grpc::serve(
-            service,
-            descriptor_set,
-            self.listener,
-            self.shutdown,
-            self.drain,
-            &self.token,
-        )
-        .await
+        let routes = tonic::service::Routes::new(service);
+        self.serve_routes(routes, &[S::NAME], descriptor_set).await
     }
 
     /// Serves `routes`, the services named `names`, until the shutdown
