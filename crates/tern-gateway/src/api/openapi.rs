@@ -72,7 +72,9 @@ use utoipa::{
         (name = "conversations",
             description = "The caller's conversations, their history and read markers"),
         (name = "attachments", description = "Uploading and downloading files sent in messages"),
-        (name = "admin", description = "What operators do to users, with the admin token"),
+        (name = "admin",
+            description = "What operators do to users, messages and webhook events, with the \
+                admin token"),
         (name = "node",
             description = "Probes, figures and metrics of one gateway node, and this document"),
     ),
