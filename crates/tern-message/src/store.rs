@@ -458,43 +458,38 @@ async fn append_batch(
         .collect();
     let actives = rows.iter().cloned().map(messages::ActiveModel::from);
     messages::Entity::insert_many(actives).exec_without_returning(&txn).await?;
-    let messages: Vec<Message> = rows.into_iter().map(to_pb).collect();
     if let Some(outbox) = outbox {
-        outbox.enqueue(&txn, messages.iter().map(stored_event)).await?;
+        outbox.enqueue(&txn, rows.iter().map(|row| stored_event(row, row.seq.into()))).await?;
     }
     txn.commit().await?;
-    Ok(messages)
+    Ok(rows.into_iter().map(to_pb).collect())
 }
 
 /// The webhook event type of a stored message.
 const STORED: &str = "message.stored";
 
-/// The `message.stored` event of `message`: its fields, with the content
-/// as the JSON it is, in order per conversation.
-fn stored_event(message: &Message) -> Event {
-    let kind = MessageKind::try_from(message.kind).unwrap_or(MessageKind::Message);
-    let (to_user_id, group_id) = match message.target {
-        Some(Target::ToUserId(user)) => (Some(user), None),
-        Some(Target::GroupId(group)) => (None, Some(group)),
-        None => (None, None),
-    };
+/// The `message.stored` event of a new row: its fields, with the content
+/// as the JSON it is, in order per conversation. `seq` is the row's seq,
+/// or [`tern_webhook::HOLE`] where SQL fills it in.
+fn stored_event(row: &messages::Model, seq: serde_json::Value) -> Event {
+    let kind = MessageKind::try_from(row.kind).unwrap_or(MessageKind::Message);
     let content: serde_json::Value =
-        serde_json::from_str(&message.content_json).unwrap_or(serde_json::Value::Null);
+        serde_json::from_str(&row.content_json).unwrap_or(serde_json::Value::Null);
     Event::new(
         STORED,
-        format!("conversation:{}", message.conversation_id),
+        format!("conversation:{}", row.conversation_id),
         serde_json::json!({
-            "message_id": message.message_id,
-            "conversation_id": message.conversation_id,
-            "seq": message.seq,
-            "sender_id": message.sender_id,
-            "to_user_id": to_user_id,
-            "group_id": group_id,
+            "message_id": row.message_id,
+            "conversation_id": row.conversation_id,
+            "seq": seq,
+            "sender_id": row.sender_id,
+            "to_user_id": row.to_user_id,
+            "group_id": row.group_id,
             "kind": kind.as_str_name().trim_start_matches("MESSAGE_KIND_").to_lowercase(),
-            "ref_seq": (message.ref_seq != 0).then_some(message.ref_seq),
+            "ref_seq": row.ref_seq,
             "content": content,
-            "client_msg_id": message.client_msg_id,
-            "created_at_ms": message.created_at_ms,
+            "client_msg_id": row.client_msg_id,
+            "created_at_ms": row.created_at_ms,
         }),
     )
 }
@@ -696,8 +691,7 @@ impl SqliteWriter {
             let mut written = 0;
             for row in &stored {
                 // The seq is the head less the drafts after it, as above.
-                let mut event = stored_event(&to_pb(row.clone()));
-                event.data["seq"] = tern_webhook::HOLE.into();
+                let event = stored_event(row, tern_webhook::HOLE.into());
                 for event in outbox.rows_with_hole(event) {
                     bind(args.add(event.event_id))?;
                     bind(args.add(event.event_type))?;
@@ -862,12 +856,11 @@ async fn append_once(
     let active: messages::ActiveModel = row.clone().into();
     match messages::Entity::insert(active).exec_without_returning(&txn).await {
         Ok(_) => {
-            let message = to_pb(row);
             if let Some(outbox) = outbox {
-                outbox.enqueue(&txn, [stored_event(&message)]).await?;
+                outbox.enqueue(&txn, [stored_event(&row, row.seq.into())]).await?;
             }
             txn.commit().await?;
-            Ok(Stored::New(message))
+            Ok(Stored::New(to_pb(row)))
         }
         Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             txn.rollback().await?;

@@ -113,10 +113,15 @@ impl Settings {
     /// Whether events of `event_type` are sent at all: some endpoint is
     /// configured, and the type is among `events` (or `events` is empty).
     pub fn sends(&self, event_type: &str) -> bool {
-        let listed = |list: &str| list.split(',').map(str::trim).any(|e| e == event_type);
-        self.urls.split(',').any(|url| !url.trim().is_empty())
-            && (self.events.trim().is_empty() || listed(&self.events))
+        let events = list(&self.events);
+        !list(&self.urls).is_empty()
+            && (events.is_empty() || events.iter().any(|e| e == event_type))
     }
+}
+
+/// The items of a comma-separated setting, trimmed, empty ones left out.
+fn list(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(String::from).collect()
 }
 
 /// One event, as a service reports it.
@@ -179,13 +184,7 @@ impl Outbox {
     /// The outbox of service `name` (`auth`, `group`, `message`), checking
     /// the settings. With no `urls` it writes nothing and sends nothing.
     pub fn new(name: &str, settings: &Settings) -> anyhow::Result<Self> {
-        let endpoints: Vec<String> = settings
-            .urls
-            .split(',')
-            .map(str::trim)
-            .filter(|url| !url.is_empty())
-            .map(String::from)
-            .collect();
+        let endpoints = list(&settings.urls);
         for url in &endpoints {
             let parsed = reqwest::Url::parse(url)
                 .map_err(|e| anyhow::anyhow!("webhooks.urls: {url:?} is not a URL: {e}"))?;
@@ -197,13 +196,7 @@ impl Outbox {
             tern_runtime::credential::validate_named("webhooks.secret", &settings.secret)
                 .map_err(anyhow::Error::msg)?;
         }
-        let events: Vec<String> = settings
-            .events
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(String::from)
-            .collect();
+        let events = list(&settings.events);
         if let Some(unknown) = events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
             anyhow::bail!(
                 "webhooks.events: unknown event type {unknown:?} (known: {EVENT_TYPES:?})"
