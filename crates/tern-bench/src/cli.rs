@@ -126,9 +126,14 @@ pub struct Scale {
     /// S3: group sizes (members including the sender).
     #[arg(long, value_delimiter = ',', default_values_t = [100, 1_000, 10_000])]
     pub group_sizes: Vec<usize>,
-    /// S3: messages sent to each group.
-    #[arg(long, default_value_t = 5)]
+    /// S3: messages sent to each group (enough that the figure is the
+    /// steady rate, not the sessions' first writes).
+    #[arg(long, default_value_t = 100)]
     pub group_messages: u64,
+    /// S3: the group sender's unacknowledged sends (1 sends each message
+    /// alone, after the previous one's ack).
+    #[arg(long, default_value_t = 16)]
+    pub group_window: usize,
     /// S4: offered load levels, percent of S2's maximum.
     #[arg(long, value_delimiter = ',', default_values_t = [25, 50, 75, 90])]
     pub load_levels: Vec<u32>,
@@ -186,6 +191,7 @@ impl Scale {
             cpu_window_secs: 1.0,
             group_sizes: vec![5, 20],
             group_messages: 3,
+            group_window: 2,
             load_levels: vec![25, 50, 75, 90],
             level_secs: 0.5,
             storm_clients: 20,

@@ -1,7 +1,9 @@
 //! S3: group fan-out. Every member is online (spread over the front
-//! processes); one member sends a few messages to the group; we measure
-//! deliveries per second and, per message, the time until the last member
-//! has it. Every member must get every message once, in seq order.
+//! processes); one member sends messages to the group with up to
+//! `--group-window` of them unacknowledged, as a busy group's senders
+//! together have them (1: each message alone); we measure deliveries per
+//! second and, per message, the time until the last member has it. Every
+//! member must get every message once, in seq order.
 
 use super::{Checks, CpuMeter, Ctx, Outcome, Stream, histogram};
 use crate::client::{self, GROUP, Payload};
@@ -74,21 +76,24 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         let mut sent_at = Vec::new();
         let tag = uuid::Uuid::now_v7().simple().to_string();
         let mut errors = 0;
-        for i in 0..k {
-            let t = client::now_us();
-            sent_at.push(t);
-            tx.send(client::group(group, &format!("{tag}-{i}"), Payload { i, t })).await?;
-            // One at a time: each message's time-to-last-member is its own.
-            loop {
-                let Some(f) = client::next_frame(&mut rx, QUIET).await? else { break };
-                match f.kind {
-                    client::ACK => break,
-                    client::ERROR => {
-                        errors += 1;
-                        break;
-                    }
-                    _ => continue,
+        // Up to `group_window` sends in flight, as a busy group has them.
+        let (mut next, mut in_flight) = (0, 0);
+        while next < k || in_flight > 0 {
+            while next < k && in_flight < s.group_window.max(1) {
+                let t = client::now_us();
+                sent_at.push(t);
+                let p = Payload { i: next, t };
+                tx.send(client::group(group, &format!("{tag}-{next}"), p)).await?;
+                (next, in_flight) = (next + 1, in_flight + 1);
+            }
+            let Some(f) = client::next_frame(&mut rx, QUIET).await? else { break };
+            match f.kind {
+                client::ACK => in_flight -= 1,
+                client::ERROR => {
+                    errors += 1;
+                    in_flight -= 1;
                 }
+                _ => {}
             }
         }
         let bar = crate::bar(format!("s3 {name} group {size}: deliver"), members.len() as u64);
@@ -121,6 +126,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
         let mut o = Outcome::new("s3", ctx.topo, format!("group {size}"));
         o.set("members", size as f64)
             .set("messages", k as f64)
+            .set("window", s.group_window as f64)
             .set("deliveries_per_sec", checks.delivered as f64 / span)
             .set("to_last_member_p50_ms", to_last.value_at_quantile(0.5) as f64 / 1000.0)
             .set("to_last_member_max_ms", to_last.max() as f64 / 1000.0);
