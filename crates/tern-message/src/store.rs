@@ -522,15 +522,24 @@ fn drafts_per_conversation(jobs: &[Job]) -> Vec<(&str, i32)> {
 /// a handful of texts, each compiled once and kept in the connection's
 /// statement cache.
 ///
-/// The writer also copies the WAL back into the database file itself,
-/// between two batches (see [`SqliteWriter::checkpoint_if_due`]): no commit can run
-/// during that checkpoint, so it copies every frame, and the next commit
-/// starts the WAL over. The WAL stays a few hundred pages long and nobody
-/// has to force a reset with a RESTART checkpoint, which takes the write
-/// lock from outside and left commits sleeping in SQLite's busy handler
-/// for 10–50 ms (the tail of S4 at low load).
+/// The WAL is copied back into the database file in two steps, so that
+/// sends seldom wait for it. The read pool's background checkpoint (see
+/// [`tern_runtime::db::connect`]) copies it every 100 ms, beside the
+/// commits (a PASSIVE checkpoint never blocks a writer). That alone would
+/// let the WAL grow for as long as commits keep coming, since SQLite
+/// starts it over only when a write begins with every frame copied. So the
+/// writer also checkpoints itself, between two batches (see
+/// [`SqliteWriter::checkpoint_if_due`]): no commit runs during that one, it
+/// copies the frames the last background one left, and the next commit
+/// starts the WAL over. The two take turns
+/// ([`tern_runtime::db::CheckpointTurn`]), and the pool never forces a
+/// reset with a RESTART checkpoint, which takes the write lock from outside
+/// and left commits sleeping in SQLite's busy handler for 10–100 ms. Same-run
+/// A/B at half of S2's rate (BENCHMARKS.md): P99 19 → 14 ms.
 struct SqliteWriter {
     pool: SqlitePool,
+    /// Held by whichever checkpoint runs, the writer's or the pool's.
+    turn: Arc<tern_runtime::db::CheckpointTurn>,
     /// The script for each (conversations, rows, events) shape.
     scripts: HashMap<(usize, usize, usize), Arc<str>>,
     last_checkpoint: std::time::Instant,
@@ -543,10 +552,21 @@ struct SqliteWriter {
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 const CHECKPOINT_LATEST: std::time::Duration = std::time::Duration::from_millis(1000);
 
+/// A PASSIVE checkpoint: copies what no reader still needs, waits for
+/// nobody.
+async fn checkpoint(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query::<Sqlite>("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *conn).await?;
+    Ok(())
+}
+
 impl SqliteWriter {
     fn new(pool: SqlitePool) -> Self {
+        let turn = tern_runtime::db::checkpoint_turn(pool.connect_options().get_filename());
+        turn.writer_restarts();
         Self {
             pool,
+            turn,
             scripts: HashMap::new(),
             last_checkpoint: std::time::Instant::now(),
             checkpoint_seconds: metrics::histogram!("tern_message_store_checkpoint_seconds"),
@@ -561,13 +581,12 @@ impl SqliteWriter {
         if since < CHECKPOINT_EVERY || (waiting && since < CHECKPOINT_LATEST) {
             return;
         }
+        // Beside the pool's checkpoint this one would copy nothing: try
+        // again after the next batch rather than wait for it.
+        let Ok(_turn) = self.turn.lock.try_lock() else { return };
         self.last_checkpoint = std::time::Instant::now();
-        let checkpoint = async {
-            let mut conn = self.pool.acquire().await?;
-            sqlx::query::<Sqlite>("PRAGMA wal_checkpoint(PASSIVE)").execute(&mut *conn).await
-        };
         let started = std::time::Instant::now();
-        if let Err(error) = checkpoint.await {
+        if let Err(error) = checkpoint(&self.pool).await {
             tracing::debug!(%error, "WAL checkpoint failed; the next one retries");
         }
         self.checkpoint_seconds.record(started.elapsed().as_secs_f64());

@@ -6,7 +6,15 @@
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
 };
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, LazyLock, Weak,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
 /// Connects to `url`. For SQLite the file (and its folder) is created when
 /// missing and the journal is switched to WAL so readers do not block the
@@ -45,10 +53,9 @@ async fn open(
     let writer = !checkpoints;
     let mut url = url.to_string();
     let sqlite = url.starts_with("sqlite:");
-    if let Some(path) = sqlite_path(&url) {
-        if let Some(dir) =
-            std::path::Path::new(&path).parent().filter(|d| !d.as_os_str().is_empty())
-        {
+    let file = sqlite_path(&url);
+    if let Some(path) = &file {
+        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
         }
@@ -91,14 +98,17 @@ async fn open(
     if db.get_database_backend() == DbBackend::Sqlite {
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
         if checkpoints {
-            tokio::spawn(checkpoint(db.clone()));
+            let turn = file.map(|path| checkpoint_turn(Path::new(&path)));
+            tokio::spawn(checkpoint(db.clone(), turn));
         }
     }
     Ok(db)
 }
 
-/// How often the WAL is copied back into a SQLite database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+/// How often the WAL is copied back into a SQLite database file. Often,
+/// so that a writer's own checkpoint (see [`checkpoint_turn`]) finds
+/// little left to copy.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// WAL length (frames, about 4 KiB each) past which a checkpoint makes the
 /// next commit start the WAL over from its beginning.
@@ -113,15 +123,22 @@ const RESTART_FRAMES: i64 = 4096;
 /// holds writers back for the few frames PASSIVE left (milliseconds) and
 /// the next commit writes from the start of the file again. Where a writer
 /// checkpoints between its own transactions the WAL never gets that long,
-/// and this is only a safety net: a RESTART takes the write lock from
-/// outside, and a commit waiting for it sleeps in SQLite's busy handler.
-async fn checkpoint(db: DatabaseConnection) {
+/// and this is only a safety net, left out where such a writer says so
+/// ([`CheckpointTurn::writer_restarts`]): a RESTART takes the write lock
+/// from outside, and a commit waiting for it sleeps in SQLite's busy
+/// handler.
+async fn checkpoint(db: DatabaseConnection, turn: Option<Arc<CheckpointTurn>>) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        let _turn = match &turn {
+            Some(turn) => Some(turn.lock.lock().await),
+            None => None,
+        };
+        let restart = !turn.as_ref().is_some_and(|t| t.writer_restarts.load(Relaxed));
         let result = match wal_checkpoint(&db, "PASSIVE").await {
-            Ok(log) if log > RESTART_FRAMES => wal_checkpoint(&db, "RESTART").await,
+            Ok(log) if restart && log > RESTART_FRAMES => wal_checkpoint(&db, "RESTART").await,
             other => other,
         };
         if let Err(error) = result {
@@ -139,6 +156,45 @@ async fn wal_checkpoint(db: &DatabaseConnection, mode: &str) -> Result<i64, DbEr
     let pragma = format!("PRAGMA wal_checkpoint({mode})");
     let row = db.query_one_raw(Statement::from_string(DbBackend::Sqlite, pragma)).await?;
     Ok(row.and_then(|r| r.try_get_by_index::<i64>(1).ok()).unwrap_or_default())
+}
+
+/// Who checkpoints a SQLite file. The pool's background checkpoint and a
+/// writer that checkpoints between its own transactions (the message
+/// store's) take turns through [`CheckpointTurn::lock`], so that the two
+/// never run beside each other: a checkpoint beside another one copies
+/// nothing and only reports "busy", and the writer's, which exists to copy
+/// the last frames so that the WAL can start over, would have held up
+/// commits for nothing.
+#[derive(Default)]
+pub struct CheckpointTurn {
+    pub lock: tokio::sync::Mutex<()>,
+    /// Set by a writer that starts the WAL over itself: the background
+    /// checkpoint then never forces a RESTART, whose waits on the write
+    /// lock would sleep that writer's commits in SQLite's busy handler.
+    writer_restarts: AtomicBool,
+}
+
+impl CheckpointTurn {
+    /// Tells the background checkpoint that a writer starts the WAL over.
+    pub fn writer_restarts(&self) {
+        self.writer_restarts.store(true, Relaxed);
+    }
+}
+
+/// The [`CheckpointTurn`] of the SQLite database `file`, shared by every
+/// pool and writer of the process that opens it.
+pub fn checkpoint_turn(file: &Path) -> Arc<CheckpointTurn> {
+    type Turns = std::sync::Mutex<HashMap<PathBuf, Weak<CheckpointTurn>>>;
+    static TURNS: LazyLock<Turns> = LazyLock::new(Turns::default);
+    let key = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mut turns = TURNS.lock().expect("checkpoint turns poisoned");
+    turns.retain(|_, turn| turn.strong_count() > 0);
+    if let Some(turn) = turns.get(&key).and_then(Weak::upgrade) {
+        return turn;
+    }
+    let turn = Arc::new(CheckpointTurn::default());
+    turns.insert(key, Arc::downgrade(&turn));
+    turn
 }
 
 /// The file path of a `sqlite://` URL, or `None` for other databases and
