@@ -534,8 +534,7 @@ fn drafts_per_conversation(jobs: &[Job]) -> Vec<(&str, i32)> {
 /// starts the WAL over. The two take turns
 /// ([`tern_runtime::db::CheckpointTurn`]), and the pool never forces a
 /// reset with a RESTART checkpoint, which takes the write lock from outside
-/// and left commits sleeping in SQLite's busy handler for 10–100 ms. Same-run
-/// A/B at half of S2's rate (BENCHMARKS.md): P99 19 → 14 ms.
+/// and left commits sleeping in SQLite's busy handler for 10–100 ms.
 struct SqliteWriter {
     pool: SqlitePool,
     /// Held by whichever checkpoint runs, the writer's or the pool's.
