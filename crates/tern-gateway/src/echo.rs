@@ -63,10 +63,13 @@ where
     let writer = tokio::spawn(async move {
         while let Some(item) = rx.recv().await {
             let frame = match item {
-                Outbound::Echo { binary: true, data } => Frame::binary(Payload::Owned(data)),
-                Outbound::Echo { binary: false, data } => Frame::text(Payload::Owned(data)),
-                Outbound::Pong(payload) => Frame::pong(Payload::Owned(payload)),
-                Outbound::Close(code, reason) => {
+                Outbound::Echo(message) => match *message {
+                    reader::Message { binary: true, data } => Frame::binary(Payload::Owned(data)),
+                    reader::Message { binary: false, data } => Frame::text(Payload::Owned(data)),
+                },
+                Outbound::Pong(payload) => Frame::pong(Payload::Owned(*payload)),
+                Outbound::Close(close) => {
+                    let (code, reason) = *close;
                     let _ = write.write_frame(Frame::close(code, reason.as_bytes())).await;
                     let _ = write.flush().await;
                     return;
@@ -84,7 +87,7 @@ where
     let limits = FrameLimits { idle, max_message: ECHO_MAX_MESSAGE };
     reader::read_messages(read, limits, &tx, |m| {
         let tx = tx.clone();
-        async move { tx.send(Outbound::Echo { binary: m.binary, data: m.data }).await.is_ok() }
+        async move { tx.send(Outbound::Echo(Box::new(m))).await.is_ok() }
     })
     .await;
     drop(tx);

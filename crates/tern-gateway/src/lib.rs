@@ -163,10 +163,13 @@ pub struct Services {
     pub webhooks: Vec<tern_proto::clients::WebhookClient<GrpcChannel>>,
 }
 
-/// What a session's writer is asked to send.
+/// What a session's writer is asked to send. Every variant holds at most
+/// one pointer, so the enum is 16 bytes: each session's queue allocates
+/// its first block of 32 slots when the session opens, and the variants
+/// that are not a live message are rare enough to be boxed.
 pub enum Outbound {
     /// A ready JSON frame (ack, error, heartbeat answer).
-    Text(String),
+    Text(Box<String>),
     /// The answer to the client's own send. The seq is noted so the next
     /// message of the conversation does not look like a gap: a device never
     /// receives its own messages as deliveries.
@@ -175,17 +178,30 @@ pub enum Outbound {
     /// A live message from the bus; the writer orders and deduplicates it.
     Deliver(Arc<Delivery>),
     /// The answer to a ping.
-    Pong(Vec<u8>),
-    /// Close the socket with this code.
-    Close(u16, &'static str),
+    Pong(Box<Vec<u8>>),
+    /// Close the socket with this code and reason.
+    Close(Box<(u16, &'static str)>),
     /// Send type 100 with this reason, then close.
-    Kick(String),
+    Kick(Box<String>),
     /// Live messages may have been missed: read storage for everything
     /// beyond what was pushed.
     Resync,
     /// A message sent back unchanged (the conformance echo endpoint only).
-    Echo { binary: bool, data: Vec<u8> },
+    Echo(Box<reader::Message>),
 }
+
+impl Outbound {
+    pub fn text(frame: String) -> Self {
+        Self::Text(Box::new(frame))
+    }
+
+    pub fn close(code: u16, reason: &'static str) -> Self {
+        Self::Close(Box::new((code, reason)))
+    }
+}
+
+// The size the queue's slots are counted with above.
+const _: () = assert!(std::mem::size_of::<Outbound>() == 16);
 
 /// The ack frame of a send, with what the writer notes of it.
 pub struct SendAnswer {
@@ -585,7 +601,7 @@ pub async fn run(
             for session in registry.all() {
                 let _ = session
                     .tx
-                    .try_send(Outbound::Close(close_codes::GOING_AWAY, "server shutting down"));
+                    .try_send(Outbound::close(close_codes::GOING_AWAY, "server shutting down"));
             }
         })
         .await?;

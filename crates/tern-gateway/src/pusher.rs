@@ -256,9 +256,10 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             }
             Outbound::Deliver(delivery) => self.deliver(&delivery).await?,
             Outbound::Resync => self.needs_resync.store(true, Relaxed),
-            Outbound::Echo { .. } => {}
-            Outbound::Pong(payload) => self.write(Frame::pong(Payload::Owned(payload))).await?,
-            Outbound::Close(code, reason) => {
+            Outbound::Echo(_) => {}
+            Outbound::Pong(payload) => self.write(Frame::pong(Payload::Owned(*payload))).await?,
+            Outbound::Close(close) => {
+                let (code, reason) = *close;
                 self.close(code, reason).await?;
                 return Ok(false);
             }

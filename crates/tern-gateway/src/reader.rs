@@ -43,7 +43,7 @@ pub async fn read_messages<R, F, Fut>(
     Fut: Future<Output = bool>,
 {
     let close = |code: u16, reason: &'static str| async move {
-        let _ = tx.send(Outbound::Close(code, reason)).await;
+        let _ = tx.send(Outbound::close(code, reason)).await;
     };
     // Frames of a fragmented message, until its final frame arrives.
     let mut partial: Option<(OpCode, Vec<u8>)> = None;
@@ -100,7 +100,7 @@ pub async fn read_messages<R, F, Fut>(
                 }
             }
             OpCode::Ping => {
-                if tx.send(Outbound::Pong(frame.payload.to_vec())).await.is_err() {
+                if tx.send(Outbound::Pong(Box::new(frame.payload.to_vec()))).await.is_err() {
                     return;
                 }
                 None

@@ -50,7 +50,7 @@ impl SessionHandle {
 /// Asks the session of `tx` to send a type 100 frame and close; if its
 /// queue is full it is dropped at once (`cancel`) instead.
 pub fn kick(tx: &mpsc::Sender<Outbound>, cancel: &CancellationToken, reason: String) {
-    if tx.try_send(Outbound::Kick(reason)).is_err() {
+    if tx.try_send(Outbound::Kick(Box::new(reason))).is_err() {
         cancel.cancel();
     }
 }
@@ -139,7 +139,7 @@ impl Registry {
         for user in users {
             let Some(sessions) = self.sessions.get(&user) else { continue };
             for session in sessions.iter().filter(|s| s.id != except) {
-                let _ = session.tx.try_send(Outbound::Text(frame.to_string()));
+                let _ = session.tx.try_send(Outbound::text(frame.to_string()));
             }
         }
     }

@@ -433,11 +433,11 @@ async fn send_pipeline(
         };
         for item in batch.drain(..) {
             let out = match item {
-                Queued::Refused(frame) => Outbound::Text(frame),
+                Queued::Refused(frame) => Outbound::text(frame),
                 Queued::Send(send) => match &mut results {
                     Ok(results) => answer_frame(results.next(), send.client_msg_id),
                     Err(status) => {
-                        Outbound::Text(protocol::error(&status_frame(status, send.client_msg_id)))
+                        Outbound::text(protocol::error(&status_frame(status, send.client_msg_id)))
                     }
                 },
             };
@@ -462,9 +462,9 @@ fn answer_frame(
         Some(Outcome::Error(error)) => {
             let code = ErrorCode::parse(&error.code).unwrap_or(ErrorCode::Internal);
             let message = client_message(code, &error.message);
-            Outbound::Text(protocol::error(&FrameError { code, message, client_msg_id }))
+            Outbound::text(protocol::error(&FrameError { code, message, client_msg_id }))
         }
-        None => Outbound::Text(protocol::error(&FrameError {
+        None => Outbound::text(protocol::error(&FrameError {
             code: ErrorCode::Internal,
             message: "internal error".into(),
             client_msg_id,
@@ -531,7 +531,7 @@ impl Reader<'_> {
     }
 
     async fn reply(&self, text: String) -> bool {
-        self.tx.send(Outbound::Text(text)).await.is_ok()
+        self.tx.send(Outbound::text(text)).await.is_ok()
     }
 
     /// Handles one whole message; `false` ends the session.
@@ -694,7 +694,7 @@ impl Reader<'_> {
                 let outcome = Some(Outcome::Ack(ack.into_inner()));
                 answer_frame(Some(SendResult { outcome }), client_msg_id)
             }
-            Err(status) => Outbound::Text(protocol::error(&status_frame(&status, client_msg_id))),
+            Err(status) => Outbound::text(protocol::error(&status_frame(&status, client_msg_id))),
         };
         self.tx.send(out).await.is_ok()
     }
