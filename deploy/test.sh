@@ -25,11 +25,14 @@ echo "== test (SQLite)"
 cargo test --workspace --all-targets --locked
 
 # The integration suite again with every service on MariaDB, then on
-# PostgreSQL: the store layer runs unchanged on all three.
+# PostgreSQL: the store layer runs unchanged on all three. The message
+# store's own tests too: on a server its writer overlaps two batches.
 echo "== test (MariaDB)"
 TERN_TEST_DATABASE=mysql cargo test -p tern --tests --locked
+TERN_TEST_DATABASE=mysql cargo test -p tern-message --lib --locked store::
 echo "== test (PostgreSQL)"
 TERN_TEST_DATABASE=postgres cargo test -p tern --tests --locked
+TERN_TEST_DATABASE=postgres cargo test -p tern-message --lib --locked store::
 
 echo "== deployment files (Dockerfile, compose, Kubernetes), offline"
 deploy/validate-deploy.sh

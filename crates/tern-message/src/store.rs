@@ -8,6 +8,9 @@
 //! batch is one message; under heavy load the per-commit cost (on SQLite
 //! the WAL write and fsync, on a server the log flush) is shared by the
 //! batch, and the next batch gathers in the queue while this one commits.
+//! On MariaDB and PostgreSQL the next batch's statements also run while
+//! the one before it commits, on a second connection, so the server's log
+//! flush overlaps the next batch's work.
 //! A batch that fails as a whole is replayed one message per transaction,
 //! so one bad message (a concurrent duplicate, say) fails alone.
 //!
@@ -189,7 +192,7 @@ pub fn to_pb(row: messages::Model) -> Message {
 impl Store {
     /// Wraps `db` and starts the writer task (needs a Tokio runtime).
     /// Every newly stored message goes to `committed`, in commit order.
-    /// `db` serves reads; `write_db` (a single connection, see
+    /// `db` serves reads; `write_db` (the writer's own connections, see
     /// [`tern_runtime::db::connect_writer`]) every append.
     /// `outbox` gets a `message.stored` event for every message, in the
     /// transaction that stores it.
@@ -342,7 +345,8 @@ impl Store {
 }
 
 /// Commits queued appends, a batch at a time, until every `Store` clone is
-/// gone. While one batch commits, the next gathers in the queue.
+/// gone. While one batch commits, the next gathers in the queue; on a
+/// database server its statements also run meanwhile (see [`Committing`]).
 async fn write_loop(
     db: DatabaseConnection,
     mut jobs: mpsc::Receiver<Job>,
@@ -350,94 +354,203 @@ async fn write_loop(
     batched: Arc<AtomicU64>,
     outbox: Outbox,
 ) {
-    let stored_total = metrics::counter!("tern_messages_stored_total");
     let duplicate_total = metrics::counter!("tern_messages_duplicate_total");
     let batch_size = metrics::histogram!("tern_message_store_batch_size");
-    let commit_seconds = metrics::histogram!("tern_message_store_commit_seconds");
-    let route = |message: &Message, members_version| {
-        stored_total.increment(1);
-        let _ = committed.send(Committed { message: message.clone(), members_version });
-    };
     let outbox = outbox.wants(STORED).then_some(outbox);
+    let answers = Answers {
+        committed,
+        batched,
+        outbox: outbox.clone(),
+        stored_total: metrics::counter!("tern_messages_stored_total"),
+        commit_seconds: metrics::histogram!("tern_message_store_commit_seconds"),
+    };
     let mut sqlite = (db.get_database_backend() == sea_orm::DbBackend::Sqlite)
         .then(|| SqliteWriter::new(db.get_sqlite_connection_pool().clone()));
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    // On a database server: the batch whose commit is in flight.
+    let mut committing: Option<Committing> = None;
     loop {
         if let Some(writer) = &mut sqlite {
             writer.checkpoint_if_due(!jobs.is_empty()).await;
         }
-        if jobs.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        let received = match &mut committing {
+            // Nothing queued: answer the batch in flight as soon as its
+            // commit is done, unless a job comes first.
+            Some(in_flight) if jobs.is_empty() => tokio::select! {
+                biased;
+                result = &mut in_flight.commit => Err(result),
+                n = jobs.recv_many(&mut batch, MAX_BATCH) => Ok(n),
+            },
+            _ => Ok(jobs.recv_many(&mut batch, MAX_BATCH).await),
+        };
+        let received = match received {
+            Ok(n) => n,
+            Err(result) => {
+                let in_flight = committing.take().expect("selected above");
+                answers.committed(in_flight, result);
+                continue;
+            }
+        };
+        if received == 0 {
             break;
         }
         batch_size.record(batch.len() as f64);
-        if batch.len() > 1 || sqlite.is_some() {
-            let started = std::time::Instant::now();
-            let appended = match &mut sqlite {
-                Some(writer) if SqliteWriter::fits(batch.len(), outbox.as_ref()) => {
-                    writer.append(&batch, outbox.as_ref()).await
-                }
-                _ => append_batch(&db, &batch, outbox.as_ref()).await,
-            };
-            commit_seconds.record(started.elapsed().as_secs_f64());
-            match appended {
-                Ok(stored) => {
-                    if let Some(outbox) = &outbox {
-                        outbox.wake();
+        let started = std::time::Instant::now();
+        let appended = match &mut sqlite {
+            Some(writer) if SqliteWriter::fits(batch.len(), outbox.as_ref()) => {
+                writer.append(&batch, outbox.as_ref()).await
+            }
+            Some(_) => append_batch(&db, &batch, outbox.as_ref()).await,
+            None => {
+                // This batch's statements run while the one before it
+                // commits; that one is answered as soon as it has.
+                let previous = committing.take();
+                let (begun, ()) = tokio::join!(begin_batch(&db, &batch, outbox.as_ref()), async {
+                    if let Some(mut in_flight) = previous {
+                        let result = (&mut in_flight.commit).await;
+                        answers.committed(in_flight, result);
                     }
-                    batched.fetch_add(stored.len() as u64, Relaxed);
-                    for (job, message) in batch.iter().zip(&stored) {
-                        route(message, job.draft.members_version);
+                });
+                match begun {
+                    Ok((txn, messages)) => {
+                        let commit = tokio::spawn(txn.commit());
+                        let jobs = std::mem::take(&mut batch);
+                        committing = Some(Committing { commit, jobs, messages, started });
+                        continue;
                     }
-                    for (job, message) in batch.drain(..).zip(stored) {
-                        let _ = job.done.send(Ok(Stored::New(message)));
-                    }
-                    continue;
+                    Err(error) => Err(error),
                 }
-                // A duplicate or a missing conversation spoils only its own
-                // message: replay the batch one by one below.
-                Err(error)
-                    if error.sql_err().is_some() || matches!(error, DbErr::RecordNotFound(_)) =>
-                {
-                    tracing::debug!(%error, size = batch.len(), "batch refused; one by one");
-                }
-                // The database itself failed: so would every replay.
-                Err(error) => {
-                    let message = error.to_string();
-                    for job in batch.drain(..) {
-                        let _ = job.done.send(Err(DbErr::Custom(message.clone())));
-                    }
-                    continue;
-                }
+            }
+        };
+        match appended {
+            Ok(stored) => {
+                answers.stored(batch.drain(..), stored, started);
+                continue;
+            }
+            // A duplicate or a missing conversation spoils only its own
+            // message: replay the batch one by one below.
+            Err(error)
+                if error.sql_err().is_some() || matches!(error, DbErr::RecordNotFound(_)) =>
+            {
+                tracing::debug!(%error, size = batch.len(), "batch refused; one by one");
+            }
+            // The database itself failed: so would every replay.
+            Err(error) => {
+                answers.failed(batch.drain(..), &error);
+                continue;
             }
         }
         for job in batch.drain(..) {
             let members_version = job.draft.members_version;
             let stored = append_once(&db, job.draft, outbox.as_ref()).await;
             match &stored {
-                Ok(Stored::New(message)) => {
-                    if let Some(outbox) = &outbox {
-                        outbox.wake();
-                    }
-                    route(message, members_version)
-                }
+                Ok(Stored::New(message)) => answers.route(message, members_version),
                 Ok(Stored::Duplicate(_)) => duplicate_total.increment(1),
                 Err(_) => {}
             }
             let _ = job.done.send(stored);
         }
     }
+    if let Some(mut in_flight) = committing {
+        let result = (&mut in_flight.commit).await;
+        answers.committed(in_flight, result);
+    }
 }
 
-/// Stores every draft of `jobs` in one transaction: one statement moves
-/// each conversation's head by the number of its drafts (which take seqs in
-/// arrival order), one reads the heads back, one inserts every row. Rows
-/// are locked by that one statement in key order, so two writers (two
-/// message service instances) cannot deadlock each other.
+/// A batch whose statements have run and whose commit is in flight, on a
+/// database server. Its rows hold their locks until the commit, so the
+/// next batch's statements, which run meanwhile, wait there for any
+/// conversation the two share and take the seqs after this one's: a
+/// session's messages keep their order. Its answers and routes go out when
+/// the commit is done, before the next batch's.
+struct Committing {
+    commit: tokio::task::JoinHandle<Result<(), DbErr>>,
+    jobs: Vec<Job>,
+    messages: Vec<Message>,
+    started: std::time::Instant,
+}
+
+/// What the writer does with a batch's outcome: routes and answers.
+struct Answers {
+    committed: mpsc::UnboundedSender<Committed>,
+    batched: Arc<AtomicU64>,
+    outbox: Option<Outbox>,
+    stored_total: metrics::Counter,
+    /// `tern_message_store_commit_seconds`: a batch's statements and commit.
+    commit_seconds: metrics::Histogram,
+}
+
+impl Answers {
+    /// Hands a newly stored message to the router.
+    fn route(&self, message: &Message, members_version: Option<u64>) {
+        self.stored_total.increment(1);
+        if let Some(outbox) = &self.outbox {
+            outbox.wake();
+        }
+        let _ = self.committed.send(Committed { message: message.clone(), members_version });
+    }
+
+    /// Routes and answers a committed batch, in order.
+    fn stored(
+        &self,
+        jobs: impl Iterator<Item = Job>,
+        stored: Vec<Message>,
+        started: std::time::Instant,
+    ) {
+        self.commit_seconds.record(started.elapsed().as_secs_f64());
+        if stored.len() > 1 {
+            self.batched.fetch_add(stored.len() as u64, Relaxed);
+        }
+        for (job, message) in jobs.zip(stored) {
+            self.route(&message, job.draft.members_version);
+            let _ = job.done.send(Ok(Stored::New(message)));
+        }
+    }
+
+    /// Answers every job of a batch the database failed.
+    fn failed(&self, jobs: impl Iterator<Item = Job>, error: &DbErr) {
+        let message = error.to_string();
+        for job in jobs {
+            let _ = job.done.send(Err(DbErr::Custom(message.clone())));
+        }
+    }
+
+    /// Routes and answers a batch whose commit has ended with `result`.
+    fn committed(
+        &self,
+        in_flight: Committing,
+        result: Result<Result<(), DbErr>, tokio::task::JoinError>,
+    ) {
+        let Committing { jobs, messages, started, .. } = in_flight;
+        match result.map_err(|e| DbErr::Custom(e.to_string())).and_then(|r| r) {
+            Ok(()) => self.stored(jobs.into_iter(), messages, started),
+            Err(error) => self.failed(jobs.into_iter(), &error),
+        }
+    }
+}
+
+/// Stores every draft of `jobs` in one transaction (see [`begin_batch`]).
 async fn append_batch(
     db: &DatabaseConnection,
     jobs: &[Job],
     outbox: Option<&Outbox>,
 ) -> Result<Vec<Message>, DbErr> {
+    let (txn, messages) = begin_batch(db, jobs, outbox).await?;
+    txn.commit().await?;
+    Ok(messages)
+}
+
+/// Runs the statements that store every draft of `jobs` and leaves the
+/// transaction for the caller to commit: one statement moves each
+/// conversation's head by the number of its drafts (which take seqs in
+/// arrival order), one reads the heads back, one inserts every row. Rows
+/// are locked by that one statement in key order, so two writers (two
+/// message service instances) cannot deadlock each other.
+async fn begin_batch(
+    db: &DatabaseConnection,
+    jobs: &[Job],
+    outbox: Option<&Outbox>,
+) -> Result<(DatabaseTransaction, Vec<Message>), DbErr> {
     let counts = drafts_per_conversation(jobs);
     let txn = db.begin().await?;
     let heads = bump_seqs(&txn, &counts).await?;
@@ -461,8 +574,7 @@ async fn append_batch(
     if let Some(outbox) = outbox {
         outbox.enqueue(&txn, rows.iter().map(|row| stored_event(row, row.seq.into()))).await?;
     }
-    txn.commit().await?;
-    Ok(rows.into_iter().map(to_pb).collect())
+    Ok((txn, rows.into_iter().map(to_pb).collect()))
 }
 
 /// The webhook event type of a stored message.
@@ -899,6 +1011,31 @@ mod tests {
         Outbox::new("message", &Default::default()).expect("webhooks off")
     }
 
+    /// With `TERN_TEST_DATABASE` set to `mysql` or `postgres`, a fresh
+    /// database on that server (`TERN_TEST_MYSQL_URL`,
+    /// `TERN_TEST_POSTGRES_URL`, or the local default), where the writer
+    /// runs one batch's statements while the one before it commits.
+    async fn server_database() -> Option<String> {
+        use sea_orm::ConnectionTrait;
+        let (server, admin) = match std::env::var("TERN_TEST_DATABASE").ok()?.as_str() {
+            "mysql" => (
+                std::env::var("TERN_TEST_MYSQL_URL")
+                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
+                "mysql",
+            ),
+            "postgres" => (
+                std::env::var("TERN_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into()),
+                "test",
+            ),
+            _ => return None,
+        };
+        let name = format!("tern_store_{}", uuid::Uuid::now_v7().simple());
+        let admin = sea_orm::Database::connect(format!("{server}/{admin}")).await.unwrap();
+        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
+        Some(format!("{server}/{name}"))
+    }
+
     /// A store on the database at `url`, migrated, and its read connection.
     async fn store_at(url: &str, outbox: Outbox) -> (Store, DatabaseConnection) {
         let db = tern_runtime::db::connect(url, 4).await.unwrap();
@@ -987,7 +1124,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_missing_conversation_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/m.db", dir.path().display());
+        let url = match server_database().await {
+            Some(url) => url,
+            None => format!("sqlite://{}/m.db", dir.path().display()),
+        };
         let (store, _) = store_at(&url, no_webhooks()).await;
         store.ensure_conversation("c0").await.unwrap();
         let drafts = (0..20).map(|i| {
@@ -1006,6 +1146,9 @@ mod tests {
         assert_eq!(head, 19);
         let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, (1..=19).collect::<Vec<_>>());
+        if !url.starts_with("sqlite:") {
+            drop_server_database(&url).await;
+        }
     }
 
     /// Many concurrent appends over three conversations: unique ones are
@@ -1016,10 +1159,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batched_appends_are_gap_free_and_twins_store_once() {
         let dir = tempfile::tempdir().unwrap();
-        // `TERN_TEST_STORE_URL` runs it on an empty MariaDB or PostgreSQL
-        // database instead; the integration suite covers those anyway.
-        let url = std::env::var("TERN_TEST_STORE_URL")
-            .unwrap_or(format!("sqlite://{}/m.db", dir.path().display()));
+        let url = match server_database().await {
+            Some(url) => url,
+            None => format!("sqlite://{}/m.db", dir.path().display()),
+        };
         let (store, _) = store_at(&url, no_webhooks()).await;
         for c in ["c0", "c1", "c2"] {
             store.ensure_conversation(c).await.unwrap();
@@ -1064,5 +1207,21 @@ mod tests {
             let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
             assert_eq!(seqs, (1..=150).collect::<Vec<_>>(), "{c}");
         }
+        if !url.starts_with("sqlite:") {
+            drop_server_database(&url).await;
+        }
+    }
+
+    /// Drops a database [`server_database`] made.
+    async fn drop_server_database(url: &str) {
+        use sea_orm::ConnectionTrait;
+        let (server, name) = url.rsplit_once('/').unwrap();
+        let admin = if url.starts_with("postgres") { "test" } else { "mysql" };
+        let admin = sea_orm::Database::connect(format!("{server}/{admin}")).await.unwrap();
+        let drop = match admin.get_database_backend() {
+            sea_orm::DbBackend::Postgres => format!("DROP DATABASE {name} WITH (FORCE)"),
+            _ => format!("DROP DATABASE {name}"),
+        };
+        admin.execute_unprepared(&drop).await.unwrap();
     }
 }

@@ -26,7 +26,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
     open(url, max_connections, true).await
 }
 
-/// One connection to `url`, for a task that is the only writer of its
+/// One connection to a SQLite `url`, for a task that is the only writer of its
 /// tables (a service's storage writer): every write goes through the same
 /// connection, whose page cache stays warm because no other connection of
 /// the process writes between its transactions. The service's [`connect`]
@@ -36,9 +36,21 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<DatabaseConnecti
 /// On SQLite it keeps up to [`WRITER_STATEMENTS`] compiled statements and
 /// hands back up to [`WRITER_ROWS`] result rows without waiting for the
 /// task to take them.
+///
+/// On a database server it is [`SERVER_WRITER_CONNECTIONS`] connections:
+/// a writer may run one transaction's statements while the one before it
+/// commits, and sqlx pings each connection as it is handed back.
 pub async fn connect_writer(url: &str) -> Result<DatabaseConnection, DbErr> {
-    open(url, 1, false).await
+    let connections = if url.starts_with("sqlite:") { 1 } else { SERVER_WRITER_CONNECTIONS };
+    open(url, connections, false).await
 }
+
+/// Connections of a storage writer on a database server.
+pub const SERVER_WRITER_CONNECTIONS: u32 = 3;
+
+/// How long a database server's pooled connection may sit idle before it
+/// is pinged on its way out of the pool.
+const SERVER_PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Compiled statements a SQLite writer connection keeps (sqlx: 100).
 pub const WRITER_STATEMENTS: usize = 256;
@@ -78,22 +90,29 @@ async fn open(
         // sqlx pings a connection every time it leaves the pool: a round
         // trip to the server, or on SQLite a hop to the connection's
         // thread, before every statement or transaction. A SQLite file
-        // cannot hang up, so there it is off; a server's connections are
-        // still checked, as a restarted server leaves dead ones behind.
-        .test_before_acquire(!sqlite)
-        .map_sqlx_sqlite_opts(move |o| {
-            // Statement journals (a multi-row INSERT inside a transaction
-            // saves each page it changes first) stay in memory instead of
-            // a temporary file. Page caches stay at SQLite's 2 MiB per
-            // connection: a memory map or bigger caches showed up in the
-            // process's memory (the backpressure test) for no throughput.
-            let o = o.pragma("wal_autocheckpoint", "0").pragma("temp_store", "memory");
-            if writer {
-                o.statement_cache_capacity(WRITER_STATEMENTS).row_buffer_size(WRITER_ROWS)
-            } else {
-                o
-            }
-        });
+        // cannot hang up, so there it is off. A server's connection is
+        // checked only when it has sat idle for a second: a restarted
+        // server leaves dead ones behind, but one in use a moment ago is
+        // almost always alive, and if not its statement fails with a
+        // retryable error and sqlx's check when it is handed back (which
+        // it always makes) closes it.
+        .test_before_acquire(false);
+    if !sqlite {
+        options.test_before_acquire_if_idle_for(SERVER_PING_AFTER_IDLE);
+    }
+    options.map_sqlx_sqlite_opts(move |o| {
+        // Statement journals (a multi-row INSERT inside a transaction
+        // saves each page it changes first) stay in memory instead of
+        // a temporary file. Page caches stay at SQLite's 2 MiB per
+        // connection: a memory map or bigger caches showed up in the
+        // process's memory (the backpressure test) for no throughput.
+        let o = o.pragma("wal_autocheckpoint", "0").pragma("temp_store", "memory");
+        if writer {
+            o.statement_cache_capacity(WRITER_STATEMENTS).row_buffer_size(WRITER_ROWS)
+        } else {
+            o
+        }
+    });
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite {
         db.execute_unprepared("PRAGMA journal_mode=WAL").await?;
