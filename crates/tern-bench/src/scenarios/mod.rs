@@ -130,7 +130,9 @@ impl CpuMeter {
         let start = topo
             .pids()
             .into_iter()
-            .map(|(name, pid, tern)| (name, pid, tern, crate::procs::Sample::of(pid).cpu_secs))
+            .map(|(name, pid, tern)| {
+                (name, pid, tern, tern_testkit::procs::Sample::of(pid).cpu_secs)
+            })
             .collect();
         CpuMeter { start, t0: std::time::Instant::now() }
     }
@@ -143,7 +145,7 @@ impl CpuMeter {
         let mut by_name = std::collections::BTreeMap::new();
         for (name, pid, tern, before) in self.start {
             // A process that has exited since reads as 0: count nothing.
-            let used = (crate::procs::Sample::of(pid).cpu_secs - before).max(0.0);
+            let used = (tern_testkit::procs::Sample::of(pid).cpu_secs - before).max(0.0);
             *by_name.entry(name).or_insert(0.0) += used;
             if tern {
                 ours += used;
