@@ -2,80 +2,62 @@
 //! on a free port, so restarting one never disturbs another test (or the
 //! machine's shared servers).
 
-use super::free_port;
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
+use tern_testkit::procs::{Proc, free_port, wait_listening};
 
-/// Waits until something accepts TCP connections on `port`.
-fn wait_listening(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn kill(child: &mut Option<Child>) {
-    if let Some(mut c) = child.take() {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
+/// How long a server may take to listen.
+const START: Duration = Duration::from_secs(30);
 
 /// A `redis-server` keeping nothing on disk: a restart loses every key,
 /// as a crashed production Redis without persistence does.
 pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
+    port: u16,
+    proc: Proc,
 }
 
 impl RedisServer {
+    /// Starts one on a free port.
     pub fn start() -> RedisServer {
-        let mut server = RedisServer { port: free_port(), child: None };
+        let port = free_port();
+        let proc = Proc::new("redis-server", PathBuf::from("redis-server"))
+            .args(&["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(&["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .quiet();
+        let mut server = RedisServer { port, proc };
         server.up();
         server
     }
 
+    /// Its URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     fn up(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (deploy/services.sh installs it)");
-        self.child = Some(child);
-        wait_listening(self.port, "redis-server");
+        self.proc.start().expect("redis-server is installed (deploy/services.sh installs it)");
+        wait_listening(self.port, START).expect("redis-server listens");
     }
 
     /// Kills the server, keeps it down for `down`, and starts it again
     /// on the same port, empty.
     pub fn restart(&mut self, down: Duration) {
-        kill(&mut self.child);
+        self.proc.kill();
         std::thread::sleep(down);
         self.up();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        kill(&mut self.child);
     }
 }
 
 /// A MariaDB server with its own data folder. A restart keeps the data:
 /// committed rows must survive it.
 pub struct MariaDb {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
+    port: u16,
+    proc: Proc,
+    /// Declared last: removed once the server is down.
+    _dir: tempfile::TempDir,
 }
 
 fn mariadb_binary(name: &str) -> PathBuf {
@@ -87,6 +69,7 @@ fn mariadb_binary(name: &str) -> PathBuf {
 }
 
 impl MariaDb {
+    /// Makes a data folder and starts a server on it on a free port.
     pub fn start() -> MariaDb {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
@@ -103,40 +86,42 @@ impl MariaDb {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut db = MariaDb { port: free_port(), dir, child: None };
+        let port = free_port();
+        let d = dir.path();
+        let arg = |name: &str, path: &str| format!("--{name}={}", d.join(path).display());
+        let args = [
+            arg("datadir", "data"),
+            arg("socket", "sock"),
+            arg("pid-file", "pid"),
+            arg("log-error", "error.log"),
+            format!("--port={port}"),
+        ];
+        let proc = Proc::new("mariadbd", mariadb_binary("mariadbd"))
+            .args(&["--no-defaults"])
+            .args(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .args(&["--bind-address=127.0.0.1", "--skip-log-bin", "--max-connections=500"])
+            .args(&["--innodb-buffer-pool-size=64M", "--innodb-log-file-size=32M"])
+            .args(&current_user_arg().iter().map(String::as_str).collect::<Vec<_>>())
+            .quiet();
+        let mut db = MariaDb { port, proc, _dir: dir };
         db.up();
         db
     }
 
-    /// The server URL without a database (what `Databases` expects).
+    /// The server URL without a database (what the kit's topologies take).
     pub fn url(&self) -> String {
         format!("mysql://root@127.0.0.1:{}", self.port)
     }
 
     fn up(&mut self) {
-        let d = self.dir.path();
-        let child = Command::new(mariadb_binary("mariadbd"))
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", d.join("data").display()))
-            .arg(format!("--socket={}", d.join("sock").display()))
-            .arg(format!("--pid-file={}", d.join("pid").display()))
-            .arg(format!("--log-error={}", d.join("error.log").display()))
-            .arg(format!("--port={}", self.port))
-            .args(["--bind-address=127.0.0.1", "--skip-log-bin", "--max-connections=500"])
-            .args(["--innodb-buffer-pool-size=64M", "--innodb-log-file-size=32M"])
-            .args(current_user_arg())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mariadbd starts");
-        self.child = Some(child);
-        wait_listening(self.port, "mariadbd");
+        self.proc.start().expect("mariadbd starts");
+        wait_listening(self.port, START).expect("mariadbd listens");
     }
 
     /// Kills the server (no clean shutdown: a crash), keeps it down for
     /// `down`, and starts it again on the same data.
     pub fn restart(&mut self, down: Duration) {
-        kill(&mut self.child);
+        self.proc.kill();
         std::thread::sleep(down);
         self.up();
     }
@@ -149,10 +134,4 @@ fn current_user_arg() -> Vec<String> {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if root { vec!["--user=root".into()] } else { Vec::new() }
-}
-
-impl Drop for MariaDb {
-    fn drop(&mut self) {
-        kill(&mut self.child);
-    }
 }

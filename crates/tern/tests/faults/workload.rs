@@ -9,7 +9,7 @@
 //! of sends in flight as fast as the server answers them and acks every
 //! delivered message as it arrives, like a real client.
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use std::{
@@ -20,12 +20,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, connect_async,
-    tungstenite::{Message, protocol::CloseFrame},
-};
-
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+use tern_testkit::client::{self, Read, Ws, ws_url};
+use tokio_tungstenite::tungstenite::Message;
 
 /// One simulated user.
 #[derive(Clone, Debug)]
@@ -73,8 +69,6 @@ pub struct Delivery {
     pub conversation_id: String,
     pub seq: u64,
     pub from: u64,
-    /// The attempt id the sender put in the content.
-    pub attempt: String,
 }
 
 /// What one user saw.
@@ -294,27 +288,17 @@ async fn next_frame(
     wake: Instant,
     answer_by: Option<Instant>,
 ) -> Result<Option<Value>, SessionEnd> {
-    match tokio::time::timeout_at(wake.into(), ws.next()).await {
-        Err(_) if answer_by.is_some_and(|by| Instant::now() >= by) => Err(SessionEnd::GaveUp),
-        Ok(Some(Ok(Message::Text(t)))) => Ok(Some(serde_json::from_str(&t).unwrap_or_default())),
-        Ok(Some(Ok(Message::Close(frame)))) => Err(SessionEnd::Lost(
-            frame.map(|CloseFrame { code, .. }| u16::from(code)).unwrap_or(1005),
-        )),
-        Err(_) | Ok(Some(Ok(_))) => Ok(None),
-        Ok(Some(Err(_)) | None) => Err(SessionEnd::Lost(1006)),
+    match client::read(ws, wake.into()).await.into_result() {
+        Ok(None) if answer_by.is_some_and(|by| Instant::now() >= by) => Err(SessionEnd::GaveUp),
+        Ok(text) => Ok(text.map(|t| serde_json::from_str(&t).unwrap_or_default())),
+        Err(closed) => Err(SessionEnd::Lost(closed.code)),
     }
 }
 
 /// Opens a session; the backlog then arrives on it like live traffic.
 async fn open(port: u16, token: &str, device: &str) -> Option<Ws> {
-    let mut url = format!("ws://127.0.0.1:{port}/ws?token={token}");
-    if !device.is_empty() {
-        url.push_str("&device=");
-        url.push_str(device);
-    }
-    let (ws, _) =
-        tokio::time::timeout(Duration::from_secs(5), connect_async(url)).await.ok()?.ok()?;
-    Some(ws)
+    let url = ws_url(port, token, Some(device).filter(|d| !d.is_empty()));
+    tokio::time::timeout(Duration::from_secs(5), client::connect(&url, None)).await.ok()?.ok()
 }
 
 /// One simulated user's state across sessions.
@@ -362,7 +346,7 @@ impl Sim {
                 if let Some(attempt) = self.pending.as_mut() {
                     attempt.tries += 1;
                     let frame = send_frame(attempt, self.shape.pad);
-                    if ws.send(Message::text(frame.to_string())).await.is_err() {
+                    if ws.send(frame).await.is_err() {
                         return SessionEnd::Lost(1006);
                     }
                     answer_by = Some(Instant::now() + ANSWER_TIMEOUT);
@@ -439,7 +423,6 @@ fn delivery_of(frame: &Value) -> Delivery {
         conversation_id: str_field(frame, "conversation_id"),
         seq: frame["seq"].as_u64().unwrap_or_default(),
         from: frame["from"].as_u64().unwrap_or_default(),
-        attempt: frame["content"]["a"].as_str().unwrap_or_default().to_string(),
     }
 }
 
@@ -453,22 +436,17 @@ fn jitter(rng: &mut StdRng, interval: Duration) -> Duration {
 
 async fn flush_acks(ws: &mut Ws, to_ack: &mut HashMap<String, u64>) {
     for (conversation_id, seq) in to_ack.drain() {
-        let frame = json!({ "type": 30, "conversation_id": conversation_id, "seq": seq });
-        if ws.send(Message::text(frame.to_string())).await.is_err() {
+        if ws.send(client::ack(&conversation_id, seq)).await.is_err() {
             return;
         }
     }
 }
 
-fn send_frame(attempt: &Attempt, pad: usize) -> Value {
+fn send_frame(attempt: &Attempt, pad: usize) -> Message {
     let content = json!({ "a": attempt.id, "pad": "x".repeat(pad) });
     match attempt.target {
-        Target::User(to) => {
-            json!({ "type": 1, "to": to, "content": content, "client_msg_id": attempt.id })
-        }
-        Target::Group(g) => {
-            json!({ "type": 2, "group_id": g, "content": content, "client_msg_id": attempt.id })
-        }
+        Target::User(to) => client::single(to, &attempt.id, &content),
+        Target::Group(g) => client::group(g, &attempt.id, &content),
     }
 }
 
@@ -598,8 +576,7 @@ impl Pipelined {
                     None => break,
                 };
                 attempt.tries += 1;
-                let frame = send_frame(&attempt, self.load.pad);
-                let sent = ws.send(Message::text(frame.to_string())).await;
+                let sent = ws.send(send_frame(&attempt, self.load.pad)).await;
                 // Sent or not, the server may have it: it is resent (same id)
                 // on the next session if unanswered.
                 self.outstanding.push_back((attempt, Instant::now()));
@@ -684,8 +661,7 @@ impl Pipelined {
             if let Some((conversation_id, seq)) = ack
                 && acked.get(&conversation_id).is_none_or(|a| seq > *a)
             {
-                let frame = json!({ "type": 30, "conversation_id": conversation_id, "seq": seq });
-                if ws.send(Message::text(frame.to_string())).await.is_err() {
+                if ws.send(client::ack(&conversation_id, seq)).await.is_err() {
                     return SessionEnd::Lost(1006);
                 }
                 acked.insert(conversation_id, seq);
@@ -735,11 +711,10 @@ pub async fn resync(log: &mut UserLog, token: &str, gateways: &[u16]) -> Result<
         i += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    ws.send(Message::text(json!({ "type": 99 }).to_string())).await.map_err(|e| e.to_string())?;
+    ws.send(client::heartbeat()).await.map_err(|e| e.to_string())?;
     loop {
-        let frame = match tokio::time::timeout_at(deadline.into(), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap_or_default(),
-            Ok(Some(Ok(_))) => continue,
+        let frame = match client::read(&mut ws, deadline.into()).await {
+            Read::Text(t) => serde_json::from_str::<Value>(&t).unwrap_or_default(),
             other => return Err(format!("user {} resync ended early: {other:?}", log.user)),
         };
         match frame["type"].as_i64() {
