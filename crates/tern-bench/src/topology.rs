@@ -152,7 +152,7 @@ impl Topology {
 
     /// The WebSocket URL of front process `i` (wrapping) for `token`.
     pub fn ws_url(&self, i: usize, token: &str) -> String {
-        format!("ws://127.0.0.1:{}/ws?token={token}", self.ports[i % self.ports.len()])
+        tern_testkit::client::ws_url(self.ports[i % self.ports.len()], token, None)
     }
 
     /// The HTTP base URL of front process `i` (wrapping).

@@ -187,6 +187,30 @@ impl Stream {
         }
     }
 
+    /// Reads `session` until `expected` messages of type `kind` arrived
+    /// (or it fell silent for `wait`), showing each; `new` gets the payload
+    /// of each message seen for the first time.
+    pub async fn receive(
+        &mut self,
+        session: &mut crate::client::Session,
+        kind: i64,
+        expected: u64,
+        wait: std::time::Duration,
+        mut new: impl FnMut(crate::client::Payload),
+    ) -> anyhow::Result<()> {
+        while self.checks.delivered < expected {
+            let next = session.next(wait).await?;
+            self.reconnected(session.reconnects);
+            let Some(f) = next else { break };
+            let Some(p) = f.content.filter(|_| f.kind == kind) else { continue };
+            if self.see(p.i, f.seq) {
+                new(p);
+            }
+            session.shown(f.conversation_id, f.seq);
+        }
+        Ok(())
+    }
+
     /// Notes message `i` with `seq`; `true` when it is new.
     pub fn see(&mut self, i: u64, seq: u64) -> bool {
         if !self.seen.insert(i) {
