@@ -12,65 +12,30 @@ use tern_testkit::procs::{Proc, free_port, wait_listening};
 /// How long a server may take to listen.
 const START: Duration = Duration::from_secs(30);
 
-/// A `redis-server` keeping nothing on disk: a restart loses every key,
-/// as a crashed production Redis without persistence does.
-pub struct RedisServer {
+/// A private Redis or MariaDB server on a port of its own.
+pub struct Backing {
+    url: String,
     port: u16,
     proc: Proc,
+    /// MariaDB's data folder; declared last, so removed once it is down.
+    _dir: Option<tempfile::TempDir>,
 }
 
-impl RedisServer {
-    /// Starts one on a free port.
-    pub fn start() -> RedisServer {
+impl Backing {
+    /// A `redis-server` keeping nothing on disk: a restart loses every
+    /// key, as a crashed production Redis without persistence does.
+    pub fn redis() -> Backing {
         let port = free_port();
         let proc = Proc::new("redis-server", PathBuf::from("redis-server"))
             .args(&["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(&["--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .quiet();
-        let mut server = RedisServer { port, proc };
-        server.up();
-        server
+            .args(&["--save", "", "--appendonly", "no", "--daemonize", "no"]);
+        Backing::start(format!("redis://127.0.0.1:{port}"), port, proc, None)
     }
 
-    /// Its URL.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn up(&mut self) {
-        self.proc.start().expect("redis-server is installed (deploy/services.sh installs it)");
-        wait_listening(self.port, START).expect("redis-server listens");
-    }
-
-    /// Kills the server, keeps it down for `down`, and starts it again
-    /// on the same port, empty.
-    pub fn restart(&mut self, down: Duration) {
-        self.proc.kill();
-        std::thread::sleep(down);
-        self.up();
-    }
-}
-
-/// A MariaDB server with its own data folder. A restart keeps the data:
-/// committed rows must survive it.
-pub struct MariaDb {
-    port: u16,
-    proc: Proc,
-    /// Declared last: removed once the server is down.
-    _dir: tempfile::TempDir,
-}
-
-fn mariadb_binary(name: &str) -> PathBuf {
-    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{name} is installed (deploy/services.sh installs MariaDB)"))
-}
-
-impl MariaDb {
-    /// Makes a data folder and starts a server on it on a free port.
-    pub fn start() -> MariaDb {
+    /// A MariaDB server with its own data folder. A restart keeps the
+    /// data: committed rows must survive it. Its URL names no database
+    /// (what the kit's topologies take).
+    pub fn mariadb() -> Backing {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let out = Command::new(mariadb_binary("mariadb-install-db"))
@@ -89,42 +54,56 @@ impl MariaDb {
         let port = free_port();
         let d = dir.path();
         let arg = |name: &str, path: &str| format!("--{name}={}", d.join(path).display());
-        let args = [
+        let mut args = vec![
+            "--no-defaults".to_string(),
             arg("datadir", "data"),
             arg("socket", "sock"),
             arg("pid-file", "pid"),
             arg("log-error", "error.log"),
             format!("--port={port}"),
         ];
+        args.extend(current_user_arg());
         let proc = Proc::new("mariadbd", mariadb_binary("mariadbd"))
-            .args(&["--no-defaults"])
             .args(&args.iter().map(String::as_str).collect::<Vec<_>>())
             .args(&["--bind-address=127.0.0.1", "--skip-log-bin", "--max-connections=500"])
-            .args(&["--innodb-buffer-pool-size=64M", "--innodb-log-file-size=32M"])
-            .args(&current_user_arg().iter().map(String::as_str).collect::<Vec<_>>())
-            .quiet();
-        let mut db = MariaDb { port, proc, _dir: dir };
-        db.up();
-        db
+            .args(&["--innodb-buffer-pool-size=64M", "--innodb-log-file-size=32M"]);
+        Backing::start(format!("mysql://root@127.0.0.1:{port}"), port, proc, Some(dir))
     }
 
-    /// The server URL without a database (what the kit's topologies take).
+    fn start(url: String, port: u16, proc: Proc, dir: Option<tempfile::TempDir>) -> Backing {
+        let mut server = Backing { url, port, proc: proc.quiet(), _dir: dir };
+        server.up();
+        server
+    }
+
+    /// Its URL.
     pub fn url(&self) -> String {
-        format!("mysql://root@127.0.0.1:{}", self.port)
+        self.url.clone()
     }
 
     fn up(&mut self) {
-        self.proc.start().expect("mariadbd starts");
-        wait_listening(self.port, START).expect("mariadbd listens");
+        let name = self.proc.name.clone();
+        self.proc
+            .start()
+            .unwrap_or_else(|e| panic!("{name} starts: {e:#} (deploy/services.sh installs it)"));
+        wait_listening(self.port, START).expect("the server listens");
     }
 
     /// Kills the server (no clean shutdown: a crash), keeps it down for
-    /// `down`, and starts it again on the same data.
+    /// `down`, and starts it again on the same port (and data).
     pub fn restart(&mut self, down: Duration) {
         self.proc.kill();
         std::thread::sleep(down);
         self.up();
     }
+}
+
+fn mariadb_binary(name: &str) -> PathBuf {
+    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("{name} is installed (deploy/services.sh installs MariaDB)"))
 }
 
 /// MariaDB refuses to run as root unless told to.

@@ -27,7 +27,7 @@ mod backing;
 mod checker;
 mod workload;
 
-use backing::{MariaDb, RedisServer};
+use backing::Backing;
 use checker::{Stored, Verdict};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
@@ -121,8 +121,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 struct Rig {
     cluster: Distributed,
-    redis: RedisServer,
-    mariadb: MariaDb,
+    redis: Backing,
+    mariadb: Backing,
     /// Declared last, so it is released after everything above is down.
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -138,8 +138,8 @@ const NO_LIMITS: [(&str, &str); 4] = [
 
 async fn rig() -> Rig {
     let turn = ONE_AT_A_TIME.lock().await;
-    let redis = RedisServer::start();
-    let mariadb = MariaDb::start();
+    let redis = Backing::redis();
+    let mariadb = Backing::mariadb();
     let grace = GRACE_SECS.to_string();
     // gw-1 checks tokens itself, gw-2 asks the auth service.
     let options = Options {
@@ -274,19 +274,14 @@ async fn population(c: &Api, s: &Scale) -> (Vec<Participant>, HashMap<u64, Vec<u
     let mut people = Vec::new();
     for i in 0..s.users {
         let u = c.register(&format!("f{}{i}", &tag[tag.len() - 8..])).await.unwrap();
-        people.push(Participant {
-            id: u.id,
-            token: u.token,
-            groups: Vec::new(),
-            contacts: Vec::new(),
-        });
+        people.push(Participant { user: u, groups: Vec::new(), contacts: Vec::new() });
     }
     // Each user's contacts: the next few users round the ring, so every
     // 1:1 conversation has traffic both ways.
     let n = people.len();
     for i in 0..n {
-        let contacts = (1..=CONTACTS.min(n - 1)).map(|k| people[(i + k) % n].id);
-        let before = (1..=CONTACTS.min(n - 1)).map(|k| people[(i + n - k) % n].id);
+        let contacts = (1..=CONTACTS.min(n - 1)).map(|k| people[(i + k) % n].user.id);
+        let before = (1..=CONTACTS.min(n - 1)).map(|k| people[(i + n - k) % n].user.id);
         people[i].contacts = contacts.chain(before).collect();
     }
     let mut groups = HashMap::new();
@@ -294,13 +289,12 @@ async fn population(c: &Api, s: &Scale) -> (Vec<Participant>, HashMap<u64, Vec<u
         let members: Vec<usize> =
             (0..s.group_size).map(|k| (g * s.users / s.groups + k) % s.users).collect();
         let owner = &people[members[0]];
-        let ids: Vec<u64> = members[1..].iter().map(|&m| people[m].id).collect();
-        let owner = tern_testkit::api::User { id: owner.id, token: owner.token.clone() };
-        let group = c.group(&owner, &format!("g{g}"), &ids).await.unwrap();
+        let ids: Vec<u64> = members[1..].iter().map(|&m| people[m].user.id).collect();
+        let group = c.group(&owner.user, &format!("g{g}"), &ids).await.unwrap();
         for &m in &members {
             people[m].groups.push(group);
         }
-        groups.insert(group, members.iter().map(|&m| people[m].id).collect());
+        groups.insert(group, members.iter().map(|&m| people[m].user.id).collect());
     }
     (people, groups)
 }
@@ -316,7 +310,8 @@ async fn storage(
     logs: &[UserLog],
     people: &[Participant],
 ) -> HashMap<String, Vec<Stored>> {
-    let tokens: HashMap<u64, &str> = people.iter().map(|p| (p.id, p.token.as_str())).collect();
+    let tokens: HashMap<u64, &str> =
+        people.iter().map(|p| (p.user.id, p.user.token.as_str())).collect();
     // Each conversation, a member to read it as, and whether it must exist.
     let mut conversations: HashMap<String, (u64, bool)> = HashMap::new();
     for log in logs {
@@ -420,7 +415,8 @@ async fn run(label: &str, mut stage: Stage, load: Load, faults: &[Fault]) -> Ver
     // (by a message service still working off calls the gateway stopped
     // waiting for), so storage is read before and after each resync, and
     // everyone resyncs again until it holds still.
-    let tokens: HashMap<u64, String> = people.iter().map(|p| (p.id, p.token.clone())).collect();
+    let tokens: HashMap<u64, String> =
+        people.iter().map(|p| (p.user.id, p.user.token.clone())).collect();
     let first = count(&storage(&api, &logs, &people).await);
     let (mut before, mut rounds) = (first, 0);
     let stored = loop {
@@ -532,6 +528,20 @@ async fn assert_clean(label: &str, faults: &[Fault]) -> Option<Verdict> {
     Some(assert_run_clean(label, Stage::Cluster(Box::new(rig().await)), Load::Paced, faults).await)
 }
 
+/// Runs `fault` at full load (on the embedded server for
+/// [`Fault::KillEmbedded`], else on the cluster) and asserts the history
+/// is clean; `None` when skipped.
+async fn assert_clean_at_full_load(label: &str, fault: Fault) -> Option<Verdict> {
+    if skipped() {
+        return None;
+    }
+    let stage = match fault {
+        Fault::KillEmbedded => Stage::Embedded(Box::new(embedded().await)),
+        _ => Stage::Cluster(Box::new(rig().await)),
+    };
+    Some(assert_run_clean(label, stage, Load::Full, &[fault]).await)
+}
+
 /// Runs `faults` on `stage` under `load` and asserts the history is clean.
 async fn assert_run_clean(label: &str, stage: Stage, load: Load, faults: &[Fault]) -> Verdict {
     let v = run(label, stage, load, faults).await;
@@ -599,15 +609,12 @@ async fn every_fault_in_one_run() {
 /// retry them (same `client_msg_id`) once the service is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_the_message_service_at_full_load() {
-    if skipped() {
-        return;
-    }
     let label = "SIGKILL message service, full load";
-    let stage = Stage::Cluster(Box::new(rig().await));
-    let v = assert_run_clean(label, stage, Load::Full, &[Fault::KillMessageService]).await;
-    // The kill hit sends in flight: they were answered with a retryable
-    // error (not left hanging) and retried into storage.
-    assert!(v.errors.get("unavailable").is_some_and(|n| *n > 0), "{label}: {v}");
+    if let Some(v) = assert_clean_at_full_load(label, Fault::KillMessageService).await {
+        // The kill hit sends in flight: they were answered with a retryable
+        // error (not left hanging) and retried into storage.
+        assert!(v.errors.get("unavailable").is_some_and(|n| *n > 0), "{label}: {v}");
+    }
 }
 
 /// Full load through a crash of the embedded server: the SIGKILL drops
@@ -618,15 +625,12 @@ async fn sigkill_the_message_service_at_full_load() {
 /// message after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_and_restart_embedded_tern_at_full_load() {
-    if skipped() {
-        return;
-    }
     let label = "SIGKILL embedded tern, full load";
-    let stage = Stage::Embedded(Box::new(embedded().await));
-    let v = assert_run_clean(label, stage, Load::Full, &[Fault::KillEmbedded]).await;
-    // Every client lost its session with sends unanswered, and came back.
-    assert!(v.closes.contains_key(&1006) && !v.reconnects.is_empty(), "{label}: {v}");
-    assert!(v.resent > 0, "{label}: no send was in flight at the kill: {v}");
+    if let Some(v) = assert_clean_at_full_load(label, Fault::KillEmbedded).await {
+        // Every client lost its session with sends unanswered, and came back.
+        assert!(v.closes.contains_key(&1006) && !v.reconnects.is_empty(), "{label}: {v}");
+        assert!(v.resent > 0, "{label}: no send was in flight at the kill: {v}");
+    }
 }
 
 /// The checker itself catches each kind of violation: a history with one
