@@ -104,8 +104,9 @@ impl Databases {
         database: Database,
         server_url: Option<String>,
     ) -> anyhow::Result<Option<Databases>> {
-        let Some(base_url) = server_url.or_else(|| database.default_url()) else {
-            return Ok(None);
+        let base_url = match database {
+            Database::Sqlite => return Ok(None),
+            _ => server_url.or_else(|| database.default_url()).unwrap_or_default(),
         };
         // PostgreSQL has the `test` database; MariaDB always has `mysql`.
         let admin_db = if database == Database::Postgres { "test" } else { "mysql" };
