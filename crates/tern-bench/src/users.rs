@@ -3,17 +3,11 @@
 //! Scenarios leave users clean: whatever they receive, they acknowledge.
 
 use crate::topology::{Kind, Topology};
-use anyhow::{Context, bail};
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use serde_json::{Value, json};
+use tern_testkit::api::Api;
 
-/// One account.
-#[derive(Debug, Clone)]
-pub struct User {
-    pub id: u64,
-    pub token: String,
-}
+pub use tern_testkit::api::User;
 
 /// Every account made in this run for one topology.
 pub struct Pool {
@@ -52,35 +46,8 @@ impl Pool {
             let id = i as u64 + 1;
             return Ok(User { id, token: id.to_string() });
         }
-        let base = topo.http_url(i);
-        let creds =
-            json!({ "username": format!("b{}u{i}", self.tag), "password": "bench-password" });
-        let (status, body) = self.post(&format!("{base}/api/register"), None, &creds).await?;
-        if status != 201 {
-            bail!("register answered {status}: {body}");
-        }
-        let (status, body) = self.post(&format!("{base}/api/login"), None, &creds).await?;
-        if status != 200 {
-            bail!("login answered {status}: {body}");
-        }
-        Ok(User {
-            id: body["user_id"].as_u64().context("user_id")?,
-            token: body["token"].as_str().context("token")?.to_string(),
-        })
-    }
-
-    async fn post(
-        &self,
-        url: &str,
-        token: Option<&str>,
-        body: &Value,
-    ) -> anyhow::Result<(u16, Value)> {
-        let mut req = self.http.post(url).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await?;
-        Ok((r.status().as_u16(), r.json().await.unwrap_or(Value::Null)))
+        let api = Api::with_client(topo.http_url(i), self.http.clone());
+        api.register(&format!("b{}u{i}", self.tag)).await
     }
 
     /// Creates a group owned by `owner` with `members`; returns its id.
@@ -91,12 +58,6 @@ impl Pool {
         members: &[User],
     ) -> anyhow::Result<u64> {
         let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
-        let url = format!("{}/api/groups", topo.http_url(0));
-        let body = json!({ "name": "bench", "member_ids": ids });
-        let (status, body) = self.post(&url, Some(&owner.token), &body).await?;
-        if status != 201 {
-            bail!("group creation answered {status}: {body}");
-        }
-        body["group_id"].as_u64().context("group_id")
+        Api::with_client(topo.http_url(0), self.http.clone()).group(owner, "bench", &ids).await
     }
 }

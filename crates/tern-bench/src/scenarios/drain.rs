@@ -105,16 +105,7 @@ async fn drain(ctx: &Ctx<'_>, receivers: &[User], each: u64) -> anyhow::Result<(
             let mut session = client::Session::open(url).await?;
             drop(permit);
             let mut stream = Stream::default();
-            while stream.checks.delivered < each {
-                let next = session.next(QUIET).await?;
-                stream.reconnected(session.reconnects);
-                let Some(f) = next else { break };
-                let (SINGLE, Some(p)) = (f.kind, f.content) else { continue };
-                if stream.see(p.i, f.seq) {
-                    bar.inc(1);
-                }
-                session.shown(f.conversation_id, f.seq);
-            }
+            stream.receive(&mut session, SINGLE, each, QUIET, |_| bar.inc(1)).await?;
             let done = client::now_us();
             session.ack_shown().await?;
             anyhow::Ok((stream.finish(each), done, session))

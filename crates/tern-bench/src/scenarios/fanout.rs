@@ -49,16 +49,10 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
                     barrier.wait().await;
                     let mut session = ok?;
                     let mut stream = Stream::default();
-                    while stream.checks.delivered < k {
-                        let next = session.next(QUIET).await?;
-                        stream.reconnected(session.reconnects);
-                        let Some(f) = next else { break };
-                        let (GROUP, Some(p)) = (f.kind, f.content) else { continue };
-                        if stream.see(p.i, f.seq) {
-                            last_at[p.i as usize].fetch_max(client::now_us(), Relaxed);
-                        }
-                        session.shown(f.conversation_id, f.seq);
-                    }
+                    let at = |p: client::Payload| {
+                        last_at[p.i as usize].fetch_max(client::now_us(), Relaxed);
+                    };
+                    stream.receive(&mut session, GROUP, k, QUIET, at).await?;
                     session.close().await;
                     anyhow::Ok(stream.finish(k))
                 }

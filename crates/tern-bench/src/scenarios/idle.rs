@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
     let s = ctx.scale;
-    let fronts = ctx.topo.front.len();
+    let fronts = ctx.topo.front().len();
     let total = s.idle_per_process * fronts;
     let users = ctx.pool.get(ctx.topo, total).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -22,7 +22,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
     // share so every worker spreads over every front.
     let workers = total.div_ceil(s.idle_per_worker.max(1)).max(1);
     let per_worker = total.div_ceil(workers);
-    let exe = crate::procs::bin("tern-bench")?;
+    let exe = crate::procs::tool()?;
     let mut children = Vec::new();
     for w in 0..workers {
         let share: Vec<String> = (w * per_worker..((w + 1) * per_worker).min(total))
@@ -82,7 +82,7 @@ pub async fn run(ctx: &mut Ctx<'_>) -> anyhow::Result<Vec<Outcome>> {
     let mut out = Vec::new();
     let mut total_delta = 0.0;
     let per_front = total as f64 / fronts as f64;
-    for (i, p) in ctx.topo.front.iter().enumerate() {
+    for (i, p) in ctx.topo.front().into_iter().enumerate() {
         let delta = after[i].rss_bytes as f64 - before[i].rss_bytes as f64;
         total_delta += delta;
         let cpu = cpu1[i].1.cpu_secs - cpu0[i].1.cpu_secs;

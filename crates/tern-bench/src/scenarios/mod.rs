@@ -130,7 +130,9 @@ impl CpuMeter {
         let start = topo
             .pids()
             .into_iter()
-            .map(|(name, pid, tern)| (name, pid, tern, crate::procs::Sample::of(pid).cpu_secs))
+            .map(|(name, pid, tern)| {
+                (name, pid, tern, tern_testkit::procs::Sample::of(pid).cpu_secs)
+            })
             .collect();
         CpuMeter { start, t0: std::time::Instant::now() }
     }
@@ -143,7 +145,7 @@ impl CpuMeter {
         let mut by_name = std::collections::BTreeMap::new();
         for (name, pid, tern, before) in self.start {
             // A process that has exited since reads as 0: count nothing.
-            let used = (crate::procs::Sample::of(pid).cpu_secs - before).max(0.0);
+            let used = (tern_testkit::procs::Sample::of(pid).cpu_secs - before).max(0.0);
             *by_name.entry(name).or_insert(0.0) += used;
             if tern {
                 ours += used;
@@ -183,6 +185,30 @@ impl Stream {
             self.checks.reconnects = n;
             self.replaying = true;
         }
+    }
+
+    /// Reads `session` until `expected` messages of type `kind` arrived
+    /// (or it fell silent for `wait`), showing each; `new` gets the payload
+    /// of each message seen for the first time.
+    pub async fn receive(
+        &mut self,
+        session: &mut crate::client::Session,
+        kind: i64,
+        expected: u64,
+        wait: std::time::Duration,
+        mut new: impl FnMut(crate::client::Payload),
+    ) -> anyhow::Result<()> {
+        while self.checks.delivered < expected {
+            let next = session.next(wait).await?;
+            self.reconnected(session.reconnects);
+            let Some(f) = next else { break };
+            let Some(p) = f.content.filter(|_| f.kind == kind) else { continue };
+            if self.see(p.i, f.seq) {
+                new(p);
+            }
+            session.shown(f.conversation_id, f.seq);
+        }
+        Ok(())
     }
 
     /// Notes message `i` with `seq`; `true` when it is new.

@@ -48,7 +48,6 @@ async fn small_window_client(s: &Server, user: &User) -> Client {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
     let stream = socket.connect(([127, 0, 0, 1], s.port).into()).await.unwrap();
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
     let (ws, _) = tokio_tungstenite::client_async(s.ws_url(&user.token), stream).await.unwrap();
     let mut client = Client::over(ws);
     client.send(json!({ "type": 99 })).await;

@@ -14,6 +14,7 @@ use tern_proto::pb::{
         send_request::Target, typing_request::Target as TypingTarget,
     },
 };
+use tern_testkit::topology::Service;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -197,8 +198,7 @@ async fn a_logout_on_one_gateway_revokes_the_token_on_every_gateway() {
                 gateway + 1
             );
         }
-        let url = format!("ws://127.0.0.1:{}/ws?token={}", c.gateway_ports[gateway], a.token);
-        assert!(tokio_tungstenite::connect_async(url).await.is_err());
+        assert!(tokio_tungstenite::connect_async(c.ws_url(gateway, &a.token)).await.is_err());
     }
     // A new login works on both at once.
     let again = c.user_login(1, "a").await;
@@ -228,7 +228,7 @@ async fn messages_for_users_of_a_killed_gateway_wait_for_them() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    c.gateways[1].signal("KILL", true);
+    c.gateways[1].kill();
     // Sent while b's presence still names the dead node: stored and acked.
     for (i, text) in ["during 1", "during 2"].iter().enumerate() {
         let ack = ca.send_to(b.id, text, &format!("d{i}")).await;
@@ -254,7 +254,7 @@ async fn a_backend_drives_the_services_directly() {
     let mut ca = c.connect(0, &a).await;
     let mut cb = c.connect(1, &b).await;
     let mut groups = GroupServiceClient::with_interceptor(
-        common::channel(&c.grpc_url(1)).await,
+        common::channel(&c.grpc_url(Service::Group)).await,
         common::with_token,
     );
     let group = groups
@@ -267,7 +267,7 @@ async fn a_backend_drives_the_services_directly() {
         .unwrap()
         .into_inner();
     let mut messages = MessageServiceClient::with_interceptor(
-        common::channel(&c.grpc_url(2)).await,
+        common::channel(&c.grpc_url(Service::Message)).await,
         common::with_token,
     );
     messages
@@ -371,15 +371,18 @@ async fn a_backend_drives_the_services_directly() {
 #[tokio::test]
 async fn services_report_draining_and_gateways_report_missing_dependencies() {
     let mut c = Cluster::start(1).await;
-    let channel =
-        tonic::transport::Channel::from_shared(c.grpc_url(2)).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(c.grpc_url(Service::Message))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = HealthClient::new(channel);
     let check = HealthCheckRequest { service: "tern.message.v1.MessageService".into() };
     let status = health.check(check.clone()).await.unwrap().into_inner().status;
     assert_eq!(status, ServingStatus::Serving as i32);
 
     // SIGTERM: NOT_SERVING while it drains (2 s here), then it exits.
-    c.message.signal("TERM", false);
+    c.message.signal("TERM", false).unwrap();
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let status = health.check(check.clone()).await.unwrap().into_inner().status;
@@ -415,7 +418,7 @@ async fn attachments_go_straight_to_s3_and_any_gateway_hands_them_out() {
 
     // An internal backend starts the upload over gRPC; the URL is the store's.
     let mut messages = MessageServiceClient::with_interceptor(
-        common::channel(&c.grpc_url(2)).await,
+        common::channel(&c.grpc_url(Service::Message)).await,
         common::with_token,
     );
     let created = messages

@@ -60,7 +60,7 @@ fn every_binary_reads_the_settings_committed_in_deploy() {
     let binaries =
         ["tern", "tern-auth", "tern-group", "tern-message", "tern-offline", "tern-gateway"];
     for name in binaries {
-        let out = std::process::Command::new(common::cluster::bin(name))
+        let out = std::process::Command::new(tern_testkit::procs::bin(name).unwrap())
             .arg("--print-settings")
             .env("TERN__SERVICE_TOKEN", "not printed")
             .output()

@@ -1,10 +1,9 @@
 //! Tern's integration tests against the real binaries over real sockets,
-//! as one test binary: the shared kit in `tests/common/` compiles and links
-//! once for all of them. Only the fault runs (`tests/faults.rs`) are a
-//! binary of their own, because they restart the shared Redis and MariaDB
-//! that tests running beside them here would use.
+//! as one test binary, so what they share (`common/`, on top of the
+//! `tern-testkit` crate) compiles and links once for all of them. Only the
+//! fault runs (`tests/faults/`) are a binary of their own: each starts a
+//! whole cluster with its own Redis and MariaDB, one at a time.
 
-#[path = "../common/mod.rs"]
 mod common;
 
 mod attachments;

@@ -3,7 +3,7 @@
 //! a private MariaDB, drives a mixed 1:1 and group workload from many
 //! reconnecting clients, breaks one thing on purpose (or all of them in
 //! turn), lets every member resync from its cursors, and then checks the
-//! whole history with the total-queue checker (`common/checker.rs`).
+//! whole history with the total-queue checker (`checker.rs`).
 //!
 //! Two runs put the server at full load instead: half as many clients,
 //! each keeping a window of sends in flight (`TERN_FAULTS_WINDOW`, 16) as
@@ -23,16 +23,13 @@
 //!
 //! Every run appends its row to `target/faults-report.md`.
 
-mod common;
+mod backing;
+mod checker;
+mod workload;
 
-use common::{
-    Server, User,
-    backing::{MariaDb, RedisServer},
-    checker::{self, Stored, Verdict},
-    cluster::Cluster,
-    workload::{self, Attempt, Delivery, FullLoad, Outcome, Participant, Shape, Target, UserLog},
-};
-use futures::StreamExt;
+use backing::Backing;
+use checker::{Stored, Verdict};
+use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use std::{
     collections::HashMap,
@@ -40,6 +37,12 @@ use std::{
     sync::{Arc, atomic::AtomicBool},
     time::{Duration, Instant},
 };
+use tern_testkit::{
+    api::Api,
+    client,
+    topology::{Database, Distributed, Embedded, Options},
+};
+use workload::{Attempt, Delivery, FullLoad, Outcome, Participant, Shape, Target, UserLog};
 
 /// Something the run breaks on purpose.
 #[derive(Clone, Copy, Debug)]
@@ -117,9 +120,9 @@ const GRACE_SECS: u64 = 4;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 struct Rig {
-    cluster: Cluster,
-    redis: RedisServer,
-    mariadb: MariaDb,
+    cluster: Distributed,
+    redis: Backing,
+    mariadb: Backing,
     /// Declared last, so it is released after everything above is down.
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -135,40 +138,57 @@ const NO_LIMITS: [(&str, &str); 4] = [
 
 async fn rig() -> Rig {
     let turn = ONE_AT_A_TIME.lock().await;
-    let redis = RedisServer::start();
-    let mariadb = MariaDb::start();
+    let redis = Backing::redis();
+    let mariadb = Backing::mariadb();
     let grace = GRACE_SECS.to_string();
-    let mut extra = vec![("TERN__GATEWAY__SHUTDOWN_GRACE_SECS", grace.as_str())];
-    extra.extend(NO_LIMITS);
-    let cluster = Cluster::start_on(2, &extra, Some(redis.url()), Some(mariadb.url())).await;
+    // gw-1 checks tokens itself, gw-2 asks the auth service.
+    let options = Options {
+        database: Database::Mariadb,
+        database_url: Some(mariadb.url()),
+        redis_url: Some(redis.url()),
+        gateways: 2,
+        all_gateways_check_tokens: false,
+        drain_secs: 2,
+        ready_within: Duration::from_secs(30),
+        ..Options::default()
+    }
+    .with_env(&[("TERN__GATEWAY__SHUTDOWN_GRACE_SECS", grace.as_str())])
+    .with_env(&NO_LIMITS);
+    let cluster = Distributed::start(&options).await.expect("cluster starts");
     Rig { cluster, redis, mariadb, _turn: turn }
 }
 
 /// The embedded `tern` (one process, SQLite in its data folder).
-struct Embedded {
-    server: Server,
+struct OneProcess {
+    server: Embedded,
     /// Declared last, so it is released after the server is down.
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
-async fn embedded() -> Embedded {
+async fn embedded() -> OneProcess {
     let turn = ONE_AT_A_TIME.lock().await;
-    let server = Server::start_with(&NO_LIMITS).await;
-    Embedded { server, _turn: turn }
+    let options = Options {
+        ready_path: "/health",
+        ready_within: Duration::from_secs(10),
+        ..Options::default()
+    }
+    .with_env(&NO_LIMITS);
+    let server = Embedded::start(&options).await.expect("tern starts");
+    OneProcess { server, _turn: turn }
 }
 
 /// What a run loads and breaks.
 enum Stage {
     Cluster(Box<Rig>),
-    Embedded(Embedded),
+    Embedded(Box<OneProcess>),
 }
 
 impl Stage {
     /// The HTTP API (the cluster's first gateway).
     fn api(&self) -> Api {
         match self {
-            Stage::Cluster(rig) => Api::new(rig.cluster.url(0, "")),
-            Stage::Embedded(e) => Api::new(e.server.url("")),
+            Stage::Cluster(rig) => rig.cluster.api(0),
+            Stage::Embedded(e) => e.server.api(),
         }
     }
 
@@ -186,47 +206,10 @@ impl Stage {
             Stage::Embedded(e) => {
                 assert!(matches!(fault, Fault::KillEmbedded), "{fault:?} on the embedded server");
                 let started = Instant::now();
-                e.server.crash_and_restart(Duration::from_secs(1)).await;
+                e.server.crash_and_restart(Duration::from_secs(1)).await.expect("tern restarts");
                 Some(format!("SIGKILL → healthy again in {} ms", started.elapsed().as_millis()))
             }
         }
-    }
-}
-
-/// The HTTP API of one gateway node (or of the embedded server).
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(base: String) -> Api {
-        Api { base, http: reqwest::Client::new() }
-    }
-
-    async fn post(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        body: serde_json::Value,
-    ) -> (u16, serde_json::Value) {
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or_default())
-    }
-
-    async fn get_as(&self, path: &str, token: &str) -> (u16, serde_json::Value) {
-        let r =
-            self.http.get(format!("{}{path}", self.base)).bearer_auth(token).send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or_default())
-    }
-
-    /// Registers and logs in.
-    async fn user(&self, name: &str) -> User {
-        common::register(name, async |path, body| self.post(path, None, body).await).await
     }
 }
 
@@ -237,23 +220,23 @@ impl Rig {
         let c = &mut self.cluster;
         match fault {
             Fault::KillGateway => {
-                c.gateways[0].signal("KILL", true);
+                c.gateways[0].kill();
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                c.gateways[0].start();
-                c.wait_ready(0).await;
+                c.gateways[0].start().unwrap();
+                c.wait_ready(0).await.unwrap();
                 None
             }
             Fault::KillMessageService => {
-                c.message.signal("KILL", true);
+                c.message.kill();
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                c.message.start();
-                c.wait_ready(0).await;
+                c.message.start().unwrap();
+                c.wait_ready(0).await.unwrap();
                 None
             }
             Fault::RestartRedis => {
                 let redis = &mut self.redis;
                 tokio::task::block_in_place(|| redis.restart(Duration::from_secs(1)));
-                c.wait_ready(0).await;
+                c.wait_ready(0).await.unwrap();
                 None
             }
             Fault::RestartMariaDb => {
@@ -261,20 +244,20 @@ impl Rig {
                 // Down longer than the pools' 2 s acquire timeout, so sends
                 // fail (retryably) rather than just wait.
                 tokio::task::block_in_place(|| mariadb.restart(Duration::from_secs(4)));
-                c.wait_ready(0).await;
+                c.wait_ready(0).await.unwrap();
                 None
             }
             Fault::KillEmbedded => unreachable!("the cluster has no embedded server"),
             Fault::TermGateway => {
                 let started = Instant::now();
-                c.gateways[1].signal("TERM", true);
+                c.gateways[1].signal("TERM", true).unwrap();
                 let took = started.elapsed();
                 assert!(
                     took < Duration::from_secs(GRACE_SECS + 3),
                     "gateway took {took:?} to exit after SIGTERM (grace {GRACE_SECS} s)"
                 );
-                c.gateways[1].start();
-                c.wait_ready(1).await;
+                c.gateways[1].start().unwrap();
+                c.wait_ready(1).await.unwrap();
                 Some(format!("SIGTERM → exit in {} ms", took.as_millis()))
             }
         }
@@ -290,20 +273,15 @@ async fn population(c: &Api, s: &Scale) -> (Vec<Participant>, HashMap<u64, Vec<u
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let mut people = Vec::new();
     for i in 0..s.users {
-        let u = c.user(&format!("f{}{i}", &tag[tag.len() - 8..])).await;
-        people.push(Participant {
-            id: u.id,
-            token: u.token,
-            groups: Vec::new(),
-            contacts: Vec::new(),
-        });
+        let u = c.register(&format!("f{}{i}", &tag[tag.len() - 8..])).await.unwrap();
+        people.push(Participant { user: u, groups: Vec::new(), contacts: Vec::new() });
     }
     // Each user's contacts: the next few users round the ring, so every
     // 1:1 conversation has traffic both ways.
     let n = people.len();
     for i in 0..n {
-        let contacts = (1..=CONTACTS.min(n - 1)).map(|k| people[(i + k) % n].id);
-        let before = (1..=CONTACTS.min(n - 1)).map(|k| people[(i + n - k) % n].id);
+        let contacts = (1..=CONTACTS.min(n - 1)).map(|k| people[(i + k) % n].user.id);
+        let before = (1..=CONTACTS.min(n - 1)).map(|k| people[(i + n - k) % n].user.id);
         people[i].contacts = contacts.chain(before).collect();
     }
     let mut groups = HashMap::new();
@@ -311,20 +289,12 @@ async fn population(c: &Api, s: &Scale) -> (Vec<Participant>, HashMap<u64, Vec<u
         let members: Vec<usize> =
             (0..s.group_size).map(|k| (g * s.users / s.groups + k) % s.users).collect();
         let owner = &people[members[0]];
-        let ids: Vec<u64> = members[1..].iter().map(|&m| people[m].id).collect();
-        let (status, body) = c
-            .post(
-                "/api/groups",
-                Some(&owner.token),
-                json!({ "name": format!("g{g}"), "member_ids": ids }),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        let group = body["group_id"].as_u64().unwrap();
+        let ids: Vec<u64> = members[1..].iter().map(|&m| people[m].user.id).collect();
+        let group = c.group(&owner.user, &format!("g{g}"), &ids).await.unwrap();
         for &m in &members {
             people[m].groups.push(group);
         }
-        groups.insert(group, members.iter().map(|&m| people[m].id).collect());
+        groups.insert(group, members.iter().map(|&m| people[m].user.id).collect());
     }
     (people, groups)
 }
@@ -340,7 +310,8 @@ async fn storage(
     logs: &[UserLog],
     people: &[Participant],
 ) -> HashMap<String, Vec<Stored>> {
-    let tokens: HashMap<u64, &str> = people.iter().map(|p| (p.id, p.token.as_str())).collect();
+    let tokens: HashMap<u64, &str> =
+        people.iter().map(|p| (p.user.id, p.user.token.as_str())).collect();
     // Each conversation, a member to read it as, and whether it must exist.
     let mut conversations: HashMap<String, (u64, bool)> = HashMap::new();
     for log in logs {
@@ -361,7 +332,7 @@ async fn storage(
             let after = messages.last().map(|m| m.seq).unwrap_or(0);
             let path =
                 format!("/api/conversations/{conversation}/messages?after_seq={after}&limit=200");
-            let (status, body) = c.get_as(&path, tokens[&reader]).await;
+            let (status, body) = c.get(&path, Some(tokens[&reader])).await.unwrap();
             if status == 403 && !exists && conversation.starts_with("dm:") {
                 break;
             }
@@ -444,7 +415,8 @@ async fn run(label: &str, mut stage: Stage, load: Load, faults: &[Fault]) -> Ver
     // (by a message service still working off calls the gateway stopped
     // waiting for), so storage is read before and after each resync, and
     // everyone resyncs again until it holds still.
-    let tokens: HashMap<u64, String> = people.iter().map(|p| (p.id, p.token.clone())).collect();
+    let tokens: HashMap<u64, String> =
+        people.iter().map(|p| (p.user.id, p.user.token.clone())).collect();
     let first = count(&storage(&api, &logs, &people).await);
     let (mut before, mut rounds) = (first, 0);
     let stored = loop {
@@ -556,6 +528,20 @@ async fn assert_clean(label: &str, faults: &[Fault]) -> Option<Verdict> {
     Some(assert_run_clean(label, Stage::Cluster(Box::new(rig().await)), Load::Paced, faults).await)
 }
 
+/// Runs `fault` at full load (on the embedded server for
+/// [`Fault::KillEmbedded`], else on the cluster) and asserts the history
+/// is clean; `None` when skipped.
+async fn assert_clean_at_full_load(label: &str, fault: Fault) -> Option<Verdict> {
+    if skipped() {
+        return None;
+    }
+    let stage = match fault {
+        Fault::KillEmbedded => Stage::Embedded(Box::new(embedded().await)),
+        _ => Stage::Cluster(Box::new(rig().await)),
+    };
+    Some(assert_run_clean(label, stage, Load::Full, &[fault]).await)
+}
+
 /// Runs `faults` on `stage` under `load` and asserts the history is clean.
 async fn assert_run_clean(label: &str, stage: Stage, load: Load, faults: &[Fault]) -> Verdict {
     let v = run(label, stage, load, faults).await;
@@ -623,15 +609,12 @@ async fn every_fault_in_one_run() {
 /// retry them (same `client_msg_id`) once the service is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_the_message_service_at_full_load() {
-    if skipped() {
-        return;
-    }
     let label = "SIGKILL message service, full load";
-    let stage = Stage::Cluster(Box::new(rig().await));
-    let v = assert_run_clean(label, stage, Load::Full, &[Fault::KillMessageService]).await;
-    // The kill hit sends in flight: they were answered with a retryable
-    // error (not left hanging) and retried into storage.
-    assert!(v.errors.get("unavailable").is_some_and(|n| *n > 0), "{label}: {v}");
+    if let Some(v) = assert_clean_at_full_load(label, Fault::KillMessageService).await {
+        // The kill hit sends in flight: they were answered with a retryable
+        // error (not left hanging) and retried into storage.
+        assert!(v.errors.get("unavailable").is_some_and(|n| *n > 0), "{label}: {v}");
+    }
 }
 
 /// Full load through a crash of the embedded server: the SIGKILL drops
@@ -642,15 +625,12 @@ async fn sigkill_the_message_service_at_full_load() {
 /// message after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_and_restart_embedded_tern_at_full_load() {
-    if skipped() {
-        return;
-    }
     let label = "SIGKILL embedded tern, full load";
-    let stage = Stage::Embedded(embedded().await);
-    let v = assert_run_clean(label, stage, Load::Full, &[Fault::KillEmbedded]).await;
-    // Every client lost its session with sends unanswered, and came back.
-    assert!(v.closes.contains_key(&1006) && !v.reconnects.is_empty(), "{label}: {v}");
-    assert!(v.resent > 0, "{label}: no send was in flight at the kill: {v}");
+    if let Some(v) = assert_clean_at_full_load(label, Fault::KillEmbedded).await {
+        // Every client lost its session with sends unanswered, and came back.
+        assert!(v.closes.contains_key(&1006) && !v.reconnects.is_empty(), "{label}: {v}");
+        assert!(v.resent > 0, "{label}: no send was in flight at the kill: {v}");
+    }
 }
 
 /// The checker itself catches each kind of violation: a history with one
@@ -669,12 +649,11 @@ fn the_checker_flags_every_kind_of_violation() {
         conversation_id: "dm:1:2".into(),
         seq,
     };
-    let delivery = |m: &str, seq: u64, attempt: &str| Delivery {
+    let delivery = |m: &str, seq: u64| Delivery {
         message_id: m.into(),
         conversation_id: "dm:1:2".into(),
         seq,
         from: 1,
-        attempt: attempt.into(),
     };
     let sender = UserLog {
         user: 1,
@@ -693,10 +672,10 @@ fn the_checker_flags_every_kind_of_violation() {
     let receiver = UserLog {
         user: 2,
         deliveries: vec![
-            delivery("m2", 2, "a2"),
-            delivery("m1", 1, "a1"),
-            delivery("m1", 1, "a1"),
-            delivery("m-ghost", 7, "nobody"),
+            delivery("m2", 2),
+            delivery("m1", 1),
+            delivery("m1", 1),
+            delivery("m-ghost", 7),
         ],
         ..UserLog::default()
     };
@@ -722,7 +701,7 @@ fn the_checker_flags_every_kind_of_violation() {
     let second = UserLog {
         user: 1,
         device: "second".into(),
-        deliveries: vec![delivery("m1", 1, "a1"), delivery("m3", 3, "a2")],
+        deliveries: vec![delivery("m1", 1), delivery("m3", 3)],
         ..UserLog::default()
     };
     let v = checker::check(&[sender, receiver, second], &storage, &HashMap::new());
@@ -750,11 +729,12 @@ async fn live_pushes_resume_after_redis_loses_presence() {
         return;
     }
     let mut rig = rig().await;
-    let (alice, bob) = (rig.cluster.user("alice").await, rig.cluster.user("bob").await);
-    let mut a = rig.cluster.connect(0, &alice).await;
-    let mut b = rig.cluster.connect(1, &bob).await;
+    let api = rig.cluster.api(0);
+    let (alice, bob) = (api.register("alice").await.unwrap(), api.register("bob").await.unwrap());
+    let mut a = session(&rig.cluster, 0, &alice.token).await;
+    let mut b = session(&rig.cluster, 1, &bob.token).await;
     rig.inject(Fault::RestartRedis).await;
-    rig.cluster.wait_ready(1).await;
+    rig.cluster.wait_ready(1).await.unwrap();
     // Bob never heartbeats and never reconnects; messages must still reach
     // him live once the nodes are back on Redis. The resync that follows
     // the reconnection delivers what was sent before it, once; only live
@@ -762,18 +742,18 @@ async fn live_pushes_resume_after_redis_loses_presence() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut received, mut in_a_row) = (Vec::new(), 0);
     for i in 0.. {
-        let ack = a.send_to(bob.id, &format!("after restart {i}"), &format!("r{i}")).await;
-        assert_eq!(ack["type"], 30, "{ack}");
+        let text = json!({ "text": format!("after restart {i}") });
+        a.send(client::single(bob.id, &format!("r{i}"), &text)).await.unwrap();
+        let ack = answer(&mut a).await;
+        assert_eq!(ack["type"], client::ACK, "{ack}");
         let sent = ack["seq"].as_u64().unwrap();
         let until = Instant::now() + Duration::from_millis(500);
         while received.last() != Some(&sent) {
-            let Ok(Some(Ok(frame))) =
-                tokio::time::timeout_at(until.into(), futures::StreamExt::next(&mut b.ws)).await
-            else {
+            let client::Read::Text(frame) = client::read(&mut b, until.into()).await else {
                 break;
             };
-            let frame: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
-            assert_eq!(frame["type"], 1, "{frame}");
+            let frame: serde_json::Value = serde_json::from_str(&frame).unwrap();
+            assert_eq!(frame["type"], client::SINGLE, "{frame}");
             received.push(frame["seq"].as_u64().unwrap());
         }
         in_a_row = if received.last() == Some(&sent) { in_a_row + 1 } else { 0 };
@@ -787,4 +767,27 @@ async fn live_pushes_resume_after_redis_loses_presence() {
     }
     // Everything arrived once, in order.
     assert_eq!(received, (1..=received.len() as u64).collect::<Vec<_>>());
+}
+
+/// A session for `token` on gateway `i`, proven up by a heartbeat (the
+/// user has no backlog: its answer is the first frame).
+async fn session(cluster: &Distributed, i: usize, token: &str) -> client::Ws {
+    let mut ws = client::connect(&cluster.ws_url(i, token), None).await.unwrap();
+    ws.send(client::heartbeat()).await.unwrap();
+    assert_eq!(answer(&mut ws).await["type"], client::HEARTBEAT);
+    ws
+}
+
+/// The next frame but presence news, within 10 s.
+async fn answer(ws: &mut client::Ws) -> serde_json::Value {
+    loop {
+        let until = Instant::now() + Duration::from_secs(10);
+        let client::Read::Text(t) = client::read(ws, until.into()).await else {
+            panic!("no answer within 10 s");
+        };
+        let frame: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if frame["type"] != client::PRESENCE {
+            return frame;
+        }
+    }
 }

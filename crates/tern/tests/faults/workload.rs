@@ -9,7 +9,7 @@
 //! of sends in flight as fast as the server answers them and acks every
 //! delivered message as it arrives, like a real client.
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 use std::{
@@ -20,18 +20,17 @@ use std::{
     },
     time::{Duration, Instant},
 };
-use tokio_tungstenite::{
-    MaybeTlsStream, WebSocketStream, connect_async,
-    tungstenite::{Message, protocol::CloseFrame},
+use tern_testkit::{
+    api::User,
+    client::{self, Read, Ws, ws_url},
 };
-
-type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+use tokio_tungstenite::tungstenite::Message;
 
 /// One simulated user.
 #[derive(Clone, Debug)]
 pub struct Participant {
-    pub id: u64,
-    pub token: String,
+    /// The account.
+    pub user: User,
     /// Groups this user belongs to.
     pub groups: Vec<u64>,
     /// The users this one sends 1:1 messages to (real users talk to a
@@ -73,8 +72,6 @@ pub struct Delivery {
     pub conversation_id: String,
     pub seq: u64,
     pub from: u64,
-    /// The attempt id the sender put in the content.
-    pub attempt: String,
 }
 
 /// What one user saw.
@@ -141,24 +138,15 @@ pub async fn run_user(
     shape: Shape,
     stop: Arc<AtomicBool>,
 ) -> UserLog {
-    let sim = Sim {
-        log: UserLog { user: me.id, ..UserLog::default() },
-        rng: StdRng::seed_from_u64(me.id),
-        me,
-        shape,
-        stop,
-        stopped_at: None,
-        counter: 0,
-        pending: None,
-    };
+    let sim = Sim { s: Sender::new(me, stop), shape, pending: None };
     let mut client = Client::Paced(sim);
     reconnect_loop(&mut client, &gateways).await;
     let Client::Paced(mut sim) = client else { unreachable!() };
     if let Some(mut attempt) = sim.pending.take() {
         attempt.outcome = Outcome::Unknown;
-        sim.log.attempts.push(attempt);
+        sim.s.log.attempts.push(attempt);
     }
-    sim.log
+    sim.s.log
 }
 
 enum SessionEnd {
@@ -177,8 +165,8 @@ enum Client {
 impl Client {
     fn parts(&mut self) -> (&Participant, &mut UserLog) {
         match self {
-            Client::Paced(c) => (&c.me, &mut c.log),
-            Client::Full(c) => (&c.me, &mut c.log),
+            Client::Paced(c) => (&c.s.me, &mut c.s.log),
+            Client::Full(c) => (&c.s.me, &mut c.s.log),
             Client::Second(c) => (&c.me, &mut c.log),
         }
     }
@@ -216,7 +204,7 @@ pub async fn run_second_device(
     gateways: Arc<Vec<u16>>,
     stop: Arc<AtomicBool>,
 ) -> UserLog {
-    let log = UserLog { user: me.id, device: "second".into(), ..UserLog::default() };
+    let log = UserLog { user: me.user.id, device: "second".into(), ..UserLog::default() };
     let mut client = Client::Second(SecondDevice { me, stop, log });
     reconnect_loop(&mut client, &gateways).await;
     let Client::Second(device) = client else { unreachable!() };
@@ -255,10 +243,10 @@ impl SecondDevice {
 /// lost connection) until the client is finished; records every close
 /// and how long each reconnect took.
 async fn reconnect_loop(client: &mut Client, gateways: &[u16]) {
-    let mut gateway = client.parts().0.id as usize % gateways.len();
+    let mut gateway = client.parts().0.user.id as usize % gateways.len();
     let mut lost_at: Option<Instant> = None;
     while !client.finished() {
-        let token = client.parts().0.token.clone();
+        let token = client.parts().0.user.token.clone();
         let device = client.parts().1.device.clone();
         let Some(mut ws) = open(gateways[gateway], &token, &device).await else {
             gateway = (gateway + 1) % gateways.len();
@@ -294,51 +282,79 @@ async fn next_frame(
     wake: Instant,
     answer_by: Option<Instant>,
 ) -> Result<Option<Value>, SessionEnd> {
-    match tokio::time::timeout_at(wake.into(), ws.next()).await {
-        Err(_) if answer_by.is_some_and(|by| Instant::now() >= by) => Err(SessionEnd::GaveUp),
-        Ok(Some(Ok(Message::Text(t)))) => Ok(Some(serde_json::from_str(&t).unwrap_or_default())),
-        Ok(Some(Ok(Message::Close(frame)))) => Err(SessionEnd::Lost(
-            frame.map(|CloseFrame { code, .. }| u16::from(code)).unwrap_or(1005),
-        )),
-        Err(_) | Ok(Some(Ok(_))) => Ok(None),
-        Ok(Some(Err(_)) | None) => Err(SessionEnd::Lost(1006)),
+    match client::read(ws, wake.into()).await.into_result() {
+        Ok(None) if answer_by.is_some_and(|by| Instant::now() >= by) => Err(SessionEnd::GaveUp),
+        Ok(text) => Ok(text.map(|t| serde_json::from_str(&t).unwrap_or_default())),
+        Err(closed) => Err(SessionEnd::Lost(closed.code)),
     }
 }
 
 /// Opens a session; the backlog then arrives on it like live traffic.
 async fn open(port: u16, token: &str, device: &str) -> Option<Ws> {
-    let mut url = format!("ws://127.0.0.1:{port}/ws?token={token}");
-    if !device.is_empty() {
-        url.push_str("&device=");
-        url.push_str(device);
-    }
-    let (ws, _) =
-        tokio::time::timeout(Duration::from_secs(5), connect_async(url)).await.ok()?.ok()?;
-    Some(ws)
+    let url = ws_url(port, token, Some(device).filter(|d| !d.is_empty()));
+    tokio::time::timeout(Duration::from_secs(5), client::connect(&url, None)).await.ok()?.ok()
 }
 
 /// One simulated user's state across sessions.
 struct Sim {
-    me: Participant,
+    s: Sender,
     shape: Shape,
+    /// The send in flight; survives a lost session and is retried, same id.
+    pending: Option<Attempt>,
+}
+
+/// What every sending client keeps across sessions.
+struct Sender {
+    me: Participant,
     stop: Arc<AtomicBool>,
     stopped_at: Option<Instant>,
     rng: StdRng,
     counter: u64,
-    /// The send in flight; survives a lost session and is retried, same id.
-    pending: Option<Attempt>,
     log: UserLog,
+}
+
+impl Sender {
+    fn new(me: Participant, stop: Arc<AtomicBool>) -> Sender {
+        Sender {
+            log: UserLog { user: me.user.id, ..UserLog::default() },
+            rng: StdRng::seed_from_u64(me.user.id),
+            me,
+            stop,
+            stopped_at: None,
+            counter: 0,
+        }
+    }
+
+    /// After `stop`: done once `settled` (nothing is left unanswered), or
+    /// [`SETTLE`] has passed.
+    fn finished(&mut self, settled: bool) -> bool {
+        if !self.stop.load(Relaxed) {
+            return false;
+        }
+        let since = *self.stopped_at.get_or_insert_with(Instant::now);
+        settled || since.elapsed() > SETTLE
+    }
+
+    /// The next message: to one of the user's groups with odds
+    /// `group_share`, else to one of its contacts.
+    fn new_attempt(&mut self, group_share: f64) -> Attempt {
+        self.counter += 1;
+        let (me, rng) = (&self.me, &mut self.rng);
+        let target = if !me.groups.is_empty() && rng.random_bool(group_share) {
+            Target::Group(me.groups[rng.random_range(0..me.groups.len())])
+        } else {
+            Target::User(me.contacts[rng.random_range(0..me.contacts.len())])
+        };
+        let id = format!("u{}-{}", me.user.id, self.counter);
+        Attempt { id, sender: me.user.id, target, outcome: Outcome::Unknown, tries: 0 }
+    }
 }
 
 impl Sim {
     /// After `stop`: done once the last send is answered, or [`SETTLE`]
     /// has passed.
     fn finished(&mut self) -> bool {
-        if !self.stop.load(Relaxed) {
-            return false;
-        }
-        let since = *self.stopped_at.get_or_insert_with(Instant::now);
-        self.pending.is_none() || since.elapsed() > SETTLE
+        self.s.finished(self.pending.is_none())
     }
 
     async fn session(&mut self, ws: &mut Ws) -> SessionEnd {
@@ -354,15 +370,14 @@ impl Sim {
                 return SessionEnd::Stopped;
             }
             if answer_by.is_none() && Instant::now() >= next_send {
-                let stopping = self.stop.load(Relaxed);
+                let stopping = self.s.stop.load(Relaxed);
                 if self.pending.is_none() && !stopping {
-                    self.counter += 1;
-                    self.pending = Some(self.new_attempt());
+                    self.pending = Some(self.s.new_attempt(self.shape.group_share));
                 }
                 if let Some(attempt) = self.pending.as_mut() {
                     attempt.tries += 1;
                     let frame = send_frame(attempt, self.shape.pad);
-                    if ws.send(Message::text(frame.to_string())).await.is_err() {
+                    if ws.send(frame).await.is_err() {
                         return SessionEnd::Lost(1006);
                     }
                     answer_by = Some(Instant::now() + ANSWER_TIMEOUT);
@@ -383,7 +398,7 @@ impl Sim {
                     let delivery = delivery_of(&frame);
                     let top = to_ack.entry(delivery.conversation_id.clone()).or_default();
                     *top = (*top).max(delivery.seq);
-                    self.log.deliveries.push(delivery);
+                    self.s.log.deliveries.push(delivery);
                 }
                 Some(30) if is_answer(&frame, &self.pending) => {
                     let mut attempt = self.pending.take().expect("answer to a pending send");
@@ -392,14 +407,14 @@ impl Sim {
                         conversation_id: str_field(&frame, "conversation_id"),
                         seq: frame["seq"].as_u64().unwrap_or_default(),
                     };
-                    self.log.attempts.push(attempt);
+                    self.s.log.attempts.push(attempt);
                     answer_by = None;
                     backoff = Duration::from_millis(50);
-                    next_send = Instant::now() + jitter(&mut self.rng, interval);
+                    next_send = Instant::now() + jitter(&mut self.s.rng, interval);
                 }
                 Some(3) if is_answer(&frame, &self.pending) => {
                     let code = str_field(&frame, "code");
-                    *self.log.errors.entry(code.clone()).or_default() += 1;
+                    *self.s.log.errors.entry(code.clone()).or_default() += 1;
                     answer_by = None;
                     if retryable(&code) {
                         next_send = Instant::now() + backoff;
@@ -407,25 +422,14 @@ impl Sim {
                     } else {
                         let mut attempt = self.pending.take().expect("answer to a pending send");
                         attempt.outcome = Outcome::Failed(code);
-                        self.log.attempts.push(attempt);
-                        next_send = Instant::now() + jitter(&mut self.rng, interval);
+                        self.s.log.attempts.push(attempt);
+                        next_send = Instant::now() + jitter(&mut self.s.rng, interval);
                     }
                 }
                 // Kicked (type 100): the close frame follows.
                 _ => {}
             }
         }
-    }
-
-    fn new_attempt(&mut self) -> Attempt {
-        let (me, rng) = (&self.me, &mut self.rng);
-        let target = if !me.groups.is_empty() && rng.random_bool(self.shape.group_share) {
-            Target::Group(me.groups[rng.random_range(0..me.groups.len())])
-        } else {
-            Target::User(me.contacts[rng.random_range(0..me.contacts.len())])
-        };
-        let id = format!("u{}-{}", me.id, self.counter);
-        Attempt { id, sender: me.id, target, outcome: Outcome::Unknown, tries: 0 }
     }
 }
 
@@ -439,7 +443,6 @@ fn delivery_of(frame: &Value) -> Delivery {
         conversation_id: str_field(frame, "conversation_id"),
         seq: frame["seq"].as_u64().unwrap_or_default(),
         from: frame["from"].as_u64().unwrap_or_default(),
-        attempt: frame["content"]["a"].as_str().unwrap_or_default().to_string(),
     }
 }
 
@@ -453,22 +456,17 @@ fn jitter(rng: &mut StdRng, interval: Duration) -> Duration {
 
 async fn flush_acks(ws: &mut Ws, to_ack: &mut HashMap<String, u64>) {
     for (conversation_id, seq) in to_ack.drain() {
-        let frame = json!({ "type": 30, "conversation_id": conversation_id, "seq": seq });
-        if ws.send(Message::text(frame.to_string())).await.is_err() {
+        if ws.send(client::ack(&conversation_id, seq)).await.is_err() {
             return;
         }
     }
 }
 
-fn send_frame(attempt: &Attempt, pad: usize) -> Value {
+fn send_frame(attempt: &Attempt, pad: usize) -> Message {
     let content = json!({ "a": attempt.id, "pad": "x".repeat(pad) });
     match attempt.target {
-        Target::User(to) => {
-            json!({ "type": 1, "to": to, "content": content, "client_msg_id": attempt.id })
-        }
-        Target::Group(g) => {
-            json!({ "type": 2, "group_id": g, "content": content, "client_msg_id": attempt.id })
-        }
+        Target::User(to) => client::single(to, &attempt.id, &content),
+        Target::Group(g) => client::group(g, &attempt.id, &content),
     }
 }
 
@@ -498,13 +496,8 @@ pub async fn run_full_load_user(
     stop: Arc<AtomicBool>,
 ) -> UserLog {
     let client = Pipelined {
-        log: UserLog { user: me.id, ..UserLog::default() },
-        rng: StdRng::seed_from_u64(me.id),
-        me,
+        s: Sender::new(me, stop),
         load,
-        stop,
-        stopped_at: None,
-        counter: 0,
         outstanding: VecDeque::new(),
         retry: VecDeque::new(),
         hold: Instant::now(),
@@ -517,18 +510,14 @@ pub async fn run_full_load_user(
     let Client::Full(mut client) = client else { unreachable!() };
     // Whatever is still unanswered may or may not be stored.
     let left = client.outstanding.drain(..).map(|(a, _)| a).chain(client.retry.drain(..));
-    client.log.attempts.extend(left.map(|a| Attempt { outcome: Outcome::Unknown, ..a }));
-    client.log
+    client.s.log.attempts.extend(left.map(|a| Attempt { outcome: Outcome::Unknown, ..a }));
+    client.s.log
 }
 
 /// One full-load user's state across sessions.
 struct Pipelined {
-    me: Participant,
+    s: Sender,
     load: FullLoad,
-    stop: Arc<AtomicBool>,
-    stopped_at: Option<Instant>,
-    rng: StdRng,
-    counter: u64,
     /// Sent on the current session and not answered yet, in send order,
     /// with when each was sent.
     outstanding: VecDeque<(Attempt, Instant)>,
@@ -543,18 +532,13 @@ struct Pipelined {
     received: HashMap<String, u64>,
     /// Per conversation, seqs of its own messages beyond `received`.
     own: HashMap<String, BTreeSet<u64>>,
-    log: UserLog,
 }
 
 impl Pipelined {
     /// After `stop`: done once every send is answered, or [`SETTLE`] has
     /// passed.
     fn finished(&mut self) -> bool {
-        if !self.stop.load(Relaxed) {
-            return false;
-        }
-        let since = *self.stopped_at.get_or_insert_with(Instant::now);
-        (self.outstanding.is_empty() && self.retry.is_empty()) || since.elapsed() > SETTLE
+        self.s.finished(self.outstanding.is_empty() && self.retry.is_empty())
     }
 
     /// Records that this client has `seq` of `conversation` (a delivery or
@@ -578,7 +562,7 @@ impl Pipelined {
     async fn session(&mut self, ws: &mut Ws) -> SessionEnd {
         // What the last session left unanswered goes first, in order.
         while let Some((attempt, _)) = self.outstanding.pop_back() {
-            self.log.resent += 1;
+            self.s.log.resent += 1;
             self.retry.push_front(attempt);
         }
         // The highest ack sent per conversation on this session.
@@ -591,15 +575,11 @@ impl Pipelined {
             while self.outstanding.len() < self.load.window && Instant::now() >= self.hold {
                 let mut attempt = match self.retry.pop_front() {
                     Some(a) => a,
-                    None if !self.stop.load(Relaxed) => {
-                        self.counter += 1;
-                        self.new_attempt()
-                    }
+                    None if !self.s.stop.load(Relaxed) => self.s.new_attempt(self.load.group_share),
                     None => break,
                 };
                 attempt.tries += 1;
-                let frame = send_frame(&attempt, self.load.pad);
-                let sent = ws.send(Message::text(frame.to_string())).await;
+                let sent = ws.send(send_frame(&attempt, self.load.pad)).await;
                 // Sent or not, the server may have it: it is resent (same id)
                 // on the next session if unanswered.
                 self.outstanding.push_back((attempt, Instant::now()));
@@ -633,20 +613,20 @@ impl Pipelined {
                     let upto =
                         if before.is_some_and(|b| delivery.seq <= b) { delivery.seq } else { top };
                     ack = Some((delivery.conversation_id.clone(), upto));
-                    self.log.deliveries.push(delivery);
+                    self.s.log.deliveries.push(delivery);
                 }
                 Some(30) => {
                     let Some(attempt) = self.answered(&frame) else { continue };
                     let (conversation_id, seq) =
                         (str_field(&frame, "conversation_id"), frame["seq"].as_u64().unwrap_or(0));
                     if frame["duplicate"] == true {
-                        self.log.duplicate_acks += 1;
+                        self.s.log.duplicate_acks += 1;
                     }
                     let top = self.advance(&conversation_id, seq, true);
                     if top >= seq {
                         ack = Some((conversation_id.clone(), top));
                     }
-                    self.log.attempts.push(Attempt {
+                    self.s.log.attempts.push(Attempt {
                         outcome: Outcome::Acked {
                             message_id: str_field(&frame, "message_id"),
                             conversation_id,
@@ -659,7 +639,7 @@ impl Pipelined {
                 Some(3) if frame["client_msg_id"].is_string() => {
                     let Some(attempt) = self.answered(&frame) else { continue };
                     let code = str_field(&frame, "code");
-                    *self.log.errors.entry(code.clone()).or_default() += 1;
+                    *self.s.log.errors.entry(code.clone()).or_default() += 1;
                     if retryable(&code) {
                         self.retry.push_back(attempt);
                         // One backoff per refusal streak, not per refusal:
@@ -670,13 +650,14 @@ impl Pipelined {
                             self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
                         }
                     } else {
-                        self.log
+                        self.s
+                            .log
                             .attempts
                             .push(Attempt { outcome: Outcome::Failed(code), ..attempt });
                     }
                 }
                 Some(3) => {
-                    *self.log.ack_errors.entry(str_field(&frame, "code")).or_default() += 1;
+                    *self.s.log.ack_errors.entry(str_field(&frame, "code")).or_default() += 1;
                 }
                 // Heartbeats; kicked (type 100): the close frame follows.
                 _ => {}
@@ -684,8 +665,7 @@ impl Pipelined {
             if let Some((conversation_id, seq)) = ack
                 && acked.get(&conversation_id).is_none_or(|a| seq > *a)
             {
-                let frame = json!({ "type": 30, "conversation_id": conversation_id, "seq": seq });
-                if ws.send(Message::text(frame.to_string())).await.is_err() {
+                if ws.send(client::ack(&conversation_id, seq)).await.is_err() {
                     return SessionEnd::Lost(1006);
                 }
                 acked.insert(conversation_id, seq);
@@ -699,24 +679,13 @@ impl Pipelined {
         let id = frame["client_msg_id"].as_str()?;
         let at = self.outstanding.iter().position(|(a, _)| a.id == id)?;
         if at != 0 {
-            self.log.misordered += 1;
+            self.s.log.misordered += 1;
         }
         let (attempt, sent) = self.outstanding.remove(at)?;
         if frame["type"] == 30 {
-            self.log.ack_latencies.push(sent.elapsed());
+            self.s.log.ack_latencies.push(sent.elapsed());
         }
         Some(attempt)
-    }
-
-    fn new_attempt(&mut self) -> Attempt {
-        let (me, rng) = (&self.me, &mut self.rng);
-        let target = if !me.groups.is_empty() && rng.random_bool(self.load.group_share) {
-            Target::Group(me.groups[rng.random_range(0..me.groups.len())])
-        } else {
-            Target::User(me.contacts[rng.random_range(0..me.contacts.len())])
-        };
-        let id = format!("u{}-{}", me.id, self.counter);
-        Attempt { id, sender: me.id, target, outcome: Outcome::Unknown, tries: 0 }
     }
 }
 
@@ -735,11 +704,10 @@ pub async fn resync(log: &mut UserLog, token: &str, gateways: &[u16]) -> Result<
         i += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    ws.send(Message::text(json!({ "type": 99 }).to_string())).await.map_err(|e| e.to_string())?;
+    ws.send(client::heartbeat()).await.map_err(|e| e.to_string())?;
     loop {
-        let frame = match tokio::time::timeout_at(deadline.into(), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<Value>(&t).unwrap_or_default(),
-            Ok(Some(Ok(_))) => continue,
+        let frame = match client::read(&mut ws, deadline.into()).await {
+            Read::Text(t) => serde_json::from_str::<Value>(&t).unwrap_or_default(),
             other => return Err(format!("user {} resync ended early: {other:?}", log.user)),
         };
         match frame["type"].as_i64() {
