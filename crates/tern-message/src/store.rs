@@ -444,7 +444,10 @@ async fn write_loop(
             let members_version = job.draft.members_version;
             let stored = append_once(&db, job.draft, outbox.as_ref()).await;
             match &stored {
-                Ok(Stored::New(message)) => answers.route(message, members_version),
+                Ok(Stored::New(message)) => {
+                    answers.wake_outbox();
+                    answers.route(message, members_version)
+                }
                 Ok(Stored::Duplicate(_)) => duplicate_total.increment(1),
                 Err(_) => {}
             }
@@ -484,10 +487,14 @@ impl Answers {
     /// Hands a newly stored message to the router.
     fn route(&self, message: &Message, members_version: Option<u64>) {
         self.stored_total.increment(1);
+        let _ = self.committed.send(Committed { message: message.clone(), members_version });
+    }
+
+    /// Tells the webhook dispatcher that new events are committed.
+    fn wake_outbox(&self) {
         if let Some(outbox) = &self.outbox {
             outbox.wake();
         }
-        let _ = self.committed.send(Committed { message: message.clone(), members_version });
     }
 
     /// Routes and answers a committed batch, in order.
@@ -498,6 +505,7 @@ impl Answers {
         started: std::time::Instant,
     ) {
         self.commit_seconds.record(started.elapsed().as_secs_f64());
+        self.wake_outbox();
         if stored.len() > 1 {
             self.batched.fetch_add(stored.len() as u64, Relaxed);
         }
@@ -1006,34 +1014,22 @@ async fn append_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tern_testkit::topology::{Database, Databases, Service};
 
     fn no_webhooks() -> Outbox {
         Outbox::new("message", &Default::default()).expect("webhooks off")
     }
 
-    /// With `TERN_TEST_DATABASE` set to `mysql` or `postgres`, a fresh
-    /// database on that server (`TERN_TEST_MYSQL_URL`,
-    /// `TERN_TEST_POSTGRES_URL`, or the local default), where the writer
-    /// runs one batch's statements while the one before it commits.
-    async fn server_database() -> Option<String> {
-        use sea_orm::ConnectionTrait;
-        let (server, admin) = match std::env::var("TERN_TEST_DATABASE").ok()?.as_str() {
-            "mysql" => (
-                std::env::var("TERN_TEST_MYSQL_URL")
-                    .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
-                "mysql",
-            ),
-            "postgres" => (
-                std::env::var("TERN_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into()),
-                "test",
-            ),
-            _ => return None,
-        };
-        let name = format!("tern_store_{}", uuid::Uuid::now_v7().simple());
-        let admin = sea_orm::Database::connect(format!("{server}/{admin}")).await.unwrap();
-        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await.unwrap();
-        Some(format!("{server}/{name}"))
+    /// Where a test's store lives: SQLite in `dir`, or with
+    /// `TERN_TEST_DATABASE` set to `mysql` or `postgres` fresh databases on
+    /// that server (dropped with the guard), where the writer runs one
+    /// batch's statements while the one before it commits.
+    async fn store_url(dir: &tempfile::TempDir) -> (String, Option<Databases>) {
+        let database = Database::from_env().unwrap();
+        match Databases::create(database, None).await.unwrap() {
+            Some(databases) => (databases.url(Service::Message), Some(databases)),
+            None => (format!("sqlite://{}/m.db", dir.path().display()), None),
+        }
     }
 
     /// A store on the database at `url`, migrated, and its read connection.
@@ -1124,10 +1120,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_missing_conversation_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let url = match server_database().await {
-            Some(url) => url,
-            None => format!("sqlite://{}/m.db", dir.path().display()),
-        };
+        let (url, _databases) = store_url(&dir).await;
         let (store, _) = store_at(&url, no_webhooks()).await;
         store.ensure_conversation("c0").await.unwrap();
         let drafts = (0..20).map(|i| {
@@ -1146,9 +1139,6 @@ mod tests {
         assert_eq!(head, 19);
         let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
         assert_eq!(seqs, (1..=19).collect::<Vec<_>>());
-        if !url.starts_with("sqlite:") {
-            drop_server_database(&url).await;
-        }
     }
 
     /// Many concurrent appends over three conversations: unique ones are
@@ -1159,10 +1149,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batched_appends_are_gap_free_and_twins_store_once() {
         let dir = tempfile::tempdir().unwrap();
-        let url = match server_database().await {
-            Some(url) => url,
-            None => format!("sqlite://{}/m.db", dir.path().display()),
-        };
+        let (url, _databases) = store_url(&dir).await;
         let (store, _) = store_at(&url, no_webhooks()).await;
         for c in ["c0", "c1", "c2"] {
             store.ensure_conversation(c).await.unwrap();
@@ -1207,21 +1194,5 @@ mod tests {
             let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
             assert_eq!(seqs, (1..=150).collect::<Vec<_>>(), "{c}");
         }
-        if !url.starts_with("sqlite:") {
-            drop_server_database(&url).await;
-        }
-    }
-
-    /// Drops a database [`server_database`] made.
-    async fn drop_server_database(url: &str) {
-        use sea_orm::ConnectionTrait;
-        let (server, name) = url.rsplit_once('/').unwrap();
-        let admin = if url.starts_with("postgres") { "test" } else { "mysql" };
-        let admin = sea_orm::Database::connect(format!("{server}/{admin}")).await.unwrap();
-        let drop = match admin.get_database_backend() {
-            sea_orm::DbBackend::Postgres => format!("DROP DATABASE {name} WITH (FORCE)"),
-            _ => format!("DROP DATABASE {name}"),
-        };
-        admin.execute_unprepared(&drop).await.unwrap();
     }
 }
