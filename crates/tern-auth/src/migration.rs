@@ -10,6 +10,7 @@ impl MigratorTrait for Migrator {
             Box::new(CreateUsers),
             Box::new(AddRevocation),
             Box::new(AddBans),
+            Box::new(IndexRevocations),
             tern_webhook::migration("auth"),
         ]
     }
@@ -136,6 +137,33 @@ impl MigrationTrait for AddBans {
                 Table::alter()
                     .table(Users::Table)
                     .add_column(big_integer_null(Users::BannedAtMs))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Gateways list the recent revocations when they start
+/// (`ListRevocations`): a range read of this index, not a scan of every
+/// user.
+struct IndexRevocations;
+
+impl MigrationName for IndexRevocations {
+    fn name(&self) -> &str {
+        "m0004_index_revocations"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for IndexRevocations {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_users_tokens_valid_after")
+                    .table(Users::Table)
+                    .col(Users::TokensValidAfter)
+                    .if_not_exists()
                     .to_owned(),
             )
             .await

@@ -8,10 +8,11 @@ use crate::{
 use std::sync::Arc;
 use tern_bus::{Bus, BusEvent, Event, Revoked};
 use tern_proto::pb::auth::{
-    FindUserRequest, GetUsersRequest, GetUsersResponse, LoginRequest, LogoutRequest,
-    LogoutResponse, RecordPresenceRequest, RecordPresenceResponse, RefreshRequest, RegisterRequest,
-    RegisterResponse, RevokeUserRequest, RevokeUserResponse, SetBannedRequest, SetBannedResponse,
-    TokenPair, User, VerifyTokenRequest, VerifyTokenResponse, auth_service_server::AuthService,
+    FindUserRequest, GetUsersRequest, GetUsersResponse, ListRevocationsRequest,
+    ListRevocationsResponse, LoginRequest, LogoutRequest, LogoutResponse, RecordPresenceRequest,
+    RecordPresenceResponse, RefreshRequest, RegisterRequest, RegisterResponse, Revocation,
+    RevokeUserRequest, RevokeUserResponse, SetBannedRequest, SetBannedResponse, TokenPair, User,
+    VerifyTokenRequest, VerifyTokenResponse, auth_service_server::AuthService,
 };
 use tern_runtime::clock::{now_ms, now_secs};
 use tonic::{Request, Response, Status};
@@ -295,6 +296,25 @@ impl AuthService for Auth {
         let RecordPresenceRequest { user_id, online, node_id, at_ms } = request.into_inner();
         self.store.record_presence(user_id, online, &node_id, at_ms).await?;
         Ok(Response::new(RecordPresenceResponse {}))
+    }
+
+    async fn list_revocations(
+        &self,
+        _: Request<ListRevocationsRequest>,
+    ) -> Result<Response<ListRevocationsResponse>, Status> {
+        // Every token issued before this has expired.
+        let covers_since_ms = now_ms().saturating_sub(self.keys.access_ttl as i64 * 1000);
+        let revocations = self
+            .store
+            .revoked_after(covers_since_ms)
+            .await?
+            .into_iter()
+            .map(|(user_id, tokens_valid_after_ms)| Revocation {
+                user_id: user_id as u64,
+                tokens_valid_after_ms,
+            })
+            .collect();
+        Ok(Response::new(ListRevocationsResponse { covers_since_ms, revocations }))
     }
 }
 

@@ -2,8 +2,8 @@
 
 use crate::AuthError;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, SqlErr,
-    TransactionTrait, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
+    SqlErr, TransactionTrait, sea_query::Expr,
 };
 use tern_runtime::clock::{now_ms, now_secs};
 use tern_webhook::{Event, Outbox};
@@ -200,6 +200,18 @@ impl Store {
             .exec(&self.db)
             .await?;
         Ok(())
+    }
+
+    /// Users whose access-token watermark is later than `since_ms`, with
+    /// it (an index on the watermark keeps this a range read).
+    pub async fn revoked_after(&self, since_ms: i64) -> Result<Vec<(i64, i64)>, AuthError> {
+        Ok(users::Entity::find()
+            .select_only()
+            .columns([users::Column::Id, users::Column::TokensValidAfter])
+            .filter(users::Column::TokensValidAfter.gt(since_ms))
+            .into_tuple()
+            .all(&self.db)
+            .await?)
     }
 
     /// Refuses every access token of the user issued until now; returns

@@ -531,6 +531,10 @@ mod web {
     }
 }
 
+/// How long a starting node waits for the auth service's list of
+/// revocations (see [`tokens`]).
+const LEARN_REVOCATIONS_WITHIN: Duration = Duration::from_secs(2);
+
 /// Serves a gateway node on `listener` until `shutdown`; then stops
 /// accepting, closes every WebSocket with 1001 and waits (up to the grace
 /// period) for sessions to end.
@@ -548,10 +552,18 @@ pub async fn run(
         state.stats.clone(),
         state.services.presence.clone(),
         state.tokens.clone(),
+        state.services.auth.clone(),
         node.clone(),
     );
     let _subscription = state.services.bus.subscribe(&node, dispatcher).await?;
     state.tokens.listening();
+    // An auth service that is down delays the start by at most this; the
+    // node asks on meanwhile.
+    let learning = tokio::spawn({
+        let (tokens, auth) = (state.tokens.clone(), state.services.auth.clone());
+        async move { tokens.learn_revocations(&auth).await }
+    });
+    let _ = tokio::time::timeout(LEARN_REVOCATIONS_WITHIN, learning).await;
     let acks_done = CancellationToken::new();
     let ack_writer = tokio::spawn(acks::run(
         state.acks.clone(),

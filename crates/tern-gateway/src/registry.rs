@@ -7,6 +7,8 @@ use std::sync::{
     atomic::{AtomicBool, Ordering::Relaxed},
 };
 use tern_bus::{BusEvent, Deliver, Event, Handler, Presence};
+use tern_proto::clients::AuthClient;
+use tern_runtime::grpc::GrpcChannel;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -168,6 +170,7 @@ pub fn dispatcher(
     stats: Arc<Stats>,
     presence: Arc<dyn Presence>,
     tokens: Arc<Tokens>,
+    auth: AuthClient<GrpcChannel>,
     node: String,
 ) -> Handler {
     Arc::new(move |BusEvent { event }| {
@@ -204,6 +207,8 @@ pub fn dispatcher(
             Some(Event::Resync(_)) => {
                 // A logout may have been missed with the rest.
                 tokens.forget_all();
+                let (tokens, auth) = (tokens.clone(), auth.clone());
+                tokio::spawn(async move { tokens.learn_revocations(&auth).await });
                 registry.resync_all();
                 // The bus lost its connection, and the presence store may
                 // have lost its data with it (a Redis restart without

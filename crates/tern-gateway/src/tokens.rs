@@ -14,10 +14,15 @@
 //! The same broadcast spares the first check of a user new to the node: a
 //! token issued after the node started listening (less [`CLOCK_SKEW_MS`])
 //! can only have been revoked by a logout the node heard, so it needs no
-//! watermark from the auth service. Clients reconnecting to another node
-//! after theirs failed are checked without a call.
+//! watermark from the auth service. And once listening, the node asks the
+//! auth service once for every revocation that can still refuse an
+//! unexpired token (`ListRevocations`, [`Tokens::learn_revocations`]):
+//! with those, every unexpired token is checked without a call. Clients
+//! reconnecting to another node after theirs failed, or to a node that
+//! has just started, cost no call and no storage read.
 
 use crate::error::ApiError;
+use backon::{ExponentialBuilder, Retryable};
 use quick_cache::sync::Cache;
 use std::{
     collections::HashMap,
@@ -25,8 +30,13 @@ use std::{
         Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering::SeqCst},
     },
+    time::Duration,
 };
-use tern_proto::{ErrorCode, clients::AuthClient, pb::auth::VerifyTokenRequest};
+use tern_proto::{
+    ErrorCode,
+    clients::AuthClient,
+    pb::auth::{ListRevocationsRequest, VerifyTokenRequest},
+};
 use tern_runtime::clock::now_ms;
 use tern_runtime::{
     access::{AccessVerifier, TokenKey},
@@ -59,13 +69,18 @@ pub struct Tokens {
     /// User → Unix ms before which the user's tokens are revoked, as the
     /// auth service answered (or a logout since).
     watermarks: Cache<u64, i64>,
-    /// Every logout heard on the bus since `listening_since_ms`: user →
-    /// watermark. Never evicted, so it speaks for every user. Its lock also
+    /// Every logout heard on the bus since the node started listening,
+    /// and the revocations the auth service listed then: user → watermark.
+    /// Never evicted, so it speaks for every user. Its lock also
     /// serializes writes to `watermarks` (each compares, then inserts).
     heard: Mutex<HashMap<u64, i64>>,
-    /// Unix ms since when the node has heard every logout (`i64::MAX`:
-    /// not listening yet).
-    listening_since_ms: AtomicI64,
+    /// Unix ms (the auth service's clock, as tokens carry it): a token
+    /// issued at or after this can only be refused by a watermark in
+    /// `heard` (`i64::MAX`: not listening yet).
+    trusted_from_ms: AtomicI64,
+    /// Bumped each time the node starts listening again, so a revocation
+    /// list asked for before a reset is not applied after it.
+    generation: AtomicU64,
     /// Bumped by every revocation and reset, so an answer the auth service
     /// gave before one of them is not cached over it.
     epoch: AtomicU64,
@@ -82,7 +97,8 @@ impl Tokens {
             verifier,
             watermarks: Cache::new(WATERMARK_CACHE_USERS),
             heard: Mutex::default(),
-            listening_since_ms: AtomicI64::new(i64::MAX),
+            trusted_from_ms: AtomicI64::new(i64::MAX),
+            generation: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
         })
     }
@@ -103,15 +119,15 @@ impl Tokens {
             return ask(auth, token).await.map(|(verified, _)| verified);
         };
         let access = verifier.verify(token).ok_or_else(refused)?;
+        // Read before `heard`: a list taken in between has its watermarks
+        // in `heard` before it lowers this.
+        let trusted_from = self.trusted_from_ms.load(SeqCst);
         let heard = self.heard.lock().expect("heard lock poisoned").get(&access.user_id).copied();
-        let since = self.listening_since_ms.load(SeqCst);
         let watermark = match self.watermarks.get(&access.user_id) {
             Some(watermark) => watermark,
-            // Issued while this node was listening: any logout after it
-            // was heard.
-            None if access.issued_at_ms >= since.saturating_add(CLOCK_SKEW_MS) => {
-                heard.unwrap_or(i64::MIN)
-            }
+            // Issued while this node was listening, or covered by the list
+            // it asked for then: any logout that refuses it is in `heard`.
+            None if access.issued_at_ms >= trusted_from => heard.unwrap_or(i64::MIN),
             None => {
                 let epoch = self.epoch.load(SeqCst);
                 // The auth service reads the user (it may not exist any
@@ -128,9 +144,65 @@ impl Tokens {
     }
 
     /// The node's bus subscription is up: from now on it hears every
-    /// logout.
-    pub fn listening(&self) {
-        self.listening_since_ms.store(now_ms(), SeqCst);
+    /// logout. Returns the generation [`Tokens::covered`] takes.
+    pub fn listening(&self) -> u64 {
+        self.trusted_from_ms.store(now_ms().saturating_add(CLOCK_SKEW_MS), SeqCst);
+        self.generation.fetch_add(1, SeqCst) + 1
+    }
+
+    /// Asks the auth service for the revocations that can still refuse an
+    /// unexpired token, once the node is listening (see the module's
+    /// documentation), retrying until it answers or the node starts
+    /// listening again. Until then tokens issued before the node started
+    /// listening are checked by a call, as without the list.
+    pub async fn learn_revocations(&self, auth: &AuthClient<GrpcChannel>) {
+        if self.verifier.is_none() {
+            return;
+        }
+        let generation = self.generation.load(SeqCst);
+        let ask = || async { auth.clone().list_revocations(ListRevocationsRequest {}).await };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times()
+            .with_jitter();
+        let answer = ask
+            .retry(backoff)
+            .when(|_| self.generation.load(SeqCst) == generation)
+            .notify(|status, _| {
+                tracing::warn!(%status, "revocations not listed yet; older tokens are checked by a call")
+            })
+            .await;
+        let Ok(list) = answer else { return };
+        let list = list.into_inner();
+        let revocations = list.revocations.iter().map(|r| (r.user_id, r.tokens_valid_after_ms));
+        if self.covered(generation, list.covers_since_ms, revocations) {
+            tracing::debug!(revocations = list.revocations.len(), "revocations learned");
+        }
+    }
+
+    /// Takes the auth service's list, asked for at `generation`: every
+    /// token issued from `covers_since_ms` on is refused only by these
+    /// watermarks or by a logout heard since. Not applied (false) when the
+    /// node started listening again in between, or when the list would
+    /// pass the bound of what `heard` keeps.
+    fn covered(
+        &self,
+        generation: u64,
+        covers_since_ms: i64,
+        revocations: impl ExactSizeIterator<Item = (u64, i64)>,
+    ) -> bool {
+        let mut heard = self.heard.lock().expect("heard lock poisoned");
+        if generation != self.generation.load(SeqCst) || heard.len() + revocations.len() > MAX_HEARD
+        {
+            return false;
+        }
+        for (user_id, valid_after_ms) in revocations {
+            let kept = heard.entry(user_id).or_insert(valid_after_ms);
+            *kept = (*kept).max(valid_after_ms);
+        }
+        self.trusted_from_ms.fetch_min(covers_since_ms, SeqCst);
+        true
     }
 
     /// A logout (from the bus): the user's tokens issued before
@@ -254,6 +326,37 @@ mod tests {
             t.verify(&no_auth(), &forged).await.unwrap_err().code,
             ErrorCode::Unauthenticated
         );
+    }
+
+    #[tokio::test]
+    async fn the_listed_revocations_cover_tokens_issued_before_the_node_listened() {
+        let t = tokens();
+        let now = now_ms();
+        let generation = t.listening();
+        let (revoked, kept) = (token(7, now - 2_000), token(8, now - 2_000));
+        // Issued before the node listened: without the list, each asks.
+        assert_eq!(t.verify(&no_auth(), &kept).await.unwrap_err().code, ErrorCode::Unavailable);
+        // The list covers the last 10 s: 7 logged out a second ago.
+        assert!(t.covered(generation, now - 10_000, [(7, now - 1_000)].into_iter()));
+        assert_eq!(t.verify(&no_auth(), &kept).await.unwrap().user_id, 8);
+        assert_eq!(
+            t.verify(&no_auth(), &revoked).await.unwrap_err().code,
+            ErrorCode::Unauthenticated
+        );
+        // Older than what the list covers: asked for, as before.
+        let older = token(8, now - 20_000);
+        assert_eq!(t.verify(&no_auth(), &older).await.unwrap_err().code, ErrorCode::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn a_list_asked_for_before_the_bus_was_lost_is_not_applied() {
+        let t = tokens();
+        let now = now_ms();
+        let generation = t.listening();
+        t.forget_all();
+        assert!(!t.covered(generation, now - 10_000, std::iter::empty()));
+        let kept = token(8, now - 2_000);
+        assert_eq!(t.verify(&no_auth(), &kept).await.unwrap_err().code, ErrorCode::Unavailable);
     }
 
     #[test]

@@ -677,21 +677,36 @@ impl MessageService for Messages {
         &self,
         request: Request<GetConversationStatesRequest>,
     ) -> Result<Response<GetConversationStatesResponse>, Status> {
-        let ids = request.into_inner().conversation_ids;
+        let GetConversationStatesRequest { conversation_ids: ids, after_seqs, limit } =
+            request.into_inner();
         if ids.len() > MAX_STATES {
             return Err(MessageError::Invalid("at most 10000 conversation ids per call").into());
+        }
+        if !after_seqs.is_empty() && after_seqs.len() != ids.len() {
+            return Err(MessageError::Invalid("after_seqs must give one position per id").into());
         }
         let mut heads = std::collections::HashMap::new();
         for chunk in ids.chunks(500) {
             heads.extend(self.store.heads(chunk).await.map_err(MessageError::from)?);
         }
-        let states = ids
-            .into_iter()
-            .map(|id| ConversationState {
-                latest_seq: heads.get(&id).copied().unwrap_or(0),
-                conversation_id: id,
-            })
-            .collect();
+        // What is left of the messages the answer may carry.
+        let mut budget = if after_seqs.is_empty() { 0 } else { u64::from(limit.min(MAX_PAGE)) };
+        let mut states = Vec::with_capacity(ids.len());
+        for (i, id) in ids.into_iter().enumerate() {
+            let mut latest_seq = heads.get(&id).copied().unwrap_or(0);
+            let after = after_seqs.get(i).copied().unwrap_or(0);
+            let mut messages = Vec::new();
+            if budget > 0 && latest_seq > after {
+                let after = i64::try_from(after)
+                    .map_err(|_| MessageError::Invalid("after_seq out of range"))?;
+                let (page, head) =
+                    self.store.list(&id, after, budget).await.map_err(MessageError::from)?;
+                budget -= page.len() as u64;
+                latest_seq = latest_seq.max(head);
+                messages = page;
+            }
+            states.push(ConversationState { conversation_id: id, latest_seq, messages });
+        }
         Ok(Response::new(GetConversationStatesResponse { states }))
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use tern_proto::{
     conversation,
     pb::{
-        message::{GetConversationStatesRequest, ListMessagesRequest},
+        message::{ConversationState, GetConversationStatesRequest, ListMessagesRequest},
         offline::{
             AckBatchRequest, AckBatchResponse, AckRequest, AckResponse, Backlog,
             DropCursorsRequest, DropCursorsResponse, InitCursorsRequest, InitCursorsResponse,
@@ -22,6 +22,10 @@ const MAX_CANDIDATES: usize = 1_000;
 
 /// Most messages one `ListBacklog` answer carries.
 const MAX_PAGE: u32 = 1_000;
+
+/// Conversations per `GetConversationStates` call (the message service
+/// takes up to 10,000).
+const STATES_PER_CALL: usize = 5_000;
 
 /// Most acks one `AckBatch` call may carry.
 const MAX_ACK_BATCH: usize = 10_000;
@@ -94,35 +98,40 @@ impl Offline {
         Ok(())
     }
 
-    /// Up to `limit` messages of a conversation after `after_seq`.
-    async fn page(
-        &self,
-        conversation_id: &str,
-        after_seq: u64,
-        limit: u32,
-    ) -> Result<Vec<tern_proto::pb::message::Message>, OfflineError> {
-        let request =
-            ListMessagesRequest { conversation_id: conversation_id.to_string(), after_seq, limit };
-        Ok(self.peers.message.clone().list_messages(request).await?.into_inner().messages)
-    }
-
     /// Latest seq of each conversation, from the message service.
     async fn heads(&self, ids: Vec<String>) -> Result<HashMap<String, u64>, OfflineError> {
-        let mut heads = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(5_000) {
-            let states = self
-                .peers
-                .message
-                .clone()
-                .get_conversation_states(GetConversationStatesRequest {
-                    conversation_ids: chunk.to_vec(),
-                })
-                .await?
-                .into_inner()
-                .states;
-            heads.extend(states.into_iter().map(|s| (s.conversation_id, s.latest_seq)));
+        let states = self.states(ids, Vec::new(), 0).await?;
+        Ok(states.into_iter().map(|s| (s.conversation_id, s.latest_seq)).collect())
+    }
+
+    /// Each conversation's state from the message service, in the order
+    /// of `ids`; with `after` (one position per id), also the messages
+    /// after each position, `limit` in all.
+    async fn states(
+        &self,
+        ids: Vec<String>,
+        after: Vec<u64>,
+        limit: u32,
+    ) -> Result<Vec<ConversationState>, OfflineError> {
+        let mut states = Vec::with_capacity(ids.len());
+        let mut budget = limit;
+        for (i, chunk) in ids.chunks(STATES_PER_CALL).enumerate() {
+            let after_seqs = match after.is_empty() {
+                true => Vec::new(),
+                false => after[i * STATES_PER_CALL..][..chunk.len()].to_vec(),
+            };
+            let request = GetConversationStatesRequest {
+                conversation_ids: chunk.to_vec(),
+                after_seqs,
+                limit: budget,
+            };
+            let answer = self.peers.message.clone().get_conversation_states(request).await?;
+            let chunk_states = answer.into_inner().states;
+            let carried: usize = chunk_states.iter().map(|s| s.messages.len()).sum();
+            budget = budget.saturating_sub(carried as u32);
+            states.extend(chunk_states);
         }
-        Ok(heads)
+        Ok(states)
     }
 }
 
@@ -169,7 +178,6 @@ impl OfflineService for Offline {
         let user = user_id(user)?;
         valid_device(&device)?;
         let cursors = self.store.of_user(user).await.map_err(OfflineError::from)?;
-        let heads = self.heads(cursors.iter().map(|c| c.conversation_id.clone()).collect()).await?;
         // A device's first listing pins its cursors at the read marker, so
         // from then on it is sent everything it has not acked itself.
         let mut devices = HashMap::new();
@@ -183,30 +191,28 @@ impl OfflineService for Offline {
             self.store.pin_device(user, &device, &missing).await.map_err(OfflineError::from)?;
             devices.extend(missing);
         }
-        // What is left of the messages the answer may carry.
-        let mut budget = page.min(MAX_PAGE);
+        let acked: Vec<u64> = cursors
+            .iter()
+            .map(|c| device_acked(c, &device, devices.get(&c.conversation_id).copied()))
+            .collect();
+        // Each conversation's head and the messages after the device's
+        // position, from one call: history from before the member joined
+        // is not theirs.
+        let after: Vec<u64> =
+            cursors.iter().zip(&acked).map(|(c, &a)| a.max(c.start_seq as u64)).collect();
+        let ids = cursors.iter().map(|c| c.conversation_id.clone()).collect();
+        let states = self.states(ids, after, page.min(MAX_PAGE)).await?;
         let mut conversations = Vec::new();
-        for c in cursors {
-            let latest = heads.get(&c.conversation_id).copied().unwrap_or(0);
-            let acked = device_acked(&c, &device, devices.get(&c.conversation_id).copied());
-            if !include_read && latest <= acked {
+        for ((c, acked), state) in cursors.into_iter().zip(acked).zip(states) {
+            if !include_read && state.latest_seq <= acked {
                 continue;
             }
-            let messages = if latest > acked && budget > 0 {
-                // History from before the member joined is not theirs.
-                let after_seq = acked.max(c.start_seq as u64);
-                let page = self.page(&c.conversation_id, after_seq, budget).await?;
-                budget -= page.len() as u32;
-                page
-            } else {
-                Vec::new()
-            };
             conversations.push(Backlog {
                 conversation_id: c.conversation_id,
                 acked_seq: acked,
-                latest_seq: latest,
+                latest_seq: state.latest_seq,
                 read_seq: c.read_seq as u64,
-                messages,
+                messages: state.messages,
             });
         }
         Ok(Response::new(ListBacklogResponse { conversations }))

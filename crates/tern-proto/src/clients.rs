@@ -111,6 +111,7 @@ client! {
     revoke_user(auth::RevokeUserRequest) -> auth::RevokeUserResponse;
     set_banned(auth::SetBannedRequest) -> auth::SetBannedResponse;
     record_presence(auth::RecordPresenceRequest) -> auth::RecordPresenceResponse;
+    list_revocations(auth::ListRevocationsRequest) -> auth::ListRevocationsResponse;
 }
 
 client! {

@@ -74,7 +74,10 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiErr
             answered(s.group.clone().get_group(GetGroupRequest { group_id: 0 }).await.map(|_| ()))
         }),
         timeout(within, async {
-            let request = GetConversationStatesRequest { conversation_ids: vec!["dm:0:1".into()] };
+            let request = GetConversationStatesRequest {
+                conversation_ids: vec!["dm:0:1".into()],
+                ..Default::default()
+            };
             answered(s.message.clone().get_conversation_states(request).await.map(|_| ()))
         }),
         timeout(within, async {

@@ -207,6 +207,38 @@ async fn a_logout_on_one_gateway_revokes_the_token_on_every_gateway() {
 }
 
 #[tokio::test]
+async fn a_restarted_gateway_knows_earlier_logouts_without_asking_the_auth_service() {
+    // gw-1 checks tokens itself.
+    let mut c = Cluster::start(1).await;
+    let (a, b) = (c.user("a").await, c.user("b").await);
+    let creds = json!({ "username": "a", "password": "correct horse" });
+    let (status, login) = c.post(0, "/api/login", None, creds).await;
+    assert_eq!(status, 200, "{login}");
+    let (token, refresh) = (login["token"].as_str().unwrap(), login["refresh_token"].as_str());
+    let (status, body) =
+        c.post(0, "/api/logout", Some(token), json!({ "refresh_token": refresh })).await;
+    assert_eq!(status, 200, "{body}");
+    let again = c.user_login(0, "a").await;
+
+    // The new node hears no logout that came before it: it lists them
+    // from the auth service as it starts, and needs it no more after.
+    c.gateways[0].kill();
+    c.gateways[0].start().unwrap();
+    c.wait_ready(0).await.unwrap();
+    c.service(Service::Auth).kill();
+    for old in [token, a.token.as_str()] {
+        let (status, body) = c.get_as(0, "/api/groups", old).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthenticated")));
+    }
+    for valid in [&again, &b] {
+        let (status, body) = c.get_as(0, "/api/groups", &valid.token).await;
+        assert_eq!(status, 200, "a token issued before the node started was not trusted: {body}");
+    }
+    // A socket opens too (the heartbeat's answer proves it).
+    c.connect(0, &again).await;
+}
+
+#[tokio::test]
 async fn messages_for_users_of_a_killed_gateway_wait_for_them() {
     let mut c = Cluster::start(2).await;
     let (a, b) = (c.user("a").await, c.user("b").await);
