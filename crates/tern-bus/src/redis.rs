@@ -123,6 +123,14 @@ impl RedisPresence {
         node: &str,
         session: Option<(&str, &str)>,
     ) -> Result<(HashMap<String, i64>, Vec<String>), BusError> {
+        let mut pipe = self.renewal(user, node, session);
+        pipe.hgetall(self.names.presence(user)).zrange(self.names.sessions(user), 0, -1);
+        pipe.query_async(&mut self.conn.clone()).await.map_err(err)
+    }
+
+    /// The writes that record `user` at `node` (and `session`) for another
+    /// [`PRESENCE_TTL`]; every reply ignored.
+    fn renewal(&self, user: u64, node: &str, session: Option<(&str, &str)>) -> redis::Pipeline {
         let (key, sessions) = (self.names.presence(user), self.names.sessions(user));
         let now = now_ms();
         let ttl = PRESENCE_TTL.as_millis() as i64;
@@ -139,8 +147,8 @@ impl RedisPresence {
         if let Some((session, device)) = session {
             pipe.zadd(&sessions, member(node, session, device), now).ignore();
         }
-        pipe.pexpire(&sessions, ttl).ignore().hgetall(&key).zrange(&sessions, 0, -1);
-        pipe.query_async(&mut self.conn.clone()).await.map_err(err)
+        pipe.pexpire(&sessions, ttl).ignore();
+        pipe
     }
 }
 
@@ -175,7 +183,9 @@ impl Presence for RedisPresence {
     }
 
     async fn refresh(&self, user: u64, node: &str) -> Result<(), BusError> {
-        self.mark(user, node, None).await.map(|_| ())
+        // A heartbeat's renewal: nothing read back.
+        let pipe = self.renewal(user, node, None);
+        pipe.query_async::<()>(&mut self.conn.clone()).await.map_err(err)
     }
 
     async fn disconnect(
