@@ -6,6 +6,7 @@
 //! capacity (8 KiB by default) allocated for the socket's whole life,
 //! which was the largest single part of what an idle connection cost.
 
+use fastwebsockets::Frame;
 use std::{
     io,
     pin::Pin,
@@ -16,6 +17,9 @@ use tokio::io::AsyncWrite;
 /// A batch that grows past this is written out before it takes more, so
 /// one burst of frames never buffers without bound.
 const MAX_BATCH: usize = 64 * 1024;
+
+/// The longest head of a frame: two bytes, a 64-bit length and a mask.
+const MAX_HEAD: usize = 14;
 
 pub struct BatchWriter<W> {
     inner: W,
@@ -41,6 +45,27 @@ impl<W: AsyncWrite + Unpin> BatchWriter<W> {
         self.buf.clear();
         self.written = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Adds a server frame (unmasked) to the batch. Nothing is written
+    /// until [`flush`](Self::flush_frames), so adding never waits; a batch
+    /// that is [`full`](Self::full) should be flushed before it takes more.
+    pub fn push_frame(&mut self, mut frame: Frame<'_>) {
+        let mut head = [0u8; MAX_HEAD];
+        let size = frame.fmt_head(&mut head);
+        self.buf.reserve(size + frame.payload.len());
+        self.buf.extend_from_slice(&head[..size]);
+        self.buf.extend_from_slice(&frame.payload);
+    }
+
+    /// Whether the batch has grown past [`MAX_BATCH`].
+    pub fn full(&self) -> bool {
+        self.buf.len() > MAX_BATCH
+    }
+
+    /// Writes the batch out and gives its memory back.
+    pub async fn flush_frames(&mut self) -> io::Result<()> {
+        tokio::io::AsyncWriteExt::flush(self).await
     }
 
     /// Makes room for `incoming` more bytes, writing the batch out first
@@ -122,6 +147,24 @@ mod tests {
         let mut got = vec![0u8; 13];
         server.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"one two three");
+    }
+
+    #[tokio::test]
+    async fn frames_go_out_with_their_heads_on_a_flush() {
+        let (client, mut server) = tokio::io::duplex(1 << 20);
+        let mut writer = BatchWriter::new(client);
+        writer.push_frame(Frame::text(fastwebsockets::Payload::Borrowed(b"hi")));
+        let long = vec![b'x'; 300];
+        writer.push_frame(Frame::binary(fastwebsockets::Payload::Borrowed(&long)));
+        writer.push_frame(Frame::close(1000, b""));
+        assert!(!writer.full());
+        writer.flush_frames().await.unwrap();
+        let mut got = vec![0u8; 4 + 4 + 300 + 4];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..4], &[0x81, 2, b'h', b'i'], "a final text frame, unmasked");
+        assert_eq!(&got[4..8], &[0x82, 126, 1, 44], "a 16-bit length for 300 bytes");
+        assert_eq!(&got[8..308], &long[..]);
+        assert_eq!(&got[308..], &[0x88, 2, 0x03, 0xe8], "a close frame with code 1000");
     }
 
     #[tokio::test]

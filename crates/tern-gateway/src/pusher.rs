@@ -6,11 +6,12 @@
 use crate::{
     Delivery, Outbound,
     acks::AckBuffer,
+    batch_writer::BatchWriter,
     protocol::{self, close},
     stats::Stats,
 };
 use backon::{ExponentialBuilder, Retryable};
-use fastwebsockets::{Frame, Payload, WebSocketWrite};
+use fastwebsockets::{Frame, Payload};
 use std::{
     collections::HashMap,
     sync::{
@@ -117,7 +118,8 @@ impl Written {
 
 /// Writes frames for one session.
 pub struct Pusher<W> {
-    ws: WebSocketWrite<W>,
+    /// Frames are added to the batch without waiting; only a flush waits.
+    out: BatchWriter<W>,
     user: u64,
     /// The session's device: it has its own cursors, and is not sent the
     /// messages it sent itself.
@@ -144,7 +146,7 @@ pub struct Pusher<W> {
 impl<W: AsyncWrite + Unpin> Pusher<W> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        ws: WebSocketWrite<W>,
+        out: BatchWriter<W>,
         user: u64,
         device: Arc<str>,
         offline: OfflineClient<GrpcChannel>,
@@ -156,7 +158,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         write_timeout: Duration,
     ) -> Self {
         Self {
-            ws,
+            out,
             user,
             device,
             offline,
@@ -180,67 +182,74 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// Sends the backlog, then serves the queue until it closes, `cancel`
     /// fires (a kick that could not be queued) or the socket fails. Cancels
     /// `done` on exit so the reading side stops too.
-    pub async fn run(
+    ///
+    /// Not an `async fn`: the arguments of one are copied into its future
+    /// once more when it starts, and this future lives as long as the
+    /// session.
+    pub fn run(
         mut self,
         mut rx: mpsc::Receiver<Outbound>,
         cancel: CancellationToken,
         done: CancellationToken,
-    ) {
-        let _done = done.drop_guard();
-        self.needs_resync.store(false, Relaxed);
-        // Storage reads are boxed: they are rare, and inline they would size
-        // the state this future keeps for the whole session.
-        let synced = Box::pin(self.sync_backlog(true)).await;
-        // How much a client had waiting when it connected.
-        metrics::histogram!("tern_gateway_offline_backlog_messages")
-            .record(self.pushed_count as f64);
-        if let Err(error) = synced {
-            tracing::warn!(user_id = self.user, %error, "initial sync failed");
-            let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
-            return;
-        }
-        if let Some(synced) = self.synced.take() {
-            let _ = synced.send(());
-        }
-        loop {
-            let item = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    let _ = self.close(close::KICKED, "another session took over").await;
-                    return;
-                }
-                item = rx.recv() => item,
-            };
-            let Some(item) = item else { return };
-            let result = self.handle(item).await;
-            if matches!(result, Ok(true)) && self.needs_resync.swap(false, Relaxed) {
-                metrics::counter!("tern_gateway_resyncs_total").increment(1);
-                // A healthy socket stays open when storage cannot be read
-                // right now: the resync is tried again after the next item
-                // (at the latest the client's next heartbeat answer).
-                if let Err(error) = Box::pin(self.sync_backlog(false)).await {
-                    tracing::warn!(user_id = self.user, %error, "resync failed; retrying later");
-                    self.needs_resync.store(true, Relaxed);
-                }
-            }
-            match result {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(error) => {
-                    tracing::debug!(user_id = self.user, %error, "session writer stopped");
-                    if matches!(error, Stop::Sync(_)) {
-                        let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
-                    }
-                    return;
-                }
-            }
-            // Writes only fill the batch; a client that stopped reading
-            // shows here, and its session ends like on a failed write.
-            if rx.is_empty()
-                && let Err(error) = self.flush().await
-            {
-                tracing::debug!(user_id = self.user, %error, "session writer stopped");
+    ) -> impl Future<Output = ()> {
+        async move {
+            let _done = done.drop_guard();
+            self.needs_resync.store(false, Relaxed);
+            // Storage reads are boxed: they are rare, and inline they would size
+            // the state this future keeps for the whole session.
+            let synced = Box::pin(self.sync_backlog(true)).await;
+            // How much a client had waiting when it connected.
+            metrics::histogram!("tern_gateway_offline_backlog_messages")
+                .record(self.pushed_count as f64);
+            if let Err(error) = synced {
+                tracing::warn!(user_id = self.user, %error, "initial sync failed");
+                let _ = self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
                 return;
+            }
+            if let Some(synced) = self.synced.take() {
+                let _ = synced.send(());
+            }
+            loop {
+                let item = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => {
+                        let _ = self.close(close::KICKED, "another session took over").await;
+                        return;
+                    }
+                    item = rx.recv() => item,
+                };
+                let Some(item) = item else { return };
+                let result = self.handle(item).await;
+                if matches!(result, Ok(true)) && self.needs_resync.swap(false, Relaxed) {
+                    metrics::counter!("tern_gateway_resyncs_total").increment(1);
+                    // A healthy socket stays open when storage cannot be read
+                    // right now: the resync is tried again after the next item
+                    // (at the latest the client's next heartbeat answer).
+                    if let Err(error) = Box::pin(self.sync_backlog(false)).await {
+                        tracing::warn!(user_id = self.user, %error, "resync failed; retrying later");
+                        self.needs_resync.store(true, Relaxed);
+                    }
+                }
+                match result {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => {
+                        tracing::debug!(user_id = self.user, %error, "session writer stopped");
+                        if matches!(error, Stop::Sync(_)) {
+                            let _ =
+                                self.close(close::TRY_AGAIN_LATER, "sync failed, reconnect").await;
+                        }
+                        return;
+                    }
+                }
+                // Writes only fill the batch; a client that stopped reading
+                // shows here, and its session ends like on a failed write.
+                if (rx.is_empty() || self.out.full())
+                    && let Err(error) = self.flush().await
+                {
+                    tracing::debug!(user_id = self.user, %error, "session writer stopped");
+                    return;
+                }
             }
         }
     }
@@ -248,23 +257,23 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// Handles one queued item; `false` when the session is over.
     async fn handle(&mut self, item: Outbound) -> Result<bool, Stop> {
         match item {
-            Outbound::Text(text) => self.text(text.into_bytes()).await?,
+            Outbound::Text(text) => self.text(text.into_bytes()),
             Outbound::SendAck(answer) => {
                 let crate::SendAnswer { frame, conversation_id, seq } = *answer;
-                self.text(frame.into_bytes()).await?;
+                self.text(frame.into_bytes());
                 self.pushed.follow(&conversation_id, seq);
             }
             Outbound::Deliver(delivery) => self.deliver(&delivery).await?,
             Outbound::Resync => self.needs_resync.store(true, Relaxed),
             Outbound::Echo(_) => {}
-            Outbound::Pong(payload) => self.write(Frame::pong(Payload::Owned(*payload))).await?,
+            Outbound::Pong(payload) => self.write(Frame::pong(Payload::Owned(*payload))),
             Outbound::Close(close) => {
                 let (code, reason) = *close;
                 self.close(code, reason).await?;
                 return Ok(false);
             }
             Outbound::Kick(reason) => {
-                self.text(protocol::kicked(&reason).into_bytes()).await?;
+                self.text(protocol::kicked(&reason).into_bytes());
                 self.close(close::KICKED, &reason).await?;
                 return Ok(false);
             }
@@ -322,7 +331,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             Some(last) if delivery.seq <= last => Ok(()),
             Some(last) if delivery.seq == last + 1 => {
                 self.counted(delivery.created_at_ms);
-                self.write(Frame::text(Payload::Borrowed(&delivery.frame))).await?;
+                self.write(Frame::text(Payload::Borrowed(&delivery.frame)));
                 self.pushed.set(&delivery.conversation_id, delivery.seq);
                 Ok(())
             }
@@ -389,7 +398,10 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             if message.seq > last {
                 // A device's own messages count as delivered to it.
                 if message.sender_id != self.user || *message.sender_device != *self.device {
-                    self.push(message).await?;
+                    self.push(message);
+                    if self.out.full() {
+                        self.flush().await?;
+                    }
                 }
                 last = message.seq;
             }
@@ -398,9 +410,9 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         Ok(())
     }
 
-    async fn push(&mut self, message: &Message) -> Result<(), Stop> {
+    fn push(&mut self, message: &Message) {
         self.counted(message.created_at_ms);
-        self.text(protocol::delivered(message).into_bytes()).await
+        self.text(protocol::delivered(message).into_bytes());
     }
 
     /// Counts a message about to be written.
@@ -411,20 +423,19 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         self.stats.ack_deliver_seconds.record(age);
     }
 
-    async fn text(&mut self, bytes: Vec<u8>) -> Result<(), Stop> {
-        self.write(Frame::text(Payload::Owned(bytes))).await
+    fn text(&mut self, bytes: Vec<u8>) {
+        self.write(Frame::text(Payload::Owned(bytes)));
     }
 
-    async fn write(&mut self, frame: Frame<'_>) -> Result<(), Stop> {
-        match tokio::time::timeout(self.write_timeout, self.ws.write_frame(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Stop::Socket(e.to_string())),
-            Err(_) => Err(self.stalled()),
-        }
+    /// Adds a frame to the batch, which a [`flush`](Self::flush) writes
+    /// out: the queue's items are handled without waiting, and the batch
+    /// is flushed when the queue is empty or the batch full.
+    fn write(&mut self, frame: Frame<'_>) {
+        self.out.push_frame(frame);
     }
 
     async fn flush(&mut self) -> Result<(), Stop> {
-        match tokio::time::timeout(self.write_timeout, self.ws.flush()).await {
+        match tokio::time::timeout(self.write_timeout, self.out.flush_frames()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Stop::Socket(e.to_string())),
             Err(_) => Err(self.stalled()),
@@ -440,7 +451,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     }
 
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), Stop> {
-        self.write(Frame::close(code, reason.as_bytes())).await?;
+        self.write(Frame::close(code, reason.as_bytes()));
         self.flush().await
     }
 }

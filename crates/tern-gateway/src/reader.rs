@@ -32,95 +32,103 @@ pub struct Message {
 /// Reads until the socket ends or `on_message` returns false. Answers
 /// pings, completes the close handshake, and asks the writer (through `tx`)
 /// to close with the right code on every violation.
-pub async fn read_messages<R, F, Fut>(
+///
+/// Not an `async fn`, which would copy its arguments into its future once
+/// more: this future is what an idle session's reader holds. For the same
+/// reason `on_message`'s future should be boxed unless it is small.
+pub fn read_messages<'a, R, F, Fut>(
     mut read: WebSocketRead<R>,
     limits: FrameLimits,
-    tx: &mpsc::Sender<Outbound>,
+    tx: &'a mpsc::Sender<Outbound>,
     mut on_message: F,
-) where
-    R: AsyncRead + Unpin,
-    F: FnMut(Message) -> Fut,
-    Fut: Future<Output = bool>,
+) -> impl Future<Output = ()> + 'a
+where
+    R: AsyncRead + Unpin + 'a,
+    F: FnMut(Message) -> Fut + 'a,
+    Fut: Future<Output = bool> + 'a,
 {
-    let close = |code: u16, reason: &'static str| async move {
-        let _ = tx.send(Outbound::close(code, reason)).await;
-    };
-    // Frames of a fragmented message, until its final frame arrives.
-    let mut partial: Option<(OpCode, Vec<u8>)> = None;
-    let mut obligated =
-        |_: fastwebsockets::Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
-    loop {
-        let frame = match tokio::time::timeout(limits.idle, read.read_frame(&mut obligated)).await {
-            Err(_) => return close(close::NORMAL, "idle timeout").await,
-            Ok(Err(WebSocketError::FrameTooLarge)) => {
-                return close(close::TOO_BIG, "message too big").await;
-            }
-            Ok(Err(WebSocketError::InvalidUTF8)) => {
-                return close(close::INVALID_DATA, "text frame is not UTF-8").await;
-            }
-            Ok(Err(
-                WebSocketError::ConnectionClosed
-                | WebSocketError::UnexpectedEOF
-                | WebSocketError::IoError(_),
-            )) => return,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "protocol error");
-                return close(close::PROTOCOL_ERROR, "protocol error").await;
-            }
-            Ok(Ok(frame)) => frame,
+    async move {
+        let close = |code: u16, reason: &'static str| async move {
+            let _ = tx.send(Outbound::close(code, reason)).await;
         };
-        let (opcode, fin) = (frame.opcode, frame.fin);
-        if matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong)
-            && frame.payload.len() > MAX_CONTROL
-        {
-            return close(close::PROTOCOL_ERROR, "control frame over 125 bytes").await;
-        }
-        let whole = match opcode {
-            OpCode::Text | OpCode::Binary if partial.is_some() => {
-                return close(close::PROTOCOL_ERROR, "expected a continuation frame").await;
-            }
-            OpCode::Text | OpCode::Binary if fin => Some((opcode, frame.payload.to_vec())),
-            OpCode::Text | OpCode::Binary => {
-                partial = Some((opcode, frame.payload.to_vec()));
-                None
-            }
-            OpCode::Continuation => {
-                let Some((first, mut data)) = partial.take() else {
-                    return close(close::PROTOCOL_ERROR, "unexpected continuation frame").await;
+        // Frames of a fragmented message, until its final frame arrives.
+        let mut partial: Option<(OpCode, Vec<u8>)> = None;
+        let mut obligated =
+            |_: fastwebsockets::Frame<'_>| async { Ok::<(), std::convert::Infallible>(()) };
+        loop {
+            let frame =
+                match tokio::time::timeout(limits.idle, read.read_frame(&mut obligated)).await {
+                    Err(_) => return close(close::NORMAL, "idle timeout").await,
+                    Ok(Err(WebSocketError::FrameTooLarge)) => {
+                        return close(close::TOO_BIG, "message too big").await;
+                    }
+                    Ok(Err(WebSocketError::InvalidUTF8)) => {
+                        return close(close::INVALID_DATA, "text frame is not UTF-8").await;
+                    }
+                    Ok(Err(
+                        WebSocketError::ConnectionClosed
+                        | WebSocketError::UnexpectedEOF
+                        | WebSocketError::IoError(_),
+                    )) => return,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, "protocol error");
+                        return close(close::PROTOCOL_ERROR, "protocol error").await;
+                    }
+                    Ok(Ok(frame)) => frame,
                 };
-                if data.len() + frame.payload.len() > limits.max_message {
-                    return close(close::TOO_BIG, "message too big").await;
+            let (opcode, fin) = (frame.opcode, frame.fin);
+            if matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong)
+                && frame.payload.len() > MAX_CONTROL
+            {
+                return close(close::PROTOCOL_ERROR, "control frame over 125 bytes").await;
+            }
+            let whole = match opcode {
+                OpCode::Text | OpCode::Binary if partial.is_some() => {
+                    return close(close::PROTOCOL_ERROR, "expected a continuation frame").await;
                 }
-                data.extend_from_slice(&frame.payload);
-                if fin {
-                    Some((first, data))
-                } else {
-                    partial = Some((first, data));
+                OpCode::Text | OpCode::Binary if fin => Some((opcode, frame.payload.to_vec())),
+                OpCode::Text | OpCode::Binary => {
+                    partial = Some((opcode, frame.payload.to_vec()));
                     None
                 }
-            }
-            OpCode::Ping => {
-                if tx.send(Outbound::Pong(Box::new(frame.payload.to_vec()))).await.is_err() {
-                    return;
+                OpCode::Continuation => {
+                    let Some((first, mut data)) = partial.take() else {
+                        return close(close::PROTOCOL_ERROR, "unexpected continuation frame").await;
+                    };
+                    if data.len() + frame.payload.len() > limits.max_message {
+                        return close(close::TOO_BIG, "message too big").await;
+                    }
+                    data.extend_from_slice(&frame.payload);
+                    if fin {
+                        Some((first, data))
+                    } else {
+                        partial = Some((first, data));
+                        None
+                    }
                 }
-                None
+                OpCode::Ping => {
+                    if tx.send(Outbound::Pong(Box::new(frame.payload.to_vec()))).await.is_err() {
+                        return;
+                    }
+                    None
+                }
+                OpCode::Pong => None,
+                OpCode::Close => {
+                    let (code, reason) = answer_to_close(&frame.payload);
+                    return close(code, reason).await;
+                }
+            };
+            let Some((first, data)) = whole else { continue };
+            if data.len() > limits.max_message {
+                return close(close::TOO_BIG, "message too big").await;
             }
-            OpCode::Pong => None,
-            OpCode::Close => {
-                let (code, reason) = answer_to_close(&frame.payload);
-                return close(code, reason).await;
+            let binary = first == OpCode::Binary;
+            if !binary && std::str::from_utf8(&data).is_err() {
+                return close(close::INVALID_DATA, "text frame is not UTF-8").await;
             }
-        };
-        let Some((first, data)) = whole else { continue };
-        if data.len() > limits.max_message {
-            return close(close::TOO_BIG, "message too big").await;
-        }
-        let binary = first == OpCode::Binary;
-        if !binary && std::str::from_utf8(&data).is_err() {
-            return close(close::INVALID_DATA, "text frame is not UTF-8").await;
-        }
-        if !on_message(Message { binary, data }).await {
-            return;
+            if !on_message(Message { binary, data }).await {
+                return;
+            }
         }
     }
 }

@@ -25,7 +25,10 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use fastwebsockets::{WebSocketRead, upgrade::IncomingUpgrade};
+use fastwebsockets::{
+    WebSocketRead,
+    upgrade::{IncomingUpgrade, UpgradeFut},
+};
 use serde::Deserialize;
 use std::{
     sync::{Arc, atomic::AtomicBool},
@@ -98,15 +101,9 @@ pub async fn upgrade(
     let Ok((response, socket)) = upgrade.upgrade() else {
         return ApiError::bad_request("upgrade failed").into_response();
     };
-    let tracked = state.clone();
-    state.tracker.spawn(async move {
-        match socket.await {
-            Ok(ws) => {
-                serve(tracked, ws, identity.user_id, device.into(), identity.expires_at).await
-            }
-            Err(error) => tracing::debug!(%error, "upgrade did not complete"),
-        }
-    });
+    let session =
+        serve(state.clone(), socket, identity.user_id, device.into(), identity.expires_at);
+    state.tracker.spawn(session);
     response.into_response()
 }
 
@@ -121,30 +118,39 @@ fn origin_allowed(allowed: &str, headers: &HeaderMap) -> bool {
 }
 
 /// Runs one session from upgrade to close.
-async fn serve<S>(
+///
+/// Not an `async fn`, and neither is [`Session::run`]: an `async fn`
+/// copies its arguments into its future once more when it starts, and
+/// this future is what a session holds for its whole life.
+fn serve(
     state: AppState,
-    mut ws: fastwebsockets::WebSocket<S>,
+    socket: UpgradeFut,
     user: u64,
     device: Arc<str>,
     expires_at: i64,
-) where
-    S: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    ws.set_auto_close(false);
-    ws.set_auto_pong(false);
-    // The library's limit is per frame (and exclusive); the reader below
-    // enforces the same limit on whole, reassembled messages.
-    ws.set_max_message_size(state.settings.max_message_bytes + 1);
-    let (read, write) = ws.split(|s| {
-        let (r, w) = tokio::io::split(s);
-        (r, BatchWriter::new(w))
-    });
-    let (tx, rx) = mpsc::channel(state.settings.outbound_queue);
-    // Calls made once per session are boxed: inline, the largest of them
-    // would size the state this future keeps while the session is idle.
-    let session = Box::pin(Session::open(state, user, device, tx.clone())).await;
-    let (left_here, known) = session.run(read, write, tx, rx, expires_at).await;
-    Box::pin(session.close(left_here, known)).await;
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let stream = match socket.await {
+            Ok(ws) => ws.into_inner(),
+            Err(error) => return tracing::debug!(%error, "upgrade did not complete"),
+        };
+        // Frames are read by fastwebsockets and written by the session's
+        // own `BatchWriter`.
+        let (read, write) = tokio::io::split(stream);
+        let mut read = WebSocketRead::after_handshake(read, fastwebsockets::Role::Server);
+        read.set_auto_close(false);
+        read.set_auto_pong(false);
+        // The library's limit is per frame (and exclusive); the reader
+        // enforces the same limit on whole, reassembled messages.
+        read.set_max_message_size(state.settings.max_message_bytes + 1);
+        let (tx, rx) = mpsc::channel(state.settings.outbound_queue);
+        // Calls made once per session are boxed: inline, the largest of them
+        // would size the state this future keeps while the session is idle.
+        let session = Box::pin(Session::open(state, user, device, tx.clone())).await;
+        let halves = (read, BatchWriter::new(write));
+        let (left_here, known) = session.run(halves, tx, rx, expires_at).await;
+        Box::pin(session.close(left_here, known)).await;
+    }
 }
 
 /// One client session: opened (registered on this node and in presence),
@@ -213,17 +219,16 @@ impl Session {
     /// it here and lets the writer drain. How many sessions of the user are
     /// left on this node (`None` when it was no longer registered), and
     /// what was written (which names the user's 1:1 contacts).
-    async fn run<R, W>(
+    fn run<R, W>(
         &self,
-        read: WebSocketRead<R>,
-        write: fastwebsockets::WebSocketWrite<W>,
+        (read, write): (WebSocketRead<R>, BatchWriter<W>),
         tx: mpsc::Sender<Outbound>,
         rx: mpsc::Receiver<Outbound>,
         expires_at: i64,
-    ) -> (Option<usize>, Written)
+    ) -> impl Future<Output = (Option<usize>, Written)> + Send + '_
     where
-        R: AsyncRead + Unpin,
-        W: tokio::io::AsyncWrite + Unpin,
+        R: AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (state, settings, user) = (&self.state, &self.state.settings, self.user);
         let done = CancellationToken::new();
@@ -245,9 +250,12 @@ impl Session {
         // Once the first sync has listed every conversation, the 1:1
         // contacts are known; a session that ends before then announced
         // nothing.
-        let online_news = Box::pin(async {
-            if self.first && first_sync.await.is_ok() {
-                contacts::announce(state, user, written.direct_peers(user), true).await;
+        let online_news = Box::pin({
+            let written = written.clone();
+            async move {
+                if self.first && first_sync.await.is_ok() {
+                    contacts::announce(state, user, written.direct_peers(user), true).await;
+                }
             }
         });
         // Writer, reader and send pipeline are futures of this one task: an
@@ -256,10 +264,6 @@ impl Session {
         // is boxed where it is made, so this future holds three pointers
         // and never a moved-from copy of one of them.
         let mut writer = Box::pin(pusher.run(rx, self.cancel.clone(), done.clone()));
-        // The token's expiry is a deadline of the session, not a task of
-        // its own.
-        let left = (expires_at - now_secs()).max(0) as u64;
-        let expired = tokio::time::sleep(Duration::from_secs(left));
         // The send window and its pipeline exist from the first send on:
         // most sessions never send, and the window's queue alone is ~800
         // bytes.
@@ -283,31 +287,39 @@ impl Session {
             last_typing: Default::default(),
         };
         let reading = Box::pin(reader.run(read));
-        // Moved in, so every sender of the queue is gone once reading ends.
-        let reading = async move {
-            tokio::select! {
+        async move {
+            // The token's expiry is a deadline of the session, not a task
+            // of its own.
+            let left = (expires_at - now_secs()).max(0) as u64;
+            let expired = tokio::time::sleep(Duration::from_secs(left));
+            let writer_ended = tokio::select! {
+                // A writer that ended has cancelled `done`: it is polled
+                // first, so that it is never polled again below.
+                biased;
+                _ = &mut writer => true,
                 // The pipeline ends once the reader is done and its queue
                 // drained.
-                _ = async { tokio::join!(reading, pipeline, online_news) } => {}
-                _ = done.cancelled() => {}
-                _ = expired => registry::kick(&tx, &self.cancel, "token expired".into()),
+                _ = async { tokio::join!(reading, pipeline, online_news) } => false,
+                _ = done.cancelled() => false,
+                _ = expired => {
+                    registry::kick(&tx, &self.cancel, "token expired".into());
+                    false
+                }
+            };
+            // Every sender of the queue but the registry's is gone now.
+            drop(tx);
+            // This user may reconnect on another node, which reads cursors
+            // from storage: write the acks this session left behind soon.
+            state.acks.flush_soon();
+            // Unregister first, so nothing new is routed here; the writer
+            // then drains what is queued (a close frame, say) once the last
+            // sender is gone. A writer stuck on a dead socket is cut off.
+            let left_here = state.registry.remove(user, &self.id);
+            if !writer_ended {
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
             }
-        };
-        let writer_ended = tokio::select! {
-            _ = reading => false,
-            _ = &mut writer => true,
-        };
-        // This user may reconnect on another node, which reads cursors from
-        // storage: write the acks this session left behind soon.
-        state.acks.flush_soon();
-        // Unregister first, so nothing new is routed here; the writer then
-        // drains what is queued (a close frame, say) once the last sender
-        // is gone. A writer stuck on a dead socket is cut off.
-        let left_here = state.registry.remove(user, &self.id);
-        if !writer_ended {
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut writer).await;
+            (left_here, written)
         }
-        (left_here, written)
     }
 
     /// Clears the session from presence; when it was the user's last
@@ -519,15 +531,23 @@ struct Reader<'a> {
 /// At most one typing indicator per conversation per this interval.
 const TYPING_EVERY: Duration = Duration::from_secs(1);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     /// Reads until the socket ends; dropping `self` then closes the send
     /// window, which lets the pipeline finish.
-    async fn run<R: AsyncRead + Unpin>(self, read: WebSocketRead<R>) {
+    fn run<R: AsyncRead + Unpin + 'a>(
+        self,
+        read: WebSocketRead<R>,
+    ) -> impl Future<Output = ()> + 'a {
         let limits = FrameLimits {
             idle: Duration::from_secs(self.state.settings.idle_timeout_secs),
             max_message: self.state.settings.max_message_bytes,
         };
-        reader::read_messages(read, limits, &self.tx, |m| self.message(m)).await;
+        async move {
+            // Each message's handling is boxed: inline, its largest state
+            // (a service call) would size what an idle reader holds.
+            let on_message = |m| Box::pin(self.message(m));
+            reader::read_messages(read, limits, &self.tx, on_message).await;
+        }
     }
 
     async fn reply(&self, text: String) -> bool {

@@ -246,6 +246,18 @@ where
 }
 
 #[cfg(feature = "unstable-split")]
+impl<S> WebSocketRead<S> {
+  /// Tern: the reading half alone, over a stream that has completed the
+  /// handshake, for a caller that writes its frames itself.
+  pub fn after_handshake(stream: S, role: Role) -> Self {
+    Self {
+      stream,
+      read_half: ReadHalf::after_handshake(role),
+    }
+  }
+}
+
+#[cfg(feature = "unstable-split")]
 impl<'f, S> WebSocketRead<S> {
   /// Consumes the `WebSocketRead` and returns the underlying stream.
   #[inline]
