@@ -17,10 +17,7 @@ use axum::{
 use fastwebsockets::{Frame, Payload, upgrade::IncomingUpgrade};
 use std::time::Duration;
 use tern_proto::ErrorCode;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::mpsc,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Largest message the echo endpoint takes: the conformance suite sends
 /// up to 16 MiB.
@@ -59,9 +56,9 @@ where
         let (r, w) = tokio::io::split(s);
         (r, BatchWriter::new(w))
     });
-    let (tx, mut rx) = mpsc::channel::<Outbound>(64);
+    let (tx, rx) = flume::bounded::<Outbound>(64);
     let writer = tokio::spawn(async move {
-        while let Some(item) = rx.recv().await {
+        while let Ok(item) = rx.recv_async().await {
             let frame = match item {
                 Outbound::Echo(message) => match *message {
                     reader::Message { binary: true, data } => Frame::binary(Payload::Owned(data)),
@@ -87,7 +84,7 @@ where
     let limits = FrameLimits { idle, max_message: ECHO_MAX_MESSAGE };
     reader::read_messages(read, limits, &tx, |m| {
         let tx = tx.clone();
-        async move { tx.send(Outbound::Echo(Box::new(m))).await.is_ok() }
+        async move { tx.send_async(Outbound::Echo(Box::new(m))).await.is_ok() }
     })
     .await;
     drop(tx);

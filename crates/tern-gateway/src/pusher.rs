@@ -30,10 +30,7 @@ use tern_proto::{
     },
 };
 use tern_runtime::grpc::GrpcChannel;
-use tokio::{
-    io::AsyncWrite,
-    sync::{mpsc, oneshot},
-};
+use tokio::{io::AsyncWrite, sync::oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Retries of a failed sync read: a service restarting (or a moment of
@@ -188,7 +185,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// session.
     pub fn run(
         mut self,
-        mut rx: mpsc::Receiver<Outbound>,
+        rx: flume::Receiver<Outbound>,
         cancel: CancellationToken,
         done: CancellationToken,
     ) -> impl Future<Output = ()> {
@@ -216,7 +213,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                         let _ = self.close(close::KICKED, "another session took over").await;
                         return;
                     }
-                    item = rx.recv() => item,
+                    item = rx.recv_async() => item.ok(),
                 };
                 let Some(item) = item else { return };
                 let result = self.handle(item).await;

@@ -9,7 +9,7 @@
 use crate::{Outbound, protocol::close};
 use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use std::time::Duration;
-use tokio::{io::AsyncRead, sync::mpsc};
+use tokio::io::AsyncRead;
 
 /// Largest payload of a control frame (RFC 6455 §5.5).
 const MAX_CONTROL: usize = 125;
@@ -39,7 +39,7 @@ pub struct Message {
 pub fn read_messages<'a, R, F, Fut>(
     mut read: WebSocketRead<R>,
     limits: FrameLimits,
-    tx: &'a mpsc::Sender<Outbound>,
+    tx: &'a flume::Sender<Outbound>,
     mut on_message: F,
 ) -> impl Future<Output = ()> + 'a
 where
@@ -49,7 +49,7 @@ where
 {
     async move {
         let close = |code: u16, reason: &'static str| async move {
-            let _ = tx.send(Outbound::close(code, reason)).await;
+            let _ = tx.send_async(Outbound::close(code, reason)).await;
         };
         // Frames of a fragmented message, until its final frame arrives.
         let mut partial: Option<(OpCode, Vec<u8>)> = None;
@@ -107,7 +107,11 @@ where
                     }
                 }
                 OpCode::Ping => {
-                    if tx.send(Outbound::Pong(Box::new(frame.payload.to_vec()))).await.is_err() {
+                    if tx
+                        .send_async(Outbound::Pong(Box::new(frame.payload.to_vec())))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     None

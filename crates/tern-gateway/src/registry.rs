@@ -9,7 +9,6 @@ use std::sync::{
 use tern_bus::{BusEvent, Deliver, Event, Handler, Presence};
 use tern_proto::clients::AuthClient;
 use tern_runtime::grpc::GrpcChannel;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// A live session as others see it.
@@ -21,7 +20,7 @@ pub struct SessionHandle {
     /// not echoed back to it.
     pub device: Arc<str>,
     /// The session's bounded outbound queue.
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: flume::Sender<Outbound>,
     /// Cancelled to drop the session at once (a kick it cannot queue).
     pub cancel: CancellationToken,
     /// Set when a live message had to be dropped because the queue was
@@ -40,7 +39,7 @@ impl SessionHandle {
     /// Queues a live message; when the queue is full it is dropped and the
     /// session marked for a resync.
     fn offer(&self, item: Outbound, user: u64, stats: &Stats) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(item)
+        if let Err(flume::TrySendError::Full(_)) = self.tx.try_send(item)
             && !self.needs_resync.swap(true, Relaxed)
         {
             tracing::debug!(user_id = user, "outbound queue full; session will resync");
@@ -51,7 +50,7 @@ impl SessionHandle {
 
 /// Asks the session of `tx` to send a type 100 frame and close; if its
 /// queue is full it is dropped at once (`cancel`) instead.
-pub fn kick(tx: &mpsc::Sender<Outbound>, cancel: &CancellationToken, reason: String) {
+pub fn kick(tx: &flume::Sender<Outbound>, cancel: &CancellationToken, reason: String) {
     if tx.try_send(Outbound::Kick(Box::new(reason))).is_err() {
         cancel.cancel();
     }

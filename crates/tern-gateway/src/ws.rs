@@ -143,7 +143,8 @@ fn serve(
         // The library's limit is per frame (and exclusive); the reader
         // enforces the same limit on whole, reassembled messages.
         read.set_max_message_size(state.settings.max_message_bytes + 1);
-        let (tx, rx) = mpsc::channel(state.settings.outbound_queue);
+        // A queue with nothing in it holds no memory.
+        let (tx, rx) = flume::bounded(state.settings.outbound_queue);
         // Calls made once per session are boxed: inline, the largest of them
         // would size the state this future keeps while the session is idle.
         let session = Box::pin(Session::open(state, user, device, tx.clone())).await;
@@ -177,7 +178,7 @@ impl Session {
         state: AppState,
         user: u64,
         device: Arc<str>,
-        tx: mpsc::Sender<Outbound>,
+        tx: flume::Sender<Outbound>,
     ) -> Self {
         let settings = &state.settings;
         let handle = SessionHandle {
@@ -222,8 +223,8 @@ impl Session {
     fn run<R, W>(
         &self,
         (read, write): (WebSocketRead<R>, BatchWriter<W>),
-        tx: mpsc::Sender<Outbound>,
-        rx: mpsc::Receiver<Outbound>,
+        tx: flume::Sender<Outbound>,
+        rx: flume::Receiver<Outbound>,
         expires_at: i64,
     ) -> impl Future<Output = (Option<usize>, Written)> + Send + '_
     where
@@ -410,7 +411,7 @@ struct PendingSend {
 async fn send_pipeline(
     state: &AppState,
     mut queued: mpsc::Receiver<Queued>,
-    tx: mpsc::Sender<Outbound>,
+    tx: flume::Sender<Outbound>,
 ) {
     let window = state.settings.send_window.max(1);
     let within = Duration::from_millis(state.settings.send_timeout_ms);
@@ -453,7 +454,7 @@ async fn send_pipeline(
                     }
                 },
             };
-            if tx.send(out).await.is_err() {
+            if tx.send_async(out).await.is_err() {
                 return;
             }
         }
@@ -519,7 +520,7 @@ struct Reader<'a> {
     user: u64,
     device: &'a Arc<str>,
     session_id: &'a str,
-    tx: mpsc::Sender<Outbound>,
+    tx: flume::Sender<Outbound>,
     /// The session's send window.
     sends: SendWindow,
     /// What the writer has written, per conversation.
@@ -551,7 +552,7 @@ impl<'a> Reader<'a> {
     }
 
     async fn reply(&self, text: String) -> bool {
-        self.tx.send(Outbound::text(text)).await.is_ok()
+        self.tx.send_async(Outbound::text(text)).await.is_ok()
     }
 
     /// Handles one whole message; `false` ends the session.
@@ -716,7 +717,7 @@ impl<'a> Reader<'a> {
             }
             Err(status) => Outbound::text(protocol::error(&status_frame(&status, client_msg_id))),
         };
-        self.tx.send(out).await.is_ok()
+        self.tx.send_async(out).await.is_ok()
     }
 
     /// A read marker: written at once by the offline service (through the
