@@ -183,6 +183,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     /// Not an `async fn`: the arguments of one are copied into its future
     /// once more when it starts, and this future lives as long as the
     /// session.
+    #[allow(clippy::manual_async_fn)] // the point: see above
     pub fn run(
         mut self,
         rx: flume::Receiver<Outbound>,

@@ -36,6 +36,7 @@ pub struct Message {
 /// Not an `async fn`, which would copy its arguments into its future once
 /// more: this future is what an idle session's reader holds. For the same
 /// reason `on_message`'s future should be boxed unless it is small.
+#[allow(clippy::manual_async_fn)] // the point: see above
 pub fn read_messages<'a, R, F, Fut>(
     mut read: WebSocketRead<R>,
     limits: FrameLimits,

@@ -122,6 +122,7 @@ fn origin_allowed(allowed: &str, headers: &HeaderMap) -> bool {
 /// Not an `async fn`, and neither is [`Session::run`]: an `async fn`
 /// copies its arguments into its future once more when it starts, and
 /// this future is what a session holds for its whole life.
+#[allow(clippy::manual_async_fn)] // the point: see above
 fn serve(
     state: AppState,
     socket: UpgradeFut,
