@@ -177,8 +177,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
     }
 
     /// Sends the backlog, then serves the queue until it closes, `cancel`
-    /// fires (a kick that could not be queued) or the socket fails. Cancels
-    /// `done` on exit so the reading side stops too.
+    /// fires (a kick that could not be queued) or the socket fails.
     ///
     /// Not an `async fn`: the arguments of one are copied into its future
     /// once more when it starts, and this future lives as long as the
@@ -188,10 +187,8 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         mut self,
         rx: flume::Receiver<Outbound>,
         cancel: CancellationToken,
-        done: CancellationToken,
     ) -> impl Future<Output = ()> {
         async move {
-            let _done = done.drop_guard();
             self.needs_resync.store(false, Relaxed);
             // Storage reads are boxed: they are rare, and inline they would size
             // the state this future keeps for the whole session.

@@ -149,8 +149,8 @@ fn serve(
         // Calls made once per session are boxed: inline, the largest of them
         // would size the state this future keeps while the session is idle.
         let session = Box::pin(Session::open(state, user, device, tx.clone())).await;
-        let halves = (read, BatchWriter::new(write));
-        let (left_here, known) = session.run(halves, tx, rx, expires_at).await;
+        let write = BatchWriter::new(write);
+        let (left_here, known) = session.run(read, write, tx, rx, expires_at).await;
         Box::pin(session.close(left_here, known)).await;
     }
 }
@@ -223,7 +223,8 @@ impl Session {
     /// what was written (which names the user's 1:1 contacts).
     fn run<R, W>(
         &self,
-        (read, write): (WebSocketRead<R>, BatchWriter<W>),
+        read: WebSocketRead<R>,
+        write: BatchWriter<W>,
         tx: flume::Sender<Outbound>,
         rx: flume::Receiver<Outbound>,
         expires_at: i64,
@@ -233,7 +234,6 @@ impl Session {
         W: tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let (state, settings, user) = (&self.state, &self.state.settings, self.user);
-        let done = CancellationToken::new();
         let written = Written::default();
         let (synced, first_sync) = tokio::sync::oneshot::channel();
         let pusher = Pusher::new(
@@ -265,7 +265,7 @@ impl Session {
         // is written without waking another task (or another thread). Each
         // is boxed where it is made, so this future holds three pointers
         // and never a moved-from copy of one of them.
-        let mut writer = Box::pin(pusher.run(rx, self.cancel.clone(), done.clone()));
+        let mut writer = Box::pin(pusher.run(rx, self.cancel.clone()));
         // The send window and its pipeline exist from the first send on:
         // most sessions never send, and the window's queue alone is ~800
         // bytes.
@@ -295,14 +295,12 @@ impl Session {
             let left = (expires_at - now_secs()).max(0) as u64;
             let expired = tokio::time::sleep(Duration::from_secs(left));
             let writer_ended = tokio::select! {
-                // A writer that ended has cancelled `done`: it is polled
-                // first, so that it is never polled again below.
-                biased;
+                // A writer that ends (a failed write, a kick) ends the
+                // reading side with it.
                 _ = &mut writer => true,
                 // The pipeline ends once the reader is done and its queue
                 // drained.
                 _ = async { tokio::join!(reading, pipeline, online_news) } => false,
-                _ = done.cancelled() => false,
                 _ = expired => {
                     registry::kick(&tx, &self.cancel, "token expired".into());
                     false
