@@ -288,9 +288,11 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             device: self.device.to_string(),
             // A small backlog comes with the listing: no `Pull` for it.
             page: self.page,
+            // Taken before the read: see `AckBuffer::of_device`. A cursor
+            // the device has no row for yet starts at these.
+            unwritten_acks: self.acks.of_device(self.user, &self.device),
         };
-        // Before the read: see `AckBuffer::of_device`.
-        let buffered = self.acks.of_device(self.user, &self.device);
+        let buffered = &request.unwritten_acks;
         let backlog = read_retrying(|| {
             let (mut offline, request) = (self.offline.clone(), request.clone());
             async move { offline.list_backlog(request).await }

@@ -174,19 +174,26 @@ impl OfflineService for Offline {
         &self,
         request: Request<ListBacklogRequest>,
     ) -> Result<Response<ListBacklogResponse>, Status> {
-        let ListBacklogRequest { user_id: user, include_read, device, page } = request.into_inner();
+        let ListBacklogRequest { user_id: user, include_read, device, page, unwritten_acks } =
+            request.into_inner();
         let user = user_id(user)?;
         valid_device(&device)?;
         let cursors = self.store.of_user(user).await.map_err(OfflineError::from)?;
-        // A device's first listing pins its cursors at the read marker, so
-        // from then on it is sent everything it has not acked itself.
+        // A device's first listing pins its cursors at the read marker (or
+        // at an ack of the device not written yet), so from then on it is
+        // sent everything it has not acked itself.
         let mut devices = HashMap::new();
         if !device.is_empty() {
             devices = self.store.of_device(user, &device).await.map_err(OfflineError::from)?;
             let missing: Vec<(String, i64)> = cursors
                 .iter()
                 .filter(|c| !devices.contains_key(&c.conversation_id))
-                .map(|c| (c.conversation_id.clone(), c.read_seq))
+                .map(|c| {
+                    let unwritten = unwritten_acks.get(&c.conversation_id);
+                    let start =
+                        unwritten.map_or(c.read_seq, |&seq| seq.min(i64::MAX as u64) as i64);
+                    (c.conversation_id.clone(), start)
+                })
                 .collect();
             self.store.pin_device(user, &device, &missing).await.map_err(OfflineError::from)?;
             devices.extend(missing);

@@ -113,7 +113,9 @@ pub async fn conversations(
     let device = crate::error::device(device)?;
     // Before the read: see `AckBuffer::of_device`.
     let buffered = state.acks.of_device(user_id, &device);
-    let request = ListBacklogRequest { user_id, include_read: true, device, page: 0 };
+    let unwritten_acks = buffered.clone();
+    let request =
+        ListBacklogRequest { user_id, include_read: true, device, page: 0, unwritten_acks };
     let backlog = state.services.offline.clone().list_backlog(request).await?.into_inner();
     let mut items = Vec::with_capacity(backlog.conversations.len());
     for b in backlog.conversations {

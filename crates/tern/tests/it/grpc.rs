@@ -16,6 +16,10 @@ use tern_proto::{
             MessageKind, SendRequest, message_service_client::MessageServiceClient,
             send_request::Target,
         },
+        offline::{
+            Backlog, ListBacklogRequest, MarkReadRequest,
+            offline_service_client::OfflineServiceClient,
+        },
     },
 };
 use tonic_health::pb::{
@@ -162,4 +166,60 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
     assert_eq!(error_code_of(&refused.unwrap_err()), ErrorCode::UnknownUser);
     auth.set_banned(SetBannedRequest { user_id: bob.id, banned: false }).await.unwrap();
     assert_eq!(s.post("/api/login", None, login).await.0, 200);
+}
+
+/// A device's cursor in a conversation it has no row for starts at the
+/// read marker, unless the caller (a gateway writing acks behind) names an
+/// ack of that device not written yet: then it starts there, and the
+/// device is sent what it was sent before but did not acknowledge.
+#[tokio::test]
+async fn a_device_without_a_cursor_starts_at_its_unwritten_ack_not_the_read_marker() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let s = Server::start_with(&[
+        ("TERN__GRPC_ADDR", addr.as_str()),
+        ("TERN__SERVICE_TOKEN", common::SERVICE_TOKEN),
+    ])
+    .await;
+    let (alice, bob) = (s.user("alice").await, s.user("bob").await);
+    let url = format!("http://{addr}");
+    let mut messages =
+        MessageServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
+    for n in 1..=3 {
+        let send = SendRequest {
+            sender_id: bob.id,
+            client_msg_id: format!("b{n}"),
+            target: Some(Target::ToUserId(alice.id)),
+            content_json: format!(r#"{{"text":"{n}"}}"#),
+            system: false,
+            kind: 0,
+            device: String::new(),
+        };
+        messages.send(send).await.unwrap();
+    }
+    let dm = format!("dm:{}:{}", alice.id.min(bob.id), alice.id.max(bob.id));
+    let mut offline =
+        OfflineServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
+    let read = MarkReadRequest { user_id: alice.id, conversation_id: dm.clone(), seq: 3 };
+    offline.mark_read(read).await.unwrap();
+    let listing = |device: &str, unwritten: Option<u64>| {
+        let request = ListBacklogRequest {
+            user_id: alice.id,
+            include_read: true,
+            device: device.into(),
+            page: 10,
+            unwritten_acks: unwritten.map(|seq| (dm.clone(), seq)).into_iter().collect(),
+        };
+        let mut offline = offline.clone();
+        async move { offline.list_backlog(request).await.unwrap().into_inner().conversations }
+    };
+    let seqs = |b: &Backlog| b.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    // A device that never acked anything here starts at the read marker.
+    let watch = listing("watch", None).await;
+    assert_eq!((watch[0].acked_seq, seqs(&watch[0])), (3, vec![]));
+    // One whose ack of seq 1 is still on its way starts there, and the
+    // pin sticks: the next listing, without it, agrees.
+    let laptop = listing("laptop", Some(1)).await;
+    assert_eq!((laptop[0].acked_seq, seqs(&laptop[0])), (1, vec![2, 3]));
+    let laptop = listing("laptop", None).await;
+    assert_eq!((laptop[0].acked_seq, seqs(&laptop[0])), (1, vec![2, 3]));
 }
