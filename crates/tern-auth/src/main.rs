@@ -38,6 +38,7 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tern_runtime::memory::small_pages();
     let settings: Settings = tern_runtime::settings::load_or_exit("auth");
     let _telemetry = tern_runtime::telemetry::init("tern-auth");
     if settings.auth.jwt.key.secret.expose().len() < 32 {

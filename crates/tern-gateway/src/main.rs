@@ -59,6 +59,7 @@ const PRINT_OPENAPI: &str = "--print-openapi";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tern_runtime::memory::small_pages();
     if std::env::args().nth(1).as_deref() == Some(PRINT_OPENAPI) {
         println!("{}", tern_gateway::openapi_json());
         return Ok(());

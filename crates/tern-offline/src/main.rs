@@ -31,6 +31,7 @@ impl Default for Settings {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tern_runtime::memory::small_pages();
     let settings: Settings = tern_runtime::settings::load_or_exit("offline");
     let _telemetry = tern_runtime::telemetry::init("tern-offline");
     let started = settings.base.start().await?;

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod credential;
 pub mod db;
 pub mod grpc;
+pub mod memory;
 pub mod net;
 pub mod objects;
 pub mod service;

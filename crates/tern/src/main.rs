@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tern_runtime::memory::small_pages();
     let settings: tern::Settings = tern_runtime::settings::load_or_exit("tern");
     let _telemetry = tern_runtime::telemetry::init("tern");
     let listener = tern_runtime::net::listen(&settings.http_addr).await?;
