@@ -585,14 +585,20 @@ impl<'f, S> WebSocket<S> {
 
 const MAX_HEADER_SIZE: usize = 14;
 
-/// Tern: what a read into an empty buffer reserves. Most frames fit, and
-/// a socket waiting for its next frame holds no more than this (upstream
-/// allocates 8 KiB per socket up front and keeps it).
+/// Tern: what the buffer reserves when the first read of a frame filled
+/// [`FIRST_READ`] (more is likely waiting). Upstream allocates 8 KiB per
+/// socket up front and keeps it.
 const READ_RESERVE: usize = 512;
+
+/// Tern: a frame's first read, made while the socket has no buffer, lands
+/// in an array of this size inside the reading future and is then copied
+/// to a buffer of its exact size. A socket waiting for its next frame thus
+/// holds no heap buffer at all; heartbeats and acks fit whole.
+const FIRST_READ: usize = 128;
 
 impl ReadHalf {
   pub fn after_handshake(role: Role) -> Self {
-    // Tern: empty until the first read (see READ_RESERVE).
+    // Tern: empty until the first read (see FIRST_READ).
     let buffer = BytesMut::new();
 
     Self {
@@ -690,9 +696,13 @@ impl ReadHalf {
     }
 
     // Read the first two bytes
-    if self.buffer.is_empty() && self.buffer.capacity() < READ_RESERVE {
-      // Tern: one read takes a whole small frame (see READ_RESERVE).
-      self.buffer.reserve(READ_RESERVE);
+    if self.buffer.is_empty() {
+      // Tern: wait for the frame without a buffer (see FIRST_READ).
+      let mut first = [0u8; FIRST_READ];
+      let n = stream.read(&mut first).await?;
+      eof!(n);
+      self.buffer.reserve(if n == FIRST_READ { READ_RESERVE } else { n });
+      self.buffer.extend_from_slice(&first[..n]);
     }
     while self.buffer.remaining() < 2 {
       eof!(stream.read_buf(&mut self.buffer).await?);
@@ -766,9 +776,9 @@ impl ReadHalf {
 
     // if we read too much it will stay in the buffer, for the next call to this method
     let payload = self.buffer.split_to(payload_len);
-    if self.buffer.is_empty() && self.buffer.capacity() > READ_RESERVE {
-      // Tern: after a large frame, let go of its allocation rather than
-      // keep it for the socket's life.
+    if self.buffer.is_empty() {
+      // Tern: hold no buffer between frames (see FIRST_READ); the payload
+      // keeps what it needs of the allocation.
       self.buffer = BytesMut::new();
     }
     let frame = Frame::new(fin, opcode, mask, Payload::Bytes(payload));
