@@ -189,10 +189,10 @@ impl OfflineService for Offline {
                 .iter()
                 .filter(|c| !devices.contains_key(&c.conversation_id))
                 .map(|c| {
+                    // An ack out of range is dropped, as `AckBatch` drops it.
                     let unwritten = unwritten_acks.get(&c.conversation_id);
-                    let start =
-                        unwritten.map_or(c.read_seq, |&seq| seq.min(i64::MAX as u64) as i64);
-                    (c.conversation_id.clone(), start)
+                    let unwritten = unwritten.and_then(|&seq| i64::try_from(seq).ok());
+                    (c.conversation_id.clone(), unwritten.unwrap_or(c.read_seq))
                 })
                 .collect();
             self.store.pin_device(user, &device, &missing).await.map_err(OfflineError::from)?;
