@@ -19,6 +19,7 @@ mod pusher;
 mod reader;
 mod registry;
 mod stats;
+mod sync_reads;
 mod tokens;
 mod ws;
 
@@ -253,6 +254,8 @@ pub struct AppState {
     sends: Arc<tokio::sync::Semaphore>,
     /// Delivery acks not yet written.
     acks: Arc<acks::AckBuffer>,
+    /// Backlog listings, batched across sessions, and pulls.
+    sync_reads: Arc<sync_reads::SyncReads>,
     /// Access token checks.
     tokens: Arc<tokens::Tokens>,
     /// URLs of attachment bytes this node carries.
@@ -271,6 +274,7 @@ impl AppState {
                 settings.jwt.secret.expose(),
                 services.files.url_ttl().as_secs(),
             )),
+            sync_reads: sync_reads::SyncReads::new(services.offline.clone()),
             services: Arc::new(services),
             registry: Arc::default(),
             stats: Arc::default(),

@@ -9,6 +9,7 @@ use crate::{
     batch_writer::BatchWriter,
     protocol::{self, close},
     stats::Stats,
+    sync_reads::SyncReads,
 };
 use backon::{ExponentialBuilder, Retryable};
 use fastwebsockets::{Frame, Payload};
@@ -21,15 +22,12 @@ use std::{
     time::Duration,
 };
 use tern_proto::{
-    ErrorCode,
-    clients::OfflineClient,
-    conversation, error_code_of,
+    ErrorCode, conversation, error_code_of,
     pb::{
         message::Message,
         offline::{ListBacklogRequest, PullRequest},
     },
 };
-use tern_runtime::grpc::GrpcChannel;
 use tokio::{io::AsyncWrite, sync::oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -49,10 +47,10 @@ fn sync_backoff() -> ExponentialBuilder {
 async fn read_retrying<T, F, Fut>(read: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
     let retryable = |s: &tonic::Status| error_code_of(s) == ErrorCode::Unavailable;
-    Ok(read.retry(sync_backoff()).when(retryable).await?.into_inner())
+    read.retry(sync_backoff()).when(retryable).await
 }
 
 /// Why the writer stopped.
@@ -121,7 +119,8 @@ pub struct Pusher<W> {
     /// The session's device: it has its own cursors, and is not sent the
     /// messages it sent itself.
     device: Arc<str>,
-    offline: OfflineClient<GrpcChannel>,
+    /// Backlog listings (batched with other sessions') and pulls.
+    reads: Arc<SyncReads>,
     /// Highest seq written to this client, per conversation.
     pushed: Written,
     /// This node's acks not yet written, which are newer than the cursors
@@ -146,7 +145,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
         out: BatchWriter<W>,
         user: u64,
         device: Arc<str>,
-        offline: OfflineClient<GrpcChannel>,
+        reads: Arc<SyncReads>,
         pushed: Written,
         acks: Arc<AckBuffer>,
         page: u32,
@@ -158,7 +157,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             out,
             user,
             device,
-            offline,
+            reads,
             pushed,
             acks,
             page,
@@ -293,12 +292,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
             unwritten_acks: self.acks.of_device(self.user, &self.device),
         };
         let buffered = &request.unwritten_acks;
-        let backlog = read_retrying(|| {
-            let (mut offline, request) = (self.offline.clone(), request.clone());
-            async move { offline.list_backlog(request).await }
-        })
-        .await?
-        .conversations;
+        let backlog = read_retrying(|| self.reads.list(request.clone())).await?.conversations;
         for conversation in backlog {
             let id = &conversation.conversation_id;
             let after = match self.pushed.get(id) {
@@ -367,11 +361,7 @@ impl<W: AsyncWrite + Unpin> Pusher<W> {
                 limit: self.page,
                 device: self.device.to_string(),
             };
-            let page = read_retrying(|| {
-                let (mut offline, request) = (self.offline.clone(), request.clone());
-                async move { offline.pull(request).await }
-            })
-            .await?;
+            let page = read_retrying(|| self.reads.pull(request.clone())).await?;
             self.write_page(conversation_id, after.unwrap_or(page.acked_seq), &page.messages)
                 .await?;
             if page.messages.is_empty() {

@@ -240,7 +240,7 @@ impl Session {
             write,
             user,
             self.device.clone(),
-            state.services.offline.clone(),
+            state.sync_reads.clone(),
             written.clone(),
             state.acks.clone(),
             settings.sync_page,

@@ -677,7 +677,7 @@ impl MessageService for Messages {
         &self,
         request: Request<GetConversationStatesRequest>,
     ) -> Result<Response<GetConversationStatesResponse>, Status> {
-        let GetConversationStatesRequest { conversation_ids: ids, after_seqs, limit } =
+        let GetConversationStatesRequest { conversation_ids: ids, after_seqs, limit, groups } =
             request.into_inner();
         if ids.len() > MAX_STATES {
             return Err(MessageError::Invalid("at most 10000 conversation ids per call").into());
@@ -685,28 +685,53 @@ impl MessageService for Messages {
         if !after_seqs.is_empty() && after_seqs.len() != ids.len() {
             return Err(MessageError::Invalid("after_seqs must give one position per id").into());
         }
+        let grouped: u64 = groups.iter().map(|g| u64::from(g.size)).sum();
+        if groups.len() > MAX_STATES || (!groups.is_empty() && grouped != ids.len() as u64) {
+            return Err(
+                MessageError::Invalid("group sizes must add up to the number of ids").into()
+            );
+        }
         let mut heads = std::collections::HashMap::new();
         for chunk in ids.chunks(500) {
             heads.extend(self.store.heads(chunk).await.map_err(MessageError::from)?);
         }
-        // What is left of the messages the answer may carry.
-        let mut budget = if after_seqs.is_empty() { 0 } else { u64::from(limit.min(MAX_PAGE)) };
-        let mut states = Vec::with_capacity(ids.len());
-        for (i, id) in ids.into_iter().enumerate() {
-            let mut latest_seq = heads.get(&id).copied().unwrap_or(0);
-            let after = after_seqs.get(i).copied().unwrap_or(0);
-            let mut messages = Vec::new();
-            if budget > 0 && latest_seq > after {
-                let after = i64::try_from(after)
-                    .map_err(|_| MessageError::Invalid("after_seq out of range"))?;
-                let (page, head) =
-                    self.store.list(&id, after, budget).await.map_err(MessageError::from)?;
-                budget -= page.len() as u64;
-                latest_seq = latest_seq.max(head);
-                messages = page;
+        // Each conversation's page as a range of seqs (seqs have no gaps),
+        // while its group's budget lasts; then every page in a few reads.
+        let groups = match groups.is_empty() {
+            true => vec![(ids.len(), limit)],
+            false => groups.iter().map(|g| (g.size as usize, g.limit)).collect(),
+        };
+        let (mut ranges, mut paged) = (Vec::new(), Vec::with_capacity(ids.len()));
+        let mut at = 0;
+        for (size, limit) in groups {
+            let mut budget = match after_seqs.is_empty() {
+                true => 0,
+                false => u64::from(limit.min(MAX_PAGE)),
+            };
+            for (i, id) in ids.iter().enumerate().skip(at).take(size) {
+                let latest = heads.get(id).copied().unwrap_or(0);
+                let after = after_seqs.get(i).copied().unwrap_or(0);
+                let wanted = budget > 0 && latest > after;
+                if wanted {
+                    let take = (latest - after).min(budget);
+                    budget -= take;
+                    // Below a head read from an i64 column, so in range.
+                    ranges.push((id.clone(), after as i64, (after + take) as i64));
+                }
+                paged.push(wanted);
             }
-            states.push(ConversationState { conversation_id: id, latest_seq, messages });
+            at += size;
         }
+        let mut pages = self.store.pages(&ranges).await.map_err(MessageError::from)?.into_iter();
+        let states = ids
+            .into_iter()
+            .zip(paged)
+            .map(|(id, paged)| ConversationState {
+                latest_seq: heads.get(&id).copied().unwrap_or(0),
+                messages: if paged { pages.next().unwrap_or_default() } else { Vec::new() },
+                conversation_id: id,
+            })
+            .collect();
         Ok(Response::new(GetConversationStatesResponse { states }))
     }
 

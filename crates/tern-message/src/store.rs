@@ -43,6 +43,9 @@ use tokio::sync::{mpsc, oneshot};
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 1024;
 
+/// Ranges one read of [`Store::pages`] asks for (three parameters each).
+const PAGES_PER_READ: usize = 300;
+
 pub mod conversations {
     use sea_orm::entity::prelude::*;
 
@@ -328,6 +331,53 @@ impl Store {
             _ => self.heads(&[conversation.to_string()]).await?.pop().map_or(0, |(_, s)| s),
         };
         Ok((rows.into_iter().map(to_pb).collect(), head))
+    }
+
+    /// The messages of each range `(conversation, after, upto)`, seq in
+    /// `after < seq <= upto`, in order, one list per range: many
+    /// conversations' pages in one read per few hundred ranges. Seqs have
+    /// no gaps, so a range up to a head read earlier is exactly the page
+    /// `list` would give.
+    #[tracing::instrument(name = "store.pages", skip_all)]
+    pub async fn pages(&self, ranges: &[(String, i64, i64)]) -> Result<Vec<Vec<Message>>, DbErr> {
+        // Rows by conversation, in seq order; ranges may overlap (two
+        // members of one conversation listed together).
+        let mut rows: HashMap<String, Vec<messages::Model>> = HashMap::new();
+        for chunk in ranges.chunks(PAGES_PER_READ) {
+            let mut any = sea_orm::Condition::any();
+            for (conversation, after, upto) in chunk {
+                any = any.add(
+                    messages::Column::ConversationId
+                        .eq(conversation.as_str())
+                        .and(messages::Column::Seq.gt(*after))
+                        .and(messages::Column::Seq.lte(*upto)),
+                );
+            }
+            let found = messages::Entity::find()
+                .filter(any)
+                .order_by_asc(messages::Column::ConversationId)
+                .order_by_asc(messages::Column::Seq)
+                .all(&self.db)
+                .await?;
+            for row in found {
+                let list = rows.entry(row.conversation_id.clone()).or_default();
+                // The same row comes once per chunk that asks for it.
+                if list.last().is_none_or(|last| last.seq < row.seq) {
+                    list.push(row);
+                } else if let Err(at) = list.binary_search_by_key(&row.seq, |r| r.seq) {
+                    list.insert(at, row);
+                }
+            }
+        }
+        Ok(ranges
+            .iter()
+            .map(|(conversation, after, upto)| {
+                let Some(list) = rows.get(conversation.as_str()) else { return Vec::new() };
+                let from = list.partition_point(|r| r.seq <= *after);
+                let to = list.partition_point(|r| r.seq <= *upto);
+                list[from..to].iter().cloned().map(to_pb).collect()
+            })
+            .collect())
     }
 
     /// `(id, last_seq)` of the conversations that exist among `ids`.

@@ -5,13 +5,16 @@ use std::collections::HashMap;
 use tern_proto::{
     conversation,
     pb::{
-        message::{ConversationState, GetConversationStatesRequest, ListMessagesRequest},
+        message::{
+            ConversationState, GetConversationStatesRequest, ListMessagesRequest, PageGroup,
+        },
         offline::{
             AckBatchRequest, AckBatchResponse, AckRequest, AckResponse, Backlog,
             DropCursorsRequest, DropCursorsResponse, InitCursorsRequest, InitCursorsResponse,
-            ListBacklogRequest, ListBacklogResponse, MarkReadRequest, MarkReadResponse,
-            PullRequest, PullResponse, ReadPosition, ReadPositionsRequest, ReadPositionsResponse,
-            SharedWithRequest, SharedWithResponse, offline_service_server::OfflineService,
+            ListBacklogRequest, ListBacklogResponse, ListBacklogsRequest, ListBacklogsResponse,
+            MarkReadRequest, MarkReadResponse, PullRequest, PullResponse, ReadPosition,
+            ReadPositionsRequest, ReadPositionsResponse, SharedWithRequest, SharedWithResponse,
+            offline_service_server::OfflineService,
         },
     },
 };
@@ -26,6 +29,9 @@ const MAX_PAGE: u32 = 1_000;
 /// Conversations per `GetConversationStates` call (the message service
 /// takes up to 10,000).
 const STATES_PER_CALL: usize = 5_000;
+
+/// Most listings one `ListBacklogs` call may carry.
+const MAX_LISTINGS: usize = 1_000;
 
 /// Most acks one `AckBatch` call may carry.
 const MAX_ACK_BATCH: usize = 10_000;
@@ -100,38 +106,187 @@ impl Offline {
 
     /// Latest seq of each conversation, from the message service.
     async fn heads(&self, ids: Vec<String>) -> Result<HashMap<String, u64>, OfflineError> {
-        let states = self.states(ids, Vec::new(), 0).await?;
-        Ok(states.into_iter().map(|s| (s.conversation_id, s.latest_seq)).collect())
-    }
-
-    /// Each conversation's state from the message service, in the order
-    /// of `ids`; with `after` (one position per id), also the messages
-    /// after each position, `limit` in all.
-    async fn states(
-        &self,
-        ids: Vec<String>,
-        after: Vec<u64>,
-        limit: u32,
-    ) -> Result<Vec<ConversationState>, OfflineError> {
-        let mut states = Vec::with_capacity(ids.len());
-        let mut budget = limit;
-        for (i, chunk) in ids.chunks(STATES_PER_CALL).enumerate() {
-            let after_seqs = match after.is_empty() {
-                true => Vec::new(),
-                false => after[i * STATES_PER_CALL..][..chunk.len()].to_vec(),
-            };
+        let mut heads = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(STATES_PER_CALL) {
             let request = GetConversationStatesRequest {
                 conversation_ids: chunk.to_vec(),
-                after_seqs,
-                limit: budget,
+                ..Default::default()
             };
             let answer = self.peers.message.clone().get_conversation_states(request).await?;
-            let chunk_states = answer.into_inner().states;
-            let carried: usize = chunk_states.iter().map(|s| s.messages.len()).sum();
-            budget = budget.saturating_sub(carried as u32);
-            states.extend(chunk_states);
+            heads.extend(
+                answer.into_inner().states.into_iter().map(|s| (s.conversation_id, s.latest_seq)),
+            );
         }
-        Ok(states)
+        Ok(heads)
+    }
+
+    /// Each listing's conversation states from the message service, with
+    /// the messages after each position, up to the listing's page: as few
+    /// calls as the per-call cap allows. A listing too large for one call
+    /// is sent in pieces, each carrying what its page has left.
+    async fn paged_states(
+        &self,
+        listings: Vec<Listing>,
+    ) -> Result<Vec<Vec<ConversationState>>, OfflineError> {
+        let mut answers = Vec::with_capacity(listings.len());
+        let mut call = StatesCall::default();
+        for listing in listings {
+            if call.len() + listing.ids.len() > STATES_PER_CALL {
+                answers.extend(call.send(self).await?);
+            }
+            if listing.ids.len() <= STATES_PER_CALL {
+                call.add(listing.ids, listing.after, listing.page);
+                continue;
+            }
+            let (mut states, mut page) = (Vec::with_capacity(listing.ids.len()), listing.page);
+            for (ids, after) in
+                listing.ids.chunks(STATES_PER_CALL).zip(listing.after.chunks(STATES_PER_CALL))
+            {
+                call.add(ids.to_vec(), after.to_vec(), page);
+                let piece = call.send(self).await?.pop().unwrap_or_default();
+                let carried: usize = piece.iter().map(|s| s.messages.len()).sum();
+                page = page.saturating_sub(carried as u32);
+                states.extend(piece);
+            }
+            answers.push(states);
+        }
+        answers.extend(call.send(self).await?);
+        Ok(answers)
+    }
+
+    /// Lists the backlogs of many `(user, device)` at once (see
+    /// `ListBacklogs`): the cursors of all of them in one read, and every
+    /// page in as few message-service calls as the cap allows.
+    async fn backlogs(
+        &self,
+        requests: Vec<ListBacklogRequest>,
+    ) -> Result<Vec<ListBacklogResponse>, OfflineError> {
+        let users: Vec<i64> =
+            requests.iter().map(|r| user_id(r.user_id)).collect::<Result<_, _>>()?;
+        requests.iter().try_for_each(|r| valid_device(&r.device))?;
+        let mut distinct = users.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut cursors: HashMap<i64, Vec<Cursor>> = HashMap::new();
+        for cursor in self.store.of_users(&distinct).await? {
+            cursors.entry(cursor.user_id).or_default().push(cursor);
+        }
+        let mut named: Vec<(i64, String)> = users
+            .iter()
+            .zip(&requests)
+            .filter(|(_, r)| !r.device.is_empty())
+            .map(|(&user, r)| (user, r.device.clone()))
+            .collect();
+        named.sort_unstable();
+        named.dedup();
+        let mut devices = self.store.of_devices(&named).await?;
+        // A device's first listing pins its cursors at the read marker (or
+        // at an ack of the device not written yet), so from then on it is
+        // sent everything it has not acked itself.
+        let mut pins = Vec::new();
+        for (&user, request) in users.iter().zip(&requests).filter(|(_, r)| !r.device.is_empty()) {
+            let own = devices.entry((user, request.device.clone())).or_default();
+            for c in cursors.get(&user).into_iter().flatten() {
+                if own.contains_key(&c.conversation_id) {
+                    continue;
+                }
+                // An ack out of range is dropped, as `AckBatch` drops it.
+                let unwritten = request.unwritten_acks.get(&c.conversation_id);
+                let unwritten = unwritten.and_then(|&seq| i64::try_from(seq).ok());
+                let seq = unwritten.unwrap_or(c.read_seq);
+                own.insert(c.conversation_id.clone(), seq);
+                pins.push((user, request.device.clone(), c.conversation_id.clone(), seq));
+            }
+        }
+        self.store.pin_devices(&pins).await?;
+        let no_cursors = Vec::new();
+        let mut listings = Vec::with_capacity(requests.len());
+        let mut positions = Vec::with_capacity(requests.len());
+        for (&user, request) in users.iter().zip(&requests) {
+            let mine = cursors.get(&user).unwrap_or(&no_cursors);
+            let own = devices.get(&(user, request.device.clone()));
+            let acked: Vec<u64> = mine
+                .iter()
+                .map(|c| {
+                    device_acked(
+                        c,
+                        &request.device,
+                        own.and_then(|o| o.get(&c.conversation_id).copied()),
+                    )
+                })
+                .collect();
+            // History from before the member joined is not theirs.
+            let after = mine.iter().zip(&acked).map(|(c, &a)| a.max(c.start_seq as u64)).collect();
+            let ids = mine.iter().map(|c| c.conversation_id.clone()).collect();
+            listings.push(Listing { ids, after, page: request.page.min(MAX_PAGE) });
+            positions.push(acked);
+        }
+        let states = self.paged_states(listings).await?;
+        let mut answers = Vec::with_capacity(requests.len());
+        for (((user, request), acked), states) in
+            users.iter().zip(&requests).zip(positions).zip(states)
+        {
+            let mine = cursors.get(user).unwrap_or(&no_cursors);
+            let mut conversations = Vec::new();
+            for ((c, acked), state) in mine.iter().zip(acked).zip(states) {
+                if !request.include_read && state.latest_seq <= acked {
+                    continue;
+                }
+                conversations.push(Backlog {
+                    conversation_id: c.conversation_id.clone(),
+                    acked_seq: acked,
+                    latest_seq: state.latest_seq,
+                    read_seq: c.read_seq as u64,
+                    messages: state.messages,
+                });
+            }
+            answers.push(ListBacklogResponse { conversations });
+        }
+        Ok(answers)
+    }
+}
+
+type Cursor = crate::store::cursors::Model;
+
+/// One user's conversations, positions and page, for [`Offline::paged_states`].
+struct Listing {
+    ids: Vec<String>,
+    after: Vec<u64>,
+    page: u32,
+}
+
+/// A `GetConversationStates` call being filled, one group per listing.
+#[derive(Default)]
+struct StatesCall {
+    request: GetConversationStatesRequest,
+}
+
+impl StatesCall {
+    fn len(&self) -> usize {
+        self.request.conversation_ids.len()
+    }
+
+    fn add(&mut self, ids: Vec<String>, after: Vec<u64>, page: u32) {
+        let size = ids.len() as u32;
+        self.request.conversation_ids.extend(ids);
+        self.request.after_seqs.extend(after);
+        self.request.groups.push(PageGroup { size, limit: page });
+    }
+
+    /// Makes the call, if anything was added, and splits the answer into
+    /// one list per group.
+    async fn send(
+        &mut self,
+        offline: &Offline,
+    ) -> Result<Vec<Vec<ConversationState>>, OfflineError> {
+        let request = std::mem::take(&mut self.request);
+        if request.groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sizes: Vec<usize> = request.groups.iter().map(|g| g.size as usize).collect();
+        let answer = offline.peers.message.clone().get_conversation_states(request).await?;
+        let mut states = answer.into_inner().states.into_iter();
+        Ok(sizes.into_iter().map(|size| states.by_ref().take(size).collect()).collect())
     }
 }
 
@@ -174,55 +329,20 @@ impl OfflineService for Offline {
         &self,
         request: Request<ListBacklogRequest>,
     ) -> Result<Response<ListBacklogResponse>, Status> {
-        let ListBacklogRequest { user_id: user, include_read, device, page, unwritten_acks } =
-            request.into_inner();
-        let user = user_id(user)?;
-        valid_device(&device)?;
-        let cursors = self.store.of_user(user).await.map_err(OfflineError::from)?;
-        // A device's first listing pins its cursors at the read marker (or
-        // at an ack of the device not written yet), so from then on it is
-        // sent everything it has not acked itself.
-        let mut devices = HashMap::new();
-        if !device.is_empty() {
-            devices = self.store.of_device(user, &device).await.map_err(OfflineError::from)?;
-            let missing: Vec<(String, i64)> = cursors
-                .iter()
-                .filter(|c| !devices.contains_key(&c.conversation_id))
-                .map(|c| {
-                    // An ack out of range is dropped, as `AckBatch` drops it.
-                    let unwritten = unwritten_acks.get(&c.conversation_id);
-                    let unwritten = unwritten.and_then(|&seq| i64::try_from(seq).ok());
-                    (c.conversation_id.clone(), unwritten.unwrap_or(c.read_seq))
-                })
-                .collect();
-            self.store.pin_device(user, &device, &missing).await.map_err(OfflineError::from)?;
-            devices.extend(missing);
+        let answer = self.backlogs(vec![request.into_inner()]).await?.pop();
+        Ok(Response::new(answer.unwrap_or_default()))
+    }
+
+    async fn list_backlogs(
+        &self,
+        request: Request<ListBacklogsRequest>,
+    ) -> Result<Response<ListBacklogsResponse>, Status> {
+        let requests = request.into_inner().requests;
+        if requests.len() > MAX_LISTINGS {
+            return Err(OfflineError::Invalid("at most 1000 listings per call").into());
         }
-        let acked: Vec<u64> = cursors
-            .iter()
-            .map(|c| device_acked(c, &device, devices.get(&c.conversation_id).copied()))
-            .collect();
-        // Each conversation's head and the messages after the device's
-        // position, from one call: history from before the member joined
-        // is not theirs.
-        let after: Vec<u64> =
-            cursors.iter().zip(&acked).map(|(c, &a)| a.max(c.start_seq as u64)).collect();
-        let ids = cursors.iter().map(|c| c.conversation_id.clone()).collect();
-        let states = self.states(ids, after, page.min(MAX_PAGE)).await?;
-        let mut conversations = Vec::new();
-        for ((c, acked), state) in cursors.into_iter().zip(acked).zip(states) {
-            if !include_read && state.latest_seq <= acked {
-                continue;
-            }
-            conversations.push(Backlog {
-                conversation_id: c.conversation_id,
-                acked_seq: acked,
-                latest_seq: state.latest_seq,
-                read_seq: c.read_seq as u64,
-                messages: state.messages,
-            });
-        }
-        Ok(Response::new(ListBacklogResponse { conversations }))
+        let answers = self.backlogs(requests).await?;
+        Ok(Response::new(ListBacklogsResponse { answers }))
     }
 
     async fn pull(&self, request: Request<PullRequest>) -> Result<Response<PullResponse>, Status> {

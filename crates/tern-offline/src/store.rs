@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
+    ExprTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
 };
 
 pub mod cursors {
@@ -103,18 +103,29 @@ impl Store {
         txn.commit().await
     }
 
-    /// Every cursor of one of a user's devices, by conversation.
-    pub async fn of_device(&self, user: i64, device: &str) -> Result<HashMap<String, i64>, DbErr> {
-        let rows: Vec<(String, i64)> = device_cursors::Entity::find()
-            .select_only()
-            .column(device_cursors::Column::ConversationId)
-            .column(device_cursors::Column::AckedSeq)
-            .filter(device_cursors::Column::UserId.eq(user))
-            .filter(device_cursors::Column::Device.eq(device))
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        Ok(rows.into_iter().collect())
+    /// Every cursor of each `(user, device)`, by conversation; devices
+    /// without one are left out.
+    pub async fn of_devices(
+        &self,
+        devices: &[(i64, String)],
+    ) -> Result<HashMap<(i64, String), HashMap<String, i64>>, DbErr> {
+        let mut found: HashMap<(i64, String), HashMap<String, i64>> = HashMap::new();
+        for chunk in devices.chunks(500) {
+            let mut any = sea_orm::Condition::any();
+            for (user, device) in chunk {
+                any = any.add(
+                    device_cursors::Column::UserId
+                        .eq(*user)
+                        .and(device_cursors::Column::Device.eq(device.as_str())),
+                );
+            }
+            let rows = device_cursors::Entity::find().filter(any).all(&self.db).await?;
+            for row in rows {
+                let own = found.entry((row.user_id, row.device)).or_default();
+                own.insert(row.conversation_id, row.acked_seq);
+            }
+        }
+        Ok(found)
     }
 
     /// A device's cursor in one conversation, if it has one yet.
@@ -128,18 +139,28 @@ impl Store {
         Ok(device_cursors::Entity::find_by_id(key).one(&self.db).await?.map(|c| c.acked_seq))
     }
 
-    /// Starts a device's missing cursors where `starts` says; existing
-    /// ones are kept.
-    pub async fn pin_device(
-        &self,
-        user: i64,
-        device: &str,
-        starts: &[(String, i64)],
-    ) -> Result<(), DbErr> {
+    /// Starts devices' missing cursors, `(user, device, conversation,
+    /// seq)` each; existing ones are kept.
+    pub async fn pin_devices(&self, starts: &[Ack]) -> Result<(), DbErr> {
         for chunk in starts.chunks(500) {
-            insert_device_cursors(&self.db, user, device, chunk).await?;
+            insert_device_cursors(&self.db, chunk).await?;
         }
         Ok(())
+    }
+
+    /// Every cursor of each of `users`, ordered by user, then conversation.
+    pub async fn of_users(&self, users: &[i64]) -> Result<Vec<cursors::Model>, DbErr> {
+        let mut found = Vec::new();
+        for chunk in users.chunks(500) {
+            let rows = cursors::Entity::find()
+                .filter(cursors::Column::UserId.is_in(chunk.iter().copied()))
+                .order_by_asc(cursors::Column::UserId)
+                .order_by_asc(cursors::Column::ConversationId)
+                .all(&self.db)
+                .await?;
+            found.extend(rows);
+        }
+        Ok(found)
     }
 
     /// Every cursor of a user, ordered by conversation.
@@ -242,18 +263,13 @@ impl Store {
     }
 }
 
-async fn insert_device_cursors(
-    db: &impl ConnectionTrait,
-    user: i64,
-    device: &str,
-    starts: &[(String, i64)],
-) -> Result<u64, DbErr> {
+async fn insert_device_cursors(db: &impl ConnectionTrait, starts: &[Ack]) -> Result<u64, DbErr> {
     if starts.is_empty() {
         return Ok(0);
     }
-    let rows = starts.iter().map(|(conversation, seq)| device_cursors::ActiveModel {
-        user_id: Set(user),
-        device: Set(device.to_string()),
+    let rows = starts.iter().map(|(user, device, conversation, seq)| device_cursors::ActiveModel {
+        user_id: Set(*user),
+        device: Set(device.clone()),
         conversation_id: Set(conversation.clone()),
         acked_seq: Set(*seq),
     });
@@ -289,7 +305,7 @@ async fn advance_delivery(db: &impl ConnectionTrait, ack: &Ack) -> Result<u64, D
     if !member {
         return Ok(0);
     }
-    match insert_device_cursors(db, *user, device, &[(conversation.clone(), *seq)]).await? {
+    match insert_device_cursors(db, std::slice::from_ref(ack)).await? {
         0 => advance_device(db, ack).await, // another ack made the row first
         made => Ok(made),
     }

@@ -149,6 +149,7 @@ client! {
     init_cursors(offline::InitCursorsRequest) -> offline::InitCursorsResponse;
     drop_cursors(offline::DropCursorsRequest) -> offline::DropCursorsResponse;
     list_backlog(offline::ListBacklogRequest) -> offline::ListBacklogResponse;
+    list_backlogs(offline::ListBacklogsRequest) -> offline::ListBacklogsResponse;
     pull(offline::PullRequest) -> offline::PullResponse;
     ack(offline::AckRequest) -> offline::AckResponse;
     ack_batch(offline::AckBatchRequest) -> offline::AckBatchResponse;

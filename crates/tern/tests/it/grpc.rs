@@ -13,12 +13,12 @@ use tern_proto::{
         },
         group::{CreateGroupRequest, group_service_client::GroupServiceClient},
         message::{
-            MessageKind, SendRequest, message_service_client::MessageServiceClient,
-            send_request::Target,
+            GetConversationStatesRequest, MessageKind, PageGroup, SendRequest,
+            message_service_client::MessageServiceClient, send_request::Target,
         },
         offline::{
-            Backlog, ListBacklogRequest, MarkReadRequest,
-            offline_service_client::OfflineServiceClient,
+            Backlog, ListBacklogRequest, ListBacklogResponse, ListBacklogsRequest,
+            MarkReadRequest, offline_service_client::OfflineServiceClient,
         },
     },
 };
@@ -222,4 +222,94 @@ async fn a_device_without_a_cursor_starts_at_its_unwritten_ack_not_the_read_mark
     assert_eq!((laptop[0].acked_seq, seqs(&laptop[0])), (1, vec![2, 3]));
     let laptop = listing("laptop", None).await;
     assert_eq!((laptop[0].acked_seq, seqs(&laptop[0])), (1, vec![2, 3]));
+}
+
+/// `ListBacklogs` answers each listing as `ListBacklog` would answer it
+/// alone: its own page budget, a device's pins made once when it is listed
+/// twice in one call, a user without conversations listed empty; and
+/// `GetConversationStates` pages each group within its own limit.
+#[tokio::test]
+async fn many_backlogs_in_one_call_answer_as_each_listing_alone_would() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let s = Server::start_with(&[
+        ("TERN__GRPC_ADDR", addr.as_str()),
+        ("TERN__SERVICE_TOKEN", common::SERVICE_TOKEN),
+    ])
+    .await;
+    let (alice, bob, carol) = (s.user("alice").await, s.user("bob").await, s.user("carol").await);
+    let url = format!("http://{addr}");
+    let mut messages =
+        MessageServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
+    for (from, to, n) in [(&bob, &alice, 3), (&carol, &alice, 2), (&alice, &bob, 1)] {
+        for i in 0..n {
+            let send = SendRequest {
+                sender_id: from.id,
+                client_msg_id: format!("{}-{}-{i}", from.id, to.id),
+                target: Some(Target::ToUserId(to.id)),
+                content_json: format!(r#"{{"text":"{i}"}}"#),
+                system: false,
+                kind: 0,
+                device: String::new(),
+            };
+            messages.send(send).await.unwrap();
+        }
+    }
+    let mut offline =
+        OfflineServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
+    let listing = |user: u64, device: &str, page: u32| ListBacklogRequest {
+        user_id: user,
+        include_read: false,
+        device: device.into(),
+        page,
+        unwritten_acks: Default::default(),
+    };
+    let requests = vec![
+        listing(alice.id, "", 10),
+        listing(alice.id, "phone", 2),
+        listing(bob.id, "", 10),
+        listing(alice.id, "phone", 2),
+        listing(carol.id, "", 0),
+        listing(999_999, "", 10),
+    ];
+    let batch = ListBacklogsRequest { requests: requests.clone() };
+    let answers = offline.list_backlogs(batch).await.unwrap().into_inner().answers;
+    assert_eq!(answers.len(), requests.len());
+    let carried = |b: &ListBacklogResponse| b.conversations.iter().map(|c| c.messages.len()).sum();
+    let totals: Vec<usize> = answers.iter().map(carried).collect();
+    assert_eq!(totals, vec![6, 2, 4, 2, 0, 0], "each listing has its own page: {answers:?}");
+    assert_eq!(answers[1], answers[3], "one device listed twice");
+    assert_eq!(answers[4].conversations.len(), 1, "carol's own messages, not paged");
+    assert!(answers[5].conversations.is_empty(), "a user in no conversation");
+    for (request, answer) in requests.into_iter().zip(&answers) {
+        let alone = offline.list_backlog(request).await.unwrap().into_inner();
+        assert_eq!(&alone, answer);
+    }
+
+    let too_many = vec![listing(alice.id, "", 1); 1_001];
+    let refused = offline.list_backlogs(ListBacklogsRequest { requests: too_many }).await;
+    assert_eq!(error_code_of(&refused.unwrap_err()), ErrorCode::BadRequest);
+    let malformed = ListBacklogsRequest { requests: vec![listing(alice.id, "bad device!", 1)] };
+    let refused = offline.list_backlogs(malformed).await;
+    assert_eq!(error_code_of(&refused.unwrap_err()), ErrorCode::BadRequest);
+
+    let dm = |a: u64, b: u64| format!("dm:{}:{}", a.min(b), a.max(b));
+    let (ab, ac) = (dm(alice.id, bob.id), dm(alice.id, carol.id));
+    let states = |groups: Vec<PageGroup>| GetConversationStatesRequest {
+        conversation_ids: vec![ab.clone(), ac.clone(), ab.clone()],
+        after_seqs: vec![0, 0, 1],
+        limit: 0,
+        groups,
+    };
+    let group = |size, limit| PageGroup { size, limit };
+    let answer = messages.get_conversation_states(states(vec![group(2, 5), group(1, 1)])).await;
+    let pages: Vec<(u64, Vec<u64>)> = answer
+        .unwrap()
+        .into_inner()
+        .states
+        .iter()
+        .map(|s| (s.latest_seq, s.messages.iter().map(|m| m.seq).collect()))
+        .collect();
+    assert_eq!(pages, vec![(4, vec![1, 2, 3, 4]), (2, vec![1]), (4, vec![2])]);
+    let refused = messages.get_conversation_states(states(vec![group(2, 5)])).await;
+    assert_eq!(error_code_of(&refused.unwrap_err()), ErrorCode::BadRequest);
 }
