@@ -17,8 +17,8 @@ use tern_proto::{
             message_service_client::MessageServiceClient, send_request::Target,
         },
         offline::{
-            Backlog, ListBacklogRequest, ListBacklogResponse, ListBacklogsRequest,
-            MarkReadRequest, offline_service_client::OfflineServiceClient,
+            Backlog, ListBacklogRequest, ListBacklogResponse, ListBacklogsRequest, MarkReadRequest,
+            offline_service_client::OfflineServiceClient,
         },
     },
 };
