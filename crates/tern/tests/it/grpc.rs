@@ -168,33 +168,42 @@ async fn a_backend_creates_a_group_and_sends_a_system_message() {
     assert_eq!(s.post("/api/login", None, login).await.0, 200);
 }
 
-/// A device's cursor in a conversation it has no row for starts at the
-/// read marker, unless the caller (a gateway writing acks behind) names an
-/// ack of that device not written yet: then it starts there, and the
-/// device is sent what it was sent before but did not acknowledge.
-#[tokio::test]
-async fn a_device_without_a_cursor_starts_at_its_unwritten_ack_not_the_read_marker() {
+/// A server with its gRPC port open, and that port's URL.
+async fn with_grpc() -> (Server, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let s = Server::start_with(&[
         ("TERN__GRPC_ADDR", addr.as_str()),
         ("TERN__SERVICE_TOKEN", common::SERVICE_TOKEN),
     ])
     .await;
+    (s, format!("http://{addr}"))
+}
+
+/// A text from `from` to `to`, to send over gRPC.
+fn text(from: u64, to: u64, id: String) -> SendRequest {
+    SendRequest {
+        sender_id: from,
+        content_json: format!(r#"{{"text":"{id}"}}"#),
+        client_msg_id: id,
+        target: Some(Target::ToUserId(to)),
+        system: false,
+        kind: 0,
+        device: String::new(),
+    }
+}
+
+/// A device's cursor in a conversation it has no row for starts at the
+/// read marker, unless the caller (a gateway writing acks behind) names an
+/// ack of that device not written yet: then it starts there, and the
+/// device is sent what it was sent before but did not acknowledge.
+#[tokio::test]
+async fn a_device_without_a_cursor_starts_at_its_unwritten_ack_not_the_read_marker() {
+    let (s, url) = with_grpc().await;
     let (alice, bob) = (s.user("alice").await, s.user("bob").await);
-    let url = format!("http://{addr}");
     let mut messages =
         MessageServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
     for n in 1..=3 {
-        let send = SendRequest {
-            sender_id: bob.id,
-            client_msg_id: format!("b{n}"),
-            target: Some(Target::ToUserId(alice.id)),
-            content_json: format!(r#"{{"text":"{n}"}}"#),
-            system: false,
-            kind: 0,
-            device: String::new(),
-        };
-        messages.send(send).await.unwrap();
+        messages.send(text(bob.id, alice.id, format!("b{n}"))).await.unwrap();
     }
     let dm = format!("dm:{}:{}", alice.id.min(bob.id), alice.id.max(bob.id));
     let mut offline =
@@ -230,28 +239,14 @@ async fn a_device_without_a_cursor_starts_at_its_unwritten_ack_not_the_read_mark
 /// `GetConversationStates` pages each group within its own limit.
 #[tokio::test]
 async fn many_backlogs_in_one_call_answer_as_each_listing_alone_would() {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let s = Server::start_with(&[
-        ("TERN__GRPC_ADDR", addr.as_str()),
-        ("TERN__SERVICE_TOKEN", common::SERVICE_TOKEN),
-    ])
-    .await;
+    let (s, url) = with_grpc().await;
     let (alice, bob, carol) = (s.user("alice").await, s.user("bob").await, s.user("carol").await);
-    let url = format!("http://{addr}");
     let mut messages =
         MessageServiceClient::with_interceptor(common::channel(&url).await, common::with_token);
     for (from, to, n) in [(&bob, &alice, 3), (&carol, &alice, 2), (&alice, &bob, 1)] {
         for i in 0..n {
-            let send = SendRequest {
-                sender_id: from.id,
-                client_msg_id: format!("{}-{}-{i}", from.id, to.id),
-                target: Some(Target::ToUserId(to.id)),
-                content_json: format!(r#"{{"text":"{i}"}}"#),
-                system: false,
-                kind: 0,
-                device: String::new(),
-            };
-            messages.send(send).await.unwrap();
+            let id = format!("{}-{}-{i}", from.id, to.id);
+            messages.send(text(from.id, to.id, id)).await.unwrap();
         }
     }
     let mut offline =
