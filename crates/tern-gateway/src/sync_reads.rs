@@ -62,12 +62,14 @@ async fn gather(
     mut queued: mpsc::UnboundedReceiver<(ListBacklogRequest, Answer)>,
 ) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let batch_size = metrics::histogram!("tern_gateway_sync_listing_batch_size");
     let mut batch = Vec::with_capacity(MAX_LISTINGS);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         if queued.recv_many(&mut batch, MAX_LISTINGS).await == 0 {
             return;
         }
+        batch_size.record(batch.len() as f64);
         let (requests, answers): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         let mut offline = offline.clone();
         tokio::spawn(async move {

@@ -31,6 +31,8 @@ async fn metrics_expose_the_named_series_after_traffic() {
         "tern_gateway_send_ack_seconds_bucket",
         "tern_gateway_ack_deliver_seconds_bucket",
         "tern_gateway_offline_backlog_messages_count 2",
+        // Two sessions' listings, in one call or two.
+        "tern_gateway_sync_listing_batch_size_sum 2",
         "tern_message_store_seconds_bucket",
         // Sizes get count buckets, not the latency ones.
         "tern_message_store_batch_size_bucket{le=\"1\"} 1",
