@@ -273,15 +273,16 @@ impl StatesCall {
         self.request.groups.push(PageGroup { size, limit: page });
     }
 
-    /// Makes the call, if anything was added, and splits the answer into
-    /// one list per group.
+    /// Makes the call, if it names any conversation, and splits the
+    /// answer into one list per group (users in no conversation get an
+    /// empty one without a call).
     async fn send(
         &mut self,
         offline: &Offline,
     ) -> Result<Vec<Vec<ConversationState>>, OfflineError> {
         let request = std::mem::take(&mut self.request);
-        if request.groups.is_empty() {
-            return Ok(Vec::new());
+        if request.conversation_ids.is_empty() {
+            return Ok(vec![Vec::new(); request.groups.len()]);
         }
         let sizes: Vec<usize> = request.groups.iter().map(|g| g.size as usize).collect();
         let answer = offline.peers.message.clone().get_conversation_states(request).await?;
