@@ -5,7 +5,7 @@
 //! them costs a few reads per batch rather than per session. Pulls (gap
 //! fills and large backlogs) go out as they come.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tern_proto::{
     clients::OfflineClient,
     pb::offline::{
@@ -28,22 +28,19 @@ type Answer = oneshot::Sender<Result<ListBacklogResponse, Status>>;
 pub struct SyncReads {
     offline: OfflineClient<GrpcChannel>,
     queue: mpsc::UnboundedSender<(ListBacklogRequest, Answer)>,
-    /// Taken by the first listing, which starts the batching task (so the
-    /// task runs on the runtime that serves the sessions).
-    idle: Mutex<Option<mpsc::UnboundedReceiver<(ListBacklogRequest, Answer)>>>,
 }
 
 impl SyncReads {
+    /// Starts the batching task, which ends once every handle is gone.
+    /// Must be called on the runtime that serves the sessions.
     pub fn new(offline: OfflineClient<GrpcChannel>) -> Arc<Self> {
-        let (queue, idle) = mpsc::unbounded_channel();
-        Arc::new(Self { offline, queue, idle: Mutex::new(Some(idle)) })
+        let (queue, queued) = mpsc::unbounded_channel();
+        tokio::spawn(gather(offline.clone(), queued));
+        Arc::new(Self { offline, queue })
     }
 
     /// One user's backlog, as `ListBacklog` answers it, listed in a batch.
     pub async fn list(&self, request: ListBacklogRequest) -> Result<ListBacklogResponse, Status> {
-        if let Some(queued) = self.idle.lock().expect("sync reads poisoned").take() {
-            tokio::spawn(gather(self.offline.clone(), queued));
-        }
         let (answer, answered) = oneshot::channel();
         let stopped = || Status::unavailable("backlog listing stopped");
         self.queue.send((request, answer)).map_err(|_| stopped())?;

@@ -219,14 +219,11 @@ impl Offline {
             let after = mine.iter().zip(&acked).map(|(c, &a)| a.max(c.start_seq as u64)).collect();
             let ids = mine.iter().map(|c| c.conversation_id.clone()).collect();
             listings.push(Listing { ids, after, page: request.page.min(MAX_PAGE) });
-            positions.push(acked);
+            positions.push((mine, acked));
         }
         let states = self.paged_states(listings).await?;
         let mut answers = Vec::with_capacity(requests.len());
-        for (((user, request), acked), states) in
-            users.iter().zip(&requests).zip(positions).zip(states)
-        {
-            let mine = cursors.get(user).unwrap_or(&no_cursors);
+        for ((request, (mine, acked)), states) in requests.iter().zip(positions).zip(states) {
             let mut conversations = Vec::new();
             for ((c, acked), state) in mine.iter().zip(acked).zip(states) {
                 if !request.include_read && state.latest_seq <= acked {
